@@ -1,0 +1,37 @@
+# Kefu — the two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow bench run clean
+MODELS ?= models
+
+install: $(STAMP)
+
+# Re-runs only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+	@command -v redis-server >/dev/null || bash .ci/install-redis
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# For now: trains the demo model on first use (about 3 minutes on 2 CPU cores), then a terminal chat with it.
+run: install
+	@test -L $(MODELS)/current || $(PY) -m llmcore train --arch transformer --models $(MODELS) --max-minutes 3 --promote
+	$(PY) -m llmcore chat --models $(MODELS)
+
+bench: install
+	$(PY) bench/train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,189 @@
+"""Chat JSONL in, training windows and batches out.
+
+    convs = read_conversations(["a.chat.jsonl"])          # DataError naming file:line on bad input
+    train, val = split_conversations(convs, val_fraction=0.1, seed=0)
+    examples = make_examples(train, tokenizer, block_size=256)
+    for x, y in make_batches(examples, max_tokens=2048, rng=random.Random(0)): ...
+
+Each line is `{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}` (ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from llmcore.tokenizer import ROLE_TOKENS, Tokenizer
+
+IGNORE_INDEX = -100
+DEMO_DATA = Path(__file__).parent / "data" / "demo_faq.chat.jsonl"  # the demo shop FAQ: default training data
+MAX_LINE_BYTES = 1 << 20
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]
+    meta: dict = field(default_factory=dict)
+    origin: str = ""  # "file:line"
+
+
+@dataclass
+class Example:
+    """One training window: ids (≤ block_size + 1) and which targets carry loss."""
+
+    ids: list[int]
+    mask: list[int]
+
+
+def parse_conversation(line: str) -> Conversation:
+    """One JSONL line to a Conversation; ValueError saying what is wrong."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise ValueError('expected an object with a "messages" list')
+    messages = data["messages"]
+    if not messages:
+        raise ValueError('"messages" is empty')
+    for n, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {n} is not an object")
+        if message.get("role") not in ROLE_TOKENS:
+            raise ValueError(f"message {n} has unknown role {message.get('role')!r} (expected {', '.join(ROLE_TOKENS)})")
+        if not isinstance(message.get("content"), str) or not message["content"].strip():
+            raise ValueError(f"message {n} has no text content")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("conversation has no assistant turn")
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    return Conversation([{"role": m["role"], "content": m["content"]} for m in messages], meta)
+
+
+def read_conversations(paths: Sequence[str | Path], skip_bad: bool = False) -> tuple[list[Conversation], int]:
+    """All conversations of all files, and how many bad lines were skipped (only with `skip_bad`)."""
+    conversations: list[Conversation] = []
+    skipped = 0
+    for path in map(Path, paths):
+        found = 0
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot open ({exc.strerror})") from None
+        with handle:
+            for lineno, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                    if not line.strip():
+                        continue
+                    if len(raw) > MAX_LINE_BYTES:
+                        raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
+                    conversation = parse_conversation(line)
+                except (UnicodeDecodeError, ValueError) as exc:
+                    if not skip_bad:
+                        raise DataError(f"{path}:{lineno}: {exc}") from None
+                    skipped += 1
+                    continue
+                conversation.origin = f"{path}:{lineno}"
+                conversations.append(conversation)
+                found += 1
+        if not found and not skip_bad:
+            raise DataError(f"{path}: no conversations in file")
+    if not conversations:
+        raise DataError("no usable conversations in " + ", ".join(map(str, paths)))
+    return conversations, skipped
+
+
+def data_sha256(paths: Sequence[str | Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def split_conversations(conversations: Sequence[Conversation], val_fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more."""
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    num_val = round(len(order) * val_fraction)
+    if val_fraction > 0 and len(order) >= 2:
+        num_val = min(max(num_val, 1), len(order) - 1)
+    val = [conversations[i] for i in sorted(order[:num_val])]
+    train = [conversations[i] for i in sorted(order[num_val:])]
+    return train, val
+
+
+def turn_starts(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
+    role_ids = set(tokenizer.role_ids.values())
+    return [i for i, t in enumerate(ids) if t in role_ids]
+
+
+def make_windows(ids: list[int], mask: list[int], starts: Sequence[int], block_size: int) -> list[Example]:
+    """Cut a long conversation into windows of ≤ block_size + 1 tokens that begin at turn starts.
+
+    Windows overlap to give context, but each target position carries loss in one window only.
+    """
+    span = block_size + 1
+    if len(ids) <= span:
+        return [Example(ids, mask)]
+    windows, start, trained_until = [], 0, 0
+    while trained_until < len(ids):
+        end = min(start + span, len(ids))
+        window_mask = [m if start + i >= trained_until else 0 for i, m in enumerate(mask[start:end])]
+        windows.append(Example(ids[start:end], window_mask))
+        trained_until = end
+        if end == len(ids):
+            break
+        later = [s for s in starts if start < s < end - 1]
+        start = later[-1] if later and later[-1] > start + span // 4 else end - span // 4  # keep a quarter as context
+    return windows
+
+
+def make_examples(conversations: Iterable[Conversation], tokenizer: Tokenizer, block_size: int) -> list[Example]:
+    examples = []
+    for conversation in conversations:
+        ids, mask = tokenizer.encode_chat(conversation.messages)
+        examples += [w for w in make_windows(ids, mask, turn_starts(ids, tokenizer), block_size) if any(w.mask[1:])]
+    return examples
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Inputs (B, T) and targets (B, T) with IGNORE_INDEX where no loss applies."""
+    width = max(len(e.ids) for e in examples) - 1
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.ids) - 1
+        x[row, :n] = torch.tensor(e.ids[:-1])
+        targets = torch.tensor(e.ids[1:])
+        y[row, :n] = torch.where(torch.tensor(e.mask[1:], dtype=torch.bool), targets, IGNORE_INDEX)
+    return x, y
+
+
+def make_batches(examples: Sequence[Example], max_tokens: int, pad_id: int, rng: random.Random | None = None) -> list[tuple[Tensor, Tensor]]:
+    """Length-bucketed batches of about `max_tokens` padded tokens each, in shuffled order when `rng` is given."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    if rng is not None:  # shuffle within similar lengths, then shuffle the batches
+        order = sorted(order, key=lambda i: (len(examples[i].ids) // 16, rng.random()))
+    batches, current, width = [], [], 0
+    for i in order:
+        width_if_added = max(width, len(examples[i].ids))
+        if current and width_if_added * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, width_if_added = [], len(examples[i].ids)
+        current.append(examples[i])
+        width = width_if_added
+    if current:
+        batches.append(current)
+    if rng is not None:
+        rng.shuffle(batches)
+    return [collate(b, pad_id) for b in batches]

@@ -1,0 +1,268 @@
+"""The generators: a decoder-only Transformer and an LSTM behind one interface.
+
+    model = build_model(ModelConfig(arch="transformer", vocab_size=len(tok)))
+    logits = model(idx)                                   # (B, T, V), training
+    cache = model.new_cache(batch_size=1, max_len=256)    # KV cache or (h, c) state
+    last = model.step(prompt_ids, cache)                  # (B, V), prefill
+    last = model.step(next_ids, cache)                    # (B, V), one token per row
+
+`step` may also address a subset of cache rows (`rows`), and rows may hold sequences of different
+lengths: that is what a batching engine needs. Cached decoding equals the full forward pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ARCHS = ("transformer", "lstm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that builds a model; stored inside every checkpoint."""
+
+    arch: str
+    vocab_size: int
+    n_layer: int = 4
+    n_embd: int = 192
+    n_head: int = 4
+    block_size: int = 256  # longest context the model sees (positions for the Transformer)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if self.arch == "transformer" and self.n_embd % self.n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def default_config(arch: str, vocab_size: int) -> ModelConfig:
+    """Sizes that train usefully on 2 CPU cores in minutes (see docs/benchmarks.md)."""
+    if arch == "lstm":
+        return ModelConfig(arch="lstm", vocab_size=vocab_size, n_layer=2, n_embd=384, n_head=1)
+    return ModelConfig(arch="transformer", vocab_size=vocab_size, n_layer=4, n_embd=192, n_head=4)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' picks cuda when present, cpu otherwise."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+@dataclass
+class KVCache:
+    """Keys and values per layer, preallocated: (L, B, H, T_max, D); `lengths` (B,) counts filled positions."""
+
+    k: Tensor
+    v: Tensor
+    lengths: Tensor
+
+
+@dataclass
+class LSTMState:
+    """(h, c) per layer: (L, B, H); `lengths` (B,) counts tokens consumed."""
+
+    h: Tensor
+    c: Tensor
+    lengths: Tensor
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, H, T, D = y.shape
+        return self.proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self._heads(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self._merge(y)
+
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, rows: Tensor | None) -> Tensor:
+        """x (B, T, C) at absolute positions pos (B, T); caches (B_max, H, T_max, D) are written in place."""
+        q, k, v = self._heads(x)
+        B, T = pos.shape
+        row_ids = torch.arange(B, device=x.device) if rows is None else rows
+        row_index = row_ids[:, None].expand(B, T)
+        k_cache[row_index, :, pos] = k.transpose(1, 2).to(k_cache.dtype)  # (B, T, H, D) into the slots
+        v_cache[row_index, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
+        t_used = int(pos.max()) + 1
+        if rows is None:
+            keys, values = k_cache[:B, :, :t_used], v_cache[:B, :, :t_used]
+        else:
+            keys, values = k_cache[rows, :, :t_used], v_cache[rows, :, :t_used]  # (B, H, t_used, D)
+        visible = torch.arange(t_used, device=x.device)[None, None, :] <= pos[:, :, None]  # (B, T, t_used)
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible[:, None])
+        return self._merge(y)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False),
+            nn.Dropout(cfg.dropout),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, rows: Tensor | None) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, pos, rows)
+        return x + self.mlp(self.ln_2(x))
+
+
+class LanguageModel(nn.Module):
+    """What the trainer, sampler and engine rely on: forward, new_cache, step."""
+
+    config: ModelConfig
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def step(self, idx: Tensor, cache, rows: Tensor | None = None, all_logits: bool = False) -> Tensor:
+        """Feed idx (B, T) after what `cache` rows already hold; logits for the last position (B, V) or all (B, T, V)."""
+        index = rows if rows is not None else slice(None)
+        start = cache.lengths[index]  # (B,)
+        if start.shape[0] != idx.shape[0]:
+            raise ValueError(f"{idx.shape[0]} input rows for {start.shape[0]} cache rows")
+        hidden = self._hidden_cached(idx, cache, start, rows)  # (B, T, C)
+        cache.lengths[index] = start + idx.shape[1]
+        return self.head(hidden if all_logits else hidden[:, -1])
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+
+class TransformerLM(LanguageModel):
+    """Decoder-only, pre-LN, causal attention through scaled_dot_product_attention, tied embeddings."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for block in self.blocks:  # GPT-2: scale residual projections by depth
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype: torch.dtype | None = None) -> KVCache:
+        cfg = self.config
+        max_len = min(max_len or cfg.block_size, cfg.block_size)
+        device = device or self.wte.weight.device
+        dtype = dtype or self.wte.weight.dtype
+        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        return KVCache(
+            k=torch.zeros(shape, device=device, dtype=dtype),
+            v=torch.zeros(shape, device=device, dtype=dtype),
+            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def _hidden_cached(self, idx: Tensor, cache: KVCache, start: Tensor, rows: Tensor | None) -> Tensor:
+        T = idx.shape[1]
+        pos = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
+        if int(pos.max()) >= cache.k.shape[3]:
+            raise ValueError(f"context full: {int(pos.max()) + 1} tokens exceed the cache of {cache.k.shape[3]}")
+        x = self.wte(idx) + self.wpe(pos)
+        for layer, block in enumerate(self.blocks):
+            x = block.forward_cached(x, cache.k[layer], cache.v[layer], pos, rows)
+        return self.ln_f(x)
+
+
+class LSTMLM(LanguageModel):
+    """Embedding -> stacked LSTM -> tied output layer."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, num_layers=cfg.n_layer, batch_first=True,
+                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.wte.weight
+        nn.init.normal_(self.wte.weight, std=0.02)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.drop(self.wte(idx))  # (B, T, C)
+        out, _ = self.lstm(x)
+        return self.head(self.ln_f(self.drop(out)))  # (B, T, V)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype: torch.dtype | None = None) -> LSTMState:
+        cfg = self.config
+        device = device or self.wte.weight.device
+        dtype = dtype or self.wte.weight.dtype
+        shape = (cfg.n_layer, batch_size, cfg.n_embd)
+        return LSTMState(
+            h=torch.zeros(shape, device=device, dtype=dtype),
+            c=torch.zeros(shape, device=device, dtype=dtype),
+            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def _hidden_cached(self, idx: Tensor, cache: LSTMState, start: Tensor, rows: Tensor | None) -> Tensor:
+        index = slice(None) if rows is None else rows
+        state = (cache.h[:, index].contiguous(), cache.c[:, index].contiguous())
+        out, (h, c) = self.lstm(self.wte(idx), state)
+        cache.h[:, index] = h
+        cache.c[:, index] = c
+        return self.ln_f(out)
+
+
+def build_model(cfg: ModelConfig) -> LanguageModel:
+    return TransformerLM(cfg) if cfg.arch == "transformer" else LSTMLM(cfg)

@@ -1,0 +1,199 @@
+"""Model versions on disk: `DIR/v0001`, `DIR/v0002`, ... and `DIR/current`, the served one.
+
+    reg = Registry("models")
+    with reg.staging() as tmp:            # write a version into a temporary folder...
+        save_checkpoint(tmp, model, tok)
+        version = reg.commit(tmp)          # ...which appears complete, under the next free name
+    reg.promote(version)                   # `current` moves atomically
+    loaded = reg.load()                    # the current version: model, tokenizer, metrics
+
+A version folder holds `model.pt` (weights and the `ModelConfig` that builds them), `tokenizer.json`,
+`config.json`, `metrics.json` and `loss.png`. Versions are never overwritten; promote and rollback only
+move the `current` symlink. Every promotion is appended to `promotions.jsonl`, which rollback reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmcore.model import LanguageModel, ModelConfig, build_model
+from llmcore.tokenizer import Tokenizer, TokenizerError
+
+logger = logging.getLogger(__name__)
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+STAGING_PREFIX = ".staging-"
+CURRENT = "current"
+WEIGHTS, TOKENIZER, CONFIG, METRICS, LOSS_PLOT = "model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"
+CHECKPOINT_FORMAT = "kefu-checkpoint/1"
+
+
+class RegistryError(Exception):
+    """A version that does not exist or cannot be loaded; the message names it."""
+
+
+@dataclass
+class LoadedModel:
+    version: str
+    model: LanguageModel
+    tokenizer: Tokenizer
+    metrics: dict
+
+
+def save_checkpoint(folder: Path, model: LanguageModel, tokenizer: Tokenizer) -> None:
+    """Weights with the config that builds them, plus the tokenizer, into `folder`."""
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    torch.save({"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "state_dict": state}, folder / WEIGHTS)
+    tokenizer.save(folder / TOKENIZER)
+    (folder / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+
+
+def load_checkpoint(folder: Path, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+    """Rebuild exactly what the trainer saved; RegistryError naming the folder when that is impossible."""
+    name = folder.name
+    try:
+        checkpoint = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise RegistryError(f"version {name}: no {WEIGHTS}") from exc
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise RegistryError(f"version {name}: corrupt checkpoint {WEIGHTS} ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise RegistryError(f"version {name}: {WEIGHTS} is not a {CHECKPOINT_FORMAT} checkpoint")
+    try:
+        tokenizer = Tokenizer.load(folder / TOKENIZER)
+        config = ModelConfig.from_dict(checkpoint["config"])
+        if config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"model vocabulary {config.vocab_size} != tokenizer vocabulary {tokenizer.vocab_size}")
+        model = build_model(config)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TokenizerError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise RegistryError(f"version {name}: incompatible checkpoint ({exc})") from exc
+    return model.to(device).eval(), tokenizer
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, version: str) -> Path:
+        if not VERSION_RE.match(version):
+            raise RegistryError(f"{version!r} is not a version name (v0001, v0002, ...)")
+        return self.root / version
+
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def current(self) -> str | None:
+        link = self.root / CURRENT
+        if not link.is_symlink():
+            return None
+        target = os.readlink(link)
+        return target if VERSION_RE.match(target) and (self.root / target).is_dir() else None
+
+    def metrics(self, version: str) -> dict:
+        try:
+            return json.loads((self.path(version) / METRICS).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"version {version}: cannot read {METRICS} ({exc})") from exc
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A temporary folder inside the registry; removed on exit unless `commit` moved it into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_staging()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=self.root))
+        tmp.chmod(0o755)
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, staged: Path) -> str:
+        """Rename a complete staged folder to the next free version name (safe against concurrent trainers)."""
+        for _ in range(1000):
+            existing = self.versions()
+            version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+            try:
+                os.rename(staged, self.root / version)  # fails if another trainer took the name first
+            except OSError:
+                if (self.root / version).exists():
+                    continue
+                raise
+            _fsync_dir(self.root)
+            return version
+        raise RegistryError("could not find a free version name")
+
+    def promote(self, version: str) -> None:
+        """Point `current` at `version` atomically (a new symlink renamed over the old one)."""
+        if not (self.path(version) / WEIGHTS).is_file():
+            raise RegistryError(f"version {version} does not exist in {self.root}")
+        previous = self.current()
+        tmp_link = self.root / f".{CURRENT}-{os.getpid()}-{time.monotonic_ns()}"
+        os.symlink(version, tmp_link)
+        os.replace(tmp_link, self.root / CURRENT)
+        _fsync_dir(self.root)
+        with open(self.root / "promotions.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps({"version": version, "previous": previous, "at": time.time()}) + "\n")
+        logger.info("promoted %s (was %s)", version, previous)
+
+    def rollback(self) -> str:
+        """Promote the version that was current before the current one."""
+        current = self.current()
+        history = self.root / "promotions.jsonl"
+        entries = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
+        for entry in reversed(entries):
+            if entry.get("version") == current and entry.get("previous") and entry["previous"] != current:
+                self.promote(entry["previous"])
+                return entry["previous"]
+        raise RegistryError("nothing to roll back to: no earlier promotion recorded")
+
+    def load(self, version: str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+        version = version or self.current()
+        if version is None:
+            raise RegistryError(f"no current version in {self.root}; train one with --promote or run `models promote V`")
+        folder = self.path(version)
+        if not folder.is_dir():
+            raise RegistryError(f"version {version} does not exist in {self.root}")
+        model, tokenizer = load_checkpoint(folder, device)
+        metrics = self.metrics(version) if (folder / METRICS).exists() else {}
+        return LoadedModel(version, model, tokenizer, metrics)
+
+    def _remove_abandoned_staging(self) -> None:
+        """Staging folders of trainers that died without cleaning up (SIGKILL)."""
+        for path in self.root.glob(f"{STAGING_PREFIX}*"):
+            pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

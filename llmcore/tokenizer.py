@@ -1,0 +1,195 @@
+"""Text <-> token ids: jieba words for Chinese, word pieces for English, characters as the fallback.
+
+The only place in Kefu where text becomes ids. Usage:
+
+    tok = Tokenizer.train(texts, max_size=8000, min_freq=2)
+    ids = tok.encode("你好，我想退货")
+    assert tok.decode(ids) == "你好，我想退货"
+    ids, loss_mask = tok.encode_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    tok.save("tokenizer.json"); tok = Tokenizer.load("tokenizer.json")
+
+Pre-tokenisation splits text into pieces whose concatenation is the text itself: runs of Chinese
+characters go through jieba, Latin words keep one leading space (" world", as GPT-2 does), digits
+stand alone, punctuation and symbols (emoji included) are single pieces. A piece in the vocabulary
+is one id; any other piece falls back to its characters. Every character seen in training is in the
+vocabulary, so `decode(encode(text)) == text` for any text made of known characters.
+
+Special tokens are never produced from text: a user typing "<|assistant|>" gets characters, not a role.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import jieba
+
+logger = logging.getLogger(__name__)
+jieba.setLogLevel(logging.WARNING)
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, SYSTEM, USER, ASSISTANT, END)
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+FORMAT = "kefu-tokenizer/1"
+
+_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_LATIN = r"A-Za-z\u00c0-\u024f"
+_PIECE = re.compile(
+    rf"[{_CJK}]+"  # a run of Chinese characters, segmented further by jieba
+    rf"| ?[{_LATIN}]+"  # a Latin word with its leading space
+    r"|[0-9]"  # digits one by one: phone numbers and prices stay learnable
+    rf"| ?[^\s\w]"  # punctuation or a symbol (emoji too), with its leading space
+    r"|.",  # anything else, one character at a time (whitespace, other scripts)
+    re.DOTALL,
+)
+_CJK_RUN = re.compile(rf"[{_CJK}]")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used, or chat input the template cannot encode."""
+
+
+def split_pieces(text: str) -> list[str]:
+    """Cut text into pieces whose concatenation is exactly `text`."""
+    pieces: list[str] = []
+    for match in _PIECE.finditer(text):
+        piece = match.group()
+        if _CJK_RUN.match(piece):
+            pieces.extend(jieba.lcut(piece, HMM=False))
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+class Tokenizer:
+    """A vocabulary of special tokens, every training character, and frequent words."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise TokenizerError("vocabulary must start with the special tokens " + " ".join(SPECIAL_TOKENS))
+        if len(set(tokens)) != len(tokens):
+            raise TokenizerError("vocabulary has duplicate tokens")
+        self.tokens: list[str] = list(tokens)
+        self.ids: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
+        self.num_special = len(SPECIAL_TOKENS)
+        self.pad_id, self.unk_id, self.bos_id, self.eos_id = (self.ids[t] for t in (PAD, UNK, BOS, EOS))
+        self.end_id = self.ids[END]
+        self.role_ids = {role: self.ids[tok] for role, tok in ROLE_TOKENS.items()}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Ids that end an assistant turn during generation."""
+        return frozenset({self.end_id, self.eos_id})
+
+    @classmethod
+    def train(cls, texts: Iterable[str], max_size: int = 8000, min_freq: int = 2) -> Tokenizer:
+        """Build a vocabulary: specials, every character seen, then words by frequency up to `max_size`."""
+        words: Counter[str] = Counter()
+        chars: Counter[str] = Counter()
+        for text in texts:
+            chars.update(text)
+            words.update(p for p in split_pieces(text) if len(p) > 1)
+        char_tokens = sorted(chars, key=lambda c: (-chars[c], c))
+        vocab = list(SPECIAL_TOKENS) + [c for c in char_tokens if c not in SPECIAL_TOKENS]
+        room = max(0, max_size - len(vocab))
+        frequent = [w for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
+        vocab += frequent[:room]
+        logger.info("tokenizer: %d specials, %d characters, %d words", len(SPECIAL_TOKENS), len(char_tokens), min(room, len(frequent)))
+        return cls(vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Text to ids; unknown words fall back to characters, unknown characters to <unk>."""
+        ids: list[int] = []
+        for piece in split_pieces(text):
+            piece_id = self.ids.get(piece)
+            if piece_id is not None and piece_id >= self.num_special:
+                ids.append(piece_id)
+            else:
+                ids.extend(self._char_id(ch) for ch in piece)
+        return ids
+
+    def _char_id(self, ch: str) -> int:
+        char_id = self.ids.get(ch)
+        return char_id if char_id is not None and char_id >= self.num_special else self.unk_id
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Ids to text; special tokens are dropped unless `skip_special` is False."""
+        parts = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.tokens):
+                raise TokenizerError(f"token id {i} outside the vocabulary of {len(self.tokens)}")
+            if i >= self.num_special or not skip_special:
+                parts.append(self.tokens[i])
+        return "".join(parts)
+
+    def encode_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+        """`<bos>` then each turn as role + text + `<|end|>`; the mask is 1 on assistant text and its end only."""
+        ids, mask = [self.bos_id], [0]
+        for message in messages:
+            turn = self._encode_turn(message)
+            ids += turn
+            is_assistant = message["role"] == "assistant"
+            mask += [0] + [int(is_assistant)] * (len(turn) - 1)
+        return ids, mask
+
+    def encode_prompt(self, messages: Sequence[dict], max_tokens: int | None = None) -> list[int]:
+        """The ids a model continues to answer `messages`: the chat template plus an open assistant turn.
+
+        With `max_tokens`, the oldest turns are dropped (system turns are kept) until the prompt fits;
+        if the newest turn alone is too long, only its end is kept.
+        """
+        turns = [self._encode_turn(m) for m in messages]
+        opener = [self.role_ids["assistant"]]
+        if max_tokens is None:
+            return [self.bos_id] + [i for turn in turns for i in turn] + opener
+        budget = max_tokens - 1 - len(opener)
+        is_system = [m["role"] == "system" for m in messages]
+        keep = [t for t, s in zip(turns, is_system) if s]
+        used = sum(map(len, keep))
+        kept_rest: list[list[int]] = []
+        for turn, system in zip(reversed(turns), reversed(is_system)):
+            if system:
+                continue
+            if used + len(turn) > budget:
+                if not kept_rest:  # the newest turn alone: keep its role token and its end
+                    room = max(budget - used - 1, 0)
+                    kept_rest.append(turn[:1] + turn[len(turn) - room :] if room else turn[:1])
+                break
+            kept_rest.append(turn)
+            used += len(turn)
+        body = [i for turn in keep + kept_rest[::-1] for i in turn]
+        return ([self.bos_id] + body + opener)[-max_tokens:] if max_tokens > 0 else []
+
+    def _encode_turn(self, message: dict) -> list[int]:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLE_TOKENS:
+            raise TokenizerError(f"unknown role {role!r}; expected one of {', '.join(ROLE_TOKENS)}")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise TokenizerError(f"message content must be a string, got {type(content).__name__}")
+        return [self.role_ids[role]] + self.encode(content) + [self.end_id]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"format": FORMAT, "tokens": self.tokens}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise TokenizerError(f"cannot read tokenizer {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tokens"), list):
+            raise TokenizerError(f"{path} is not a {FORMAT} file")
+        return cls(data["tokens"])

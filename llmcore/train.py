@@ -1,0 +1,260 @@
+"""Train a new model version from chat JSONL.
+
+    python -m llmcore train --data FILE [FILE ...] --arch lstm|transformer --models DIR \
+        [--epochs N] [--max-minutes M] [--device auto|cpu|cuda] [--promote] [--seed S]
+
+Splits train/validation by conversation, trains with AdamW (warmup, cosine decay, gradient clipping,
+bf16 autocast on CUDA), evaluates on validation regularly, keeps the best weights, stops early when
+validation stops improving or at the time budget, and writes a complete version into the registry
+(nothing at all if the run fails or is interrupted).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from llmcore.dataset import IGNORE_INDEX, Conversation, data_sha256, make_batches, make_examples, read_conversations, split_conversations
+from llmcore.evaluate import evaluate, loss_on
+from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
+from llmcore.plots import plot_loss
+from llmcore.registry import LOSS_PLOT, METRICS, Registry, save_checkpoint
+from llmcore.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}
+WARMUP_STEPS = 20
+FINAL_LR_FRACTION = 0.1
+VAL_CHAR_F1_TURNS = 200  # answers generated for the version's char-F1 on validation
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM during training: nothing is written."""
+
+
+@dataclass
+class TrainOptions:
+    data: list[str]
+    arch: str
+    models: str
+    epochs: int | None = None
+    max_minutes: float | None = None
+    device: str = "auto"
+    promote: bool = False
+    seed: int = 0
+    skip_bad: bool = False
+    val_fraction: float = 0.1
+    batch_tokens: int = 2048
+    lr: float | None = None
+    patience: int = 8  # evaluations without improvement before stopping
+    vocab_size: int = 8000
+    min_freq: int = 2
+    model_overrides: dict = field(default_factory=dict)  # n_layer, n_embd, n_head, block_size, dropout
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs is None and self.max_minutes is None:
+            self.epochs = 10
+
+
+@dataclass
+class History:
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+
+
+def lr_at(step: int, progress: float, peak: float) -> float:
+    """Linear warmup over the first steps, then cosine from peak to FINAL_LR_FRACTION * peak over `progress` in [0, 1]."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine)
+
+
+def make_optimizer(model: LanguageModel, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on norms, biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise TrainingInterrupted(signal.Signals(signum).name)
+
+
+def train(opts: TrainOptions) -> tuple[str, dict]:
+    """Train, evaluate and commit a version; returns (version, metrics)."""
+    started = time.monotonic()
+    random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    device = resolve_device(opts.device)
+    conversations, skipped = read_conversations(opts.data, skip_bad=opts.skip_bad)
+    train_convs, val_convs = split_conversations(conversations, opts.val_fraction, opts.seed)
+    tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq)
+    config = replace(default_config(opts.arch, tokenizer.vocab_size), **opts.model_overrides)
+    model = build_model(config).to(device)
+    logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",
+                opts.arch, model.num_params(), tokenizer.vocab_size, len(train_convs), len(val_convs), skipped, device)
+
+    history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device)
+    metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
+    metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
+    metrics["train_seconds"] = stats["train_seconds"]
+    metrics["total_seconds"] = round(time.monotonic() - started, 2)
+
+    registry = Registry(opts.models)
+    with registry.staging() as staged:
+        save_checkpoint(staged, model, tokenizer)
+        plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
+        metrics["version"] = None
+        (staged / METRICS).write_text(_json(metrics))
+        version = registry.commit(staged)
+    if opts.promote:
+        registry.promote(version)
+    metrics["version"] = version
+    return version, metrics
+
+
+def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
+                 opts: TrainOptions, device: torch.device) -> tuple[History, dict]:
+    """The loop: returns the loss history and throughput; leaves the best-validation weights in `model`."""
+    examples = make_examples(train_convs, tokenizer, model.config.block_size)
+    if not examples:
+        raise ValueError("no training windows: the data has no assistant text to learn")
+    rng = random.Random(opts.seed)
+    steps_per_epoch = len(make_batches(examples, opts.batch_tokens, tokenizer.pad_id))
+    total_steps = steps_per_epoch * opts.epochs if opts.epochs else None
+    budget_s = opts.max_minutes * 60 if opts.max_minutes else None
+    eval_every_s = max(5.0, (budget_s or 600) / 25)
+    peak_lr = PEAK_LR[model.config.arch] if opts.lr is None else opts.lr
+    optimizer = make_optimizer(model, peak_lr, device)
+    history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
+    step, tokens, bad_evals, epoch = 0, 0, 0, 0
+    t0 = last_eval = time.monotonic()
+    bar = tqdm(total=100, unit="%", disable=not opts.progress, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    stop_reason = None
+    model.train()
+    try:
+        while stop_reason is None:
+            epoch += 1
+            for x, y in make_batches(examples, opts.batch_tokens, tokenizer.pad_id, rng):
+                elapsed = time.monotonic() - t0
+                progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+                if progress >= 1.0:
+                    stop_reason = "epochs" if total_steps and step >= total_steps else "time"
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, progress, peak_lr)
+                loss = train_step(model, optimizer, x.to(device), y.to(device), device)
+                step += 1
+                tokens += int((x != tokenizer.pad_id).sum())
+                history.steps.append(step)
+                history.train_loss.append(loss)
+                bar.n = min(100.0, round(100 * progress, 1))
+                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f} {tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=True)
+                if time.monotonic() - last_eval >= eval_every_s:
+                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+                    last_eval = time.monotonic()
+                    if bad_evals >= opts.patience:
+                        stop_reason = "early_stop"
+                        break
+            else:  # an epoch ended: validate there too
+                bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+                last_eval = time.monotonic()
+                if bad_evals >= opts.patience:
+                    stop_reason = "early_stop"
+    finally:
+        bar.close()
+    train_seconds = time.monotonic() - t0
+    if not history.val_steps or history.val_steps[-1] != step:
+        validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return history, {"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
+                     "best_step": best["step"], "stop_reason": stop_reason}
+
+
+def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    with autocast(device):
+        logits = model(x)  # (B, T, V)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
+
+
+def validate(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Conversation], history: History,
+             best: dict, step: int, bad_evals: int) -> int:
+    """Record validation loss; keep the best weights; return the count of evaluations without improvement."""
+    if not val_convs:  # nothing held out: the latest weights are the best we know
+        best["state"], best["step"] = None, step
+        return 0
+    loss = loss_on(model, val_convs, tokenizer)["loss"]
+    history.val_steps.append(step)
+    history.val_loss.append(loss)
+    if loss < best["loss"] - 1e-4:
+        best.update(loss=loss, state=copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()}), step=step)
+        return 0
+    return bad_evals + 1
+
+
+def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Conversation], history: History,
+                  stats: dict, opts: TrainOptions, config: ModelConfig, device: torch.device) -> dict:
+    model.eval()
+    recent = history.train_loss[-20:]
+    metrics = {
+        "arch": config.arch,
+        "num_params": model.num_params(),
+        "vocab_size": tokenizer.vocab_size,
+        "config": config.to_dict(),
+        "train_loss": sum(recent) / len(recent) if recent else None,
+        "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
+        "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
+        "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
+        "device": str(device), "seed": opts.seed, "data": [str(Path(p)) for p in opts.data],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if val_convs:
+        scores = evaluate(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS)
+        metrics.update(val_loss=scores["loss"], val_ppl=scores["ppl"], val_loss_per_char=scores["loss_per_char"],
+                       val_char_f1=scores["char_f1"], val_char_f1_turns=scores["num_turns"])
+    return metrics
+
+
+def _json(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(opts: TrainOptions) -> dict:
+    """Entry point for `python -m llmcore train`: signals abort cleanly, the summary goes to stdout."""
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        version, metrics = train(opts)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return metrics

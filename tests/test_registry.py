@@ -1,0 +1,100 @@
+"""Registry: complete versions only, atomic promote, rollback, clear errors for damaged checkpoints."""
+import os
+
+import pytest
+import torch
+
+from llmcore.model import ModelConfig, build_model
+from llmcore.registry import CURRENT, WEIGHTS, Registry, RegistryError, save_checkpoint
+from llmcore.tokenizer import Tokenizer
+
+
+@pytest.fixture
+def parts():
+    tok = Tokenizer.train(["退货 refund"], min_freq=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="lstm", vocab_size=len(tok), n_layer=1, n_embd=16, n_head=1))
+    return model, tok
+
+
+def add_version(registry: Registry, model, tok) -> str:
+    with registry.staging() as staged:
+        save_checkpoint(staged, model, tok)
+        (staged / "metrics.json").write_text('{"arch": "lstm"}')
+        return registry.commit(staged)
+
+
+def test_versions_are_numbered_and_never_overwritten(tmp_path, parts):
+    registry = Registry(tmp_path)
+    assert [add_version(registry, *parts) for _ in range(3)] == ["v0001", "v0002", "v0003"]
+    assert registry.versions() == ["v0001", "v0002", "v0003"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_failed_write_leaves_no_version(tmp_path, parts):
+    registry = Registry(tmp_path)
+    with pytest.raises(RuntimeError):
+        with registry.staging() as staged:
+            save_checkpoint(staged, *parts)
+            raise RuntimeError("disk full")
+    assert registry.versions() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_staging_left_by_a_killed_trainer_is_cleaned_up(tmp_path, parts):
+    abandoned = tmp_path / ".staging-999999999-abc"  # no such pid
+    abandoned.mkdir(parents=True)
+    add_version(Registry(tmp_path), *parts)
+    assert not abandoned.exists()
+
+
+def test_promote_moves_current_and_load_returns_the_same_model(tmp_path, parts):
+    model, tok = parts
+    registry = Registry(tmp_path)
+    v1, v2 = add_version(registry, model, tok), add_version(registry, model, tok)
+    assert registry.current() is None
+    registry.promote(v2)
+    assert registry.current() == v2 and os.readlink(tmp_path / CURRENT) == v2
+    loaded = registry.load()
+    assert loaded.version == v2 and loaded.tokenizer.tokens == tok.tokens
+    idx = torch.tensor([[1, 2, 3]])
+    assert torch.allclose(loaded.model(idx), model.eval()(idx))
+
+
+def test_rollback_returns_to_the_previous_current(tmp_path, parts):
+    registry = Registry(tmp_path)
+    v1, v2, v3 = (add_version(registry, *parts) for _ in range(3))
+    registry.promote(v1)
+    registry.promote(v3)
+    assert registry.rollback() == v1 and registry.current() == v1
+
+
+def test_rollback_without_history_and_unknown_versions_are_errors(tmp_path, parts):
+    registry = Registry(tmp_path)
+    add_version(registry, *parts)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback()
+    with pytest.raises(RegistryError, match="v0042 does not exist"):
+        registry.promote("v0042")
+    with pytest.raises(RegistryError, match="not a version name"):
+        registry.promote("../etc")
+    with pytest.raises(RegistryError, match="no current version"):
+        registry.load()
+
+
+def test_corrupt_checkpoint_names_the_version(tmp_path, parts):
+    registry = Registry(tmp_path)
+    version = add_version(registry, *parts)
+    (tmp_path / version / WEIGHTS).write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(RegistryError, match=f"version {version}: corrupt checkpoint"):
+        registry.load(version)
+
+
+def test_incompatible_checkpoint_names_the_version(tmp_path, parts):
+    model, _ = parts
+    registry = Registry(tmp_path)
+    other_tok = Tokenizer.train(["完全不同的词表 with other words"], min_freq=1)
+    with registry.staging() as staged:
+        save_checkpoint(staged, model, other_tok)  # vocabulary sizes disagree
+        version = registry.commit(staged)
+    with pytest.raises(RegistryError, match=f"version {version}: incompatible checkpoint"):
+        registry.load(version)

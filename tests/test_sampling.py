@@ -1,0 +1,87 @@
+"""Sampling: greedy is deterministic, seeds reproduce draws, filters and stop conditions hold."""
+import pytest
+import torch
+
+from llmcore.model import ModelConfig, build_model
+from llmcore.sampling import SamplingParams, choose_token, filter_top_k_top_p, generate, penalize_repeats
+
+STOP = 7
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    return build_model(ModelConfig(arch="transformer", vocab_size=40, n_layer=1, n_embd=32, n_head=2, block_size=64)).eval()
+
+
+def test_temperature_zero_is_deterministic_and_greedy(model):
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    a = generate(model, [[1, 2, 3]], params, stop_ids={STOP})[0]
+    b = generate(model, [[1, 2, 3]], params, stop_ids={STOP})[0]
+    assert a.token_ids == b.token_ids
+    logits = model(torch.tensor([[1, 2, 3]]))[0, -1]
+    assert a.token_ids[0] == int(logits.argmax()) or a.finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible_and_different_seeds_differ(model):
+    runs = {seed: generate(model, [[1, 2]], SamplingParams(temperature=1.5, max_new_tokens=20, seed=seed), {STOP})[0].token_ids
+            for seed in (1, 2, 3)}
+    again = generate(model, [[1, 2]], SamplingParams(temperature=1.5, max_new_tokens=20, seed=1), {STOP})[0].token_ids
+    assert again == runs[1]
+    assert len({tuple(v) for v in runs.values()}) > 1
+
+
+def test_max_new_tokens_is_respected(model):
+    out = generate(model, [[1, 2, 3]], SamplingParams(temperature=1.0, max_new_tokens=5, seed=0), stop_ids=set())[0]
+    assert len(out.token_ids) == 5 and out.finish_reason == "length"
+
+
+def test_generation_stops_at_end_of_turn_without_emitting_it(model):
+    logits = model(torch.tensor([[1, 2, 3]]))[0, -1]
+    first = int(logits.argmax())
+    out = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=10), stop_ids={first})[0]
+    assert out.token_ids == [] and out.finish_reason == "stop"
+
+
+def test_context_full_ends_with_length(model):
+    out = generate(model, [list(range(1, 30)) * 2], SamplingParams(max_new_tokens=50, temperature=1.0, seed=0), stop_ids=set())[0]
+    assert out.finish_reason == "length" and len(out.token_ids) == 64 - 58 + 1  # the last token is predicted, never fed
+
+
+def test_batched_greedy_equals_one_at_a_time(model):
+    prompts = [[1, 2, 3], [5], [9, 8, 7, 6, 5, 4, 3, 2], [11, 12]]
+    params = SamplingParams(max_new_tokens=15)
+    together = generate(model, prompts, params, stop_ids={STOP})
+    alone = [generate(model, [p], params, stop_ids={STOP})[0] for p in prompts]
+    assert [o.token_ids for o in together] == [o.token_ids for o in alone]
+    for a, b in zip(together, alone):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.confidence <= 0
+
+
+def test_top_k_keeps_k_tokens_and_top_p_keeps_the_smallest_set():
+    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0])
+    assert torch.isfinite(filter_top_k_top_p(logits, 2, 1.0)).sum() == 2
+    probs = torch.softmax(logits, -1)  # ≈ [0.64, 0.24, 0.09, ...]
+    kept = torch.isfinite(filter_top_k_top_p(logits, 0, 0.7))
+    assert kept.tolist() == [True, True, False, False, False]
+    assert probs[:1].sum() < 0.7 <= probs[:2].sum()
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.randn(50)
+    for params in (SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=1.0, top_p=1e-6, seed=3)):
+        assert choose_token(logits, params, [], params.make_generator(torch.device("cpu"))) == int(logits.argmax())
+
+
+def test_repetition_penalty_lowers_repeated_tokens():
+    logits = torch.tensor([2.0, -1.0, 1.9])
+    penalised = penalize_repeats(logits, [0, 1], 1.5)
+    assert penalised.tolist() == pytest.approx([2.0 / 1.5, -1.5, 1.9])
+    assert choose_token(logits, SamplingParams(repetition_penalty=1.5), [0], None) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(max_new_tokens=0), dict(top_k=-1), dict(repetition_penalty=0)])
+def test_invalid_parameters_are_rejected(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)

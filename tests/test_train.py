@@ -1,0 +1,148 @@
+"""Trainer: complete versions only, learning that can be measured, clean stops, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llmcore.dataset import DataError
+from llmcore.evaluate import char_f1
+from llmcore.registry import Registry
+from llmcore.sampling import SamplingParams, generate
+from llmcore.train import TrainOptions, train
+
+from .conftest import FAQ_PAIRS, REPO
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 64, "dropout": 0.0}
+VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"}
+METRIC_KEYS = {"arch", "num_params", "train_loss", "val_loss", "val_ppl", "train_tokens_per_s", "train_seconds", "data_sha256", "created"}
+
+
+def tiny_opts(data, models, **kw) -> TrainOptions:
+    base = dict(data=[str(data)], arch="transformer", models=str(models), epochs=2, device="cpu", progress=False,
+                min_freq=1, model_overrides=dict(TINY), val_fraction=0.2)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def run_cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmcore", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
+    version, metrics = train(tiny_opts(faq_file, tmp_path / "m", arch=arch))
+    registry = Registry(tmp_path / "m")
+    assert registry.versions() == [version] == ["v0001"]
+    assert {p.name for p in (tmp_path / "m" / version).iterdir()} == VERSION_FILES
+    saved = registry.metrics(version)
+    assert METRIC_KEYS <= set(saved) and saved["arch"] == arch
+    assert saved["val_ppl"] == pytest.approx(2.718281828 ** saved["val_loss"], rel=1e-6)
+    assert saved["train_tokens_per_s"] > 0 and len(saved["data_sha256"]) == 64
+    assert (tmp_path / "m" / version / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert registry.current() is None  # not promoted without --promote
+
+
+def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):
+    train(tiny_opts(faq_file, tmp_path, epochs=1))
+    version, _ = train(tiny_opts(faq_file, tmp_path, epochs=1, promote=True))
+    assert version == "v0002" and Registry(tmp_path).current() == "v0002"
+
+
+def test_a_small_faq_is_learned_by_heart(tmp_path, faq_file):
+    """Fast stand-in for the demo-corpus check (tests marked slow): training must actually teach."""
+    opts = tiny_opts(faq_file, tmp_path, epochs=150, val_fraction=0.0, batch_tokens=512, lr=5e-3,
+                     model_overrides={**TINY, "n_layer": 2, "n_embd": 64})
+    version, metrics = train(opts)
+    loaded = Registry(tmp_path).load(version)
+    prompts = [loaded.tokenizer.encode_prompt([{"role": "user", "content": q}]) for q, _ in FAQ_PAIRS]
+    outputs = generate(loaded.model, prompts, SamplingParams(max_new_tokens=40), loaded.tokenizer.stop_ids)
+    answers = [loaded.tokenizer.decode(o.token_ids) for o in outputs]
+    f1 = sum(char_f1(a, ref) for a, (_, ref) in zip(answers, FAQ_PAIRS)) / len(FAQ_PAIRS)
+    assert f1 >= 0.9, answers
+    assert metrics["train_loss"] < 0.5
+
+
+def test_time_budget_stops_training_and_still_saves(tmp_path, faq_file):
+    started = time.monotonic()
+    version, metrics = train(tiny_opts(faq_file, tmp_path, epochs=None, max_minutes=0.05))
+    assert metrics["stop_reason"] == "time" and 2.5 <= metrics["train_seconds"] <= 6
+    assert time.monotonic() - started < 30 and Registry(tmp_path).versions() == [version]
+
+
+def test_early_stopping_when_validation_stops_improving(tmp_path, faq_file):
+    _, metrics = train(tiny_opts(faq_file, tmp_path, epochs=50, lr=0.0, patience=2))
+    assert metrics["stop_reason"] == "early_stop" and metrics["epochs"] <= 4
+
+
+def test_bad_data_writes_nothing(tmp_path, faq_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(faq_file.read_text() + '{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:7: conversation has no assistant turn"):
+        train(tiny_opts(bad, tmp_path / "m"))
+    assert not (tmp_path / "m").exists() or Registry(tmp_path / "m").versions() == []
+
+
+def test_cli_reports_bad_data_in_one_line_with_status_2(tmp_path, faq_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}\n')
+    result = run_cli("train", "--data", bad, "--models", tmp_path / "m", "--epochs", "1", "--no-progress")
+    assert result.returncode == 2
+    assert f"error: {bad}:1: message 1 has unknown role 'wizard'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_skip_bad_trains_and_counts(tmp_path, faq_file):
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(faq_file.read_text() + "{broken\n")
+    result = run_cli("train", "--data", mixed, "--models", tmp_path / "m", "--epochs", "1", "--skip-bad", "--no-progress",
+                     "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--min-freq", "1")
+    assert result.returncode == 0, result.stderr
+    assert Registry(tmp_path / "m").metrics("v0001")["skipped_lines"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_run_leaves_no_version_and_keeps_current(tmp_path, faq_file, sig):
+    models = tmp_path / "m"
+    train(tiny_opts(faq_file, models, epochs=1, promote=True))
+    proc = subprocess.Popen([sys.executable, "-m", "llmcore", "train", "--data", str(faq_file), "--models", str(models),
+                             "--epochs", "100000", "--promote", "--min-freq", "1", "--n-layer", "1", "--n-embd", "32", "--n-head", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # wait until training is under way
+        if "params, vocab" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    registry = Registry(models)
+    assert registry.versions() == ["v0001"] and registry.current() == "v0001"
+
+
+def test_cli_generate_and_eval(tmp_path, faq_file):
+    train(tiny_opts(faq_file, tmp_path, epochs=3, promote=True))
+    generated = run_cli("generate", "--models", tmp_path, "--max-new-tokens", "8", "怎么退货？")
+    assert generated.returncode == 0, generated.stderr
+    evaluated = run_cli("eval", "--models", tmp_path, "--data", faq_file)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["version"] == "v0001" and result["num_turns"] == len(FAQ_PAIRS)
+    assert result["ppl"] > 1 and 0 <= result["char_f1"] <= 1
+
+
+def test_cli_models_list_promote_rollback(tmp_path, faq_file):
+    for _ in range(2):
+        train(tiny_opts(faq_file, tmp_path, epochs=1))
+    assert run_cli("models", "promote", "v0001", "--models", tmp_path).returncode == 0
+    assert run_cli("models", "promote", "v0002", "--models", tmp_path).returncode == 0
+    listing = run_cli("models", "list", "--models", tmp_path).stdout
+    assert "* v0002" in listing and "  v0001" in listing
+    rolled = run_cli("models", "rollback", "--models", tmp_path)
+    assert rolled.returncode == 0 and Registry(tmp_path).current() == "v0001"
+    missing = run_cli("models", "promote", "v0009", "--models", tmp_path)
+    assert missing.returncode == 2 and "v0009 does not exist" in missing.stderr
+    assert os.readlink(tmp_path / "current") == "v0001"
