@@ -34,7 +34,9 @@ from llmcore.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}
+PEAK_LR = {"transformer": 3e-3, "lstm": 3e-3}
+MIN_STEPS_PER_EPOCH = 20  # small data (an FAQ) gets smaller batches, so it sees enough updates
+BATCH_TOKENS_RANGE = (512, 2048)
 WARMUP_STEPS = 20
 FINAL_LR_FRACTION = 0.1
 VAL_CHAR_F1_TURNS = 200  # answers generated for the version's char-F1 on validation
@@ -56,7 +58,7 @@ class TrainOptions:
     seed: int = 0
     skip_bad: bool = False
     val_fraction: float = 0.1
-    batch_tokens: int = 2048
+    batch_tokens: int | None = None  # None: auto, see auto_batch_tokens
     lr: float | None = None
     patience: int = 8  # evaluations without improvement before stopping
     vocab_size: int = 8000
@@ -83,6 +85,13 @@ def lr_at(step: int, progress: float, peak: float) -> float:
         return peak * (step + 1) / WARMUP_STEPS
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine)
+
+
+def auto_batch_tokens(examples: list) -> int:
+    """About 2k tokens per step, fewer for small data so one epoch is at least MIN_STEPS_PER_EPOCH steps."""
+    per_epoch = sum(len(e.ids) for e in examples)
+    low, high = BATCH_TOKENS_RANGE
+    return int(min(high, max(low, per_epoch // MIN_STEPS_PER_EPOCH)))
 
 
 def make_optimizer(model: LanguageModel, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -144,7 +153,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
     rng = random.Random(opts.seed)
-    steps_per_epoch = len(make_batches(examples, opts.batch_tokens, tokenizer.pad_id))
+    batch_tokens = opts.batch_tokens or auto_batch_tokens(examples)
+    steps_per_epoch = len(make_batches(examples, batch_tokens, tokenizer.pad_id))
     total_steps = steps_per_epoch * opts.epochs if opts.epochs else None
     budget_s = opts.max_minutes * 60 if opts.max_minutes else None
     eval_every_s = max(5.0, (budget_s or 600) / 25)
@@ -159,7 +169,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     try:
         while stop_reason is None:
             epoch += 1
-            for x, y in make_batches(examples, opts.batch_tokens, tokenizer.pad_id, rng):
+            for x, y in make_batches(examples, batch_tokens, tokenizer.pad_id, rng):
                 elapsed = time.monotonic() - t0
                 progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
                 if progress >= 1.0:
@@ -193,7 +203,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return history, {"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
-                     "best_step": best["step"], "stop_reason": stop_reason}
+                     "best_step": best["step"], "stop_reason": stop_reason,
+                     "batch_tokens": batch_tokens, "peak_lr": peak_lr}
 
 
 def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
@@ -235,6 +246,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
+        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"],
         "device": str(device), "seed": opts.seed, "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
