@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from llmcore.dataset import DEMO_DATA, IGNORE_INDEX, make_batches, make_examples, read_conversations
 from llmcore.model import ARCHS, LanguageModel, build_model, default_config, resolve_device
@@ -32,8 +31,7 @@ def train_tokens_per_s(model: LanguageModel, batches: list, device: torch.device
     def one(x, y) -> int:
         x, y = x.to(device), y.to(device)
         with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX)
+            loss = model.loss(x, y, IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

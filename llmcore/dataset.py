@@ -128,18 +128,21 @@ def turn_starts(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
 
 
 def make_windows(ids: list[int], mask: list[int], starts: Sequence[int], block_size: int) -> list[Example]:
-    """Cut a long conversation into windows of ≤ block_size + 1 tokens that begin at turn starts.
+    """Cut a long conversation into windows of ≤ block_size + 1 tokens.
 
-    Windows overlap to give context, but each target position carries loss in one window only.
+    Later windows begin at a turn start and get `<bos>` (ids[0]) in front, exactly what a prompt looks like
+    once its oldest turns were dropped to fit the context. Windows overlap to give context, but each target
+    position carries loss in one window only.
     """
     span = block_size + 1
     if len(ids) <= span:
         return [Example(ids, mask)]
     windows, start, trained_until = [], 0, 0
     while trained_until < len(ids):
-        end = min(start + span, len(ids))
-        window_mask = [m if start + i >= trained_until else 0 for i, m in enumerate(mask[start:end])]
-        windows.append(Example(ids[start:end], window_mask))
+        head = [] if start == 0 else [ids[0]]
+        end = min(start + span - len(head), len(ids))
+        window_mask = [0] * len(head) + [m if start + i >= trained_until else 0 for i, m in enumerate(mask[start:end])]
+        windows.append(Example(head + ids[start:end], window_mask))
         trained_until = end
         if end == len(ids):
             break

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from llmcore.dataset import IGNORE_INDEX, Conversation, make_batches, make_examples
 from llmcore.model import LanguageModel
@@ -55,8 +54,7 @@ def loss_on(model: LanguageModel, conversations: Sequence[Conversation], tokeniz
     total, count, chars = 0.0, 0, 0
     for x, y in make_batches(examples, EVAL_BATCH_TOKENS, tokenizer.pad_id):
         x, y = x.to(device), y.to(device)
-        logits = model(x).float()
-        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"))
+        total += float(model.loss(x, y, IGNORE_INDEX, reduction="sum"))
         targets = y[y != IGNORE_INDEX].tolist()
         count += len(targets)
         chars += sum(len(tokenizer.tokens[t]) if t >= tokenizer.num_special else 0 for t in targets)

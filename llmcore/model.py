@@ -70,7 +70,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 @dataclass
 class KVCache:
-    """Keys and values per layer, preallocated: (L, B, H, T_max, D); `lengths` (B,) counts filled positions."""
+    """Keys and values per layer, preallocated: (L, B, H, T_max, D).
+
+    `lengths` (B,) counts the filled positions; it lives on the CPU so that scheduling never waits for the GPU.
+    """
 
     k: Tensor
     v: Tensor
@@ -79,11 +82,22 @@ class KVCache:
 
 @dataclass
 class LSTMState:
-    """(h, c) per layer: (L, B, H); `lengths` (B,) counts tokens consumed."""
+    """(h, c) per layer: (L, B, H); `lengths` (B,) counts tokens consumed (on the CPU, as for KVCache)."""
 
     h: Tensor
     c: Tensor
     lengths: Tensor
+
+
+@dataclass
+class CachePositions:
+    """Where one cached step reads and writes, computed once per step and shared by every layer."""
+
+    pos: Tensor  # (B, T) absolute positions of the new tokens
+    write_rows: Tensor  # (B, T) cache row of each new token
+    rows: Tensor | None  # (B,) cache rows addressed, None for rows 0..B-1
+    t_used: int  # positions to read: max(start) + T
+    visible: Tensor  # (B, 1, T, t_used) causal mask over the cached positions
 
 
 class CausalSelfAttention(nn.Module):
@@ -108,21 +122,16 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self._merge(y)
 
-    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, rows: Tensor | None) -> Tensor:
-        """x (B, T, C) at absolute positions pos (B, T); caches (B_max, H, T_max, D) are written in place."""
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, where: CachePositions) -> Tensor:
+        """x (B, T, C); the new keys and values go into the caches (B_max, H, T_max, D) in place."""
         q, k, v = self._heads(x)
-        B, T = pos.shape
-        row_ids = torch.arange(B, device=x.device) if rows is None else rows
-        row_index = row_ids[:, None].expand(B, T)
-        k_cache[row_index, :, pos] = k.transpose(1, 2).to(k_cache.dtype)  # (B, T, H, D) into the slots
-        v_cache[row_index, :, pos] = v.transpose(1, 2).to(v_cache.dtype)
-        t_used = int(pos.max()) + 1
-        if rows is None:
-            keys, values = k_cache[:B, :, :t_used], v_cache[:B, :, :t_used]
+        k_cache[where.write_rows, :, where.pos] = k.transpose(1, 2).to(k_cache.dtype)  # (B, T, H, D) into the slots
+        v_cache[where.write_rows, :, where.pos] = v.transpose(1, 2).to(v_cache.dtype)
+        if where.rows is None:
+            keys, values = k_cache[: x.shape[0], :, : where.t_used], v_cache[: x.shape[0], :, : where.t_used]
         else:
-            keys, values = k_cache[rows, :, :t_used], v_cache[rows, :, :t_used]  # (B, H, t_used, D)
-        visible = torch.arange(t_used, device=x.device)[None, None, :] <= pos[:, :, None]  # (B, T, t_used)
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=visible[:, None])
+            keys, values = k_cache[where.rows, :, : where.t_used], v_cache[where.rows, :, : where.t_used]  # (B, H, t_used, D)
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=where.visible)
         return self._merge(y)
 
 
@@ -144,8 +153,8 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_1(x)))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, rows: Tensor | None) -> Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, pos, rows)
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, where: CachePositions) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, where)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -154,13 +163,24 @@ class LanguageModel(nn.Module):
 
     config: ModelConfig
 
+    def forward(self, idx: Tensor) -> Tensor:
+        """Logits for every position: (B, T) -> (B, T, V)."""
+        return self.head(self.hidden_states(idx))
+
+    def loss(self, idx: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+        """Cross-entropy over the positions that have a target; the output layer runs on those only."""
+        hidden = self.hidden_states(idx)  # (B, T, C)
+        keep = targets != ignore_index
+        logits = self.head(hidden[keep])  # (N, V)
+        return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def step(self, idx: Tensor, cache, rows: Tensor | None = None, all_logits: bool = False) -> Tensor:
         """Feed idx (B, T) after what `cache` rows already hold; logits for the last position (B, V) or all (B, T, V)."""
-        index = rows if rows is not None else slice(None)
-        start = cache.lengths[index]  # (B,)
+        index = rows.cpu() if rows is not None else slice(None)
+        start = cache.lengths[index]  # (B,) on the CPU
         if start.shape[0] != idx.shape[0]:
             raise ValueError(f"{idx.shape[0]} input rows for {start.shape[0]} cache rows")
         hidden = self._hidden_cached(idx, cache, start, rows)  # (B, T, C)
@@ -192,14 +212,14 @@ class TransformerLM(LanguageModel):
             nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
             nn.init.normal_(block.mlp[2].weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def hidden_states(self, idx: Tensor) -> Tensor:
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
         x = self.drop(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype: torch.dtype | None = None) -> KVCache:
         cfg = self.config
@@ -210,17 +230,27 @@ class TransformerLM(LanguageModel):
         return KVCache(
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
-            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
+            lengths=torch.zeros(batch_size, dtype=torch.long),
         )
 
     def _hidden_cached(self, idx: Tensor, cache: KVCache, start: Tensor, rows: Tensor | None) -> Tensor:
-        T = idx.shape[1]
-        pos = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
-        if int(pos.max()) >= cache.k.shape[3]:
-            raise ValueError(f"context full: {int(pos.max()) + 1} tokens exceed the cache of {cache.k.shape[3]}")
+        B, T = idx.shape
+        t_used = int(start.max()) + T  # start lives on the CPU: no device sync
+        if t_used > cache.k.shape[3]:
+            raise ValueError(f"context full: {t_used} tokens exceed the cache of {cache.k.shape[3]}")
+        device = idx.device
+        pos = (start[:, None] + torch.arange(T)[None, :]).to(device, non_blocking=True)  # (B, T)
+        row_ids = torch.arange(B, device=device) if rows is None else rows.to(device, non_blocking=True)
+        where = CachePositions(
+            pos=pos,
+            write_rows=row_ids[:, None].expand(B, T),
+            rows=None if rows is None else row_ids,
+            t_used=t_used,
+            visible=(torch.arange(t_used, device=device)[None, None, :] <= pos[:, :, None])[:, None],
+        )
         x = self.wte(idx) + self.wpe(pos)
         for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, cache.k[layer], cache.v[layer], pos, rows)
+            x = block.forward_cached(x, cache.k[layer], cache.v[layer], where)
         return self.ln_f(x)
 
 
@@ -239,10 +269,10 @@ class LSTMLM(LanguageModel):
         self.head.weight = self.wte.weight
         nn.init.normal_(self.wte.weight, std=0.02)
 
-    def forward(self, idx: Tensor) -> Tensor:
+    def hidden_states(self, idx: Tensor) -> Tensor:
         x = self.drop(self.wte(idx))  # (B, T, C)
         out, _ = self.lstm(x)
-        return self.head(self.ln_f(self.drop(out)))  # (B, T, V)
+        return self.ln_f(self.drop(out))
 
     def new_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype: torch.dtype | None = None) -> LSTMState:
         cfg = self.config
@@ -252,11 +282,11 @@ class LSTMLM(LanguageModel):
         return LSTMState(
             h=torch.zeros(shape, device=device, dtype=dtype),
             c=torch.zeros(shape, device=device, dtype=dtype),
-            lengths=torch.zeros(batch_size, dtype=torch.long, device=device),
+            lengths=torch.zeros(batch_size, dtype=torch.long),
         )
 
     def _hidden_cached(self, idx: Tensor, cache: LSTMState, start: Tensor, rows: Tensor | None) -> Tensor:
-        index = slice(None) if rows is None else rows
+        index = slice(None) if rows is None else rows.to(idx.device)
         state = (cache.h[:, index].contiguous(), cache.c[:, index].contiguous())
         out, (h, c) = self.lstm(self.wte(idx), state)
         cache.h[:, index] = h

@@ -123,7 +123,7 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], params: Sam
         raise ValueError(f"a prompt of {max(map(len, prompts))} tokens leaves no room in the context of {block}")
     device = next(model.parameters()).device
     cache = model.new_cache(len(prompts), max_len=min(block, max(map(len, prompts)) + params.max_new_tokens))
-    logits = torch.stack([model.step(torch.tensor([p], device=device), cache, rows=torch.tensor([i], device=device))[0]
+    logits = torch.stack([model.step(torch.tensor([p], device=device), cache, rows=torch.tensor([i]))[0]
                           for i, p in enumerate(prompts)])  # (B, V), prefill one row at a time
     outputs = [Generation() for _ in prompts]
     generators = [params.make_generator(device) for _ in prompts]
@@ -131,7 +131,7 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], params: Sam
     while active:
         tokens, logprobs = choose_tokens(logits, [params] * len(active), [outputs[i] for i in active],
                                          [generators[i] for i in active])
-        still = []
+        still, lengths = [], cache.lengths.tolist()
         for row, token, logprob in zip(active, tokens, logprobs):
             out = outputs[row]
             if token in stop_ids:
@@ -139,13 +139,13 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], params: Sam
                 continue
             out.token_ids.append(token)
             out.logprobs.append(logprob)
-            if len(out.token_ids) >= params.max_new_tokens or int(cache.lengths[row]) >= cache_capacity(cache):
+            if len(out.token_ids) >= params.max_new_tokens or lengths[row] >= cache_capacity(cache):
                 out.finish_reason = "length"
             else:
                 still.append((row, token))
         active = [row for row, _ in still]
         if active:
-            rows = torch.tensor(active, device=device)
+            rows = torch.tensor(active)  # cache rows are addressed from the CPU
             logits = model.step(torch.tensor([[t] for _, t in still], device=device), cache, rows=rows)
     return outputs
 

@@ -35,6 +35,7 @@ SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, SYSTEM, USER, ASSISTANT, END)
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 FORMAT = "kefu-tokenizer/1"
+MIN_PROMPT_TOKENS = 4  # <bos>, a role, one token, the assistant opener
 
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _LATIN = r"A-Za-z\u00c0-\u024f"
@@ -154,23 +155,23 @@ class Tokenizer:
         opener = [self.role_ids["assistant"]]
         if max_tokens is None:
             return [self.bos_id] + [i for turn in turns for i in turn] + opener
-        budget = max_tokens - 1 - len(opener)
+        if max_tokens < MIN_PROMPT_TOKENS:
+            raise TokenizerError(f"a prompt needs at least {MIN_PROMPT_TOKENS} tokens, got max_tokens={max_tokens}")
         is_system = [m["role"] == "system" for m in messages]
-        keep = [t for t, s in zip(turns, is_system) if s]
-        used = sum(map(len, keep))
-        kept_rest: list[list[int]] = []
+        kept_system = [t for t, system in zip(turns, is_system) if system]
+        budget = max_tokens - 1 - len(opener) - sum(map(len, kept_system))
+        kept: list[list[int]] = []  # newest first
         for turn, system in zip(reversed(turns), reversed(is_system)):
             if system:
                 continue
-            if used + len(turn) > budget:
-                if not kept_rest:  # the newest turn alone: keep its role token and its end
-                    room = max(budget - used - 1, 0)
-                    kept_rest.append(turn[:1] + turn[len(turn) - room :] if room else turn[:1])
+            if len(turn) > budget:
+                if not kept:  # the newest turn alone is too long: its role token, then its end
+                    kept.append(turn[:1] + turn[len(turn) - max(budget - 1, 0) :] if budget > 1 else turn[:1])
                 break
-            kept_rest.append(turn)
-            used += len(turn)
-        body = [i for turn in keep + kept_rest[::-1] for i in turn]
-        return ([self.bos_id] + body + opener)[-max_tokens:] if max_tokens > 0 else []
+            kept.append(turn)
+            budget -= len(turn)
+        body = [i for turn in kept_system + kept[::-1] for i in turn]
+        return ([self.bos_id] + body + opener)[-max_tokens:]
 
     def _encode_turn(self, message: dict) -> list[int]:
         role = message.get("role") if isinstance(message, dict) else None

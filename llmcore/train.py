@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from llmcore.dataset import IGNORE_INDEX, Conversation, data_sha256, make_batches, make_examples, read_conversations, split_conversations
@@ -40,6 +39,9 @@ BATCH_TOKENS_RANGE = (512, 2048)
 WARMUP_STEPS = 20
 FINAL_LR_FRACTION = 0.1
 VAL_CHAR_F1_TURNS = 200  # answers generated for the version's char-F1 on validation
+EVALS_PER_BUDGET = 12  # with a time budget, validate this often (at most every MIN_EVAL_INTERVAL_S)
+MIN_EVAL_INTERVAL_S = 5.0
+KEEP_FINAL_TOLERANCE = 0.01  # keep the final weights unless validation got this much (relative) worse than the best
 
 
 class TrainingInterrupted(Exception):
@@ -148,7 +150,11 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
                  opts: TrainOptions, device: torch.device) -> tuple[History, dict]:
-    """The loop: returns the loss history and throughput; leaves the best-validation weights in `model`."""
+    """The loop: returns the loss history and throughput.
+
+    Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
+    (a plateau is not a reason to forget what was learned on the training data, e.g. a knowledge base by heart).
+    """
     examples = make_examples(train_convs, tokenizer, model.config.block_size)
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
@@ -157,7 +163,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     steps_per_epoch = len(make_batches(examples, batch_tokens, tokenizer.pad_id))
     total_steps = steps_per_epoch * opts.epochs if opts.epochs else None
     budget_s = opts.max_minutes * 60 if opts.max_minutes else None
-    eval_every_s = max(5.0, (budget_s or 600) / 25)
+    eval_every_s = max(MIN_EVAL_INTERVAL_S, budget_s / EVALS_PER_BUDGET) if budget_s else None  # else: every epoch
     peak_lr = PEAK_LR[model.config.arch] if opts.lr is None else opts.lr
     optimizer = make_optimizer(model, peak_lr, device)
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
@@ -184,33 +190,33 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 history.train_loss.append(loss)
                 bar.n = min(100.0, round(100 * progress, 1))
                 bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f} {tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=True)
-                if time.monotonic() - last_eval >= eval_every_s:
+                if eval_every_s and time.monotonic() - last_eval >= eval_every_s:
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
                     last_eval = time.monotonic()
                     if bad_evals >= opts.patience:
                         stop_reason = "early_stop"
                         break
-            else:  # an epoch ended: validate there too
-                bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
-                last_eval = time.monotonic()
-                if bad_evals >= opts.patience:
-                    stop_reason = "early_stop"
+            else:
+                if not eval_every_s:  # epochs mode: validate at each epoch's end
+                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+                    if bad_evals >= opts.patience:
+                        stop_reason = "early_stop"
     finally:
         bar.close()
     train_seconds = time.monotonic() - t0
     if not history.val_steps or history.val_steps[-1] != step:
         validate(model, tokenizer, val_convs, history, best, step, bad_evals)
-    if best["state"] is not None:
+    restored = bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
+    if restored:  # validation got measurably worse: go back to the best weights
         model.load_state_dict(best["state"])
-    return history, {"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
+    return history, {"restored_best": restored,"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
                      "best_step": best["step"], "stop_reason": stop_reason,
                      "batch_tokens": batch_tokens, "peak_lr": peak_lr}
 
 
 def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     with autocast(device):
-        logits = model(x)  # (B, T, V)
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX)
+        loss = model.loss(x, y, IGNORE_INDEX)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -246,7 +252,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
-        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"],
+        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
         "device": str(device), "seed": opts.seed, "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -90,3 +90,15 @@ def test_device_auto_follows_cuda_availability():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU versions above always run)")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_decoding_equals_full_forward_on_cuda(arch):
+    model = tiny(arch).cuda()
+    idx = torch.randint(0, 61, (3, 40), device="cuda")
+    full = model(idx)
+    cache = model.new_cache(3)
+    assert cache.k.device.type == "cuda" and cache.lengths.device.type == "cpu"  # bookkeeping stays on the host
+    steps = [model.step(idx[:, t : t + 1], cache, all_logits=True) for t in range(40)]
+    assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-3  # TF32 matmuls on the GPU
