@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow bench run clean
+.PHONY: install test test-slow lint bench run clean
 MODELS ?= models
 
 install: $(STAMP)
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check llmcore bot bench tests
 
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

@@ -85,7 +85,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     conversations, _ = read_conversations([args.data])
-    tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages))
+    tokenizer = Tokenizer.train(m["content"] for c in conversations for m in c.messages)
     summary = {"bench": "summary", "device": str(device), "threads": torch.get_num_threads(), "data": Path(args.data).name}
     for arch in ARCHS:
         model = build_model(default_config(arch, tokenizer.vocab_size)).to(device)

@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = main(opts)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(
-        f"trained {metrics['version']}{' (current)' if opts.promote else ''}: {metrics['arch']} {metrics['num_params'] / 1e6:.2f} M params, "
+        f"trained {metrics['version']}{' (current)' if opts.promote else ''}: "
+        f"{metrics['arch']} {metrics['num_params'] / 1e6:.2f} M params, "
         f"val_ppl {_fmt(metrics['val_ppl'])}, val_char_f1 {_fmt(metrics['val_char_f1'])}, "
         f"{metrics['train_tokens_per_s']:,.0f} tok/s, {metrics['train_seconds']:.0f} s ({metrics['stop_reason']})"
     )

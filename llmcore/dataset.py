@@ -110,7 +110,8 @@ def data_sha256(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
-def split_conversations(conversations: Sequence[Conversation], val_fraction: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+def split_conversations(conversations: Sequence[Conversation], val_fraction: float,
+                        seed: int) -> tuple[list[Conversation], list[Conversation]]:
     """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more."""
     order = list(range(len(conversations)))
     random.Random(seed).shuffle(order)
@@ -172,7 +173,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-def make_batches(examples: Sequence[Example], max_tokens: int, pad_id: int, rng: random.Random | None = None) -> list[tuple[Tensor, Tensor]]:
+def make_batches(examples: Sequence[Example], max_tokens: int, pad_id: int,
+                 rng: random.Random | None = None) -> list[tuple[Tensor, Tensor]]:
     """Length-bucketed batches of about `max_tokens` padded tokens each, in shuffled order when `rng` is given."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     if rng is not None:  # shuffle within similar lengths, then shuffle the batches

@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -169,7 +169,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
     step, tokens, bad_evals, epoch = 0, 0, 0, 0
     t0 = last_eval = time.monotonic()
-    bar = tqdm(total=100, unit="%", disable=not opts.progress, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    bar = tqdm(total=100, unit="%", disable=not opts.progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     stop_reason = None
     model.train()
     try:
@@ -254,7 +255,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
         "device": str(device), "seed": opts.seed, "data": [str(Path(p)) for p in opts.data],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if val_convs:
         scores = evaluate(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS)

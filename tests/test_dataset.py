@@ -2,10 +2,18 @@
 import json
 
 import pytest
-import torch
 
-from llmcore.dataset import (IGNORE_INDEX, DataError, collate, make_batches, make_examples, make_windows,
-                             read_conversations, split_conversations)
+from llmcore.dataset import (
+    IGNORE_INDEX,
+    Conversation,
+    DataError,
+    collate,
+    make_batches,
+    make_examples,
+    make_windows,
+    read_conversations,
+    split_conversations,
+)
 from llmcore.tokenizer import Tokenizer
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好"}]}, ensure_ascii=False)
@@ -83,7 +91,7 @@ def test_long_conversations_are_windowed_and_each_target_trained_once():
 
 def test_batches_respect_the_token_budget_and_mask_padding():
     tok = Tokenizer.train(["你好您好请问退货"], min_freq=1)
-    convs = [type("C", (), {"messages": [{"role": "user", "content": "你好" * n}, {"role": "assistant", "content": "您好"}]})() for n in range(1, 30)]
+    convs = [Conversation([{"role": "user", "content": "你好" * n}, {"role": "assistant", "content": "您好"}]) for n in range(1, 30)]
     examples = make_examples(convs, tok, block_size=64)
     batches = make_batches(examples, max_tokens=200, pad_id=tok.pad_id)
     assert sum(x.shape[0] for x, _ in batches) == len(examples)

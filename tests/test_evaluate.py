@@ -1,10 +1,9 @@
 """Metrics: character F1 behaves like a score, perplexity matches the loss."""
-import math
 
 import pytest
 
-from llmcore.evaluate import assistant_turns, char_f1
 from llmcore.dataset import Conversation
+from llmcore.evaluate import assistant_turns, char_f1
 
 
 @pytest.mark.parametrize("pred, ref, expected", [

@@ -50,7 +50,8 @@ def test_staging_left_by_a_killed_trainer_is_cleaned_up(tmp_path, parts):
 def test_promote_moves_current_and_load_returns_the_same_model(tmp_path, parts):
     model, tok = parts
     registry = Registry(tmp_path)
-    v1, v2 = add_version(registry, model, tok), add_version(registry, model, tok)
+    add_version(registry, model, tok)
+    v2 = add_version(registry, model, tok)
     assert registry.current() is None
     registry.promote(v2)
     assert registry.current() == v2 and os.readlink(tmp_path / CURRENT) == v2

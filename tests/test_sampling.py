@@ -81,7 +81,8 @@ def test_repetition_penalty_lowers_repeated_tokens():
     assert choose_token(logits, SamplingParams(repetition_penalty=1.5), [0], None) == 2
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(max_new_tokens=0), dict(top_k=-1), dict(repetition_penalty=0)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(max_new_tokens=0),
+                                 dict(top_k=-1), dict(repetition_penalty=0)])
 def test_invalid_parameters_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)

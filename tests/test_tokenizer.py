@@ -123,7 +123,8 @@ def test_save_and_load_give_the_same_ids(tok, tmp_path):
     assert again.encode(CORPUS[4]) == tok.encode(CORPUS[4])
 
 
-@pytest.mark.parametrize("content", ["not json", json.dumps({"format": "other"}), json.dumps({"format": "kefu-tokenizer/1", "tokens": ["a"]})])
+@pytest.mark.parametrize("content", ["not json", json.dumps({"format": "other"}),
+                                     json.dumps({"format": "kefu-tokenizer/1", "tokens": ["a"]})])
 def test_loading_a_bad_file_is_a_clear_error(tmp_path, content):
     path = tmp_path / "tokenizer.json"
     path.write_text(content)
