@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, RegistryError, TokenizerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a models folder that is a file, a full disk, no permission
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         print(f"interrupted ({exc or 'SIGINT'}): nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -63,6 +63,10 @@ def parse_conversation(line: str) -> Conversation:
             raise ValueError(f"message {n} has unknown role {message.get('role')!r} (expected {', '.join(ROLE_TOKENS)})")
         if not isinstance(message.get("content"), str) or not message["content"].strip():
             raise ValueError(f"message {n} has no text content")
+        try:
+            message["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"message {n} contains invalid Unicode (a lone surrogate)") from None
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("conversation has no assistant turn")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
@@ -82,7 +86,7 @@ def read_conversations(paths: Sequence[str | Path], skip_bad: bool = False) -> t
         with handle:
             for lineno, raw in enumerate(handle, 1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
                     if not line.strip():
                         continue
                     if len(raw) > MAX_LINE_BYTES:

@@ -71,6 +71,18 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
             self.epochs = 10
+        checks = [
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.max_minutes is None or self.max_minutes > 0, "--max-minutes must be positive"),
+            (0 <= self.val_fraction <= 0.5, "--val-fraction must be between 0 and 0.5"),
+            (self.batch_tokens is None or self.batch_tokens >= 16, "--batch-tokens must be at least 16"),
+            (self.lr is None or self.lr >= 0, "--lr must not be negative"),
+            (self.patience >= 1, "--patience must be at least 1"),
+            (self.vocab_size >= 16 and self.min_freq >= 1, "--vocab-size must be at least 16 and --min-freq at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 @dataclass
@@ -121,6 +133,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
+    registry = Registry(opts.models)
+    registry.root.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of training
     conversations, skipped = read_conversations(opts.data, skip_bad=opts.skip_bad)
     train_convs, val_convs = split_conversations(conversations, opts.val_fraction, opts.seed)
     tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq)
@@ -135,7 +149,6 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     metrics["train_seconds"] = stats["train_seconds"]
     metrics["total_seconds"] = round(time.monotonic() - started, 2)
 
-    registry = Registry(opts.models)
     with registry.staging() as staged:
         save_checkpoint(staged, model, tokenizer)
         plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")

@@ -101,3 +101,16 @@ def test_batches_respect_the_token_budget_and_mask_padding():
     for row, example in enumerate(examples[:3]):  # targets are the next ids where the mask says so
         expected = [t for t, m in zip(example.ids[1:], example.mask[1:]) if m]
         assert y[row][y[row] != IGNORE_INDEX].tolist() == expected
+
+
+def test_byte_order_mark_and_crlf_are_tolerated(tmp_path):
+    path = tmp_path / "excel.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\r\n" + GOOD.encode() + b"\r\n")
+    conversations, _ = read_conversations([path])
+    assert len(conversations) == 2 and conversations[0].messages[0]["content"] == "你好"
+
+
+def test_lone_surrogates_are_rejected_before_training(tmp_path):
+    path = write(tmp_path, '{"messages": [{"role": "user", "content": "bad \\ud800"}, {"role": "assistant", "content": "x"}]}')
+    with pytest.raises(DataError, match=r":1: message 1 contains invalid Unicode"):
+        read_conversations([path])

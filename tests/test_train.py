@@ -167,3 +167,23 @@ def test_demo_knowledge_base_is_learned_by_heart_in_three_minutes(tmp_path):
     result = evaluate(loaded.model, loaded.tokenizer, conversations)
     assert metrics["train_seconds"] <= 3 * 60 + 5
     assert result["char_f1"] >= 0.9, result
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-minutes", "0"], "--max-minutes must be positive"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--val-fraction", "0.9"], "--val-fraction must be between"),
+])
+def test_cli_rejects_bad_settings_in_one_line(tmp_path, faq_file, flags, message):
+    result = run_cli("train", "--data", faq_file, "--models", tmp_path / "m", *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_models_folder_that_is_a_file_is_a_clear_error(tmp_path, faq_file):
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "--data", faq_file, "--models", blocker, "--epochs", "1", "--no-progress",
+                     "--n-layer", "1", "--n-embd", "32", "--n-head", "2")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "Traceback" not in result.stderr and blocker.read_text() == "not a folder"
