@@ -30,7 +30,7 @@ test-slow: install
 
 # For now: trains the demo model on first use (about 3 minutes on 2 CPU cores), then a terminal chat with it.
 run: install
-	@test -L $(MODELS)/current || $(PY) -m llmcore train --arch transformer --models $(MODELS) --max-minutes 3 --promote
+	@test -L $(MODELS)/current || $(PY) -m llmcore train --arch transformer --models $(MODELS) --max-minutes 3 --val-fraction 0 --promote
 	$(PY) -m llmcore chat --models $(MODELS)
 
 bench: install

@@ -5,6 +5,7 @@
     python -m llmcore generate --models DIR [--version V] TEXT
     python -m llmcore eval --models DIR [--version V] --data FILE [--limit N]
     python -m llmcore chat --models DIR            # talk to the current version in the terminal
+    python -m llmcore serve --models DIR [--host 127.0.0.1] [--port 8700] [--max-batch N] [--max-queue N]
 
 Run any command with --help for every flag. Errors print one line and exit with status 2 (bad input)
 or 130 (interrupted).
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens")
     chat.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
     chat.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    serve = commands.add_parser("serve", help="the OpenAI-compatible inference service (continuous batching)")
+    serve.add_argument("--models", metavar="DIR", help="model registry folder (env LLMCORE_MODELS, default models)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8700)")
+    serve.add_argument("--max-batch", type=int, help="sequences decoded together (default 32)")
+    serve.add_argument("--max-queue", type=int, help="waiting requests before answering 503 (default 256)")
+    serve.add_argument("--device", help="auto (cuda if present), cpu or cuda")
 
     evaluate = commands.add_parser("eval", help="perplexity and answer char-F1 of a version on chat JSONL, as JSON")
     evaluate.add_argument("--models", required=True, metavar="DIR", help="model registry folder")
@@ -191,6 +200,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps({"version": loaded.version, **result}, ensure_ascii=False))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from aiohttp import web
+
+    from llmcore.model import resolve_device
+    from llmcore.registry import Registry
+    from llmcore.server import create_app
+    from llmcore.settings import ServeSettings
+    from llmcore.worker import Worker
+
+    overrides = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields and v is not None}
+    settings = ServeSettings(**overrides)
+    registry = Registry(settings.models)
+    if registry.current() is None:
+        raise ValueError(f"no current version in {settings.models}: train one with `python -m llmcore train --promote`")
+    worker = Worker(registry, resolve_device(settings.device), max_batch=settings.max_batch, max_queue=settings.max_queue,
+                    max_prefill_tokens=settings.max_prefill_tokens)
+    web.run_app(create_app(settings, worker), host=settings.host, port=settings.port, print=None)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -202,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmcore.tokenizer import TokenizerError
     from llmcore.train import TrainingInterrupted
 
-    handlers = {"train": cmd_train, "models": cmd_models, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval}
+    handlers = {"train": cmd_train, "models": cmd_models, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "serve": cmd_serve}
     try:
         handlers[args.command](args)
     except (DataError, RegistryError, TokenizerError, ValueError) as exc:

@@ -31,7 +31,7 @@ class ModelConfig:
     n_embd: int = 192
     n_head: int = 4
     block_size: int = 256  # longest context the model sees (positions for the Transformer)
-    dropout: float = 0.1
+    dropout: float = 0.0  # minutes-long CPU budgets underfit: dropout only slows learning there (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

@@ -152,8 +152,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     with registry.staging() as staged:
         save_checkpoint(staged, model, tokenizer)
         plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
-        metrics["version"] = None
-        (staged / METRICS).write_text(_json(metrics))
+        (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
         version = registry.commit(staged)
     if opts.promote:
         registry.promote(version)

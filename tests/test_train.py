@@ -159,6 +159,7 @@ def test_training_on_cuda_with_bf16_autocast(tmp_path, faq_file):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_demo_knowledge_base_is_learned_by_heart_in_three_minutes(tmp_path):
     """Done-when of the foundation issue: ≥ 0.9 mean char-F1 on the corpus's own questions after ≤ 3 minutes."""
     version, metrics = train(TrainOptions(data=[str(DEMO_DATA)], arch="transformer", models=str(tmp_path), max_minutes=3, progress=False))

@@ -1,0 +1,106 @@
+"""The OpenAI-compatible wire format: request validation and response bodies.
+
+Kefu's own fields live under "kefu" in responses: the answer's `confidence` (mean token
+log-probability; 0 is certain) and the `model_version` that produced it.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_BODY_BYTES = 1 << 20
+MAX_MESSAGES = 512
+MAX_MESSAGE_CHARS = 32_768
+MAX_STOP_SEQUENCES = 4
+MODEL_ALIASES = ("kefu",)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    stop: str | list[str] | None = Field(default=None, validate_default=True)
+    seed: int | None = None
+    stream: bool = False
+    logprobs: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_SEQUENCES or any(not s for s in stops):
+            raise ValueError(f"stop takes up to {MAX_STOP_SEQUENCES} non-empty strings")
+        return stops
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def parse_chat_request(data: object) -> ChatRequest:
+    if not isinstance(data, dict):
+        raise ApiError(400, 'the body must be a JSON object with a "messages" list', param="messages")
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def logprobs_body(tokens: list[str], logprobs: list[float]) -> dict:
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8")), "top_logprobs": []}
+                        for t, lp in zip(tokens, logprobs)]}
+
+
+def completion_body(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+                    confidence: float, logprobs: dict | None) -> dict:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                     "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+        "kefu": {"confidence": confidence, "model_version": model},
+    }
+
+
+def chunk_body(cid: str, model: str, delta: dict, finish_reason: str | None = None, extra: dict | None = None) -> dict:
+    body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    if extra:
+        body.update(extra)
+    return body

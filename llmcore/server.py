@@ -1,0 +1,306 @@
+"""The inference service: OpenAI-compatible chat completions over the continuous-batching engine.
+
+    python -m llmcore serve --models DIR [--host 127.0.0.1] [--port 8700] [--max-batch N] [--max-queue N]
+
+Routes: POST /v1/chat/completions (plain or streamed as server-sent events), GET /v1/models,
+GET /healthz, GET /metrics (Prometheus); behind `Authorization: Bearer $LLMCORE_ADMIN_TOKEN`:
+GET /admin/versions, POST /admin/promote {"version": "v0003"}, POST /admin/reload. With no admin
+token configured the admin routes answer 403.
+
+A history longer than the model's context loses its oldest turns (system turns are kept); if the
+newest message alone is too long, only its end is kept. Never an error.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from llmcore.api import (
+    MAX_BODY_BYTES,
+    MODEL_ALIASES,
+    ApiError,
+    ChatRequest,
+    chunk_body,
+    completion_body,
+    completion_id,
+    logprobs_body,
+    parse_chat_request,
+)
+from llmcore.engine import EngineError, QueueFull
+from llmcore.registry import RegistryError
+from llmcore.sampling import SamplingParams
+from llmcore.settings import ServeSettings
+from llmcore.worker import Submission, Worker
+
+logger = logging.getLogger(__name__)
+
+WORKER = web.AppKey("worker", Worker)
+SETTINGS = web.AppKey("settings", ServeSettings)
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class Piece:
+    """Text produced by one step of a request, after stop sequences were applied."""
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None
+
+
+def create_app(settings: ServeSettings, worker: Worker) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app[SETTINGS] = settings
+    app[WORKER] = worker
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/versions", admin_versions)
+    app.router.add_post("/admin/promote", admin_promote)
+    app.router.add_post("/admin/reload", admin_reload)
+    app.cleanup_ctx.append(_worker_lifecycle)
+    return app
+
+
+async def _worker_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    worker = app[WORKER]
+    if not worker.ready:
+        await worker.start()
+    yield
+    await worker.stop()
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every error leaves as an OpenAI-style JSON body; nothing escapes as a bare 500 page."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = ApiError(exc.status, exc.reason if exc.status != 413 else f"request body over {MAX_BODY_BYTES} bytes",
+                         type_="invalid_request_error" if exc.status < 500 else "server_error")
+        return web.json_response(error.body(), status=exc.status)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(ApiError(500, "internal error", type_="server_error").body(), status=500)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions."""
+    worker = request.app[WORKER]
+    body = await _read_json(request)
+    req = parse_chat_request(body)
+    served = worker.served
+    if served is None:
+        raise ApiError(503, "no model loaded yet", type_="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+    if req.model and req.model not in (*MODEL_ALIASES, served.version):
+        raise ApiError(404, f"model {req.model!r} does not exist", param="model", code="model_not_found")
+    block = served.loaded.model.config.block_size
+    limit = request.app[SETTINGS].max_tokens_limit(block)
+    max_tokens = req.requested_tokens or min(request.app[SETTINGS].default_max_tokens, limit)
+    if max_tokens > limit:
+        raise ApiError(400, f"max_tokens must be at most {limit}", param="max_tokens")
+    tokenizer = served.loaded.tokenizer
+    prompt = tokenizer.encode_prompt([m.model_dump() for m in req.messages], max_tokens=block - max_tokens)
+    params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                            repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
+    try:
+        submission = worker.submit(prompt, params)
+    except QueueFull as exc:
+        worker.metrics.request_done("rejected")
+        raise ApiError(503, str(exc), type_="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except EngineError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
+    if req.stream:
+        return await _stream(request, req, submission, len(prompt))
+    return await _complete(request, req, submission, len(prompt))
+
+
+async def _complete(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int) -> web.Response:
+    worker = request.app[WORKER]
+    texts, tokens, logprobs, finish = [], [], [], None
+    async for piece in _pieces(request, req, submission):
+        texts.append(piece.text)
+        tokens += piece.tokens
+        logprobs += piece.logprobs
+        finish = piece.finish_reason or finish
+    tokenizer = submission.served.loaded.tokenizer
+    lp = logprobs_body([tokenizer.decode([t]) for t in tokens], logprobs) if req.logprobs else None
+    confidence = submission.seq.output.confidence
+    body = completion_body(completion_id(), submission.served.version, "".join(texts), finish, prompt_tokens, len(tokens),
+                           confidence if tokens else None, lp)
+    _record(worker, submission, "ok")
+    return web.json_response(body)
+
+
+async def _stream(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int) -> web.StreamResponse:
+    worker = request.app[WORKER]
+    cid, version = completion_id(), submission.served.version
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    tokenizer = submission.served.loaded.tokenizer
+    try:
+        await _send(response, chunk_body(cid, version, {"role": "assistant", "content": ""}))
+        count = 0
+        async for piece in _pieces(request, req, submission):
+            count += len(piece.tokens)
+            if piece.text or piece.finish_reason is None:
+                chunk = chunk_body(cid, version, {"content": piece.text})
+                if req.logprobs:
+                    chunk["choices"][0]["logprobs"] = logprobs_body([tokenizer.decode([t]) for t in piece.tokens], piece.logprobs)
+                await _send(response, chunk)
+            if piece.finish_reason:
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
+                kefu = {"confidence": submission.seq.output.confidence if count else None, "model_version": version}
+                await _send(response, chunk_body(cid, version, {}, piece.finish_reason, {"usage": usage, "kefu": kefu}))
+        await response.write(b"data: [DONE]\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        worker.cancel(submission)  # the client left: its slot is freed at the next step
+        _record(worker, submission, "disconnected")
+        raise
+    _record(worker, submission, "ok")
+    return response
+
+
+async def _pieces(request: web.Request, req: ChatRequest, submission: Submission) -> AsyncIterator[Piece]:
+    """The request's text step by step, with stop sequences applied and a timeout on the whole request."""
+    worker = request.app[WORKER]
+    tokenizer = submission.served.loaded.tokenizer
+    stops, holdback = req.stop, max((len(s) for s in req.stop), default=1) - 1
+    sent, text = 0, ""
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
+            async for event in submission.events():
+                if event.token is not None:
+                    text = tokenizer.decode(submission.seq.output.token_ids)
+                finish = submission.seq.output.finish_reason if event.finished else None
+                if finish == "error":
+                    _record(worker, submission, "error")
+                    raise ApiError(500, f"generation failed: {submission.seq.error}", type_="server_error")
+                cut = min((i for i in (text.find(s, max(sent - len(s), 0)) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:  # a stop sequence: cut there, and the request is done
+                    worker.cancel(submission)
+                    yield Piece(text[sent:cut], _tokens(event), _logprobs(event), "stop")
+                    return
+                end = len(text) if finish else max(sent, len(text) - holdback)  # hold back a possible stop prefix
+                yield Piece(text[sent:end], _tokens(event), _logprobs(event), finish)
+                sent = end
+                if finish:
+                    return
+    except TimeoutError:
+        worker.cancel(submission)
+        _record(worker, submission, "timeout")
+        raise ApiError(503, "the request timed out; try again", type_="server_error", code="timeout",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+def _tokens(event) -> list[int]:
+    return [] if event.token is None else [event.token]
+
+
+def _logprobs(event) -> list[float]:
+    return [] if event.logprob is None else [event.logprob]
+
+
+def _record(worker: Worker, submission: Submission, outcome: str) -> None:
+    seq = submission.seq
+    n = len(seq.output.token_ids)
+    ttft = seq.first_token_at - seq.arrived if seq.first_token_at else None
+    tpot = (time.monotonic() - seq.first_token_at) / (n - 1) if seq.first_token_at and n > 1 else None
+    worker.metrics.request_done(outcome, n, ttft, tpot)
+
+
+async def _send(response: web.StreamResponse, body: dict) -> None:
+    await response.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+
+
+async def _read_json(request: web.Request) -> object:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the served version (also answers to the alias "kefu")."""
+    worker = request.app[WORKER]
+    data = [{"id": worker.version, "object": "model", "created": 0, "owned_by": "kefu"}] if worker.version else []
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: version, device, queue depth, readiness."""
+    worker = request.app[WORKER]
+    body = {"ready": worker.ready, "version": worker.version, "device": str(worker.device),
+            "queue_depth": worker.queue_depth, "active": worker.active}
+    return web.json_response(body, status=200 if worker.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    return web.Response(body=request.app[WORKER].metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def _require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if not token:
+        raise ApiError(403, "admin API disabled: set LLMCORE_ADMIN_TOKEN", type_="permission_error")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "missing or wrong admin token", type_="authentication_error")
+
+
+async def admin_versions(request: web.Request) -> web.Response:
+    """GET /admin/versions: every version with its metrics, and which one is current and served."""
+    _require_admin(request)
+    worker = request.app[WORKER]
+    registry = worker.registry
+    versions = []
+    for version in registry.versions():
+        try:
+            metrics_ = registry.metrics(version)
+        except RegistryError:
+            metrics_ = {}
+        versions.append({"version": version, "metrics": metrics_})
+    return web.json_response({"current": registry.current(), "served": worker.version, "versions": versions})
+
+
+async def admin_promote(request: web.Request) -> web.Response:
+    """POST /admin/promote {"version": V}: move `current` and hot-reload."""
+    _require_admin(request)
+    body = await _read_json(request)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str):
+        raise ApiError(400, 'expected {"version": "v0003"}', param="version")
+    worker = request.app[WORKER]
+    try:
+        worker.registry.promote(version)
+        served = await worker.reload(version)
+    except RegistryError as exc:
+        raise ApiError(404, str(exc), param="version") from None
+    return web.json_response({"current": version, "served": served})
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    """POST /admin/reload: load whatever `current` names now."""
+    _require_admin(request)
+    try:
+        served = await request.app[WORKER].reload()
+    except RegistryError as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response({"served": served})

@@ -1,0 +1,31 @@
+"""Settings of the inference service: environment variables (LLMCORE_*) and an optional `.env`.
+
+Command-line flags of `python -m llmcore serve` override them. The model's shape is not a setting:
+it travels inside each checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_PROMPT_ROOM = 16  # tokens of the context always left for the prompt
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCORE_", env_file=".env", extra="ignore")
+
+    models: Path = Field(default=Path("models"), description="model registry folder")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    device: str = "auto"
+    max_batch: int = Field(default=32, ge=1, le=1024, description="sequences decoded together")
+    max_queue: int = Field(default=256, ge=1, description="requests waiting for a slot before 503")
+    max_prefill_tokens: int = Field(default=512, ge=16, description="prompt tokens admitted per step")
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    default_max_tokens: int = Field(default=128, ge=1)
+    admin_token: str | None = Field(default=None, description="LLMCORE_ADMIN_TOKEN; admin routes are off without it")
+
+    def max_tokens_limit(self, block_size: int) -> int:
+        return block_size - MIN_PROMPT_ROOM

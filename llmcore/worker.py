@@ -1,0 +1,183 @@
+"""Drives the engine from asyncio: one background task, model steps in one worker thread, hot reload.
+
+    worker = Worker(Registry("models"), device, max_batch=32, max_queue=256)
+    await worker.start()                       # loads `current`
+    sub = worker.submit(prompt_ids, params)    # QueueFull when the queue is full
+    async for event in sub.events(): ...       # StepEvents of this request
+    await worker.reload("v0003")               # new version beside the old one; swap between steps
+
+During a reload the new version loads in another thread while the old one keeps serving; new
+requests go to the new engine from the swap on, and requests in flight finish on the old one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from llmcore.engine import Engine, Sequence, StepEvent
+from llmcore.metrics import ServerMetrics
+from llmcore.registry import LoadedModel, Registry
+from llmcore.sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+
+
+@dataclass
+class Served:
+    """One loaded version with its engine."""
+
+    loaded: LoadedModel
+    engine: Engine
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+
+@dataclass(eq=False)
+class Submission:
+    seq: Sequence
+    served: Served
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    async def events(self) -> AsyncIterator[StepEvent]:
+        while True:
+            event = await self.queue.get()
+            yield event
+            if event.finished:
+                return
+
+
+class Worker:
+    def __init__(self, registry: Registry, device: torch.device, max_batch: int = 32, max_queue: int = 256,
+                 max_prefill_tokens: int = 512, metrics: ServerMetrics | None = None) -> None:
+        self.registry = registry
+        self.device = device
+        self.engine_options = {"max_batch": max_batch, "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens}
+        self.metrics = metrics or ServerMetrics()
+        self.served: Served | None = None
+        self.draining: list[Served] = []
+        self.submissions: dict[int, Submission] = {}
+        self._step_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._load_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
+        self._wakeup = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def version(self) -> str | None:
+        return self.served.version if self.served else None
+
+    @property
+    def ready(self) -> bool:
+        return self.served is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(s.engine.num_waiting for s in self._all_served())
+
+    @property
+    def active(self) -> int:
+        return sum(s.engine.num_running for s in self._all_served())
+
+    async def start(self, watch: bool = True) -> None:
+        await self.reload()
+        self._tasks.append(asyncio.create_task(self._run(), name="engine-loop"))
+        if watch:
+            self._tasks.append(asyncio.create_task(self._watch_current(), name="watch-current"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._step_thread.shutdown(wait=True)
+        self._load_thread.shutdown(wait=True)
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Submission:
+        served = self.served
+        if served is None:
+            raise RuntimeError("no model loaded")
+        seq = served.engine.add(prompt, params)  # QueueFull / EngineError go to the caller
+        submission = Submission(seq, served)
+        self.submissions[seq.seq_id] = submission
+        self._wakeup.set()
+        return submission
+
+    def cancel(self, submission: Submission) -> None:
+        submission.served.engine.cancel(submission.seq)
+        self._wakeup.set()
+
+    async def reload(self, version: str | None = None) -> str:
+        """Load `version` (default: current) beside the served one, then swap between steps."""
+        async with self._reload_lock:
+            target = version or self.registry.current()
+            if target is None:
+                raise RuntimeError(f"no current version in {self.registry.root}")
+            if self.served and self.served.version == target:
+                return target
+            loop = asyncio.get_running_loop()
+            loaded = await loop.run_in_executor(self._load_thread, self.registry.load, target, self.device)
+            engine = Engine(loaded.model, loaded.tokenizer.stop_ids, **self.engine_options)
+            old, self.served = self.served, Served(loaded, engine)
+            if old is not None:
+                self.draining.append(old)
+            self.metrics.model_loaded(target, str(self.device))
+            logger.info("serving %s (was %s)", target, old.version if old else None)
+            self._wakeup.set()
+            return target
+
+    def _all_served(self) -> list[Served]:
+        return ([self.served] if self.served else []) + self.draining
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            busy = [s for s in self._all_served() if s.engine.has_work()]
+            self.draining = [s for s in self.draining if s.engine.has_work()]  # a drained old version is dropped
+            if not busy:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            started = time.monotonic()
+            events = await loop.run_in_executor(self._step_thread, _step_all, [s.engine for s in busy])
+            self.metrics.step_done(sum(s.engine.last_batch_size for s in busy), time.monotonic() - started,
+                                   self.queue_depth, self.active)
+            for event in events:
+                submission = self.submissions.get(event.seq.seq_id) if event.seq else None
+                if submission is None or submission.seq is not event.seq:
+                    continue
+                submission.queue.put_nowait(event)
+                if event.finished:
+                    del self.submissions[event.seq.seq_id]
+
+    async def _watch_current(self) -> None:
+        """Follow `DIR/current` when another process (the CLI, a trainer) moves it."""
+        failed = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            current = self.registry.current()
+            if not current or current in (self.version, failed):
+                continue
+            try:
+                await self.reload(current)
+            except Exception:  # a broken version must not stop the server: keep serving the old one
+                failed = current
+                logger.exception("reload of %s failed; still serving %s", current, self.version)
+
+
+def _step_all(engines: list[Engine]) -> list[StepEvent]:
+    events: list[StepEvent] = []
+    for engine in engines:
+        events += engine.step()
+    return events

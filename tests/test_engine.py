@@ -1,0 +1,120 @@
+"""Engine: batched output equals one-at-a-time output; limits, cancellation and failures stay per request."""
+import random
+
+import pytest
+import torch
+
+from llmcore.engine import Engine, EngineError, QueueFull
+from llmcore.model import ARCHS, ModelConfig, build_model
+from llmcore.sampling import SamplingParams, generate
+
+VOCAB, STOP = 50, 3
+
+
+def tiny(arch: str):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch=arch, vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=4, block_size=96)).eval()
+
+
+def run_all(engine: Engine, arrivals: dict[int, list]) -> dict[int, list[int]]:
+    """Step until done; arrivals maps step number -> [(key, prompt, params)] added before that step."""
+    seqs, step = {}, 0
+    while engine.has_work() or any(k >= step for k in arrivals):
+        for key, prompt, params in arrivals.get(step, []):
+            seqs[key] = engine.add(prompt, params)
+        engine.step()
+        step += 1
+        assert step < 10_000
+    return {key: seq.output for key, seq in seqs.items()}
+
+
+def mixed_requests(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    return [(i, [rng.randrange(4, VOCAB) for _ in range(rng.randint(2, 40))], rng.randint(1, 40)) for i in range(n)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_in_a_batch_of_32_equals_alone(arch):
+    model = tiny(arch)
+    requests = mixed_requests(32)
+    arrivals: dict[int, list] = {}
+    for key, prompt, max_new in requests:  # staggered arrival: some join while others decode
+        arrivals.setdefault(key % 7 * 3, []).append((key, prompt, SamplingParams(max_new_tokens=max_new)))
+    batched = run_all(Engine(model, {STOP}, max_batch=32, max_prefill_tokens=64), arrivals)
+    for key, prompt, max_new in requests:
+        [alone] = generate(model, [prompt], SamplingParams(max_new_tokens=max_new), {STOP})
+        assert batched[key].token_ids == alone.token_ids, key
+        assert batched[key].finish_reason == alone.finish_reason
+        assert batched[key].logprobs == pytest.approx(alone.logprobs, abs=5e-3)  # oneDNN's LSTM varies with batch size
+
+
+def test_seeded_sampling_in_a_batch_equals_alone():
+    model = tiny("transformer")
+    params = [SamplingParams(temperature=1.2, top_p=0.9, seed=s, max_new_tokens=20) for s in range(8)]
+    prompts = [[5 + s, 6, 7] for s in range(8)]
+    batched = run_all(Engine(model, {STOP}), {0: [(s, prompts[s], params[s]) for s in range(8)]})
+    for s in range(8):
+        assert batched[s].token_ids == generate(model, [prompts[s]], params[s], {STOP})[0].token_ids
+
+
+def test_more_requests_than_slots_all_finish_and_slots_are_reused():
+    model = tiny("lstm")
+    engine = Engine(model, {STOP}, max_batch=4)
+    outputs = run_all(engine, {0: [(i, [4 + i, 9], SamplingParams(max_new_tokens=5)) for i in range(13)]})
+    assert all(o.finish_reason in ("stop", "length") for o in outputs.values())
+    assert all(len(o.token_ids) <= 5 for o in outputs.values())
+    assert sorted(engine.free_slots) == [0, 1, 2, 3] and engine.num_running == 0
+
+
+def test_prefill_budget_keeps_decoding_flowing():
+    engine = Engine(tiny("transformer"), set(), max_batch=8, max_prefill_tokens=40)
+    first = engine.add([4 + i % 40 for i in range(30)], SamplingParams(max_new_tokens=30))
+    engine.step()
+    later = [engine.add([4 + i % 40 for i in range(30)], SamplingParams(max_new_tokens=30)) for _ in range(3)]
+    for expected_running in (2, 3, 4):  # one 30-token prompt per step fits the budget of 40
+        engine.step()
+        assert engine.num_running == expected_running
+    assert len(first.output.token_ids) == 4  # the running sequence got a token at every step
+    assert all(s.slot is not None for s in later)
+
+
+def test_cancel_frees_the_slot_at_the_next_step():
+    engine = Engine(tiny("transformer"), set(), max_batch=2)
+    seq = engine.add([5, 6, 7], SamplingParams(max_new_tokens=50))
+    engine.step()
+    assert engine.free_slots == [1]
+    engine.cancel(seq)
+    events = engine.step()
+    assert seq.output.finish_reason == "cancelled" and any(e.seq is seq and e.finished for e in events)
+    assert engine.free_slots == [0, 1] and not engine.has_work()
+
+
+def test_queue_limit_and_prompt_limits():
+    engine = Engine(tiny("transformer"), set(), max_batch=1, max_queue=2)
+    engine.add([5], SamplingParams())
+    engine.add([5], SamplingParams())
+    with pytest.raises(QueueFull):
+        engine.add([5], SamplingParams())
+    with pytest.raises(EngineError, match="no room"):
+        engine.add([5] * 96, SamplingParams())
+    with pytest.raises(EngineError, match="empty"):
+        engine.add([], SamplingParams())
+
+
+def test_context_limit_ends_with_length():
+    engine = Engine(tiny("transformer"), set(), max_batch=2)
+    seq = engine.add([4 + i % 40 for i in range(90)], SamplingParams(max_new_tokens=50, temperature=1.0, seed=1))
+    while engine.has_work():
+        engine.step()
+    assert seq.output.finish_reason == "length" and len(seq.prompt) + len(seq.output.token_ids) == 96
+
+
+def test_a_request_that_breaks_the_model_fails_alone():
+    engine = Engine(tiny("transformer"), {STOP}, max_batch=4)
+    good = [engine.add([5, 6, 7 + i], SamplingParams(max_new_tokens=10)) for i in range(3)]
+    bad = engine.add([5, VOCAB + 1000], SamplingParams(max_new_tokens=10))  # an id the embedding does not have
+    while engine.has_work():
+        engine.step()
+    assert bad.output.finish_reason == "error" and "IndexError" in bad.error
+    assert all(s.output.finish_reason in ("stop", "length") and s.error is None for s in good)
+    assert engine.free_slots == [0, 1, 2, 3]

@@ -1,0 +1,220 @@
+"""The inference service over HTTP: OpenAI-compatible answers, streaming, limits, overload, admin, hot reload."""
+import asyncio
+import json
+
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmcore.registry import Registry
+from llmcore.sampling import SamplingParams, generate
+from llmcore.server import create_app
+from llmcore.settings import ServeSettings
+from llmcore.train import TrainOptions, train
+from llmcore.worker import Worker
+
+from .conftest import FAQ_PAIRS
+
+TOKEN = "s3cret-admin-token"
+TINY = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A registry with two versions of a tiny model that learned the FAQ; v0001 is current."""
+    root = tmp_path_factory.mktemp("models")
+    data = root / "faq.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                         ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
+    for seed, promote in ((0, True), (1, False)):
+        train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=120, val_fraction=0.0,
+                           lr=5e-3, seed=seed, promote=promote, progress=False, min_freq=1, model_overrides=TINY, device="cpu"))
+    return root / "reg"
+
+
+async def start(models, **settings) -> TestClient:
+    options = {"models": models, "admin_token": TOKEN, "request_timeout_s": 30, **settings}
+    config = ServeSettings(**options)
+    worker = Worker(Registry(models), torch.device("cpu"), max_batch=config.max_batch, max_queue=config.max_queue)
+    client = TestClient(TestServer(create_app(config, worker)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def client(models):
+    Registry(models).promote("v0001")
+    client = await start(models)
+    yield client
+    await client.close()
+
+
+def ask(question: str, **extra) -> dict:
+    return {"model": "kefu", "messages": [{"role": "user", "content": question}], **extra}
+
+
+async def test_answer_matches_the_model_and_carries_kefu_fields(client, models):
+    response = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=40))
+    assert response.status == 200
+    body = await response.json()
+    loaded = Registry(models).load("v0001")
+    prompt = loaded.tokenizer.encode_prompt([{"role": "user", "content": FAQ_PAIRS[0][0]}])
+    [expected] = generate(loaded.model, [prompt], SamplingParams(max_new_tokens=40), loaded.tokenizer.stop_ids)
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": loaded.tokenizer.decode(expected.token_ids)}
+    assert choice["finish_reason"] == expected.finish_reason
+    assert body["usage"]["completion_tokens"] == len(expected.token_ids)
+    assert body["usage"]["prompt_tokens"] == len(prompt)
+    assert body["kefu"]["model_version"] == "v0001" == body["model"]
+    assert body["kefu"]["confidence"] == pytest.approx(expected.confidence, abs=1e-4)
+
+
+async def test_streamed_answer_equals_the_plain_one(client):
+    plain = await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[1][0]))).json()
+    response = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[1][0], stream=True))
+    assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    raw = (await response.read()).decode()
+    events = [line[len("data: "):] for line in raw.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == plain["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert chunks[-1]["usage"] == plain["usage"]
+
+
+async def test_max_tokens_and_stop_are_honoured(client):
+    full = (await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[2][0], max_tokens=60))).json())
+    text = full["choices"][0]["message"]["content"]
+    short = await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[2][0], max_tokens=2))).json()
+    assert short["usage"]["completion_tokens"] == 2 and short["choices"][0]["finish_reason"] == "length"
+    assert text.startswith(short["choices"][0]["message"]["content"])
+    stop = text[5:8]
+    stopped = await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[2][0], max_tokens=60, stop=[stop]))).json()
+    assert stopped["choices"][0]["message"]["content"] == text[: text.find(stop)]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_long_history_is_cut_from_the_oldest_turns_not_refused(client):
+    history = [{"role": r, "content": "很长的历史 " * 40} for r in ("user", "assistant") * 10]
+    response = await client.post("/v1/chat/completions", json={"messages": history + [{"role": "user", "content": FAQ_PAIRS[0][0]}]})
+    assert response.status == 200
+    assert (await response.json())["usage"]["prompt_tokens"] <= 96
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[]", 400, "messages"),
+    (json.dumps({"messages": []}).encode(), 400, "messages"),
+    (json.dumps({"messages": "hi"}).encode(), 400, "messages"),
+    (json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, "role"),
+    (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), 400, "content"),
+    (json.dumps(ask("hi", max_tokens=0)).encode(), 400, "max_tokens"),
+    (json.dumps(ask("hi", max_tokens=10**6)).encode(), 400, "max_tokens"),
+    (json.dumps(ask("hi", temperature="hot")).encode(), 400, "temperature"),
+    (json.dumps({**ask("hi"), "model": "gpt-9"}).encode(), 404, "gpt-9"),
+    (json.dumps(ask("x" * (1 << 20))).encode(), 413, "bytes"),
+])
+async def test_bad_requests_get_openai_style_errors(client, body, status, fragment):
+    response = await client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == status
+    error = (await response.json())["error"]
+    assert fragment in error["message"] and error["type"]
+
+
+async def test_queue_full_answers_503_with_retry_after_and_everyone_gets_an_answer(models):
+    Registry(models).promote("v0001")
+    client = await start(models, max_batch=1, max_queue=1)
+    try:
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=ask("你好", max_tokens=30, temperature=1.0, seed=i))
+                                           for i in range(12)))
+        statuses = [r.status for r in responses]
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+        for r in responses:
+            body = await r.json()
+            if r.status == 503:
+                assert r.headers["Retry-After"] and body["error"]["code"] == "queue_full"
+            else:
+                assert body["choices"][0]["message"]["content"] is not None
+    finally:
+        await client.close()
+
+
+async def test_health_models_and_metrics(client):
+    health = await (await client.get("/healthz")).json()
+    assert health["ready"] and health["version"] == "v0001" and health["device"] == "cpu"
+    await client.post("/v1/chat/completions", json=ask("你好", max_tokens=3))
+    models_ = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in models_["data"]] == ["v0001"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'kefu_llm_requests_total{outcome="ok"}' in metrics and "kefu_llm_time_to_first_token_seconds_bucket" in metrics
+    assert 'kefu_llm_model_info{device="cpu",version="v0001"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("headers, status", [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                             ({"Authorization": f"Bearer {TOKEN}"}, 200)])
+async def test_admin_routes_need_the_token(client, headers, status):
+    response = await client.get("/admin/versions", headers=headers)
+    assert response.status == status
+    if status == 200:
+        body = await response.json()
+        assert [v["version"] for v in body["versions"]] == ["v0001", "v0002"] and body["served"] == "v0001"
+
+
+async def test_admin_disabled_without_a_configured_token(models):
+    client = await start(models, admin_token=None)
+    try:
+        response = await client.post("/admin/promote", json={"version": "v0002"}, headers={"Authorization": "Bearer "})
+        assert response.status == 403 and Registry(models).current() == "v0001"
+    finally:
+        await client.close()
+
+
+async def test_promote_under_load_fails_no_request(client, models):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    requests = [asyncio.create_task(client.post("/v1/chat/completions", json=ask(q, max_tokens=40, temperature=0.8, seed=i)))
+                for i, (q, _) in enumerate(FAQ_PAIRS * 4)]
+    await asyncio.sleep(0.05)
+    promoted = await client.post("/admin/promote", json={"version": "v0002"}, headers=auth)
+    more = [asyncio.create_task(client.post("/v1/chat/completions", json=ask(q, max_tokens=20))) for q, _ in FAQ_PAIRS]
+    responses = await asyncio.gather(*requests, *more)
+    assert promoted.status == 200 and (await promoted.json())["served"] == "v0002"
+    assert [r.status for r in responses] == [200] * len(responses)
+    versions = {(await r.json())["kefu"]["model_version"] for r in responses[len(requests):]}
+    assert versions == {"v0002"}
+    assert (await (await client.get("/healthz")).json())["version"] == "v0002"
+    assert Registry(models).current() == "v0002"
+
+
+async def test_server_follows_current_moved_by_another_process(client, models):
+    Registry(models).promote("v0002")
+    for _ in range(50):
+        if (await (await client.get("/healthz")).json())["version"] == "v0002":
+            break
+        await asyncio.sleep(0.1)
+    assert (await (await client.get("/healthz")).json())["version"] == "v0002"
+
+
+async def test_client_that_disconnects_mid_stream_frees_its_slot(client):
+    response = await client.post("/v1/chat/completions", json=ask("你好", stream=True, max_tokens=80, temperature=1.0, seed=3))
+    await response.content.readline()
+    response.close()  # hang up mid-stream
+    for _ in range(50):
+        health = await (await client.get("/healthz")).json()
+        if health["active"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert health["active"] == 0
+
+
+async def test_the_openai_client_works_plain_and_streamed(client):
+    openai = pytest.importorskip("openai")
+    api = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    reply = await api.chat.completions.create(model="kefu", messages=[{"role": "user", "content": FAQ_PAIRS[0][0]}], max_tokens=40)
+    text = reply.choices[0].message.content
+    assert text and reply.usage.completion_tokens > 0
+    stream = await api.chat.completions.create(model="kefu", messages=[{"role": "user", "content": FAQ_PAIRS[0][0]}],
+                                               max_tokens=40, stream=True)
+    streamed = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert streamed == text
+    await api.close()
