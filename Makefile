@@ -34,7 +34,9 @@ run: install
 	$(PY) -m llmcore chat --models $(MODELS)
 
 bench: install
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) bench/train.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

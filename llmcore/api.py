@@ -38,6 +38,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stream: bool = False
     logprobs: bool = False
+    ignore_eos: bool = False  # as in vLLM: generate exactly max_tokens (for benchmarks)
     n: int = Field(default=1, ge=1, le=1)
 
     @field_validator("stop")

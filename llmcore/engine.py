@@ -53,6 +53,7 @@ class Sequence:
     slot: int | None = None
     cancelled: bool = False
     error: str | None = None
+    ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks)
     arrived: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
 
@@ -87,12 +88,13 @@ class Engine:
         self.last_batch_size = 0
 
     # --- called from any thread -------------------------------------------------------------
-    def add(self, prompt: list[int], params: SamplingParams) -> Sequence:
+    def add(self, prompt: list[int], params: SamplingParams, ignore_stop: bool = False) -> Sequence:
         if not prompt:
             raise EngineError("empty prompt")
         if len(prompt) >= self.max_len:
             raise EngineError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_len}")
-        seq = Sequence(next(_sequence_ids), list(prompt), params, None if params.is_greedy else params.make_generator(self.device))
+        generator = None if params.is_greedy else params.make_generator(self.device)
+        seq = Sequence(next(_sequence_ids), list(prompt), params, generator, ignore_stop=ignore_stop)
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"queue full ({self.max_queue} waiting)")
@@ -195,7 +197,7 @@ class Engine:
         return [self._advance(seq, tokens[0], logprobs[0])]
 
     def _advance(self, seq: Sequence, token: int, logprob: float) -> StepEvent:
-        if token in self.stop_ids:
+        if token in self.stop_ids and not seq.ignore_stop:
             seq.output.finish_reason = "stop"
             return StepEvent(seq, None, None, True)
         seq.output.token_ids.append(token)

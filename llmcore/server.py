@@ -117,7 +117,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     try:
-        submission = worker.submit(prompt, params)
+        submission = worker.submit(prompt, params, ignore_stop=req.ignore_eos)
     except QueueFull as exc:
         worker.metrics.request_done("rejected")
         raise ApiError(503, str(exc), type_="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None

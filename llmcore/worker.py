@@ -104,11 +104,11 @@ class Worker:
         self._step_thread.shutdown(wait=True)
         self._load_thread.shutdown(wait=True)
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Submission:
+    def submit(self, prompt: list[int], params: SamplingParams, ignore_stop: bool = False) -> Submission:
         served = self.served
         if served is None:
             raise RuntimeError("no model loaded")
-        seq = served.engine.add(prompt, params)  # QueueFull / EngineError go to the caller
+        seq = served.engine.add(prompt, params, ignore_stop)  # QueueFull / EngineError go to the caller
         submission = Submission(seq, served)
         self.submissions[seq.seq_id] = submission
         self._wakeup.set()
@@ -128,6 +128,8 @@ class Worker:
                 return target
             loop = asyncio.get_running_loop()
             loaded = await loop.run_in_executor(self._load_thread, self.registry.load, target, self.device)
+            if self.device.type == "cuda":  # weights and caches in bf16 on the GPU; fp32 on the CPU
+                loaded.model.to(torch.bfloat16)
             engine = Engine(loaded.model, loaded.tokenizer.stop_ids, **self.engine_options)
             old, self.served = self.served, Served(loaded, engine)
             if old is not None:
@@ -150,7 +152,11 @@ class Worker:
                 await self._wakeup.wait()
                 continue
             started = time.monotonic()
-            events = await loop.run_in_executor(self._step_thread, _step_all, [s.engine for s in busy])
+            try:
+                events = await loop.run_in_executor(self._step_thread, _step_all, [s.engine for s in busy])
+            except Exception as exc:  # an engine bug: fail what is in flight rather than leave it hanging
+                logger.exception("engine step failed; failing %d requests in flight", len(self.submissions))
+                events = self._fail_all(exc)
             self.metrics.step_done(sum(s.engine.last_batch_size for s in busy), time.monotonic() - started,
                                    self.queue_depth, self.active)
             for event in events:
@@ -160,6 +166,15 @@ class Worker:
                 submission.queue.put_nowait(event)
                 if event.finished:
                     del self.submissions[event.seq.seq_id]
+
+    def _fail_all(self, exc: Exception) -> list[StepEvent]:
+        events = []
+        for submission in self.submissions.values():
+            submission.seq.error = f"{exc.__class__.__name__}: {exc}"
+            submission.seq.output.finish_reason = "error"
+            submission.served.engine.cancel(submission.seq)
+            events.append(StepEvent(submission.seq, None, None, True))
+        return events
 
     async def _watch_current(self) -> None:
         """Follow `DIR/current` when another process (the CLI, a trainer) moves it."""

@@ -118,3 +118,15 @@ def test_a_request_that_breaks_the_model_fails_alone():
     assert bad.output.finish_reason == "error" and "IndexError" in bad.error
     assert all(s.output.finish_reason in ("stop", "length") and s.error is None for s in good)
     assert engine.free_slots == [0, 1, 2, 3]
+
+
+def test_ignore_stop_generates_exactly_max_new_tokens():
+    model = tiny("transformer")
+    first = int(model(torch.tensor([[5, 6]]))[0, -1].argmax())
+    engine = Engine(model, {first}, max_batch=2)
+    stopped = engine.add([5, 6], SamplingParams(max_new_tokens=12))
+    forced = engine.add([5, 6], SamplingParams(max_new_tokens=12), ignore_stop=True)
+    while engine.has_work():
+        engine.step()
+    assert stopped.output.token_ids == [] and stopped.output.finish_reason == "stop"
+    assert len(forced.output.token_ids) == 12 and forced.output.finish_reason == "length"
