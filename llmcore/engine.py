@@ -159,7 +159,7 @@ class Engine:
                 budget -= len(seq.prompt)
                 admitted.append(seq)
         for seq in admitted:
-            self.cache.lengths[seq.slot] = 0
+            self.cache.reset(seq.slot)
             self.running.append(seq)
         return admitted
 
@@ -214,7 +214,6 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.cache.lengths[seq.slot] = 0
         self.free_slots.append(seq.slot)
         self.free_slots.sort()  # lowest slots first keeps the active rows compact
         seq.slot = None

@@ -79,6 +79,10 @@ class KVCache:
     v: Tensor
     lengths: Tensor
 
+    def reset(self, row: int) -> None:
+        """Make a slot empty for a new sequence (stale keys are masked out by the length)."""
+        self.lengths[row] = 0
+
 
 @dataclass
 class LSTMState:
@@ -87,6 +91,12 @@ class LSTMState:
     h: Tensor
     c: Tensor
     lengths: Tensor
+
+    def reset(self, row: int) -> None:
+        """Make a slot empty for a new sequence: the state must start from zero again."""
+        self.h[:, row].zero_()
+        self.c[:, row].zero_()
+        self.lengths[row] = 0
 
 
 @dataclass

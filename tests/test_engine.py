@@ -130,3 +130,17 @@ def test_ignore_stop_generates_exactly_max_new_tokens():
         engine.step()
     assert stopped.output.token_ids == [] and stopped.output.finish_reason == "stop"
     assert len(forced.output.token_ids) == 12 and forced.output.finish_reason == "length"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_reused_slot_starts_clean(arch):
+    """A slot that served one request must not leak its state (KV entries, LSTM h/c) into the next."""
+    model = tiny(arch)
+    engine = Engine(model, {STOP}, max_batch=1)
+    params = SamplingParams(max_new_tokens=20)
+    prompts = [[9, 8, 7, 6, 5], [11, 12], [30, 31, 32]]
+    outputs = run_all(engine, {0: [(i, p, params) for i, p in enumerate(prompts)]})
+    for i, prompt in enumerate(prompts):
+        [alone] = generate(model, [prompt], params, {STOP})
+        assert outputs[i].token_ids == alone.token_ids
+        assert outputs[i].logprobs == pytest.approx(alone.logprobs, abs=1e-5)
