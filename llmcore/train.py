@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -182,6 +183,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     step, tokens, bad_evals, epoch = 0, 0, 0, 0
     t0 = last_eval = time.monotonic()
     bar = tqdm(total=100, unit="%", disable=not opts.progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 15.0,  # a log file gets a line now and then, not every step
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     stop_reason = None
     model.train()
@@ -202,7 +204,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 history.steps.append(step)
                 history.train_loss.append(loss)
                 bar.n = min(100.0, round(100 * progress, 1))
-                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f} {tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=True)
+                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f} {tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+                bar.update(0)  # redraws at most every mininterval
                 if eval_every_s and time.monotonic() - last_eval >= eval_every_s:
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
                     last_eval = time.monotonic()
