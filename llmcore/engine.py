@@ -120,15 +120,18 @@ class Engine:
     # --- the engine thread ------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[StepEvent]:
-        """Retire cancelled, admit waiting (prefill), decode one token for the rest, retire finished."""
+        """Retire cancelled, decode one token for the running, admit waiting (prefill), retire finished."""
         events: list[StepEvent] = []
         events += self._retire_cancelled()
-        decoding = [s for s in self.running if not s.finished]  # already prefilled: one decode token each
-        admitted = self._admit()
-        for seq in admitted:
-            events += self._prefill(seq)
-        if decoding:
+        decoding = [s for s in self.running if not s.finished]
+        if decoding:  # before admitting: every row in use is then in the decode batch
             events += self._decode(decoding)
+        admitted = self._admit()
+        if len(admitted) > 1 and self.model.pads_safely:
+            events += self._prefill_together(admitted)
+        else:
+            for seq in admitted:
+                events += self._prefill(seq)
         self.last_batch_size = len(decoding) + len(admitted)
         for event in events:
             if event.finished and event.seq.slot is not None:
@@ -174,11 +177,37 @@ class Engine:
         seq.first_token_at = time.monotonic()
         return [self._advance(seq, tokens[0], logprobs[0])]
 
-    def _decode(self, batch: list[Sequence]) -> list[StepEvent]:
-        rows = torch.tensor([s.slot for s in batch])
-        last = torch.tensor([[s.output.token_ids[-1]] for s in batch], device=self.device)  # (B, 1)
+    def _prefill_together(self, seqs: list[Sequence]) -> list[StepEvent]:
+        """Several prompts in one forward, padded on the right to the longest."""
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq.prompt)] = torch.tensor(seq.prompt)
         try:
-            logits = self.model.step(last, self.cache, rows=rows)  # (B, V)
+            logits = self.model.step(ids.to(self.device), self.cache, rows=torch.tensor([s.slot for s in seqs]),
+                                     lengths=torch.tensor([len(s.prompt) for s in seqs]))  # (n, V)
+            tokens, logprobs = choose_tokens(logits, [s.params for s in seqs], [s.output for s in seqs], [s.generator for s in seqs])
+        except Exception:
+            logger.exception("batched prefill failed; prefilling the %d sequences one by one", len(seqs))
+            return [event for seq in seqs for event in self._prefill(seq)]
+        now = time.monotonic()
+        for seq in seqs:
+            seq.first_token_at = now
+        return [self._advance(seq, tok, lp) for seq, tok, lp in zip(seqs, tokens, logprobs)]
+
+    def _decode(self, batch: list[Sequence]) -> list[StepEvent]:
+        """One token for every running sequence. Slots are handed out lowest first, so the rows in use are
+        nearly dense: the step runs over rows 0..top-1 (no gather of cache rows) and idle rows in between
+        get a dummy token whose effect is forgotten (their length is reset)."""
+        top = max(s.slot for s in batch) + 1
+        last = torch.zeros((top, 1), dtype=torch.long)
+        slots = [s.slot for s in batch]
+        last[slots, 0] = torch.tensor([s.output.token_ids[-1] for s in batch])
+        idle = sorted(set(range(top)) - set(slots))
+        try:
+            logits = self.model.step(last.to(self.device), self.cache)[slots]  # (B, V)
+            for slot in idle:
+                self.cache.reset(slot)
             tokens, logprobs = choose_tokens(logits, [s.params for s in batch], [s.output for s in batch],
                                              [s.generator for s in batch])
         except Exception:
@@ -214,6 +243,7 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self.cache.reset(seq.slot)
         self.free_slots.append(seq.slot)
         self.free_slots.sort()  # lowest slots first keeps the active rows compact
         seq.slot = None

@@ -187,13 +187,26 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def step(self, idx: Tensor, cache, rows: Tensor | None = None, all_logits: bool = False) -> Tensor:
-        """Feed idx (B, T) after what `cache` rows already hold; logits for the last position (B, V) or all (B, T, V)."""
-        index = rows.cpu() if rows is not None else slice(None)
+    pads_safely = False  # may rows of different lengths be prefilled together, padded on the right?
+
+    def step(self, idx: Tensor, cache, rows: Tensor | None = None, all_logits: bool = False,
+             lengths: Tensor | None = None) -> Tensor:
+        """Feed idx (B, T) after what the cache rows hold (`rows`, or the first B rows); logits for the last
+        position (B, V) or for all (B, T, V).
+
+        With `lengths` (B,) on the CPU, row i holds only its first lengths[i] tokens and is padded after them
+        (models with `pads_safely` only): the logits are those of each row's last real token.
+        """
+        index = rows.cpu() if rows is not None else slice(0, idx.shape[0])
         start = cache.lengths[index]  # (B,) on the CPU
         if start.shape[0] != idx.shape[0]:
             raise ValueError(f"{idx.shape[0]} input rows for {start.shape[0]} cache rows")
+        if lengths is not None and not self.pads_safely:
+            raise ValueError(f"{type(self).__name__} cannot prefill padded rows")
         hidden = self._hidden_cached(idx, cache, start, rows)  # (B, T, C)
+        if lengths is not None:
+            cache.lengths[index] = start + lengths
+            return self.head(hidden[torch.arange(idx.shape[0], device=idx.device), (lengths - 1).to(idx.device)])
         cache.lengths[index] = start + idx.shape[1]
         return self.head(hidden if all_logits else hidden[:, -1])
 
@@ -206,6 +219,8 @@ class LanguageModel(nn.Module):
 
 class TransformerLM(LanguageModel):
     """Decoder-only, pre-LN, causal attention through scaled_dot_product_attention, tied embeddings."""
+
+    pads_safely = True  # keys written for padding lie beyond the row's length: masked, then overwritten
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -296,7 +311,7 @@ class LSTMLM(LanguageModel):
         )
 
     def _hidden_cached(self, idx: Tensor, cache: LSTMState, start: Tensor, rows: Tensor | None) -> Tensor:
-        index = slice(None) if rows is None else rows.to(idx.device)
+        index = slice(0, idx.shape[0]) if rows is None else rows.to(idx.device)
         state = (cache.h[:, index].contiguous(), cache.c[:, index].contiguous())
         out, (h, c) = self.lstm(self.wte(idx), state)
         cache.h[:, index] = h
