@@ -193,9 +193,10 @@ def free_port() -> int:
 
 def start_server(models: Path, device: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    log = open(models.parent / f"serve-{port}.log", "wb")  # a file, not a pipe: an unread pipe fills up and blocks the server
     proc = subprocess.Popen([sys.executable, "-m", "llmcore", "serve", "--models", str(models), "--port", str(port),
                              "--max-batch", "64", "--max-queue", "4096", "--device", device],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "LLMCORE_ADMIN_TOKEN": ""})
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LLMCORE_ADMIN_TOKEN": ""})
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -203,7 +204,7 @@ def start_server(models: Path, device: str) -> tuple[subprocess.Popen, str]:
                 return proc, base
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:]) from None
+                raise RuntimeError("server did not start: " + Path(log.name).read_text()[-2000:]) from None
             time.sleep(0.1)
     raise RuntimeError("server did not start in 60 s")
 
