@@ -138,10 +138,10 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def answer(loaded, messages: list[dict], params) -> tuple[str, float]:
     """The model's reply to a conversation, and its confidence (mean token log-probability)."""
-    from llmcore.sampling import generate
+    from llmcore.sampling import generate, prompt_budget
 
-    block = loaded.model.config.block_size
-    prompt = loaded.tokenizer.encode_prompt(messages, max_tokens=max(block - params.max_new_tokens, block // 2))
+    budget = prompt_budget(loaded.model.config.block_size, params.max_new_tokens)
+    prompt = loaded.tokenizer.encode_prompt(messages, max_tokens=budget)
     [out] = generate(loaded.model, [prompt], params, loaded.tokenizer.stop_ids)
     return loaded.tokenizer.decode(out.token_ids), out.confidence
 

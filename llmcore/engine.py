@@ -189,6 +189,8 @@ class Engine:
             tokens, logprobs = choose_tokens(logits, [s.params for s in seqs], [s.output for s in seqs], [s.generator for s in seqs])
         except Exception:
             logger.exception("batched prefill failed; prefilling the %d sequences one by one", len(seqs))
+            for seq in seqs:  # the failed forward may have advanced their lengths
+                self.cache.reset(seq.slot)
             return [event for seq in seqs for event in self._prefill(seq)]
         now = time.monotonic()
         for seq in seqs:

@@ -16,7 +16,7 @@ import torch
 
 from llmcore.dataset import IGNORE_INDEX, Conversation, make_batches, make_examples
 from llmcore.model import LanguageModel
-from llmcore.sampling import SamplingParams, generate
+from llmcore.sampling import SamplingParams, generate, prompt_budget
 from llmcore.tokenizer import Tokenizer
 
 EVAL_BATCH_TOKENS = 8192
@@ -70,12 +70,11 @@ def assistant_turns(conversations: Sequence[Conversation]) -> list[Turn]:
 
 def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Turn], params: SamplingParams) -> list[str]:
     """Answers for each turn's history, generated in batches."""
-    block = model.config.block_size
-    prompt_budget = max(block - params.max_new_tokens, block // 2)
+    budget = prompt_budget(model.config.block_size, params.max_new_tokens)
     answers = []
     for start in range(0, len(turns), GENERATE_BATCH):
         chunk = turns[start : start + GENERATE_BATCH]
-        prompts = [tokenizer.encode_prompt(t.history, max_tokens=prompt_budget) for t in chunk]
+        prompts = [tokenizer.encode_prompt(t.history, max_tokens=budget) for t in chunk]
         outputs = generate(model, prompts, params, tokenizer.stop_ids)
         answers += [tokenizer.decode(o.token_ids) for o in outputs]
     return answers

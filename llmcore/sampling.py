@@ -150,6 +150,11 @@ def generate(model: LanguageModel, prompts: Sequence[Sequence[int]], params: Sam
     return outputs
 
 
+def prompt_budget(block_size: int, max_new_tokens: int) -> int:
+    """Tokens a prompt may take so the answer still fits the context (at least half the context)."""
+    return max(block_size - max_new_tokens, block_size // 2)
+
+
 def cache_capacity(cache) -> int:
     """Positions a cache can hold; an LSTM state has no limit of its own."""
     k = getattr(cache, "k", None)
