@@ -106,13 +106,12 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max
             async for line in response.content:
                 if not line.startswith(b"data: {"):
                     continue
-                chunk = json.loads(line[6:])
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                if b'"usage"' in line:  # the last chunk: only it is parsed (the client shares the server's cores)
+                    count = json.loads(line[6:])["usage"]["completion_tokens"]
+                elif b'"role"' not in line:  # the first chunk carries the role; every later one, new tokens
                     now = time.perf_counter()
                     first = first or now
                     last = now
-                if "usage" in chunk:
-                    count = chunk["usage"]["completion_tokens"]
     except aiohttp.ClientError:
         result.errors += 1
         return

@@ -138,6 +138,16 @@ class Engine:
                 self._release(event.seq)
         return events
 
+    def fail_all(self, exc: Exception) -> list[StepEvent]:
+        """After a step broke in a way the engine could not contain: every sequence, waiting or running, ends
+        with an error, and every slot is free again."""
+        with self._lock:
+            waiting, self.waiting = list(self.waiting), deque()
+        events = [self._fail(seq, exc) for seq in [*waiting, *self.running] if not seq.finished]
+        for seq in list(self.running):
+            self._release(seq)
+        return events
+
     def _retire_cancelled(self) -> list[StepEvent]:
         events = []
         with self._lock:

@@ -107,7 +107,7 @@ class CachePositions:
     write_rows: Tensor  # (B, T) cache row of each new token
     rows: Tensor | None  # (B,) cache rows addressed, None for rows 0..B-1
     t_used: int  # positions to read: max(start) + T
-    visible: Tensor  # (B, 1, T, t_used) causal mask over the cached positions
+    visible: Tensor  # (B, 1, T, t_used) causal mask over the cached positions, additive (0 / -inf): faster than a boolean one on CPU
 
 
 class CausalSelfAttention(nn.Module):
@@ -141,7 +141,7 @@ class CausalSelfAttention(nn.Module):
             keys, values = k_cache[: x.shape[0], :, : where.t_used], v_cache[: x.shape[0], :, : where.t_used]
         else:
             keys, values = k_cache[where.rows, :, : where.t_used], v_cache[where.rows, :, : where.t_used]  # (B, H, t_used, D)
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=where.visible)
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=where.visible.to(q.dtype))
         return self._merge(y)
 
 
@@ -271,7 +271,8 @@ class TransformerLM(LanguageModel):
             write_rows=row_ids[:, None].expand(B, T),
             rows=None if rows is None else row_ids,
             t_used=t_used,
-            visible=(torch.arange(t_used, device=device)[None, None, :] <= pos[:, :, None])[:, None],
+            visible=torch.zeros((B, 1, T, t_used), device=device, dtype=self.wte.weight.dtype).masked_fill_(
+                (torch.arange(t_used, device=device)[None, None, :] > pos[:, :, None])[:, None], float("-inf")),
         )
         x = self.wte(idx) + self.wpe(pos)
         for layer, block in enumerate(self.blocks):

@@ -182,20 +182,22 @@ async def _pieces(request: web.Request, req: ChatRequest, submission: Submission
     sent, text = 0, ""
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
-            async for event in submission.events():
-                if event.token is not None:
+            async for events in submission.updates():
+                tokens = [e.token for e in events if e.token is not None]
+                logprobs = [e.logprob for e in events if e.logprob is not None]
+                if tokens:
                     text = tokenizer.decode(submission.seq.output.token_ids)
-                finish = submission.seq.output.finish_reason if event.finished else None
+                finish = submission.seq.output.finish_reason if events[-1].finished else None
                 if finish == "error":
                     _record(worker, submission, "error")
                     raise ApiError(500, f"generation failed: {submission.seq.error}", type_="server_error")
                 cut = min((i for i in (text.find(s, max(sent - len(s), 0)) for s in stops) if i >= 0), default=-1)
                 if cut >= 0:  # a stop sequence: cut there, and the request is done
                     worker.cancel(submission)
-                    yield Piece(text[sent:cut], _tokens(event), _logprobs(event), "stop")
+                    yield Piece(text[sent:cut], tokens, logprobs, "stop")
                     return
                 end = len(text) if finish else max(sent, len(text) - holdback)  # hold back a possible stop prefix
-                yield Piece(text[sent:end], _tokens(event), _logprobs(event), finish)
+                yield Piece(text[sent:end], tokens, logprobs, finish)
                 sent = end
                 if finish:
                     return
@@ -204,14 +206,6 @@ async def _pieces(request: web.Request, req: ChatRequest, submission: Submission
         _record(worker, submission, "timeout")
         raise ApiError(503, "the request timed out; try again", type_="server_error", code="timeout",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-
-
-def _tokens(event) -> list[int]:
-    return [] if event.token is None else [event.token]
-
-
-def _logprobs(event) -> list[float]:
-    return [] if event.logprob is None else [event.logprob]
 
 
 def _record(worker: Worker, submission: Submission, outcome: str) -> None:

@@ -144,3 +144,13 @@ def test_a_reused_slot_starts_clean(arch):
         [alone] = generate(model, [prompt], params, {STOP})
         assert outputs[i].token_ids == alone.token_ids
         assert outputs[i].logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
+def test_fail_all_ends_every_sequence_and_frees_every_slot():
+    engine = Engine(tiny("transformer"), set(), max_batch=2)
+    seqs = [engine.add([5, 6, 7], SamplingParams(max_new_tokens=50)) for _ in range(3)]
+    engine.step()  # two run, one waits
+    events = engine.fail_all(RuntimeError("boom"))
+    assert {e.seq.seq_id for e in events} == {s.seq_id for s in seqs} and all(e.finished for e in events)
+    assert all(s.output.finish_reason == "error" and "boom" in s.error for s in seqs)
+    assert engine.free_slots == [0, 1] and not engine.has_work()

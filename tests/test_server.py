@@ -218,3 +218,41 @@ async def test_the_openai_client_works_plain_and_streamed(client):
     streamed = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
     assert streamed == text
     await api.close()
+
+
+async def test_a_lagging_reader_gets_the_tokens_that_piled_up_in_one_update():
+    from llmcore.engine import Sequence, StepEvent
+    from llmcore.worker import Submission
+
+    seq = Sequence(1, [1, 2], SamplingParams(), None)
+    submission = Submission(seq, served=None)
+    for token in (5, 6, 7):
+        submission.queue.put_nowait(StepEvent(seq, token, -0.1, False))
+    batches = submission.updates()
+    assert [e.token for e in await anext(batches)] == [5, 6, 7]
+    submission.queue.put_nowait(StepEvent(seq, 8, -0.1, False))
+    submission.queue.put_nowait(StepEvent(seq, None, None, True))
+    submission.queue.put_nowait(StepEvent(seq, 9, -0.1, False))  # nothing is read past the end
+    assert [e.token for e in await anext(batches)] == [8, None]
+    with pytest.raises(StopAsyncIteration):
+        await anext(batches)
+
+
+async def test_an_engine_step_that_breaks_fails_the_requests_in_flight_and_the_server_goes_on(client, monkeypatch):
+    from llmcore.engine import Engine
+
+    real_step, calls = Engine.step, []
+
+    def broken_once(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("step exploded")
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", broken_once)
+    first = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=20, ignore_eos=True))
+    assert first.status == 500 and "step exploded" in (await first.json())["error"]["message"]
+    second = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=20, ignore_eos=True))
+    assert second.status == 200 and (await second.json())["usage"]["completion_tokens"] == 20
+    health = await (await client.get("/healthz")).json()
+    assert health["ready"] and health["queue_depth"] == 0
