@@ -75,3 +75,82 @@ def faq_file(tmp_path: Path) -> Path:
              for q, a in FAQ_PAIRS]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own: tests share the session's Redis without seeing each other's keys."""
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+async def redis(redis_url: str):
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def keys_with(redis, prefix: str, needle: str) -> list[str]:
+    """Keys under prefix whose name, or value of any type, contains needle (a scan as an auditor would run it)."""
+    found = []
+    async for key in redis.scan_iter(f"{prefix}*"):
+        kind = await redis.type(key)
+        if kind == "string":
+            blob = await redis.get(key) or ""
+        elif kind == "list":
+            blob = " ".join(await redis.lrange(key, 0, -1))
+        elif kind == "set":
+            blob = " ".join(await redis.smembers(key))
+        elif kind == "hash":
+            blob = " ".join(f"{k} {v}" for k, v in (await redis.hgetall(key)).items())
+        elif kind == "stream":
+            blob = " ".join(f"{i} {f}" for i, f in await redis.xrange(key))
+        else:
+            blob = ""
+        if needle in key or needle in blob:
+            found.append(key)
+    return found
+
+
+TINY_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96, "dropout": 0.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with one tiny Transformer that learned FAQ_PAIRS by heart (v0001, current)."""
+    import json
+
+    from llmcore.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    data = root / "faq.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                         ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
+    train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=120, val_fraction=0.0, lr=5e-3,
+                       seed=0, promote=True, progress=False, min_freq=1, model_overrides=TINY_MODEL, device="cpu"))
+    return root / "reg"
+
+
+@pytest.fixture(scope="session")
+async def llmcore_url(tiny_models: Path):
+    """The real inference service on a free loopback port, serving tiny_models."""
+    import torch
+    from aiohttp import web
+
+    from llmcore.registry import Registry
+    from llmcore.server import create_app
+    from llmcore.settings import ServeSettings
+    from llmcore.worker import Worker
+
+    settings = ServeSettings(models=tiny_models, request_timeout_s=30)
+    worker = Worker(Registry(tiny_models), torch.device("cpu"), max_batch=16)
+    runner = web.AppRunner(create_app(settings, worker))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()

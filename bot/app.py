@@ -1,0 +1,154 @@
+"""Builds the PTB Application and runs it: long polling, or a webhook behind our aiohttp server.
+
+    application = build_application(settings)
+    await run_polling(application)           # or: await run_webhook(application, settings)
+
+`running(application)` opens Redis and the llmcore session around PTB's own start and stop. Updates of different
+chats are handled concurrently; those of one chat in arrival order (PerChatOrder).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable
+
+from redis.exceptions import RedisError
+from telegram import Update
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseUpdateProcessor
+from telegram.request import BaseRequest
+
+from bot import handlers
+from bot.metrics import BotMetrics
+from bot.services import KEY, METRICS, SETTINGS, Services
+from bot.settings import BotSettings
+
+logger = logging.getLogger(__name__)
+MAX_CONCURRENT_UPDATES = 256
+POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
+
+
+class PerChatOrder(BaseUpdateProcessor):
+    """Concurrency across chats, order within a chat: one FIFO lock per chat, dropped when the chat goes idle."""
+
+    def __init__(self, max_concurrent_updates: int = MAX_CONCURRENT_UPDATES) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable) -> None:
+        chat = update.effective_chat if isinstance(update, Update) else None
+        if chat is None:
+            await coroutine
+            return
+        lock, users = self._locks.get(chat.id, (asyncio.Lock(), 0))
+        self._locks[chat.id] = (lock, users + 1)
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            lock, users = self._locks[chat.id]
+            if users == 1:
+                del self._locks[chat.id]
+            else:
+                self._locks[chat.id] = (lock, users - 1)
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+
+def build_application(settings: BotSettings, token: str | None = None, request: BaseRequest | None = None,
+                      metrics: BotMetrics | None = None) -> Application:
+    """`request` replaces the HTTP layer (the terminal shell answers Bot API calls itself)."""
+    token = token or (settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None)
+    if not token:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set (without it, try `python -m bot shell`)")
+
+    builder = (ApplicationBuilder().token(token).base_url(f"{settings.telegram_api_base}/bot")
+               .base_file_url(f"{settings.telegram_api_base}/file/bot")
+               .concurrent_updates(PerChatOrder()))
+    if request is not None:
+        builder = builder.request(request).get_updates_request(request)
+    else:  # Telegram's flood limits, with retries on retry_after
+        builder = builder.rate_limiter(AIORateLimiter(max_retries=3))
+    application = builder.build()
+    application.bot_data[SETTINGS] = settings
+    application.bot_data[METRICS] = metrics or BotMetrics()
+    handlers.register(application)
+    return application
+
+
+@contextlib.asynccontextmanager
+async def running(application: Application) -> AsyncIterator[Services]:
+    """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands; undo on exit."""
+    settings = application.bot_data[SETTINGS]
+    async with application:
+        kefu = await Services.open(settings, application.bot_data[METRICS])
+        application.bot_data[KEY] = kefu
+        try:
+            await _seed_faq(kefu)
+            await handlers.set_commands(application)
+            await application.start()
+            yield kefu
+            await application.stop()
+        finally:
+            application.bot_data.pop(KEY, None)
+            await kefu.close()
+
+
+async def _seed_faq(kefu: Services) -> None:
+    try:
+        seeded = await kefu.faq.load_demo_if_empty()
+    except RedisError as exc:  # Redis may come later; the bot still starts and says "temporarily unavailable"
+        logger.warning("could not check the FAQ (Redis: %s)", exc)
+        return
+    if seeded:
+        logger.info("the FAQ was empty: loaded %d demo entries", seeded)
+
+
+async def run_polling(application: Application, stop: asyncio.Event | None = None) -> None:
+    """Long polling until SIGINT/SIGTERM (or until `stop` is set)."""
+    async with running(application):
+        await application.bot.delete_webhook()
+        await application.updater.start_polling(allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=POLL_TIMEOUT_S)
+        logger.info("polling as @%s", application.bot.username)
+        await _until_signal(stop)
+        await application.updater.stop()
+
+
+async def run_webhook(application: Application, settings: BotSettings, stop: asyncio.Event | None = None) -> None:
+    """Our aiohttp server receives updates; Telegram is told the URL and the secret at start-up."""
+    from aiohttp import web
+
+    from bot.webhook import create_webhook_app
+
+    async with running(application):
+        runner = web.AppRunner(create_webhook_app(application, settings))
+        await runner.setup()
+        host, port = settings.listen_host_port
+        await web.TCPSite(runner, host, port).start()
+        await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
+                                          allowed_updates=Update.ALL_TYPES)
+        logger.info("webhook for @%s on %s:%d%s", application.bot.username, host, port, settings.webhook_path)
+        try:
+            await _until_signal(stop)
+        finally:
+            await runner.cleanup()
+
+
+async def _until_signal(stop: asyncio.Event | None) -> None:
+    if stop is not None:
+        await stop.wait()
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

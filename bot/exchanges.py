@@ -1,0 +1,103 @@
+"""The training log: every exchange (question, answer, source, confidence, version, latency) in a Redis
+stream, scrubbed of personal data before it is written; 👍/👎 ratings attach to an entry.
+
+    log = ExchangeLog(redis, prefix="kefu:", retention_days=90)
+    entry_id = await log.append(Exchange(chat_id, user_id, question, answer, "faq", 0.93, None, 12))
+    await log.rate(entry_id, user_id, "down")          # False when the entry is gone or not this user's
+    async for conversation in log.conversations():    # chat JSONL records, the llmcore training format
+        ...
+
+The Redis client decodes responses (`decode_responses=True`).
+Entries older than the retention leave the stream as new ones arrive (XADD MINID).
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from bot.pii import scrub
+
+RATINGS = ("up", "down")
+SOURCES = ("faq", "model", "fallback", "operator")
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    chat_id: int
+    user_id: int
+    question: str
+    answer: str
+    source: str  # faq | model | fallback | operator
+    score: float | None  # the FAQ score, or the model's confidence (mean token log-probability)
+    version: str | None  # the model version that answered
+    latency_ms: int
+
+
+class ExchangeLog:
+    def __init__(self, redis: Redis, prefix: str, retention_days: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.retention_ms = retention_days * 86_400_000
+        self.stream = f"{prefix}log"
+        self.ratings = f"{prefix}ratings"
+
+    async def append(self, exchange: Exchange) -> str:
+        fields = {k: "" if v is None else str(v) for k, v in asdict(exchange).items()}
+        fields["question"], fields["answer"] = scrub(exchange.question), scrub(exchange.answer)
+        oldest = f"{int(time.time() * 1000) - self.retention_ms}-0"
+        entry_id = await self.redis.xadd(self.stream, fields, minid=oldest, approximate=False)
+        await self.redis.sadd(self._user_key(exchange.user_id), entry_id)
+        return entry_id
+
+    async def get(self, entry_id: str) -> dict[str, str] | None:
+        if not ENTRY_ID.fullmatch(entry_id):
+            return None
+        found = await self.redis.xrange(self.stream, entry_id, entry_id)
+        return found[0][1] if found else None
+
+    async def rate(self, entry_id: str, user_id: int, rating: str) -> bool:
+        """Attach a rating; False (nothing changes) for a forged, stale or someone else's entry."""
+        entry = await self.get(entry_id)
+        if rating not in RATINGS or entry is None or entry["user_id"] != str(user_id):
+            return False
+        await self.redis.hset(self.ratings, entry_id, rating)
+        return True
+
+    async def forget_user(self, user_id: int) -> int:
+        """Erase the user's exchanges and ratings; returns how many exchanges went."""
+        ids = list(await self.redis.smembers(self._user_key(user_id)))
+        if ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xdel(self.stream, *ids).hdel(self.ratings, *ids).delete(self._user_key(user_id))
+                await pipe.execute()
+        return len(ids)
+
+    async def entries(self, batch: int = 500) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every entry, oldest first, with its rating under "rating" ("" when unrated)."""
+        start = "-"
+        while True:
+            chunk = await self.redis.xrange(self.stream, start, "+", count=batch)
+            if not chunk:
+                return
+            ratings = await self.redis.hmget(self.ratings, [i for i, _ in chunk])
+            for (entry_id, fields), rating in zip(chunk, ratings):
+                yield entry_id, {**fields, "rating": rating or ""}
+            start = "(" + chunk[-1][0]
+
+    async def conversations(self, include_down: bool = False, include_fallback: bool = False) -> AsyncIterator[dict]:
+        """Chat-format training records; 👎 answers and fallbacks are left out unless asked for."""
+        async for entry_id, e in self.entries():
+            if (e["rating"] == "down" and not include_down) or (e["source"] == "fallback" and not include_fallback):
+                continue
+            yield {"messages": [{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["answer"]}],
+                   "meta": {"id": entry_id, "source": e["source"], "rating": e["rating"] or None, "version": e["version"] or None,
+                            "score": float(e["score"]) if e["score"] else None}}
+
+    def _user_key(self, user_id: int) -> str:
+        return f"{self.prefix}user:{user_id}:log"
+

@@ -1,0 +1,157 @@
+"""The FAQ knowledge base: entries in Redis, matched in-process by BM25 (bot/search.py).
+
+    faq = FaqStore(redis, prefix="kefu:")
+    await faq.load_demo_if_empty()              # the demo shop's FAQ from llmcore's corpus
+    matches = await faq.match("怎么退货", k=3)   # [Match(entry, score, matched)], best first
+    entry_id = await faq.add("营业时间?", "每天 9:00-21:00")
+    await faq.import_file("faq.csv")             # question,answer  — or chat JSONL two-message conversations
+
+Every change bumps a version counter in Redis; `match` compares it with the version its index was
+built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from bot.search import FaqEntry, FaqIndex, Match
+from llmcore.dataset import DEMO_DATA, DataError, read_conversations
+
+MAX_FAQ_TEXT = 8000  # characters of a question or an answer (a long policy text: the reply is split in two)
+
+
+class FaqStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.entries_key = f"{prefix}faq"
+        self.next_key = f"{prefix}faq:next"
+        self.version_key = f"{prefix}faq:version"
+        self._index: FaqIndex | None = None
+        self._index_version: str | None = None
+
+    async def match(self, text: str, k: int = 3) -> list[Match]:
+        return (await self.index()).match(text, k=k)
+
+    async def index(self) -> FaqIndex:
+        version = await self.redis.get(self.version_key) or "0"
+        if self._index is None or version != self._index_version:
+            self._index = FaqIndex(await self.entries())
+            self._index_version = version
+        return self._index
+
+    async def entries(self) -> list[FaqEntry]:
+        raw = await self.redis.hgetall(self.entries_key)
+        return sorted((_entry(entry_id, value) for entry_id, value in raw.items()), key=lambda e: int(e.id))
+
+    async def get(self, entry_id: str) -> FaqEntry | None:
+        value = await self.redis.hget(self.entries_key, entry_id)
+        return _entry(entry_id, value) if value else None
+
+    async def add(self, question: str, answer: str, similar: Iterable[str] = ()) -> str:
+        return (await self.add_many([FaqEntry("", question, answer, tuple(similar))]))[0]
+
+    async def add_many(self, entries: list[FaqEntry]) -> list[str]:
+        for e in entries:
+            _check(e)
+        first = await self.redis.incrby(self.next_key, len(entries)) - len(entries) + 1
+        ids = [str(first + i) for i in range(len(entries))]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry_id, e in zip(ids, entries):
+                pipe.hset(self.entries_key, entry_id, json.dumps(
+                    {"question": e.question.strip(), "answer": e.answer.strip(), "similar": [s.strip() for s in e.similar]},
+                    ensure_ascii=False))
+            pipe.incr(self.version_key)
+            await pipe.execute()
+        return ids
+
+    async def delete(self, entry_id: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.entries_key, entry_id).incr(self.version_key)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def count(self) -> int:
+        return await self.redis.hlen(self.entries_key)
+
+    async def import_file(self, path: str | Path) -> int:
+        entries = read_faq_file(path)
+        await self.add_many(entries)
+        return len(entries)
+
+    async def load_demo_if_empty(self) -> int:
+        """Seed the demo FAQ once, even with several replicas starting together."""
+        if await self.count() or not await self.redis.set(f"{self.entries_key}:seeding", "1", nx=True, ex=60):
+            return 0
+        return await self.import_file(DEMO_DATA)
+
+    async def export_lines(self) -> list[str]:
+        """Chat JSONL: one two-message conversation per question and similar question (what import reads)."""
+        return [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": e.answer}],
+                            "meta": {"faq_id": e.id}}, ensure_ascii=False)
+                for e in await self.entries() for q in (e.question, *e.similar)]
+
+
+def read_faq_file(path: str | Path) -> list[FaqEntry]:
+    """CSV `question,answer` (a header row is optional) or chat JSONL; questions sharing an answer become one entry
+    with similar questions. DataError names the file and line."""
+    path = Path(path)
+    pairs = _read_csv(path) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+    grouped: dict[str, list[str]] = {}
+    for question, answer in pairs:
+        grouped.setdefault(answer.strip(), []).append(question.strip())
+    entries = [FaqEntry("", qs[0], answer, tuple(dict.fromkeys(qs[1:]))) for answer, qs in grouped.items()]
+    for e in entries:
+        try:
+            _check(e)
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from None
+    return entries
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, str]]:
+    conversations, _ = read_conversations([path])
+    pairs = []
+    for c in conversations:
+        roles = [m["role"] for m in c.messages if m["role"] != "system"]
+        if roles != ["user", "assistant"]:
+            raise DataError(f"{c.origin}: a FAQ entry is one user question and one assistant answer")
+        turns = [m["content"] for m in c.messages if m["role"] != "system"]
+        pairs.append((turns[0], turns[1]))
+    return pairs
+
+
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    pairs = []
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}:{lineno}: expected two columns, question,answer")
+        if lineno == 1 and [c.strip().lower() for c in row] == ["question", "answer"]:
+            continue
+        pairs.append((row[0], row[1]))
+    if not pairs:
+        raise DataError(f"{path}: no question,answer rows")
+    return pairs
+
+
+def _check(entry: FaqEntry) -> None:
+    for text in (entry.question, entry.answer, *entry.similar):
+        if not text.strip():
+            raise ValueError("empty question or answer")
+        if len(text) > MAX_FAQ_TEXT:
+            raise ValueError(f"a question or answer over {MAX_FAQ_TEXT} characters")
+
+
+def _entry(entry_id: str, value: str) -> FaqEntry:
+    data = json.loads(value)
+    return FaqEntry(entry_id, data["question"], data["answer"], tuple(data.get("similar", ())))

@@ -1,0 +1,325 @@
+"""User-facing callbacks: commands, questions, buttons. `register(application)` wires them.
+
+Groups are answered only when the bot is mentioned or replied to. In private chats a model answer is
+streamed as a draft while it is generated; everywhere a typing action runs until the answer is sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+from telegram import BotCommand, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update, User
+from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram.error import TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.pipeline import Reply
+from bot.services import services
+from bot.split import split_message, telegram_length
+from bot.texts import Texts, language, texts
+
+logger = logging.getLogger(__name__)
+Context = ContextTypes.DEFAULT_TYPE
+TYPING_EVERY_S = 4.0  # Telegram shows a chat action for ~5 s
+DRAFT_EVERY_S = 0.3  # drafts are animated; more often only costs requests
+MAX_BUTTON_CHARS = 40
+COMMANDS = [("start", "开始 / start"), ("help", "帮助 / help"), ("reset", "清除上下文 / forget the context"),
+            ("forget", "删除我的数据 / erase my data")]
+
+
+class AddressedToBot(filters.MessageFilter):
+    """Private chats always; in groups only a mention of the bot or a reply to one of its messages."""
+
+    def filter(self, message: Message) -> bool:
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        bot = message.get_bot()
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+            return True
+        mentions = message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION])
+        return any(text.lstrip("@").lower() == (bot.username or "").lower() or (e.user is not None and e.user.id == bot.id)
+                   for e, text in mentions.items())
+
+
+def register(application: Application) -> None:
+    new = filters.UpdateType.MESSAGE
+    private = filters.ChatType.PRIVATE
+    application.add_handler(TypeHandler(Update, screen), group=-1)
+    application.add_handler(CommandHandler("start", start, filters=new & private))
+    application.add_handler(CommandHandler("help", help_command, filters=new & AddressedToBot()))
+    application.add_handler(CommandHandler("reset", reset, filters=new & AddressedToBot()))
+    application.add_handler(CommandHandler("forget", forget, filters=new & AddressedToBot()))
+    application.add_handler(MessageHandler(new & filters.COMMAND & private, unknown_command))
+    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND & AddressedToBot(), question))
+    application.add_handler(MessageHandler(new & private & ~filters.TEXT, text_only))
+    application.add_handler(CallbackQueryHandler(feedback, pattern=r"^fb:"))
+    application.add_handler(CallbackQueryHandler(suggestion, pattern=r"^faq:"))
+    application.add_handler(CallbackQueryHandler(forget_answer, pattern=r"^forget:"))
+    application.add_handler(CallbackQueryHandler(human, pattern=r"^human$"))
+    application.add_handler(CallbackQueryHandler(stale_button))
+    application.add_error_handler(on_error)
+
+
+async def set_commands(application: Application) -> None:
+    await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+
+
+async def screen(update: Update, context: Context) -> None:
+    """Drop duplicate deliveries; rate-limit what users send (a notice once, then silence)."""
+    kefu = services(context)
+    try:
+        if not await kefu.guard.first_delivery(update.update_id):
+            kefu.metrics.updates.labels("duplicate").inc()
+            raise ApplicationHandlerStop
+        message, user = update.message, update.effective_user
+        if message is None or user is None or user.is_bot:
+            return
+        verdict = await kefu.guard.admit(user.id)
+    except RedisError as exc:  # the handlers answer "temporarily unavailable" if they need Redis
+        logger.warning("screening skipped, Redis unavailable: %s", exc)
+        return
+    if verdict != "ok":
+        kefu.metrics.updates.labels("rate_limited").inc()
+        if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
+            await message.reply_text(_texts(update).slow_down)
+        raise ApplicationHandlerStop
+    kefu.metrics.updates.labels("accepted").inc()
+
+
+async def start(update: Update, context: Context) -> None:
+    """Greet the user in their language."""
+    user = update.effective_user
+    await update.effective_message.reply_text(_texts(update).greeting.format(name=user.first_name if user else ""))
+
+
+async def help_command(update: Update, context: Context) -> None:
+    """What the bot can do."""
+    await update.effective_message.reply_text(_texts(update).help)
+
+
+async def reset(update: Update, context: Context) -> None:
+    """Forget this chat's context; the training log keeps the exchanges."""
+    t = _texts(update)
+    try:
+        await services(context).history.clear(update.effective_chat.id)
+    except RedisError:
+        await update.effective_message.reply_text(t.unavailable)
+        return
+    await update.effective_message.reply_text(t.reset_done)
+
+
+async def forget(update: Update, context: Context) -> None:
+    """Ask before erasing everything about the user."""
+    t = _texts(update)
+    buttons = [[InlineKeyboardButton(t.forget_yes, callback_data=f"forget:yes:{update.effective_user.id}"),
+                InlineKeyboardButton(t.forget_no, callback_data=f"forget:no:{update.effective_user.id}")]]
+    await update.effective_message.reply_text(t.forget_confirm, reply_markup=InlineKeyboardMarkup(buttons))
+
+
+async def forget_answer(update: Update, context: Context) -> None:
+    """The confirmation buttons of /forget: only the user who asked can press them."""
+    query, t = update.callback_query, _texts(update)
+    _, choice, owner = (query.data.split(":") + ["", ""])[:3]
+    if owner != str(query.from_user.id):
+        await query.answer(t.stale_button)
+        return
+    if choice == "yes":
+        try:
+            await services(context).forget_user(query.from_user.id)
+        except RedisError:
+            await query.answer(t.unavailable, show_alert=True)
+            return
+    await query.answer()
+    await _edit(query, t.forget_done if choice == "yes" else t.forget_cancelled)
+
+
+async def unknown_command(update: Update, context: Context) -> None:
+    """A command the bot does not have."""
+    await update.effective_message.reply_text(_texts(update).unknown_command)
+
+
+async def text_only(update: Update, context: Context) -> None:
+    """Photos, stickers, voice, locations... in a private chat."""
+    await update.effective_message.reply_text(_texts(update).text_only)
+
+
+async def question(update: Update, context: Context) -> None:
+    """Answer from the FAQ, the model, or say honestly that a human should."""
+    kefu, message, user = services(context), update.effective_message, update.effective_user
+    text = _strip_mention(message, context.bot.username)
+    lang = language(text, user.language_code if user else None)
+    t = texts(lang)
+    if not text:
+        await message.reply_text(t.help)
+        return
+    if len(text) > kefu.settings.max_message_chars:
+        await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
+        return
+    private = message.chat.type == ChatType.PRIVATE
+    drafts = Drafts(context, message.chat_id, message.message_id) if private else None
+    try:
+        async with typing(context, message.chat_id):
+            reply = await kefu.pipeline.answer(message.chat_id, user.id, text, lang, on_text=drafts.show if drafts else None)
+    except RedisError as exc:
+        logger.warning("answer failed, Redis unavailable: %s", exc)
+        kefu.metrics.errors.labels("redis").inc()
+        await message.reply_text(t.unavailable)
+        return
+    kefu.metrics.answers.labels(reply.source).inc()
+    kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
+    await send_reply(message, reply, t)
+
+
+async def send_reply(message: Message, reply: Reply, t: Texts) -> None:
+    """The answer, split at 4096 characters on sentence boundaries, with the buttons under the last part."""
+    text = reply.text
+    if reply.suggestions:
+        text += "\n\n" + t.did_you_mean
+    parts = split_message(text, measure=lambda s: telegram_length(html.escape(s, quote=False)))
+    for part in parts[:-1]:
+        await message.reply_text(html.escape(part, quote=False), parse_mode=ParseMode.HTML)
+    await message.reply_text(html.escape(parts[-1], quote=False), parse_mode=ParseMode.HTML, reply_markup=_buttons(reply, t))
+
+
+def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
+    rows = [[InlineKeyboardButton(_short(m.matched), callback_data=f"faq:{m.entry.id}")] for m in reply.suggestions]
+    if reply.entry_id:
+        rows.append([InlineKeyboardButton("👍", callback_data=f"fb:{reply.entry_id}:up"),
+                     InlineKeyboardButton("👎", callback_data=f"fb:{reply.entry_id}:down")])
+    if reply.source == "fallback":
+        rows.append([InlineKeyboardButton(t.human_button, callback_data="human")])
+    return InlineKeyboardMarkup(rows)
+
+
+async def feedback(update: Update, context: Context) -> None:
+    """👍 / 👎 on an answer: stored with its logged exchange; a forged or stale button changes nothing."""
+    query, t, kefu = update.callback_query, _texts(update), services(context)
+    _, entry_id, rating = (query.data.split(":", 2) + ["", ""])[:3]
+    try:
+        stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
+    except RedisError:
+        await query.answer(t.unavailable)
+        return
+    if stored:
+        kefu.metrics.feedback.labels(rating).inc()
+    await query.answer(t.thanks_feedback if stored else t.stale_button)
+
+
+async def suggestion(update: Update, context: Context) -> None:
+    """A "did you mean" button: answer with that FAQ entry."""
+    query, t = update.callback_query, _texts(update)
+    message = query.message if isinstance(query.message, Message) else None
+    try:
+        reply = await services(context).pipeline.answer_from_faq(query.message.chat.id, query.from_user.id,
+                                                                  query.data.removeprefix("faq:"))
+    except RedisError:
+        await query.answer(t.unavailable)
+        return
+    if reply is None or message is None:
+        await query.answer(t.stale_button)
+        return
+    await query.answer()
+    await send_reply(message, reply, t)
+
+
+async def human(update: Update, context: Context) -> None:
+    """"Talk to a human": the operators' chat gets the request with the recent turns."""
+    query, t, kefu = update.callback_query, _texts(update), services(context)
+    operators = kefu.settings.operator_chat_id
+    if operators is None or query.message is None:
+        await query.answer(t.human_unavailable, show_alert=True)
+        return
+    turns = await kefu.history.recent(query.message.chat.id, 6)
+    transcript = "\n".join(f"{'👤' if m['role'] == 'user' else '🤖'} {m['content']}" for m in turns)
+    await context.bot.send_message(operators, f"{_who(query.from_user)} asks for a human (chat {query.message.chat.id}):\n{transcript}")
+    await query.answer()
+    await query.message.reply_text(t.human_requested)
+
+
+async def stale_button(update: Update, context: Context) -> None:
+    """Any other callback: an old or forged button."""
+    await update.callback_query.answer(_texts(update).stale_button)
+
+
+async def on_error(update: object, context: Context) -> None:
+    """Log with the traceback and tell the user, never the traceback itself."""
+    logger.error("error while handling an update", exc_info=context.error)
+    if isinstance(update, Update) and update.effective_message and update.effective_chat.type == ChatType.PRIVATE:
+        with contextlib.suppress(TelegramError):
+            await update.effective_message.reply_text(_texts(update).error)
+
+
+class Drafts:
+    """Streams a growing answer into a private chat's draft (sendMessageDraft), at most every DRAFT_EVERY_S."""
+
+    def __init__(self, context: Context, chat_id: int, draft_id: int) -> None:
+        self.context, self.chat_id, self.draft_id = context, chat_id, draft_id or 1
+        self.last = 0.0
+
+    async def show(self, text: str) -> None:
+        if time.monotonic() - self.last < DRAFT_EVERY_S or not text.strip():
+            return
+        self.last = time.monotonic()
+        try:
+            await self.context.bot.send_message_draft(self.chat_id, self.draft_id, text[:4096])
+        except TelegramError as exc:  # a draft is a nicety: the final message still comes
+            logger.debug("draft not shown: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def typing(context: Context, chat_id: int) -> AsyncIterator[None]:
+    """Keep 'typing…' visible until the block ends."""
+    async def keep() -> None:
+        while True:
+            with contextlib.suppress(TelegramError):
+                await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
+            await asyncio.sleep(TYPING_EVERY_S)
+
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _strip_mention(message: Message, username: str | None) -> str:
+    text = message.text or ""
+    if username:
+        text = text.replace(f"@{username}", " ")
+    return text.strip()
+
+
+def _texts(update: Update) -> Texts:
+    user = update.effective_user
+    message = update.effective_message
+    return texts(language(message.text if message else None, user.language_code if user else None))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_BUTTON_CHARS else text[: MAX_BUTTON_CHARS - 1] + "…"
+
+
+def _who(user: User) -> str:
+    return f"{user.full_name} (@{user.username}, id {user.id})" if user.username else f"{user.full_name} (id {user.id})"
+
+
+async def _edit(query: CallbackQuery, text: str) -> None:
+    with contextlib.suppress(TelegramError):
+        await query.edit_message_text(text)

@@ -1,0 +1,160 @@
+"""The bot's client of llmcore's OpenAI-compatible API: one aiohttp session, a deadline on every answer,
+retries on 503 that honour Retry-After, and a circuit breaker so a dead service costs nothing.
+
+    llm = LlmClient("http://127.0.0.1:8700", timeout_s=20)
+    await llm.start()
+    answer = await llm.answer(messages, max_tokens=96)                   # ModelAnswer(text, confidence, version)
+    answer = await llm.answer(messages, max_tokens=96, on_text=show)     # streamed: show(text so far) as it grows
+    await llm.close()
+
+Any failure (unreachable, 5xx, too slow, breaker open) raises LlmUnavailable within the deadline: the
+caller answers with its fallback.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+MAX_RETRY_AFTER_S = 5.0
+
+
+class LlmUnavailable(Exception):
+    """llmcore gave no usable answer in time."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    text: str
+    confidence: float | None  # mean token log-probability; None for an empty answer
+    version: str | None
+    finish_reason: str | None
+
+
+class CircuitBreaker:
+    """Open after `threshold` failures in a row; one trial call after `reset_s`; closed again on a success."""
+
+    def __init__(self, threshold: int = 5, reset_s: float = 30.0) -> None:
+        self.threshold = threshold
+        self.reset_s = reset_s
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None and time.monotonic() - self.opened_at < self.reset_s
+
+    def success(self) -> None:
+        self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = time.monotonic()
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.after_s = after_s
+
+
+class LlmClient:
+    def __init__(self, base_url: str, timeout_s: float, breaker: CircuitBreaker | None = None) -> None:
+        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def answer(self, messages: list[dict[str, str]], max_tokens: int,
+                     on_text: Callable[[str], Awaitable[None]] | None = None) -> ModelAnswer:
+        if self.breaker.is_open:
+            raise LlmUnavailable("circuit open: llmcore failed repeatedly")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await self._with_retries(messages, max_tokens, on_text)
+        except TimeoutError:
+            self.breaker.failure()
+            raise LlmUnavailable(f"no answer within {self.timeout_s:g} s") from None
+        except LlmUnavailable:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return result
+
+    async def _with_retries(self, messages: list[dict[str, str]], max_tokens: int,
+                            on_text: Callable[[str], Awaitable[None]] | None) -> ModelAnswer:
+        body = {"model": "kefu", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": on_text is not None}
+        for attempt in range(4):
+            try:
+                return await self._request(body, on_text)
+            except _Retry as retry:
+                if attempt == 3:
+                    raise LlmUnavailable(str(retry)) from None
+                delay = retry.after_s if retry.after_s is not None else 0.2 * 2**attempt * (1 + random.random())
+                logger.info("llmcore: %s; retrying in %.1f s", retry, delay)
+                await asyncio.sleep(min(delay, MAX_RETRY_AFTER_S))
+        raise AssertionError("unreachable")
+
+    async def _request(self, body: dict, on_text: Callable[[str], Awaitable[None]] | None) -> ModelAnswer:
+        if self._session is None:
+            raise RuntimeError("LlmClient.start() was not called")
+        try:
+            async with self._session.post(self.url, json=body) as response:
+                if response.status == 503 or response.status >= 500:
+                    raise _Retry(f"HTTP {response.status}", _retry_after(response))
+                if response.status != 200:
+                    raise LlmUnavailable(f"HTTP {response.status}: {(await response.text())[:200]}")
+                return await (_read_stream(response, on_text) if on_text else _read_plain(response))
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise _Retry(f"{exc.__class__.__name__}: {exc}") from None
+        except (ValueError, KeyError, IndexError, TypeError) as exc:  # a body that is not what the API promises
+            raise LlmUnavailable(f"malformed answer from llmcore: {exc}") from None
+
+
+async def _read_plain(response: aiohttp.ClientResponse) -> ModelAnswer:
+    body = await response.json()
+    choice = body["choices"][0]
+    kefu = body.get("kefu") or {}
+    return ModelAnswer(choice["message"]["content"] or "", kefu.get("confidence"), kefu.get("model_version"), choice["finish_reason"])
+
+
+async def _read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str], Awaitable[None]]) -> ModelAnswer:
+    text, finish, kefu = "", None, {}
+    async for raw in response.content:
+        line = raw.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise _Retry(f"error mid-stream: {chunk['error'].get('message')}")
+        delta = chunk["choices"][0]["delta"].get("content") or ""
+        finish = chunk["choices"][0].get("finish_reason") or finish
+        kefu = chunk.get("kefu") or kefu
+        if delta:
+            text += delta
+            await on_text(text)
+    if finish is None:
+        raise _Retry("stream ended before the answer did")
+    return ModelAnswer(text, kefu.get("confidence"), kefu.get("model_version"), finish)
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None

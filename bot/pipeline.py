@@ -1,0 +1,84 @@
+"""One message, end to end (ARCHITECTURE.md): history → FAQ → model → confidence gate → fallback, then the
+exchange goes into the history and the training log. Knows no Telegram: handlers and the shell call it.
+
+    pipeline = Pipeline(settings, history, faq, llm, log)
+    reply = await pipeline.answer(chat_id, user_id, "怎么退货？", lang="zh", on_text=None)
+    reply.text, reply.source, reply.score, reply.version, reply.suggestions, reply.entry_id
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bot.exchanges import Exchange, ExchangeLog
+from bot.faq import FaqStore
+from bot.history import History
+from bot.llm import LlmClient, LlmUnavailable, ModelAnswer
+from bot.search import Match
+from bot.settings import BotSettings
+from bot.texts import texts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    text: str
+    source: str  # faq | model | fallback
+    score: float | None  # FAQ score, or the model's confidence
+    version: str | None = None  # model version, for model answers
+    suggestions: list[Match] = field(default_factory=list)  # "did you mean" FAQ entries
+    entry_id: str | None = None  # the training-log entry; feedback attaches to it
+    latency_ms: int = 0
+
+
+class Pipeline:
+    def __init__(self, settings: BotSettings, history: History, faq: FaqStore, llm: LlmClient, log: ExchangeLog) -> None:
+        self.settings = settings
+        self.history = history
+        self.faq = faq
+        self.llm = llm
+        self.log = log
+
+    async def answer(self, chat_id: int, user_id: int, question: str, lang: str,
+                     on_text: Callable[[str], Awaitable[None]] | None = None) -> Reply:
+        started = time.monotonic()
+        matches = await self.faq.match(question, k=3)
+        if matches and matches[0].score >= self.settings.faq_best:
+            reply = Reply(matches[0].entry.answer, "faq", matches[0].score)
+        else:
+            reply = await self._ask_model(chat_id, question, lang, on_text)
+            reply.suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
+        reply.latency_ms = int((time.monotonic() - started) * 1000)
+        await self.record(chat_id, user_id, question, reply)
+        return reply
+
+    async def answer_from_faq(self, chat_id: int, user_id: int, entry_id: str) -> Reply | None:
+        """A "did you mean" button: that entry's answer, recorded like any FAQ answer."""
+        entry = await self.faq.get(entry_id)
+        if entry is None:
+            return None
+        reply = Reply(entry.answer, "faq", 1.0)
+        await self.record(chat_id, user_id, entry.question, reply)
+        return reply
+
+    async def record(self, chat_id: int, user_id: int, question: str, reply: Reply) -> None:
+        await self.history.append(chat_id, user_id, question, reply.text)
+        reply.entry_id = await self.log.append(Exchange(chat_id, user_id, question, reply.text, reply.source, reply.score,
+                                                        reply.version, reply.latency_ms))
+
+    async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None) -> Reply:
+        messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
+        try:
+            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text)
+        except LlmUnavailable as exc:
+            logger.warning("model unavailable, answering with the fallback: %s", exc)
+            return Reply(texts(lang).fallback, "fallback", None)
+        if not self._confident(answer):
+            return Reply(texts(lang).fallback, "fallback", answer.confidence, answer.version)
+        return Reply(answer.text.strip(), "model", answer.confidence, answer.version)
+
+    def _confident(self, answer: ModelAnswer) -> bool:
+        return bool(answer.text.strip()) and answer.confidence is not None and answer.confidence >= self.settings.min_confidence

@@ -1,0 +1,64 @@
+"""Everything a handler needs, opened once per process: Redis, the stores over it, the llmcore client,
+the answer pipeline and the metrics. Stored in `application.bot_data`; handlers reach it with `services(context)`.
+
+    kefu = await Services.open(settings)      # bot.app.running() does this around PTB's start/stop
+    ...
+    await kefu.close()
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from telegram.ext import CallbackContext
+
+from bot.exchanges import ExchangeLog
+from bot.faq import FaqStore
+from bot.guard import Guard
+from bot.history import History
+from bot.llm import LlmClient
+from bot.metrics import BotMetrics
+from bot.pipeline import Pipeline
+from bot.settings import BotSettings
+
+KEY, SETTINGS, METRICS = "kefu", "kefu_settings", "kefu_metrics"  # bot_data keys
+
+
+@dataclass
+class Services:
+    settings: BotSettings
+    redis: Redis
+    history: History
+    faq: FaqStore
+    log: ExchangeLog
+    guard: Guard
+    llm: LlmClient
+    pipeline: Pipeline
+    metrics: BotMetrics
+
+    @classmethod
+    async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
+        # short socket timeouts: a Redis that went away costs a user a second, not a hang; the pool reconnects by itself
+        redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2,
+                               health_check_interval=15)
+        p = settings.redis_prefix
+        history = History(redis, p, settings.history_turns, settings.history_ttl_s)
+        faq, log = FaqStore(redis, p), ExchangeLog(redis, p, settings.log_retention_days)
+        llm = LlmClient(settings.llmcore_url, settings.llmcore_timeout_s)
+        await llm.start()
+        return cls(settings, redis, history, faq, log, Guard(redis, p, settings.rate_limit_per_minute), llm,
+                   Pipeline(settings, history, faq, llm, log), metrics or BotMetrics())
+
+    async def close(self) -> None:
+        await self.llm.close()
+        await self.redis.aclose()
+
+    async def forget_user(self, user_id: int) -> None:
+        """Everything Kefu holds about this user: history turns, logged exchanges, ratings, rate-limit counters."""
+        await self.history.forget_user(user_id)
+        await self.log.forget_user(user_id)
+        await self.guard.forget_user(user_id)
+
+
+def services(context: CallbackContext) -> Services:
+    return context.bot_data[KEY]

@@ -1,0 +1,83 @@
+"""Settings of the bot: environment variables and an optional `.env`, one object built in the entry point.
+
+    settings = BotSettings()                  # reads TELEGRAM_BOT_TOKEN, REDIS_URL, LLMCORE_URL, ...
+    settings = BotSettings(redis_url=...)     # tests and tools override fields directly
+
+Names follow ARCHITECTURE.md (no prefix: TELEGRAM_BOT_TOKEN, REDIS_URL, ...); the README lists them all.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TELEGRAM_API = "https://api.telegram.org"
+
+
+class BotSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    telegram_bot_token: SecretStr | None = Field(default=None, description="from @BotFather; without it only `shell` runs")
+    telegram_api_base: str = Field(default=TELEGRAM_API, description="Bot API root URL: <base>/bot<token>/<method>")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field(default="kefu:", description="every key lives under it")
+    llmcore_url: str = "http://127.0.0.1:8700"
+    llmcore_timeout_s: float = Field(default=20.0, gt=0, description="the user gets the fallback answer by then")
+    admin_ids: Annotated[frozenset[int], NoDecode] = Field(default=frozenset(), description="comma-separated Telegram user ids")
+    operator_chat_id: int | None = None
+    webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
+    webhook_listen: str = Field(default="127.0.0.1:8443", description="host:port the webhook server binds")
+    webhook_secret: SecretStr | None = Field(default=None, description="X-Telegram-Bot-Api-Secret-Token; required with a webhook")
+    faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
+    faq_suggest: float = Field(default=0.4, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
+    min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")
+    history_turns: int = Field(default=20, ge=2, description="messages kept per chat")
+    history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="a quiet chat's history expires after this")
+    model_history: int = Field(default=6, ge=0, description="recent messages sent to the model with the question")
+    max_answer_tokens: int = Field(default=96, ge=1, le=4096)
+    log_retention_days: int = Field(default=90, ge=1, description="exchanges older than this leave the training log")
+    rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")
+    max_message_chars: int = Field(default=2000, ge=1, description="longer questions are refused politely")
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value!r})")
+        return value
+
+    @field_validator("telegram_api_base", "llmcore_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_webhook(self) -> BotSettings:
+        if self.webhook_url:
+            if urlsplit(self.webhook_url).scheme not in ("http", "https"):
+                raise ValueError(f"WEBHOOK_URL must be an http(s) URL, got {self.webhook_url!r}")
+            if not self.webhook_secret or not self.webhook_secret.get_secret_value():
+                raise ValueError("WEBHOOK_SECRET is required with WEBHOOK_URL (Telegram sends it with every update)")
+        if self.faq_suggest > self.faq_best:
+            raise ValueError("FAQ_SUGGEST must not be above FAQ_BEST")
+        return self
+
+    @property
+    def webhook_path(self) -> str:
+        return urlsplit(self.webhook_url).path or "/" if self.webhook_url else "/"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host or "0.0.0.0", int(port)

@@ -1,0 +1,213 @@
+"""The bot end to end: real PTB against the local Bot API server, a private real Redis, the real llmcore
+service on a tiny model — in polling and in webhook mode."""
+import asyncio
+import contextlib
+import json
+import logging
+
+import pytest
+
+from bot.app import build_application, run_polling, run_webhook
+from bot.faq import FaqStore
+from bot.llm import LlmClient
+from bot.search import FaqEntry
+from bot.settings import BotSettings
+
+from .botapi import GROUP_ID, USER_ID, BotApiServer, callback_update, message_update, text_update
+from .conftest import FAQ_PAIRS, free_port, keys_with, shared_file
+
+SECRET = "webhook-s3cret"
+IN_FAQ = FAQ_PAIRS[:3]  # the FAQ store holds these; the model learned all of FAQ_PAIRS
+MODEL_ONLY = FAQ_PAIRS[3]  # "客服电话是多少？": only the model knows it
+
+
+@pytest.fixture
+async def telegram():
+    async with BotApiServer() as server:
+        yield server
+
+
+def settings_for(telegram: BotApiServer, redis_url: str, llmcore_url: str, prefix: str, mode: str, **extra) -> BotSettings:
+    options = {"telegram_bot_token": telegram.token, "telegram_api_base": telegram.base, "redis_url": redis_url,
+               "redis_prefix": prefix, "llmcore_url": llmcore_url, "llmcore_timeout_s": 10, "min_confidence": -1.0, "max_answer_tokens": 40, **extra}
+    if mode == "webhook":
+        port = free_port()
+        options.update(webhook_url=f"http://127.0.0.1:{port}/telegram/hook", webhook_listen=f"127.0.0.1:{port}", webhook_secret=SECRET)
+    return BotSettings(_env_file=None, **options)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: BotSettings, telegram: BotApiServer):
+    application = build_application(settings)
+    stop = asyncio.Event()
+    runner = run_webhook(application, settings, stop) if settings.webhook_url else run_polling(application, stop)
+    task = asyncio.create_task(runner)
+    await telegram.wait_for("setWebhook" if settings.webhook_url else "getUpdates", timeout=20)
+    try:
+        yield application
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def seeded(redis, prefix):
+    faq = FaqStore(redis, prefix)
+    await faq.add_many([FaqEntry("", q, a) for q, a in IN_FAQ])
+    return faq
+
+
+async def ask(telegram: BotApiServer, text: str, chat_id: int = USER_ID, **kw) -> dict:
+    """Send a text update; the bot's next sendMessage to that chat."""
+    mark = len(telegram.calls)
+    await telegram.push(text_update(text, chat_id=chat_id, **kw))
+    _, params = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == chat_id, since=mark, timeout=20)
+    return params
+
+
+async def model_answer(llmcore_url: str, messages: list[dict]):
+    llm = LlmClient(llmcore_url, 10)
+    await llm.start()
+    try:
+        return await llm.answer(messages, 40)
+    finally:
+        await llm.close()
+
+
+def buttons(params: dict) -> dict[str, str]:
+    rows = (params.get("reply_markup") or {}).get("inline_keyboard", [])
+    return {b["text"]: b.get("callback_data") for row in rows for b in row}
+
+
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
+async def test_faq_model_feedback_and_forget(mode, telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, mode)
+    async with running_bot(settings, telegram):
+        greeting = await ask(telegram, "/start")
+        assert "Kefu" in greeting["text"]
+
+        faq_reply = await ask(telegram, IN_FAQ[0][0])
+        assert faq_reply["text"] == IN_FAQ[0][1] and {"👍", "👎"} <= set(buttons(faq_reply))
+
+        model_reply = await ask(telegram, MODEL_ONLY[0])
+        expected = await model_answer(llmcore_url, [{"role": "user", "content": IN_FAQ[0][0]},
+                                                    {"role": "assistant", "content": IN_FAQ[0][1]},
+                                                    {"role": "user", "content": MODEL_ONLY[0]}])  # the history went along
+        assert model_reply["text"] == expected.text.strip() and expected.confidence >= settings.min_confidence
+        assert any(m == "sendMessageDraft" for m, _ in telegram.calls)  # streamed in a private chat
+
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(buttons(model_reply)["👎"], message=telegram.messages[USER_ID][-1]))
+        _, answer = await telegram.wait_for("answerCallbackQuery", since=mark)
+        assert answer.get("text") == "感谢您的反馈！"
+        entries = await redis.xrange(f"{prefix}log")
+        assert [e["source"] for _, e in entries] == ["faq", "model"]
+        assert await redis.hget(f"{prefix}ratings", entries[1][0]) == "down"
+
+        forged = len(telegram.calls)
+        await telegram.push(callback_update(f"fb:{entries[0][0]}:up", user_id=USER_ID + 1))  # not the asker's answer
+        _, answer = await telegram.wait_for("answerCallbackQuery", since=forged)
+        assert answer.get("text") == "这个按钮已失效。" and await redis.hget(f"{prefix}ratings", entries[0][0]) is None
+
+        confirm = await ask(telegram, "/forget")
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(buttons(confirm)["确定删除"], message=telegram.messages[USER_ID][-1]))
+        await telegram.wait_for("editMessageText", since=mark)
+        assert telegram.messages[USER_ID][-1]["text"] == "已删除我保存的关于您的全部数据。"
+        for needle in (str(USER_ID), MODEL_ONLY[0]):
+            assert await keys_with(redis, prefix, needle) == []
+        assert await keys_with(redis, prefix, IN_FAQ[0][0]) == [f"{prefix}faq"]  # the shop's FAQ, not the user's data
+
+
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
+async def test_llmcore_down_gives_the_fallback_with_a_human_button(mode, telegram, redis_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, mode, llmcore_timeout_s=3)
+    async with running_bot(settings, telegram):
+        reply = await ask(telegram, "这个问题没人知道答案")
+        assert reply["text"].startswith("抱歉") and "人工客服" in buttons(reply)
+        english = await ask(telegram, "Where is my parcel right now?")
+        assert english["text"].startswith("Sorry") and "Talk to a human" in buttons(english)
+        faq_reply = await ask(telegram, IN_FAQ[1][0])  # the FAQ still answers without the model
+        assert faq_reply["text"] == IN_FAQ[1][1]
+
+
+async def test_groups_answer_only_when_addressed(telegram, redis_url, llmcore_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
+    async with running_bot(settings, telegram) as application:
+        await telegram.push(text_update(IN_FAQ[0][0], chat_type="supergroup", chat_id=GROUP_ID))
+        await telegram.push(message_update(chat_type="supergroup", chat_id=GROUP_ID, sticker={
+            "file_id": "s", "file_unique_id": "u", "type": "regular", "width": 1, "height": 1, "is_animated": False, "is_video": False}))
+        mentioned = await ask(telegram, f"@{application.bot.username} {IN_FAQ[1][0]}", chat_id=GROUP_ID, chat_type="supergroup")
+        assert mentioned["text"] == IN_FAQ[1][1]
+        bot_message = telegram.messages[GROUP_ID][-1]["message"]
+        replied = await ask(telegram, IN_FAQ[2][0], chat_id=GROUP_ID, chat_type="supergroup", reply_to=bot_message)
+        assert replied["text"] == IN_FAQ[2][1]
+        assert telegram.sent_texts(GROUP_ID) == [IN_FAQ[1][1], IN_FAQ[2][1]]  # the unaddressed text and sticker got nothing
+        assert not [p for m, p in telegram.calls if m == "sendMessageDraft"]  # no drafts outside private chats
+
+
+async def test_private_non_text_duplicates_and_long_answers(telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
+    long_answer = "这是很长的回答。" * 700 + "<b>不是标签</b> & 完"  # 5,6xx characters, with HTML to escape
+    await seeded.add("长回答测试问题", long_answer)
+    async with running_bot(settings, telegram):
+        mark = len(telegram.calls)
+        await telegram.push(message_update(photo=[{"file_id": "p", "file_unique_id": "pu", "width": 1, "height": 1}]))
+        _, params = await telegram.wait_for("sendMessage", since=mark)
+        assert "文字" in params["text"]
+
+        update = text_update(IN_FAQ[0][0])
+        update["update_id"] = 777
+        mark = len(telegram.calls)
+        await telegram.push(update)
+        await telegram.push(update)  # redelivered
+        await telegram.wait_for("sendMessage", since=mark)
+        await asyncio.sleep(0.5)
+        assert len([m for m, _ in telegram.calls[mark:] if m == "sendMessage"]) == 1
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("长回答测试问题"))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and "完" in p["text"], since=mark)
+        parts = [p for m, p in telegram.calls[mark:] if m == "sendMessage"]
+        assert len(parts) == 2 and all(len(p["text"]) <= 4096 for p in parts)  # the server also checks the visible length
+        assert parts[0]["text"].endswith("。") and "&lt;b&gt;不是标签&lt;/b&gt; &amp; 完" in parts[1]["text"]
+        assert "reply_markup" not in parts[0] and "👍" in buttons(parts[1])
+
+
+async def test_flood_429_is_retried_and_the_answer_arrives(telegram, redis_url, llmcore_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
+    async with running_bot(settings, telegram):
+        telegram.flood(2, retry_after=1)
+        reply = await ask(telegram, IN_FAQ[0][0])
+        assert reply["text"] == IN_FAQ[0][1]
+
+
+async def test_webhook_refuses_strangers_and_survives_garbage(telegram, redis_url, llmcore_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "webhook")
+    async with running_bot(settings, telegram):
+        body = json.dumps({"update_id": 1, **text_update(IN_FAQ[0][0])}).encode()
+        assert await telegram.post_raw(body, secret=None) == 403
+        assert await telegram.post_raw(body, secret="wrong") == 403
+        assert await telegram.post_raw(b"{not json", secret=SECRET) == 400
+        assert await telegram.post_raw(b"[1, 2]", secret=SECRET) == 400
+        assert await telegram.post_raw(b'{"update_id": "x"}', secret=SECRET) == 400
+        assert await telegram.post_raw(b'{"update_id": 5, "message": ' + b'"x' * (1 << 20) + b'"}', secret=SECRET) == 413
+        await asyncio.sleep(0.3)
+        assert not [m for m, _ in telegram.calls if m == "sendMessage"]  # nobody was answered
+        reply = await ask(telegram, IN_FAQ[0][0])  # and the bot still works
+        assert reply["text"] == IN_FAQ[0][1]
+
+
+async def test_every_real_update_goes_through_the_webhook(telegram, redis_url, llmcore_url, prefix, seeded, caplog):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "webhook", rate_limit_per_minute=1000)
+    lines = shared_file("telegram_updates.jsonl").read_text(encoding="utf-8").splitlines()
+    async with running_bot(settings, telegram):
+        with caplog.at_level(logging.WARNING):
+            for line in lines:
+                status = await telegram.post_raw(line.encode(), secret=SECRET)
+                assert status in (200, 400), line[:200]
+            await asyncio.sleep(2)
+        reply = await ask(telegram, IN_FAQ[0][0], chat_id=USER_ID)
+        assert reply["text"] == IN_FAQ[0][1]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -1,0 +1,64 @@
+"""Training log: scrubbed before written, ratings only by the asker, export in the training format, retention, forget."""
+import json
+
+from bot.exchanges import Exchange, ExchangeLog
+from llmcore.dataset import parse_conversation
+
+from .conftest import keys_with
+
+
+def exchange(user_id=1, question="怎么退货？", answer="七天内可以退货。", source="faq", score=0.9, version=None):
+    return Exchange(chat_id=user_id, user_id=user_id, question=question, answer=answer, source=source, score=score,
+                    version=version, latency_ms=12)
+
+
+async def test_personal_data_never_reaches_redis(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    await log.append(exchange(question="我的手机13812345678，邮箱 li.lei@example.com", answer="好的"))
+    assert await keys_with(redis, prefix, "13812345678") == []
+    assert await keys_with(redis, prefix, "li.lei@example.com") == []
+    [(_, entry)] = [e async for e in log.entries()]
+    assert "[PHONE]" in entry["question"] and "[EMAIL]" in entry["question"]
+
+
+async def test_rating_attaches_only_for_the_asker_and_a_real_entry(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    entry_id = await log.append(exchange(user_id=5))
+    assert not await log.rate(entry_id, 6, "up")  # someone else's answer
+    assert not await log.rate("99999999999999-0", 5, "up")  # no such entry
+    assert not await log.rate("not-an-id", 5, "up")
+    assert not await log.rate(entry_id, 5, "meh")
+    assert await log.rate(entry_id, 5, "down")
+    [(_, entry)] = [e async for e in log.entries()]
+    assert entry["rating"] == "down"
+
+
+async def test_export_is_training_data_without_thumbs_down_and_fallbacks(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    good = await log.append(exchange(question="运费多少？", answer="满69包邮。", source="model", score=-0.4, version="v0002"))
+    bad = await log.append(exchange(question="坏问题", answer="坏回答", source="model", score=-0.5))
+    await log.append(exchange(question="看不懂", answer="抱歉", source="fallback", score=None))
+    await log.rate(bad, 1, "down")
+    await log.rate(good, 1, "up")
+    records = [c async for c in log.conversations()]
+    assert [r["messages"][0]["content"] for r in records] == ["运费多少？"]
+    assert records[0]["meta"] == {"id": good, "source": "model", "rating": "up", "version": "v0002", "score": -0.4}
+    parse_conversation(json.dumps(records[0], ensure_ascii=False))  # llmcore reads it as training data
+    assert len([c async for c in log.conversations(include_down=True, include_fallback=True)]) == 3
+
+
+async def test_retention_drops_old_entries(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=1)
+    await redis.xadd(log.stream, {"question": "old", "answer": "x", "source": "faq"}, id="1000-0")  # 1970: far past retention
+    await log.append(exchange())
+    assert [e["question"] async for _, e in log.entries()] == ["怎么退货？"]
+
+
+async def test_forget_user_erases_entries_and_ratings(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    mine = await log.append(exchange(user_id=8, question="我的订单在哪"))
+    await log.append(exchange(user_id=9, question="别人的问题"))
+    await log.rate(mine, 8, "up")
+    assert await log.forget_user(8) == 1
+    assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
+    assert await keys_with(redis, prefix, mine) == [] and await keys_with(redis, prefix, "我的订单在哪") == []

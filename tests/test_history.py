@@ -1,0 +1,26 @@
+"""History: capped, expiring, one pipeline per exchange; one user's turns can be taken out of a group."""
+from bot.history import History
+
+
+async def test_recent_turns_in_order_capped_and_expiring(redis, prefix):
+    history = History(redis, prefix, max_turns=4, ttl_s=100)
+    for i in range(3):
+        await history.append(7, 70, f"q{i}", f"a{i}")
+    assert await history.recent(7, 10) == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                                           {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    assert await history.recent(7, 2) == [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    assert await history.recent(7, 0) == []
+    assert 0 < await redis.ttl(history.key(7)) <= 100
+    assert await history.recent(8, 5) == []  # another chat
+
+
+async def test_clear_and_forget_one_user_in_a_group(redis, prefix):
+    history = History(redis, prefix, max_turns=20, ttl_s=100)
+    await history.append(-100, 1, "alice asks", "to alice")
+    await history.append(-100, 2, "bob asks", "to bob")
+    await history.append(1, 1, "alice in private", "private answer")
+    await history.forget_user(1)
+    assert await history.recent(-100, 10) == [{"role": "user", "content": "bob asks"}, {"role": "assistant", "content": "to bob"}]
+    assert await history.recent(1, 10) == []
+    await history.clear(-100)
+    assert await history.recent(-100, 10) == []

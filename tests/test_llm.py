@@ -1,0 +1,108 @@
+"""The llmcore client: real answers (plain and streamed), and every way the service can fail ends in
+LlmUnavailable within the deadline — retries on 503 with Retry-After, a circuit breaker."""
+import asyncio
+import time
+
+import pytest
+from aiohttp import web
+
+from bot.llm import CircuitBreaker, LlmClient, LlmUnavailable
+from llmcore.registry import Registry
+from llmcore.sampling import SamplingParams, generate
+
+from .conftest import FAQ_PAIRS, free_port
+
+
+@pytest.fixture
+async def client_for():
+    clients = []
+
+    async def make(url: str, timeout_s: float = 10, breaker: CircuitBreaker | None = None) -> LlmClient:
+        client = LlmClient(url, timeout_s, breaker)
+        await client.start()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def fake_llmcore(handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_plain_and_streamed_answers_come_from_the_model(llmcore_url, tiny_models, client_for):
+    llm = await client_for(llmcore_url)
+    question = [{"role": "user", "content": FAQ_PAIRS[1][0]}]
+    loaded = Registry(tiny_models).load("v0001")
+    [expected] = generate(loaded.model, [loaded.tokenizer.encode_prompt(question)], SamplingParams(max_new_tokens=40),
+                          loaded.tokenizer.stop_ids)
+    plain = await llm.answer(question, max_tokens=40)
+    assert plain.text == loaded.tokenizer.decode(expected.token_ids) and plain.version == "v0001"
+    assert plain.confidence == pytest.approx(expected.confidence, abs=1e-3)
+    seen = []
+
+    async def show(text: str) -> None:
+        seen.append(text)
+
+    streamed = await llm.answer(question, max_tokens=40, on_text=show)
+    assert streamed == plain
+    assert seen and seen[-1] == plain.text and all(b.startswith(a) for a, b in zip(seen, seen[1:]))
+
+
+async def test_unreachable_service_fails_fast_and_opens_the_breaker(client_for):
+    llm = await client_for(f"http://127.0.0.1:{free_port()}", timeout_s=3, breaker=CircuitBreaker(threshold=2, reset_s=60))
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(LlmUnavailable):
+            await llm.answer([{"role": "user", "content": "hi"}], 8)
+        assert time.monotonic() - started < 3.5
+    started = time.monotonic()
+    with pytest.raises(LlmUnavailable, match="circuit open"):
+        await llm.answer([{"role": "user", "content": "hi"}], 8)
+    assert time.monotonic() - started < 0.05  # no request at all while open
+
+
+async def test_503_is_retried_after_retry_after(client_for):
+    calls = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return web.json_response({"error": {"message": "queue full"}}, status=503, headers={"Retry-After": "1"})
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "好的"}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": -0.2, "model_version": "v0009"}})
+
+    runner, url = await fake_llmcore(handler)
+    try:
+        answer = await (await client_for(url)).answer([{"role": "user", "content": "hi"}], 8)
+    finally:
+        await runner.cleanup()
+    assert answer.text == "好的" and answer.version == "v0009" and len(calls) == 2
+    assert calls[1] - calls[0] >= 0.95  # Retry-After was honoured
+
+
+async def test_a_slow_or_broken_service_ends_within_the_deadline(client_for):
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(text="<html>proxy error</html>", content_type="text/html")
+
+    for handler, timeout in ((slow, 1.0), (garbage, 5.0)):
+        runner, url = await fake_llmcore(handler)
+        try:
+            started = time.monotonic()
+            with pytest.raises(LlmUnavailable):
+                await (await client_for(url, timeout_s=timeout)).answer([{"role": "user", "content": "hi"}], 8)
+            assert time.monotonic() - started < timeout + 0.5
+        finally:
+            await runner.cleanup()
