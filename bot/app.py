@@ -26,6 +26,8 @@ from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
 MAX_CONCURRENT_UPDATES = 256
+CONNECTION_POOL_SIZE = 32
+POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
 
 
@@ -72,8 +74,11 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
                .concurrent_updates(PerChatOrder()))
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
-    else:  # Telegram's flood limits, with retries on retry_after
-        builder = builder.rate_limiter(AIORateLimiter(max_retries=3))
+    else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), with retries on retry_after
+        builder = builder.rate_limiter(AIORateLimiter(overall_max_rate=settings.outbound_per_second, max_retries=3))
+        # httpcore scans every pooled connection for every request: PTB's 256 cost more CPU than they save
+        # (bench/bot.py); a request waits for a free connection instead of failing after PTB's 1 s
+        builder = builder.connection_pool_size(CONNECTION_POOL_SIZE).pool_timeout(POOL_TIMEOUT_S)
     application = builder.build()
     application.bot_data[SETTINGS] = settings
     application.bot_data[METRICS] = metrics or BotMetrics()

@@ -119,7 +119,9 @@ class LlmClient:
                     raise _Retry(f"HTTP {response.status}", _retry_after(response))
                 if response.status != 200:
                     raise LlmUnavailable(f"HTTP {response.status}: {(await response.text())[:200]}")
-                return await (_read_stream(response, on_text) if on_text else _read_plain(response))
+                if on_text is not None and response.content_type == "text/event-stream":
+                    return await _read_stream(response, on_text)
+                return await _read_plain(response)  # also when a proxy or an older server answered a stream request plainly
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _Retry(f"{exc.__class__.__name__}: {exc}") from None
         except (ValueError, KeyError, IndexError, TypeError) as exc:  # a body that is not what the API promises

@@ -3,13 +3,15 @@ resident ID numbers and bank card numbers become placeholders.
 
     scrub("我的手机是13812345678，请回电")      # "我的手机是[PHONE]，请回电"
     scrub("mail zhang.san+shop@example.com")   # "mail [EMAIL]"
-    find_pii("卡号 6222 0212 3456 7894")         # [("[CARD]", "6222 0212 3456 7894")] when Luhn-valid
+    find_pii("卡号 4111 1111 1111 1111")         # [("[CARD]", "4111 1111 1111 1111")]: Luhn-valid
 
-The text is NFKC-normalized first (full-width digits, ＠ and ． become ASCII) and the normalized text
-is what comes back. Numbers are matched only as whole digit runs: a lookaround on [0-9] rather than
-\\b, because Chinese characters are word characters and "手机13812345678" has no \\b before the 1.
+Matching runs on the NFKC form, so full-width digits, ＠ and ． count as ASCII ("１３８…", "ｌｉ＠ｘ．ｃｎ"),
+but the text comes back as written, with only the personal data replaced: training data keeps its
+full-width ，？！ (NFKC would turn them into ASCII). Numbers are matched only as whole digit runs: a
+lookaround on [0-9] rather than \\b, because Chinese characters are word characters and
+"手机13812345678" has no \\b before the 1.
 IDs and cards must pass their check digits, so order numbers, prices, dates and the 400 hotline stay.
-Kinds are tried in a fixed order (e-mail, ID, phone, card) on the text left by the previous kind:
+Kinds are tried in a fixed order (e-mail, ID, phone, card), each after the matches of the previous ones:
 "13812345678@qq.com" is one e-mail, and an 18-digit ID is never mistaken for a card. Card digits come
 in groups of 3 or more (4-4-4-4, 4-6-5, 6-13 ...) so that dates and short numbers are not glued together.
 A birth date must lie between 1880 and today.
@@ -38,41 +40,66 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"  # GB 11643: the check character for (weighted sum mod 11)
 _CARD_LENGTHS = range(13, 20)
 _MAX_CARD_GROUPS = 6  # 19 digits in groups of 3 or more
+_MASK = "\0"  # stands for a match already found: not a digit, not part of an e-mail
 
 
 def scrub(text: str) -> str:
-    """The NFKC-normalized text with every phone, e-mail, ID and card number replaced by its placeholder."""
-    return _scan(text)[0]
+    """`text` with every phone, e-mail, ID and card number replaced by its placeholder."""
+    out, pos = [], 0
+    for kind, start, end in _find(text):
+        out += [text[pos:start], kind]
+        pos = end
+    return "".join(out) + text[pos:]
 
 
 def find_pii(text: str) -> list[tuple[str, str]]:
-    """(placeholder, matched text of the normalized input) for each piece of personal data, grouped by kind."""
-    return _scan(text)[1]
+    """(placeholder, text as written) for each piece of personal data, in order."""
+    return [(kind, text[start:end]) for kind, start, end in _find(text)]
 
 
-def _scan(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """Passes until nothing changes: a replacement can expose a number ("…807X13000000000" is an ID once the
-    phone after it is gone), and scrub(scrub(x)) must equal scrub(x). Each pass removes digits, so it ends."""
-    found: list[tuple[str, str]] = []
-    text, seen = unicodedata.normalize("NFKC", text), -1
-    while len(found) != seen:
-        seen = len(found)
-        text = _one_pass(text, found)
-    return text, found
+def _find(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) in `text`, in order and not overlapping."""
+    normal, origin = _normalize(text)
+    spans: list[tuple[str, int, int]] = []
+    _scan(normal, spans)
+    found, pos = [], 0
+    for kind, start, end in sorted(spans, key=lambda s: s[1]):
+        start, end = max(origin[start], pos), origin[end - 1] + 1  # a match may end inside "⒏" (8 and a dot)
+        if start < end:
+            found.append((kind, start, end))
+            pos = end
+    return found
 
 
-def _one_pass(text: str, found: list[tuple[str, str]]) -> str:
-    for kind, pattern, valid in _SIMPLE:
-        text = pattern.sub(partial(_keep_or_replace, kind=kind, valid=valid, found=found), text)
-    return _GROUPS.sub(lambda m: _replace_cards(m.group(), found), text)
+def _normalize(text: str) -> tuple[str, list[int]]:
+    """NFKC character by character (what the patterns need: digits, letters, @ . + -), and for each
+    normalized character the index of the character it came from."""
+    pieces, origin = [], []
+    for i, ch in enumerate(text):
+        piece = unicodedata.normalize("NFKC", ch)
+        pieces.append(piece)
+        origin += [i] * len(piece)
+    return "".join(pieces), origin
 
 
-def _keep_or_replace(match: re.Match[str], kind: str, valid: Callable[[str], bool], found: list[tuple[str, str]]) -> str:
-    matched = match.group()
-    if not valid(matched):
-        return matched
-    found.append((kind, matched))
-    return kind
+def _scan(text: str, spans: list[tuple[str, int, int]]) -> None:
+    """Passes until nothing is found. A match is masked with NULs of its length, so offsets stay those of
+    the normalized text and it reads as a non-digit to what comes next; a mask can expose a number
+    ("…807X13000000000" is an ID once the phone after it is gone), and scrub(scrub(x)) must equal scrub(x).
+    Each pass masks digits, so it ends."""
+    seen = -1
+    while len(spans) != seen:
+        seen = len(spans)
+        for kind, pattern, valid in _SIMPLE:
+            text = pattern.sub(partial(_mask_valid, kind=kind, valid=valid, spans=spans), text)
+        text = _GROUPS.sub(partial(_mask_cards, spans=spans), text)
+
+
+def _mask_valid(match: re.Match[str], kind: str, valid: Callable[[str], bool], spans: list[tuple[str, int, int]]) -> str:
+    if not valid(match.group()):
+        return match.group()
+    spans.append((kind, match.start(), match.end()))
+    return _MASK * len(match.group())
 
 
 def valid_id(number: str) -> bool:
@@ -102,20 +129,20 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _replace_cards(run: str, found: list[tuple[str, str]]) -> str:
-    """Replace the card numbers in a run of digit groups; other groups (an amount, an order number) stay."""
+def _mask_cards(match: re.Match[str], spans: list[tuple[str, int, int]]) -> str:
+    """Mask the card numbers in a run of digit groups; other groups (an amount, an order number) stay."""
+    run, offset = match.group(), match.start()
     groups = [m.span() for m in _DIGITS.finditer(run)]
-    out, pos, i = [], 0, 0
+    i = 0
     while i < len(groups):
         j = _card_end(run, groups, i)
         if j is None:
             i += 1
             continue
         start, end = groups[i][0], groups[j - 1][1]
-        out += [run[pos:start], CARD]
-        found.append((CARD, run[start:end]))
-        pos, i = end, j
-    return "".join(out) + run[pos:]
+        spans.append((CARD, offset + start, offset + end))
+        run, i = run[:start] + _MASK * (end - start) + run[end:], j
+    return run
 
 
 def _card_end(run: str, groups: list[tuple[int, int]], first: int) -> int | None:

@@ -34,10 +34,10 @@ K1, B = 1.5, 0.75
 # Words that carry no FAQ meaning: particles, pronouns, question words, politeness, English function words.
 # Negations (不 没 not no) and time/place question words (when where 多久 哪里) stay: they change the question.
 STOPWORDS = frozenset(
-    "的 地 得 了 着 过 吗 呢 啊 吧 呀 哦 嘛 么 是 我 你 您 他 她 它 我们 你们 请 请问 麻烦 一下 怎么 怎样 怎么样 如何 "
+    "的 了 吗 呢 啊 吧 呀 哦 嘛 么 是 我 你 您 他 她 它 我们 你们 请 请问 麻烦 一下 怎么 怎样 怎么样 如何 "
     "什么 啥 这个 那个 这 那 个 就 也 都 还 和 与 跟 "
     "a an the is are am was be been do does did i me my you your we our it its to of in on at for and or "
-    "can could would will should please how what hi hello".split()
+    "can could would will should please how what hi hello s t".split()  # s, t: the tails of "what's", "don't"
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from telegram.ext import CallbackContext
 
 from bot.exchanges import ExchangeLog
@@ -21,6 +21,7 @@ from bot.metrics import BotMetrics
 from bot.pipeline import Pipeline
 from bot.settings import BotSettings
 
+REDIS_CONNECTIONS = 64
 KEY, SETTINGS, METRICS = "kefu", "kefu_settings", "kefu_metrics"  # bot_data keys
 
 
@@ -39,8 +40,10 @@ class Services:
     @classmethod
     async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
         # short socket timeouts: a Redis that went away costs a user a second, not a hang; the pool reconnects by itself
-        redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2,
-                               health_check_interval=15)
+        # a bounded pool that makes a burst of updates wait for a connection instead of failing ("Too many connections")
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=5, decode_responses=True,
+                                               socket_timeout=2, socket_connect_timeout=2, health_check_interval=15)
+        redis = Redis(connection_pool=pool)
         p = settings.redis_prefix
         history = History(redis, p, settings.history_turns, settings.history_ttl_s)
         faq, log = FaqStore(redis, p), ExchangeLog(redis, p, settings.log_retention_days)

@@ -39,6 +39,7 @@ class BotSettings(BaseSettings):
     max_answer_tokens: int = Field(default=96, ge=1, le=4096)
     log_retention_days: int = Field(default=90, ge=1, description="exchanges older than this leave the training log")
     rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")
+    outbound_per_second: float = Field(default=30, ge=0, description="Bot API calls per second (Telegram's limit); 0: no overall limit")
     max_message_chars: int = Field(default=2000, ge=1, description="longer questions are refused politely")
 
     @field_validator("admin_ids", mode="before")

@@ -4,11 +4,12 @@
     parts = split_message(answer, measure=lambda s: telegram_length(html.escape(s, quote=False)))  # HTML mode
     telegram_length("😀")                                                            # 2: UTF-16 code units
 
-Every part has measure(part) <= limit. A cut goes, in order of preference, after a sentence end (Chinese
-。！？；… or English .!?; before a space), after a newline, after a space or a comma (，、,), at a place that
-does not break a character cluster (emoji with modifiers, combining accents), and otherwise anywhere —
-never inside a surrogate pair or a "\\r\\n". A boundary in the second half of the room left is preferred
-to one in the first half, so parts are not needlessly short.
+Every part has measure(part) <= limit. (Telegram's 4096 counts the text after entity parsing, so measuring
+the escaped HTML is on the safe side.) A cut goes, in order of preference, after a sentence end (Chinese
+。！？；… or English .!?; before a space or Chinese) with its closing quotes, after a newline, after a space
+or a comma (，、,), at a place that does not break a character cluster (emoji with modifiers, combining
+accents), and otherwise anywhere — never inside a surrogate pair or a "\\r\\n". A boundary in the second
+half of the room left is preferred to one in the first half, so parts are not needlessly short.
 
 Whitespace at a cut is dropped: a part never ends or begins with whitespace where it was cut, because
 Telegram rejects blank messages and trims them anyway. Nothing else changes: joining the parts with the
@@ -38,18 +39,20 @@ def split_message(text: str, limit: int = TELEGRAM_LIMIT, measure: Callable[[str
     """Parts of `text`, each with measure(part) <= limit; ValueError when a single character cannot fit."""
     parts: list[str] = []
     rest = text
-    while measure(rest) > limit:
-        cut = _best_cut(rest, _fit(rest, limit, measure))
+    while rest:
+        fit = _fit(rest, limit, measure)  # measures about 2 * limit characters, never the whole rest
+        if fit == len(rest):
+            parts.append(rest)
+            break
+        cut = _best_cut(rest, fit)
         head, rest = rest[:cut].rstrip(), rest[cut:].lstrip()
         if head:  # only a text starting with whitespace can give an empty head
             parts.append(head)
-    if rest:
-        parts.append(rest)
     return parts
 
 
 def _fit(text: str, limit: int, measure: Callable[[str], int]) -> int:
-    """The longest prefix length n with measure(text[:n]) <= limit (text itself does not fit)."""
+    """The longest prefix length n with measure(text[:n]) <= limit: a galloping, then a binary search."""
     lo, hi = 0, min(len(text), max(limit, 1))
     while hi < len(text) and measure(text[:hi]) <= limit:  # a measure may count some characters as 0
         lo, hi = hi, min(len(text), 2 * hi)

@@ -19,16 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A private redis-server on a free loopback port, started for this session and stopped after it."""
+def start_redis(port: int, workdir: Path, persist: bool = False) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:port, ready when this returns; with `persist`, an AOF in workdir that a
+    restarted server reads back (as in production)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run `make test`, which installs it")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir),
+         *(("--appendonly", "yes", "--appendfsync", "always") if persist else ("--appendonly", "no"))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
@@ -37,12 +36,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
                 conn.sendall(b"PING\r\n")
                 if conn.recv(16).startswith(b"+PONG"):
-                    break
+                    return proc
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"redis-server did not start on port {port}")
+    proc.kill()
+    pytest.fail(f"redis-server did not start on port {port}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A private redis-server on a free loopback port, started for this session and stopped after it."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)

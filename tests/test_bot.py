@@ -14,7 +14,7 @@ from bot.search import FaqEntry
 from bot.settings import BotSettings
 
 from .botapi import GROUP_ID, USER_ID, BotApiServer, callback_update, message_update, text_update
-from .conftest import FAQ_PAIRS, free_port, keys_with, shared_file
+from .conftest import FAQ_PAIRS, free_port, keys_with, shared_file, start_redis
 
 SECRET = "webhook-s3cret"
 IN_FAQ = FAQ_PAIRS[:3]  # the FAQ store holds these; the model learned all of FAQ_PAIRS
@@ -29,7 +29,8 @@ async def telegram():
 
 def settings_for(telegram: BotApiServer, redis_url: str, llmcore_url: str, prefix: str, mode: str, **extra) -> BotSettings:
     options = {"telegram_bot_token": telegram.token, "telegram_api_base": telegram.base, "redis_url": redis_url,
-               "redis_prefix": prefix, "llmcore_url": llmcore_url, "llmcore_timeout_s": 10, "min_confidence": -1.0, "max_answer_tokens": 40, **extra}
+               "redis_prefix": prefix, "llmcore_url": llmcore_url, "llmcore_timeout_s": 10, "min_confidence": -1.0,
+               "max_answer_tokens": 40, **extra}
     if mode == "webhook":
         port = free_port()
         options.update(webhook_url=f"http://127.0.0.1:{port}/telegram/hook", webhook_listen=f"127.0.0.1:{port}", webhook_secret=SECRET)
@@ -211,3 +212,93 @@ async def test_every_real_update_goes_through_the_webhook(telegram, redis_url, l
         assert reply["text"] == IN_FAQ[0][1]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_redis_down_answers_politely_and_recovers(telegram, llmcore_url, prefix, tmp_path):
+    port = free_port()
+    redis_proc = start_redis(port, tmp_path, persist=True)
+    settings = settings_for(telegram, f"redis://127.0.0.1:{port}/0", llmcore_url, prefix, "polling")
+    try:
+        async with running_bot(settings, telegram):
+            first = await ask(telegram, "怎么退货")  # the demo FAQ was seeded into the empty store
+            assert "退" in first["text"]
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+            down = await ask(telegram, "怎么退货")
+            assert down["text"] == "服务暂时不可用，请稍后再试。"
+            redis_proc = start_redis(port, tmp_path, persist=True)
+            for _ in range(20):  # the pool reconnects by itself: no restart of the bot
+                back = await ask(telegram, "怎么退货")
+                if back["text"] != down["text"]:
+                    break
+                await asyncio.sleep(0.5)
+            assert back["text"] == first["text"]
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+
+
+async def test_chats_run_concurrently_and_each_keeps_its_order(telegram, redis_url, prefix, seeded):
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def slow_model(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "慢回答"}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": -0.1, "model_version": "v0001"}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", slow_model)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    settings = settings_for(telegram, redis_url, f"http://127.0.0.1:{port}", prefix, "polling")
+    try:
+        async with running_bot(settings, telegram):
+            other = USER_ID + 7
+            await telegram.push(text_update("一个模型才知道的问题", chat_id=USER_ID))  # blocks on the slow model
+            await telegram.push(text_update(IN_FAQ[1][0], chat_id=USER_ID))  # same chat: must wait its turn
+            fast = await ask(telegram, IN_FAQ[0][0], chat_id=other, user_id=other)  # another chat is not held up
+            assert fast["text"] == IN_FAQ[0][1] and telegram.sent_texts(USER_ID) == []
+            release.set()
+            await telegram.wait_for(lambda m, p: m == "sendMessage" and p["text"] == IN_FAQ[1][1])
+            assert telegram.sent_texts(USER_ID) == ["慢回答", IN_FAQ[1][1]]
+    finally:
+        await runner.cleanup()
+
+
+async def test_rate_limit_too_long_unknown_command_reset_and_suggestions(telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=6, max_message_chars=50)
+    async with running_bot(settings, telegram):
+        assert (await ask(telegram, "/nosuchcommand"))["text"].startswith("没有这个命令")
+        assert "太长" in (await ask(telegram, "长" * 51))["text"]
+        await ask(telegram, IN_FAQ[0][0])
+        assert await redis.llen(f"{prefix}hist:{USER_ID}") == 2
+        assert (await ask(telegram, "/reset"))["text"] == "好的，已清除对话上下文。"
+        assert await redis.llen(f"{prefix}hist:{USER_ID}") == 0 and await redis.xlen(f"{prefix}log") == 1  # the log is kept
+        partial = await ask(telegram, "运费")  # close to "运费多少钱？" but not sure enough to answer from the FAQ
+        assert "运费多少钱？" in buttons(partial) and "您是不是想问" in partial["text"]
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(buttons(partial)["运费多少钱？"], message=telegram.messages[USER_ID][-1]))
+        _, chosen = await telegram.wait_for("sendMessage", since=mark)
+        assert chosen["text"] == IN_FAQ[1][1]
+        assert (await ask(telegram, IN_FAQ[2][0]))["text"] == IN_FAQ[2][1]  # the 6th message this minute: still fine
+        notice = await ask(telegram, IN_FAQ[2][0])  # the 7th
+        assert notice["text"] == "You're sending messages too fast. Please wait a minute."  # in the language of the message
+        mark = len(telegram.calls)
+        await telegram.push(text_update(IN_FAQ[2][0]))
+        await asyncio.sleep(0.5)
+        assert not [m for m, _ in telegram.calls[mark:] if m == "sendMessage"]  # silence after the notice
+
+
+async def test_a_burst_of_many_chats_all_get_real_answers(telegram, redis_url, llmcore_url, prefix, seeded):
+    """More updates at once than Redis connections in the pool: they wait for a connection, none is told "unavailable"."""
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "webhook", outbound_per_second=0)
+    async with running_bot(settings, telegram):
+        chats = [USER_ID + 100 + i for i in range(150)]
+        statuses = await asyncio.gather(*(telegram.push(text_update(IN_FAQ[i % 3][0], chat_id=c, user_id=c)) for i, c in enumerate(chats)))
+        assert set(statuses) == {200}
+        await telegram.wait_for(lambda m, p: sum(1 for mm, _ in telegram.calls if mm == "sendMessage") >= len(chats), timeout=60)
+        assert [telegram.sent_texts(c) for c in chats] == [[IN_FAQ[i % 3][1]] for i in range(len(chats))]

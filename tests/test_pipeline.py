@@ -1,0 +1,79 @@
+"""The answer pipeline without Telegram: FAQ first, the model next, the confidence gate, the record it leaves."""
+import pytest
+from aiohttp import web
+
+from bot.exchanges import ExchangeLog
+from bot.faq import FaqStore
+from bot.history import History
+from bot.llm import LlmClient
+from bot.pipeline import Pipeline
+from bot.settings import BotSettings
+
+from .conftest import FAQ_PAIRS, free_port
+
+
+@pytest.fixture
+async def model_says():
+    """A stand-in llmcore whose next answer and confidence the test sets; records what it was asked."""
+    state = {"text": "模型的回答", "confidence": -0.2, "asked": []}
+
+    async def handler(request: web.Request) -> web.Response:
+        state["asked"].append(await request.json())
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": state["text"]}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": state["confidence"], "model_version": "v0042"}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state["url"] = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def pipeline(redis, prefix, model_says):
+    settings = BotSettings(_env_file=None, min_confidence=-1.0, faq_best=0.75, faq_suggest=0.4, model_history=4)
+    faq = FaqStore(redis, prefix)
+    for q, a in FAQ_PAIRS:
+        await faq.add(q, a)
+    llm = LlmClient(model_says["url"], 5)
+    await llm.start()
+    yield Pipeline(settings, History(redis, prefix, 20, 600), faq, llm, ExchangeLog(redis, prefix, 30))
+    await llm.close()
+
+
+async def test_faq_answers_without_asking_the_model(pipeline, model_says):
+    reply = await pipeline.answer(1, 1, FAQ_PAIRS[0][0], "zh")
+    assert (reply.text, reply.source, reply.score) == (FAQ_PAIRS[0][1], "faq", pytest.approx(1.0))
+    assert model_says["asked"] == [] and reply.entry_id
+
+
+async def test_model_answer_passes_the_gate_with_history(pipeline, model_says):
+    await pipeline.answer(1, 1, FAQ_PAIRS[0][0], "zh")
+    reply = await pipeline.answer(1, 1, "火星上有水吗", "zh")
+    assert (reply.text, reply.source, reply.version) == ("模型的回答", "model", "v0042")
+    assert model_says["asked"][0]["messages"] == [{"role": "user", "content": FAQ_PAIRS[0][0]},
+                                                  {"role": "assistant", "content": FAQ_PAIRS[0][1]},
+                                                  {"role": "user", "content": "火星上有水吗"}]
+
+
+@pytest.mark.parametrize("text, confidence", [("没把握的回答", -3.0), ("   ", -0.1), ("没有置信度", None)])
+async def test_unsure_or_empty_model_answers_fall_back(pipeline, model_says, text, confidence):
+    model_says["text"], model_says["confidence"] = text, confidence
+    reply = await pipeline.answer(1, 1, "火星上有水吗", "en")
+    assert reply.source == "fallback" and reply.text.startswith("Sorry")
+    entries = [e async for _, e in pipeline.log.entries()]
+    assert entries[-1]["source"] == "fallback" and entries[-1]["answer"] == reply.text
+
+
+async def test_near_misses_come_back_as_suggestions(pipeline, model_says):
+    model_says["confidence"] = -5.0
+    reply = await pipeline.answer(1, 1, "运费", "zh")
+    assert reply.source == "fallback" and [m.entry.answer for m in reply.suggestions][:1] == [FAQ_PAIRS[1][1]]
+    assert all(0.4 <= m.score < 0.75 for m in reply.suggestions)
+    chosen = await pipeline.answer_from_faq(1, 1, reply.suggestions[0].entry.id)
+    assert chosen.text == FAQ_PAIRS[1][1] and chosen.source == "faq"
+    assert await pipeline.answer_from_faq(1, 1, "999999") is None
