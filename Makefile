@@ -37,6 +37,7 @@ bench: install
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
+	$(PY) bench/bot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

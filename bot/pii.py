@@ -86,7 +86,7 @@ def _scan(text: str, spans: list[tuple[str, int, int]]) -> None:
     """Passes until nothing is found. A match is masked with NULs of its length, so offsets stay those of
     the normalized text and it reads as a non-digit to what comes next; a mask can expose a number
     ("…807X13000000000" is an ID once the phone after it is gone), and scrub(scrub(x)) must equal scrub(x).
-    Each pass masks digits, so it ends."""
+    A mask is never matched again, so the passes end."""
     seen = -1
     while len(spans) != seen:
         seen = len(spans)
@@ -133,7 +133,7 @@ def _mask_cards(match: re.Match[str], spans: list[tuple[str, int, int]]) -> str:
     """Mask the card numbers in a run of digit groups; other groups (an amount, an order number) stay."""
     run, offset = match.group(), match.start()
     groups = [m.span() for m in _DIGITS.finditer(run)]
-    i = 0
+    out, pos, i = [], 0, 0
     while i < len(groups):
         j = _card_end(run, groups, i)
         if j is None:
@@ -141,8 +141,9 @@ def _mask_cards(match: re.Match[str], spans: list[tuple[str, int, int]]) -> str:
             continue
         start, end = groups[i][0], groups[j - 1][1]
         spans.append((CARD, offset + start, offset + end))
-        run, i = run[:start] + _MASK * (end - start) + run[end:], j
-    return run
+        out += [run[pos:start], _MASK * (end - start)]
+        pos, i = end, j
+    return "".join(out) + run[pos:]
 
 
 def _card_end(run: str, groups: list[tuple[int, int]], first: int) -> int | None:
