@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--progress-file", metavar="FILE", help="also write progress as JSON here (~1/s), for a job watcher")
+    train.add_argument("--compare-current", action="store_true", help="score the current version on the same held-out data too")
+    train.add_argument("--result-file", metavar="FILE", help="write the final metrics JSON here once the version is saved")
 
     models = commands.add_parser("models", help="list versions, promote one, or roll back")
     models.add_argument("action", choices=("list", "promote", "rollback"), help="what to do")
@@ -100,7 +103,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         data=args.data, arch=args.arch, models=args.models, epochs=args.epochs, max_minutes=args.max_minutes,
         device=args.device, promote=args.promote, seed=args.seed, skip_bad=args.skip_bad, val_fraction=args.val_fraction,
         batch_tokens=args.batch_tokens, lr=args.lr, patience=args.patience, vocab_size=args.vocab_size,
-        min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress,
+        min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress, progress_file=args.progress_file,
+        compare_current=args.compare_current, result_file=args.result_file,
     )
     metrics = main(opts)
     print(json.dumps(metrics, ensure_ascii=False, indent=2))

@@ -5,10 +5,12 @@ log-probability; 0 is certain) and the `model_version` that produced it.
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_BODY_BYTES = 1 << 20
@@ -105,3 +107,14 @@ def chunk_body(cid: str, model: str, delta: dict, finish_reason: str | None = No
     if extra:
         body.update(extra)
     return body
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON; ApiError 413 over MAX_BODY_BYTES, 400 when it is not JSON."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None

@@ -116,14 +116,16 @@ def data_sha256(paths: Sequence[str | Path]) -> str:
 
 def split_conversations(conversations: Sequence[Conversation], val_fraction: float,
                         seed: int) -> tuple[list[Conversation], list[Conversation]]:
-    """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more."""
-    order = list(range(len(conversations)))
+    """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more.
+    Conversations marked `"meta": {"pin": true}` (an operator's answer) are always trained on, never held out."""
+    order = [i for i in range(len(conversations)) if not conversations[i].meta.get("pin")]
     random.Random(seed).shuffle(order)
     num_val = round(len(order) * val_fraction)
     if val_fraction > 0 and len(order) >= 2:
         num_val = min(max(num_val, 1), len(order) - 1)
-    val = [conversations[i] for i in sorted(order[:num_val])]
-    train = [conversations[i] for i in sorted(order[num_val:])]
+    held_out = set(order[:num_val])
+    val = [c for i, c in enumerate(conversations) if i in held_out]
+    train = [c for i, c in enumerate(conversations) if i not in held_out]
     return train, val
 
 

@@ -3,9 +3,8 @@
     python -m llmcore serve --models DIR [--host 127.0.0.1] [--port 8700] [--max-batch N] [--max-queue N]
 
 Routes: POST /v1/chat/completions (plain or streamed as server-sent events), GET /v1/models,
-GET /healthz, GET /metrics (Prometheus); behind `Authorization: Bearer $LLMCORE_ADMIN_TOKEN`:
-GET /admin/versions, POST /admin/promote {"version": "v0003"}, POST /admin/reload. With no admin
-token configured the admin routes answer 403.
+GET /healthz, GET /metrics (Prometheus); the admin routes (versions, promotion, training jobs) are in
+llmcore/admin.py.
 
 A history longer than the model's context loses its oldest turns (system turns are kept); if the
 newest message alone is too long, only its end is kept. Never an error.
@@ -13,7 +12,6 @@ newest message alone is too long, only its end is kept. Never an error.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from llmcore.admin import AdminApi
 from llmcore.api import (
     MAX_BODY_BYTES,
     MODEL_ALIASES,
@@ -32,9 +31,9 @@ from llmcore.api import (
     completion_id,
     logprobs_body,
     parse_chat_request,
+    read_json,
 )
 from llmcore.engine import EngineError, QueueFull
-from llmcore.registry import RegistryError
 from llmcore.sampling import SamplingParams
 from llmcore.settings import ServeSettings
 from llmcore.worker import Submission, Worker
@@ -64,10 +63,8 @@ def create_app(settings: ServeSettings, worker: Worker) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/admin/versions", admin_versions)
-    app.router.add_post("/admin/promote", admin_promote)
-    app.router.add_post("/admin/reload", admin_reload)
     app.cleanup_ctx.append(_worker_lifecycle)
+    AdminApi(settings, worker).register(app)
     return app
 
 
@@ -100,7 +97,7 @@ async def json_errors(request: web.Request, handler):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions."""
     worker = request.app[WORKER]
-    body = await _read_json(request)
+    body = await read_json(request)
     req = parse_chat_request(body)
     served = worker.served
     if served is None:
@@ -220,16 +217,6 @@ async def _send(response: web.StreamResponse, body: dict) -> None:
     await response.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
 
 
-async def _read_json(request: web.Request) -> object:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
-
-
 async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: the served version (also answers to the alias "kefu")."""
     worker = request.app[WORKER]
@@ -250,51 +237,3 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[WORKER].metrics.render(), content_type="text/plain", charset="utf-8")
 
 
-def _require_admin(request: web.Request) -> None:
-    token = request.app[SETTINGS].admin_token
-    if not token:
-        raise ApiError(403, "admin API disabled: set LLMCORE_ADMIN_TOKEN", type_="permission_error")
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "missing or wrong admin token", type_="authentication_error")
-
-
-async def admin_versions(request: web.Request) -> web.Response:
-    """GET /admin/versions: every version with its metrics, and which one is current and served."""
-    _require_admin(request)
-    worker = request.app[WORKER]
-    registry = worker.registry
-    versions = []
-    for version in registry.versions():
-        try:
-            metrics_ = registry.metrics(version)
-        except RegistryError:
-            metrics_ = {}
-        versions.append({"version": version, "metrics": metrics_})
-    return web.json_response({"current": registry.current(), "served": worker.version, "versions": versions})
-
-
-async def admin_promote(request: web.Request) -> web.Response:
-    """POST /admin/promote {"version": V}: move `current` and hot-reload."""
-    _require_admin(request)
-    body = await _read_json(request)
-    version = body.get("version") if isinstance(body, dict) else None
-    if not isinstance(version, str):
-        raise ApiError(400, 'expected {"version": "v0003"}', param="version")
-    worker = request.app[WORKER]
-    try:
-        worker.registry.promote(version)
-        served = await worker.reload(version)
-    except RegistryError as exc:
-        raise ApiError(404, str(exc), param="version") from None
-    return web.json_response({"current": version, "served": served})
-
-
-async def admin_reload(request: web.Request) -> web.Response:
-    """POST /admin/reload: load whatever `current` names now."""
-    _require_admin(request)
-    try:
-        served = await request.app[WORKER].reload()
-    except RegistryError as exc:
-        raise ApiError(409, str(exc)) from None
-    return web.json_response({"served": served})

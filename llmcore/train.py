@@ -68,6 +68,9 @@ class TrainOptions:
     min_freq: int = 2
     model_overrides: dict = field(default_factory=dict)  # n_layer, n_embd, n_head, block_size, dropout
     progress: bool = True
+    progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
+    compare_current: bool = False  # also score the current version on the same held-out conversations
+    result_file: str | None = None  # the final metrics, written once the version is committed
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
@@ -136,6 +139,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     device = resolve_device(opts.device)
     registry = Registry(opts.models)
     registry.root.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of training
+    progress = ProgressFile(opts.progress_file)
+    progress.write(stage="preparing", force=True)
     conversations, skipped = read_conversations(opts.data, skip_bad=opts.skip_bad)
     train_convs, val_convs = split_conversations(conversations, opts.val_fraction, opts.seed)
     tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq)
@@ -144,8 +149,11 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",
                 opts.arch, model.num_params(), tokenizer.vocab_size, len(train_convs), len(val_convs), skipped, device)
 
-    history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device)
+    history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress)
+    progress.write(stage="evaluating", force=True)
     metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
+    if opts.compare_current and registry.current() and val_convs:
+        metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
     metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
     metrics["train_seconds"] = stats["train_seconds"]
     metrics["total_seconds"] = round(time.monotonic() - started, 2)
@@ -158,11 +166,41 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     if opts.promote:
         registry.promote(version)
     metrics["version"] = version
+    if opts.result_file:
+        _write_atomic(Path(opts.result_file), _json(metrics))
+    progress.write(stage="done", version=version, force=True)
     return version, metrics
 
 
+def score_version(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device) -> dict:
+    """Another version's scores on these held-out conversations (per character: tokenizers differ between versions)."""
+    loaded = registry.load(version, device)
+    scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS)
+    return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"]}
+
+
+class ProgressFile:
+    """Training progress as a small JSON file, replaced atomically at most once a second."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.last = 0.0
+
+    def write(self, force: bool = False, **fields) -> None:
+        if self.path is None or (not force and time.monotonic() - self.last < 1.0):
+            return
+        self.last = time.monotonic()
+        _write_atomic(self.path, json.dumps({**fields, "updated": time.time()}))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
-                 opts: TrainOptions, device: torch.device) -> tuple[History, dict]:
+                 opts: TrainOptions, device: torch.device, progress_file: ProgressFile | None = None) -> tuple[History, dict]:
     """The loop: returns the loss history and throughput.
 
     Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
@@ -206,6 +244,11 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 bar.n = min(100.0, round(100 * progress, 1))
                 bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f} {tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
                 bar.update(0)  # redraws at most every mininterval
+                if progress_file is not None:
+                    rate = progress / max(elapsed, 1e-9)
+                    progress_file.write(stage="training", progress=round(progress, 4), epoch=epoch, step=step, loss=round(loss, 4),
+                                        tokens_per_s=round(tokens / max(elapsed, 1e-9)), elapsed_s=round(elapsed, 1),
+                                        eta_s=round((1 - progress) / rate, 1) if rate > 0 else None)
                 if eval_every_s and time.monotonic() - last_eval >= eval_every_s:
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
                     last_eval = time.monotonic()

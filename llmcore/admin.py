@@ -1,0 +1,169 @@
+"""The admin API of the inference service, behind `Authorization: Bearer $LLMCORE_ADMIN_TOKEN`
+(compared in constant time; no token configured: every admin route answers 403, a wrong one 401).
+
+    GET  /admin/versions                      every version with its metrics; current and served
+    POST /admin/promote {"version": V}        move `current` and hot-reload
+    POST /admin/rollback                      promote the previous current
+    POST /admin/reload                        load whatever `current` names now
+    GET  /admin/versions/{V}/loss.png         the version's loss curve
+    POST /admin/train {"conversations": [...], "arch", "minutes" | "epochs"}   start a job (409 while one runs)
+    GET  /admin/train                         the latest job, with its progress
+    POST /admin/train/cancel                  stop the running trainer
+    POST /admin/jobs/{id}/promote | discard   the decision on a job whose version was not promoted automatically
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from llmcore.api import ApiError, read_json
+from llmcore.jobs import JobBusy, JobError, JobManager
+from llmcore.registry import LOSS_PLOT, RegistryError
+from llmcore.settings import ServeSettings
+from llmcore.worker import Worker
+
+MAX_TRAINING_BYTES = 64 << 20  # a training set travels in one request
+
+
+class AdminApi:
+    def __init__(self, settings: ServeSettings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.jobs = JobManager(worker.registry, on_promote=worker.reload, promote_margin=settings.promote_margin)
+
+    def register(self, app: web.Application) -> None:
+        routes = [("GET", "/admin/versions", self.versions), ("POST", "/admin/promote", self.promote),
+                  ("POST", "/admin/rollback", self.rollback), ("POST", "/admin/reload", self.reload),
+                  ("GET", "/admin/versions/{version}/loss.png", self.loss_curve), ("POST", "/admin/train", self.train),
+                  ("GET", "/admin/train", self.job), ("POST", "/admin/train/cancel", self.cancel),
+                  ("POST", "/admin/jobs/{job_id}/{decision:promote|discard}", self.decide)]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, self._guarded(handler))
+        app.cleanup_ctx.append(self._watch_jobs)
+
+    def _guarded(self, handler):
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            token = self.settings.admin_token
+            if not token:
+                raise ApiError(403, "admin API disabled: set LLMCORE_ADMIN_TOKEN", type_="permission_error")
+            if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+                raise ApiError(401, "missing or wrong admin token", type_="authentication_error")
+            return await handler(request)
+        return guarded
+
+    async def _watch_jobs(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.jobs.watch(), name="training-jobs")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def versions(self, request: web.Request) -> web.Response:
+        """Every version with its metrics, and which one is current and served."""
+        registry = self.worker.registry
+        versions = []
+        for version in registry.versions():
+            try:
+                metrics = registry.metrics(version)
+            except RegistryError:
+                metrics = {}
+            versions.append({"version": version, "metrics": metrics})
+        return web.json_response({"current": registry.current(), "served": self.worker.version, "versions": versions})
+
+    async def promote(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(version, str):
+            raise ApiError(400, 'expected {"version": "v0003"}', param="version")
+        return web.json_response(await self._promote(version))
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        try:
+            version = self.worker.registry.rollback()
+        except RegistryError as exc:
+            raise ApiError(409, str(exc)) from None
+        return web.json_response({"current": version, "served": await self.worker.reload(version)})
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            served = await self.worker.reload()
+        except RegistryError as exc:
+            raise ApiError(409, str(exc)) from None
+        return web.json_response({"served": served})
+
+    async def loss_curve(self, request: web.Request) -> web.StreamResponse:
+        version = request.match_info["version"]
+        if version not in self.worker.registry.versions():
+            raise ApiError(404, f"no version {version!r}", param="version")
+        path = self.worker.registry.path(version) / LOSS_PLOT
+        if not path.is_file():
+            raise ApiError(404, f"version {version} has no loss curve")
+        return web.FileResponse(path, headers={"Content-Type": "image/png"})
+
+    async def train(self, request: web.Request) -> web.Response:
+        body = await _read_large_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("conversations"), list):
+            raise ApiError(400, 'expected {"conversations": [...], "arch": ..., "minutes": ...}', param="conversations")
+        try:
+            job = self.jobs.start(body["conversations"], arch=body.get("arch", "transformer"), minutes=body.get("minutes"),
+                                  epochs=body.get("epochs"), model_overrides=body.get("model"))
+        except JobBusy as exc:
+            raise ApiError(409, str(exc), code="job_running") from None
+        except (JobError, TypeError) as exc:
+            raise ApiError(400, str(exc)) from None
+        return web.json_response(job, status=202)
+
+    async def job(self, request: web.Request) -> web.Response:
+        job = self.jobs.status()
+        if job is None:
+            raise ApiError(404, "no training job yet")
+        return web.json_response(job)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = self.jobs.cancel()
+        if job is None:
+            raise ApiError(409, "no job is running")
+        return web.json_response(job)
+
+    async def decide(self, request: web.Request) -> web.Response:
+        job_id, decision = request.match_info["job_id"], request.match_info["decision"]
+        try:
+            job = self.jobs.status(job_id)
+            if job is None or job["status"] != "awaiting_decision":
+                raise JobError(f"job {job_id} is not awaiting a decision")
+            if decision == "discard":
+                return web.json_response(self.jobs.mark(job_id, "discarded"))
+            result = await self._promote(job["version"])
+            self.jobs.mark(job_id, "promoted")
+        except JobError as exc:
+            raise ApiError(409, str(exc)) from None
+        return web.json_response({**self.jobs.status(job_id), **result})
+
+    async def _promote(self, version: str) -> dict:
+        try:
+            self.worker.registry.promote(version)
+            served = await self.worker.reload(version)
+        except RegistryError as exc:
+            raise ApiError(404, str(exc), param="version") from None
+        return {"current": version, "served": served}
+
+
+async def _read_large_json(request: web.Request) -> object:
+    """Like read_json, with room for a training set (the app's own limit is for chat requests)."""
+    if request.content_length is not None and request.content_length > MAX_TRAINING_BYTES:
+        raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > MAX_TRAINING_BYTES:
+            raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None

@@ -1,0 +1,209 @@
+"""Training jobs on the llmcore host: one at a time, each in its own process, its state in files.
+
+    jobs = JobManager(registry, on_promote=worker.reload)
+    job = jobs.start(conversations, arch="transformer", minutes=5)     # JobBusy if one is running
+    jobs.status()                 # the latest job: status, progress (stage, epoch, step, loss, tok/s, eta), result
+    await jobs.watch()            # background task: finishes jobs whose process ended, promotes when better
+
+A job lives in `DIR/jobs/<id>/`: `job.json` (its state), `data.jsonl`, `progress.json` and `result.json`
+(written by `python -m llmcore train`), `train.log`. The trainer runs in its own session, so serving
+never stalls and a restarted server finds the job again (still running, or ended while nobody watched).
+A failed or killed trainer never touches the registry: versions are committed only when complete,
+and only the watcher moves `current`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from llmcore.registry import Registry
+
+logger = logging.getLogger(__name__)
+WATCH_INTERVAL_S = 1.0
+MIN_CONVERSATIONS = 10
+MAX_MINUTES = 120
+ARCHS = ("transformer", "lstm")
+
+
+class JobError(ValueError):
+    """A job that cannot start (bad arguments, too little data)."""
+
+
+class JobBusy(JobError):
+    pass
+
+
+class JobManager:
+    def __init__(self, registry: Registry, on_promote: Callable[[str], Awaitable[object]] | None = None,
+                 promote_margin: float = 0.0, python: str = sys.executable) -> None:
+        self.registry = registry
+        self.root = registry.root / "jobs"
+        self.on_promote = on_promote
+        self.promote_margin = promote_margin
+        self.python = python
+        self._processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, conversations: list[dict], arch: str = "transformer", minutes: float | None = 5.0,
+              epochs: int | None = None, model_overrides: dict | None = None) -> dict:
+        """Write the data and spawn the trainer; the job's state as `status()` shows it."""
+        _check(conversations, arch, minutes, epochs, model_overrides or {})
+        if (running := self.running()) is not None:
+            raise JobBusy(f"job {running['id']} is still running")
+        job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 1000:03d}"
+        folder = self.root / job_id
+        folder.mkdir(parents=True)
+        (folder / "data.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8")
+        command = [self.python, "-m", "llmcore", "train", "--data", str(folder / "data.jsonl"), "--arch", arch,
+                   "--models", str(self.registry.root), "--progress-file", str(folder / "progress.json"), "--compare-current",
+                   "--result-file", str(folder / "result.json"), "--no-progress", "--min-freq", "1"]
+        command += ["--max-minutes", str(minutes)] if minutes else ["--epochs", str(epochs)]
+        for name, value in (model_overrides or {}).items():
+            command += [f"--{name.replace('_', '-')}", str(value)]
+        with open(folder / "train.log", "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._processes[job_id] = process
+        job = {"id": job_id, "status": "running", "pid": process.pid, "arch": arch, "minutes": minutes, "epochs": epochs,
+               "num_conversations": len(conversations), "started": time.time()}
+        self._save(job)
+        logger.info("training job %s started (pid %d): %s, %d conversations", job_id, process.pid, arch, len(conversations))
+        return self.status(job_id)
+
+    def status(self, job_id: str | None = None) -> dict | None:
+        """A job with its progress (the latest job without an id); None when there is none."""
+        job_id = job_id or self._latest()
+        if job_id is None or not (self.root / job_id / "job.json").is_file():
+            return None
+        job = self._load(job_id)
+        job["progress"] = _read_json(self.root / job_id / "progress.json")
+        return job
+
+    def running(self) -> dict | None:
+        job = self.status()
+        return job if job is not None and job["status"] == "running" else None
+
+    def mark(self, job_id: str, status: str) -> dict:
+        """Record the admin's decision on a job that awaited one: "promoted" (by hand) or "discarded"."""
+        job = self._load(job_id)
+        job.update(status=status, decided=time.time())
+        self._save(job)
+        return job
+
+    def cancel(self) -> dict | None:
+        """Stop the running trainer (SIGTERM: it writes nothing); the job ends as failed."""
+        job = self.running()
+        if job is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job["pid"], signal.SIGTERM)
+        return job
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # the watcher must outlive a bad job folder
+                logger.exception("training job check failed")
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    async def check(self) -> None:
+        """Finish the running job if its trainer has ended: failed, promoted, or awaiting a decision."""
+        job = self.running()
+        if job is None or self._alive(job):
+            return
+        result = _read_json(self.root / job["id"] / "result.json")
+        if result is None:
+            job.update(status="failed", ended=time.time(), error=self._why_failed(job))
+            self._save(job)
+            logger.warning("training job %s failed: %s", job["id"], job["error"])
+            return
+        job.update(version=result["version"], result=result, ended=time.time(), better=self._better(result))
+        job["status"] = "promoted" if job["better"] else "awaiting_decision"
+        self._save(job)
+        if job["better"]:
+            self.registry.promote(result["version"])
+            if self.on_promote is not None:
+                await self.on_promote(result["version"])
+        logger.info("training job %s: %s %s", job["id"], result["version"], job["status"])
+
+    def _better(self, result: dict) -> bool:
+        """Promote automatically when the new version answers the held-out questions better (char-F1 by the margin),
+        or as well with a lower loss per character; with nothing to compare against, when there is no current."""
+        compare = result.get("compare")
+        if not compare:
+            return self.registry.current() is None
+        new_f1, old_f1 = result.get("val_char_f1") or 0.0, compare.get("val_char_f1") or 0.0
+        if new_f1 > old_f1 + self.promote_margin:
+            return True
+        return new_f1 >= old_f1 and (result.get("val_loss_per_char") or 1e9) < (compare.get("val_loss_per_char") or 1e9)
+
+    def _alive(self, job: dict) -> bool:
+        process = self._processes.get(job["id"])
+        if process is not None:
+            return process.poll() is None
+        try:  # a trainer started by an earlier server process
+            os.kill(job["pid"], 0)
+        except OSError:
+            return False
+        return True
+
+    def _why_failed(self, job: dict) -> str:
+        process = self._processes.pop(job["id"], None)
+        code = process.returncode if process is not None else None
+        tail = (self.root / job["id"] / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        if code == 130 or code == -signal.SIGTERM:
+            return "the trainer was stopped before it finished; nothing was saved"
+        if code is None:
+            return "the trainer ended while the server was down; nothing was saved. " + " | ".join(tail)
+        return f"the trainer exited with status {code}: " + (" | ".join(tail) or "no output")
+
+    def _latest(self) -> str | None:
+        if not self.root.is_dir():
+            return None
+        jobs = sorted(p.name for p in self.root.iterdir() if (p / "job.json").is_file())
+        return jobs[-1] if jobs else None
+
+    def _load(self, job_id: str) -> dict:
+        job = _read_json(self.root / job_id / "job.json")
+        if job is None:
+            raise JobError(f"no job {job_id}")
+        return job
+
+    def _save(self, job: dict) -> None:
+        job = {k: v for k, v in job.items() if k != "progress"}
+        path = self.root / job["id"] / "job.json"
+        tmp = path.with_name("job.json.tmp")
+        tmp.write_text(json.dumps(job, ensure_ascii=False, indent=2), encoding="utf-8")
+        tmp.replace(path)
+
+
+def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict) -> None:
+    if arch not in ARCHS:
+        raise JobError(f"arch must be one of {', '.join(ARCHS)}")
+    if minutes is not None and not 0 < minutes <= MAX_MINUTES:
+        raise JobError(f"minutes must be in (0, {MAX_MINUTES}]")
+    if minutes is None and (epochs is None or not 1 <= epochs <= 10_000):
+        raise JobError("give minutes, or epochs between 1 and 10000")
+    allowed = {"n_layer", "n_embd", "n_head", "block_size"}
+    if not set(overrides) <= allowed or not all(isinstance(v, int) and v > 0 for v in overrides.values()):
+        raise JobError("model overrides: positive n_layer, n_embd, n_head, block_size only")
+    if len(conversations) < MIN_CONVERSATIONS:
+        raise JobError(f"too little data: {len(conversations)} conversations, at least {MIN_CONVERSATIONS} are needed")
+    for i, c in enumerate(conversations):
+        if not isinstance(c, dict) or not isinstance(c.get("messages"), list):
+            raise JobError(f"conversation {i} is not {{\"messages\": [...]}}")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+

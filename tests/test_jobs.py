@@ -1,0 +1,118 @@
+"""Training jobs through the admin API: access, one at a time, progress, promotion, failures that change nothing."""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmcore.jobs import JobManager
+from llmcore.registry import Registry
+from llmcore.server import create_app
+from llmcore.settings import ServeSettings
+from llmcore.worker import Worker
+
+from .conftest import FAQ_PAIRS
+
+TOKEN = "job-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TINY = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96}
+DATA = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FAQ_PAIRS] * 2
+
+
+@pytest.fixture
+async def admin(tiny_models, tmp_path):
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    worker = Worker(Registry(root), torch.device("cpu"), max_batch=4)
+    client = TestClient(TestServer(create_app(ServeSettings(models=root, admin_token=TOKEN), worker)))
+    await client.start_server()
+    yield client, Registry(root)
+    await client.close()
+
+
+async def wait_for_end(client, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = await (await client.get("/admin/train", headers=AUTH)).json()
+        if job["status"] != "running":
+            return job
+        await asyncio.sleep(0.3)
+    raise TimeoutError("training job did not end")
+
+
+async def test_without_the_right_token_nothing_starts(admin):
+    client, registry = admin
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        response = await client.post("/admin/train", json={"conversations": DATA, "epochs": 1}, headers=headers)
+        assert response.status == 401
+    assert not (registry.root / "jobs").exists()
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"conversations": DATA[:3], "epochs": 1}, "too little data"),
+    ({"conversations": DATA, "arch": "gpt5", "epochs": 1}, "arch must be"),
+    ({"conversations": DATA, "minutes": -3}, "minutes must be"),
+    ({"conversations": DATA, "epochs": 1, "model": {"n_layer": "many"}}, "model overrides"),
+    ({"conversations": "all of them"}, "expected"),
+])
+async def test_bad_job_requests_are_refused(admin, body, fragment):
+    client, registry = admin
+    response = await client.post("/admin/train", json=body, headers=AUTH)
+    assert response.status == 400 and fragment in (await response.json())["error"]["message"]
+    assert registry.versions() == ["v0001"]
+
+
+async def test_a_job_trains_reports_progress_and_is_promoted_when_better(admin):
+    client, registry = admin
+    started = await client.post("/admin/train", json={"conversations": DATA, "epochs": 60, "model": TINY}, headers=AUTH)
+    assert started.status == 202 and (await started.json())["status"] == "running"
+    second = await client.post("/admin/train", json={"conversations": DATA, "epochs": 1}, headers=AUTH)
+    assert second.status == 409  # one at a time
+    job = await wait_for_end(client)
+    assert job["status"] in ("promoted", "awaiting_decision"), job
+    assert job["progress"]["stage"] == "done" and job["result"]["compare"]["version"] == "v0001"
+    assert job["version"] == "v0002" and registry.versions() == ["v0001", "v0002"]
+    if job["status"] == "awaiting_decision":
+        decided = await client.post(f"/admin/jobs/{job['id']}/promote", headers=AUTH)
+        assert decided.status == 200
+    assert registry.current() == "v0002"
+    assert (await (await client.get("/healthz")).json())["version"] == "v0002"  # hot-reloaded
+    curve = await client.get("/admin/versions/v0002/loss.png", headers=AUTH)
+    assert curve.status == 200 and (await curve.read()).startswith(b"\x89PNG")
+    rolled = await client.post("/admin/rollback", headers=AUTH)
+    assert (await rolled.json())["current"] == "v0001" and registry.current() == "v0001"
+
+
+async def test_a_killed_trainer_leaves_registry_and_current_as_they_were(admin):
+    client, registry = admin
+    big = {"n_layer": 4, "n_embd": 256, "n_head": 4, "block_size": 96}
+    await client.post("/admin/train", json={"conversations": DATA, "minutes": 2, "model": big}, headers=AUTH)
+    for _ in range(100):  # until the trainer is past start-up
+        job = await (await client.get("/admin/train", headers=AUTH)).json()
+        if (job.get("progress") or {}).get("stage") == "training":
+            break
+        await asyncio.sleep(0.2)
+    os.killpg(job["pid"], signal.SIGKILL)
+    job = await wait_for_end(client)
+    assert job["status"] == "failed" and "exited" in job["error"]
+    assert registry.versions() == ["v0001"] and registry.current() == "v0001"
+    assert not any(p.name.startswith(".") for p in registry.root.iterdir() if p.name != ".gitignore")  # no staging left
+
+
+async def test_a_restarted_server_finds_a_job_that_ended_while_it_was_down(tmp_path, tiny_models):
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    folder = root / "jobs" / "20260101-000000-001"
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text("epoch 3 ...\n")
+    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "running", "pid": 2**22 + 12345, "started": 0}))
+    jobs = JobManager(Registry(root))
+    await jobs.check()
+    job = jobs.status()
+    assert job["status"] == "failed" and "server was down" in job["error"]
+    assert Registry(root).current() == "v0001"
