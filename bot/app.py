@@ -19,7 +19,7 @@ from telegram import Update
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
-from bot import handlers
+from bot import admin, handlers
 from bot.metrics import BotMetrics
 from bot.services import KEY, METRICS, SETTINGS, Services
 from bot.settings import BotSettings
@@ -82,7 +82,8 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
     application = builder.build()
     application.bot_data[SETTINGS] = settings
     application.bot_data[METRICS] = metrics or BotMetrics()
-    handlers.register(application)
+    admin.register(application, settings.admin_ids)  # first: admin commands must not reach "unknown command"
+    handlers.register(application, settings.operator_chat_id)
     return application
 
 
@@ -96,7 +97,9 @@ async def running(application: Application) -> AsyncIterator[Services]:
         try:
             await _seed_faq(kefu)
             await handlers.set_commands(application)
+            await admin.set_commands(application, settings.admin_ids)
             await application.start()
+            await admin.resume(application, kefu)
             yield kefu
             await application.stop()
         finally:

@@ -68,13 +68,24 @@ class ExchangeLog:
         await self.redis.hset(self.ratings, entry_id, rating)
         return True
 
+    async def link_message(self, chat_id: int, message_id: int, entry_id: str) -> None:
+        """Remember which entry a bot message shows (for /why), as long as the entry may live."""
+        await self.redis.set(f"{self.prefix}msg:{chat_id}:{message_id}", entry_id, px=self.retention_ms)
+
+    async def entry_for_message(self, chat_id: int, message_id: int) -> tuple[str, dict[str, str]] | None:
+        entry_id = await self.redis.get(f"{self.prefix}msg:{chat_id}:{message_id}")
+        entry = await self.get(entry_id) if entry_id else None
+        return (entry_id, entry) if entry is not None else None
+
     async def forget_user(self, user_id: int) -> int:
         """Erase the user's exchanges and ratings; returns how many exchanges went."""
         ids = list(await self.redis.smembers(self._user_key(user_id)))
-        if ids:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xdel(self.stream, *ids).hdel(self.ratings, *ids).delete(self._user_key(user_id))
-                await pipe.execute()
+        links = [key async for key in self.redis.scan_iter(f"{self.prefix}msg:{user_id}:*")]  # their private chat's messages
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if ids:
+                pipe.xdel(self.stream, *ids).hdel(self.ratings, *ids)
+            pipe.delete(self._user_key(user_id), *links)
+            await pipe.execute()
         return len(ids)
 
     async def entries(self, batch: int = 500) -> AsyncIterator[tuple[str, dict[str, str]]]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
-from telegram import BotCommand, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update, User
+from telegram import BotCommand, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -27,8 +27,9 @@ from telegram.ext import (
     filters,
 )
 
+from bot import operators
 from bot.pipeline import Reply
-from bot.services import services
+from bot.services import Services, services
 from bot.split import split_message, telegram_length
 from bot.texts import Texts, language, texts
 
@@ -38,7 +39,7 @@ TYPING_EVERY_S = 4.0  # Telegram shows a chat action for ~5 s
 DRAFT_EVERY_S = 0.3  # drafts are animated; more often only costs requests
 MAX_BUTTON_CHARS = 40
 COMMANDS = [("start", "开始 / start"), ("help", "帮助 / help"), ("reset", "清除上下文 / forget the context"),
-            ("forget", "删除我的数据 / erase my data")]
+            ("forget", "删除我的数据 / erase my data"), ("human", "人工客服 / talk to a human"), ("end", "结束人工服务 / end the handoff")]
 
 
 class AddressedToBot(filters.MessageFilter):
@@ -56,21 +57,22 @@ class AddressedToBot(filters.MessageFilter):
                    for e, text in mentions.items())
 
 
-def register(application: Application) -> None:
+def register(application: Application, operator_chat_id: int | None = None) -> None:
     new = filters.UpdateType.MESSAGE
     private = filters.ChatType.PRIVATE
+    customers = ~filters.Chat(operator_chat_id) if operator_chat_id is not None else filters.ALL  # operators are not asking
     application.add_handler(TypeHandler(Update, screen), group=-1)
+    operators.register(application, operator_chat_id)
     application.add_handler(CommandHandler("start", start, filters=new & private))
     application.add_handler(CommandHandler("help", help_command, filters=new & AddressedToBot()))
     application.add_handler(CommandHandler("reset", reset, filters=new & AddressedToBot()))
     application.add_handler(CommandHandler("forget", forget, filters=new & AddressedToBot()))
     application.add_handler(MessageHandler(new & filters.COMMAND & private, unknown_command))
-    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND & AddressedToBot(), question))
+    application.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND & AddressedToBot() & customers, question))
     application.add_handler(MessageHandler(new & private & ~filters.TEXT, text_only))
     application.add_handler(CallbackQueryHandler(feedback, pattern=r"^fb:"))
     application.add_handler(CallbackQueryHandler(suggestion, pattern=r"^faq:"))
     application.add_handler(CallbackQueryHandler(forget_answer, pattern=r"^forget:"))
-    application.add_handler(CallbackQueryHandler(human, pattern=r"^human$"))
     application.add_handler(CallbackQueryHandler(stale_button))
     application.add_error_handler(on_error)
 
@@ -87,7 +89,7 @@ async def screen(update: Update, context: Context) -> None:
             kefu.metrics.updates.labels("duplicate").inc()
             raise ApplicationHandlerStop
         message, user = update.message, update.effective_user
-        if message is None or user is None or user.is_bot:
+        if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
             return
         verdict = await kefu.guard.admit(user.id)
     except RedisError as exc:  # the handlers answer "temporarily unavailable" if they need Redis
@@ -170,6 +172,12 @@ async def question(update: Update, context: Context) -> None:
     if len(text) > kefu.settings.max_message_chars:
         await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
         return
+    try:
+        if await operators.relay_to_operators(kefu, context, message):
+            return  # a human has this chat: the bot keeps quiet
+    except RedisError:
+        await message.reply_text(t.unavailable)
+        return
     private = message.chat.type == ChatType.PRIVATE
     drafts = Drafts(context, message.chat_id, message.message_id) if private else None
     try:
@@ -182,10 +190,10 @@ async def question(update: Update, context: Context) -> None:
         return
     kefu.metrics.answers.labels(reply.source).inc()
     kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
-    await send_reply(message, reply, t)
+    await send_reply(message, reply, t, kefu)
 
 
-async def send_reply(message: Message, reply: Reply, t: Texts) -> None:
+async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | None = None) -> None:
     """The answer, split at 4096 characters on sentence boundaries, with the buttons under the last part."""
     text = reply.text
     if reply.suggestions:
@@ -193,7 +201,12 @@ async def send_reply(message: Message, reply: Reply, t: Texts) -> None:
     parts = split_message(text, measure=lambda s: telegram_length(html.escape(s, quote=False)))
     for part in parts[:-1]:
         await message.reply_text(html.escape(part, quote=False), parse_mode=ParseMode.HTML)
-    await message.reply_text(html.escape(parts[-1], quote=False), parse_mode=ParseMode.HTML, reply_markup=_buttons(reply, t))
+    sent = await message.reply_text(html.escape(parts[-1], quote=False), parse_mode=ParseMode.HTML, reply_markup=_buttons(reply, t))
+    if reply.entry_id and kefu is not None:
+        try:  # for /why as a reply to this message; the answer is out already, so a failure here costs only that
+            await kefu.log.link_message(sent.chat_id, sent.message_id, reply.entry_id)
+        except RedisError as exc:
+            logger.warning("no /why link for message %s: %s", sent.message_id, exc)
 
 
 def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
@@ -234,21 +247,7 @@ async def suggestion(update: Update, context: Context) -> None:
         await query.answer(t.stale_button)
         return
     await query.answer()
-    await send_reply(message, reply, t)
-
-
-async def human(update: Update, context: Context) -> None:
-    """"Talk to a human": the operators' chat gets the request with the recent turns."""
-    query, t, kefu = update.callback_query, _texts(update), services(context)
-    operators = kefu.settings.operator_chat_id
-    if operators is None or query.message is None:
-        await query.answer(t.human_unavailable, show_alert=True)
-        return
-    turns = await kefu.history.recent(query.message.chat.id, 6)
-    transcript = "\n".join(f"{'👤' if m['role'] == 'user' else '🤖'} {m['content']}" for m in turns)
-    await context.bot.send_message(operators, f"{_who(query.from_user)} asks for a human (chat {query.message.chat.id}):\n{transcript}")
-    await query.answer()
-    await query.message.reply_text(t.human_requested)
+    await send_reply(message, reply, t, services(context))
 
 
 async def stale_button(update: Update, context: Context) -> None:
@@ -314,10 +313,6 @@ def _texts(update: Update) -> Texts:
 
 def _short(text: str) -> str:
     return text if len(text) <= MAX_BUTTON_CHARS else text[: MAX_BUTTON_CHARS - 1] + "…"
-
-
-def _who(user: User) -> str:
-    return f"{user.full_name} (@{user.username}, id {user.id})" if user.username else f"{user.full_name} (id {user.id})"
 
 
 async def _edit(query: CallbackQuery, text: str) -> None:

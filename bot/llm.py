@@ -160,3 +160,63 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
         return max(0.0, float(response.headers.get("Retry-After", "")))
     except ValueError:
         return None
+
+
+class AdminError(Exception):
+    """llmcore's admin API refused or could not be reached; the message says why, for the admin."""
+
+
+class LlmAdmin:
+    """llmcore's admin API (bearer token): versions, promotion, rollback, training jobs."""
+
+    def __init__(self, base_url: str, token: str | None, timeout_s: float = 30.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def versions(self) -> dict:
+        return await self._call("GET", "/admin/versions")
+
+    async def promote(self, version: str) -> dict:
+        return await self._call("POST", "/admin/promote", {"version": version})
+
+    async def rollback(self) -> dict:
+        return await self._call("POST", "/admin/rollback")
+
+    async def train(self, conversations: list[dict], arch: str, minutes: float, shape: dict[str, int]) -> dict:
+        return await self._call("POST", "/admin/train", {"conversations": conversations, "arch": arch, "minutes": minutes,
+                                                         **({"model": shape} if shape else {})})
+
+    async def job(self) -> dict | None:
+        try:
+            return await self._call("GET", "/admin/train")
+        except AdminError as exc:
+            if "no training job" in str(exc):
+                return None
+            raise
+
+    async def decide(self, job_id: str, decision: str) -> dict:
+        return await self._call("POST", f"/admin/jobs/{job_id}/{decision}")
+
+    async def loss_curve(self, version: str) -> bytes:
+        return await self._call("GET", f"/admin/versions/{version}/loss.png", raw=True)
+
+    async def _call(self, method: str, path: str, body: dict | None = None, raw: bool = False):
+        if not self.token:
+            raise AdminError("LLMCORE_ADMIN_TOKEN is not set for the bot")
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            async with aiohttp.ClientSession(timeout=self.timeout) as session, \
+                    session.request(method, self.base + path, json=body, headers=headers) as response:
+                if response.status >= 400:
+                    raise AdminError(f"llmcore {response.status}: {await _error_text(response)}")
+                return await response.read() if raw else await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AdminError(f"llmcore unreachable: {exc.__class__.__name__} {exc}".strip()) from None
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        return (await response.json())["error"]["message"]
+    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+        return (await response.text())[:200]

@@ -15,8 +15,9 @@ from telegram.ext import CallbackContext
 from bot.exchanges import ExchangeLog
 from bot.faq import FaqStore
 from bot.guard import Guard
+from bot.handoff import Handoffs
 from bot.history import History
-from bot.llm import LlmClient
+from bot.llm import LlmAdmin, LlmClient
 from bot.metrics import BotMetrics
 from bot.pipeline import Pipeline
 from bot.settings import BotSettings
@@ -36,6 +37,8 @@ class Services:
     llm: LlmClient
     pipeline: Pipeline
     metrics: BotMetrics
+    handoffs: Handoffs
+    admin: LlmAdmin
 
     @classmethod
     async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
@@ -49,18 +52,21 @@ class Services:
         faq, log = FaqStore(redis, p), ExchangeLog(redis, p, settings.log_retention_days)
         llm = LlmClient(settings.llmcore_url, settings.llmcore_timeout_s)
         await llm.start()
+        token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else None
         return cls(settings, redis, history, faq, log, Guard(redis, p, settings.rate_limit_per_minute), llm,
-                   Pipeline(settings, history, faq, llm, log), metrics or BotMetrics())
+                   Pipeline(settings, history, faq, llm, log), metrics or BotMetrics(), Handoffs(redis, p, settings.handoff_idle_s),
+                   LlmAdmin(settings.llmcore_url, token))
 
     async def close(self) -> None:
         await self.llm.close()
         await self.redis.aclose()
 
     async def forget_user(self, user_id: int) -> None:
-        """Everything Kefu holds about this user: history turns, logged exchanges, ratings, rate-limit counters."""
+        """Everything Kefu holds about this user: history turns, logged exchanges, ratings, rate-limit counters, handoffs."""
         await self.history.forget_user(user_id)
         await self.log.forget_user(user_id)
         await self.guard.forget_user(user_id)
+        await self.handoffs.forget_chat(user_id)  # a private chat's id is the user's id
 
 
 def services(context: CallbackContext) -> Services:

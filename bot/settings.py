@@ -25,6 +25,7 @@ class BotSettings(BaseSettings):
     redis_prefix: str = Field(default="kefu:", description="every key lives under it")
     llmcore_url: str = "http://127.0.0.1:8700"
     llmcore_timeout_s: float = Field(default=20.0, gt=0, description="the user gets the fallback answer by then")
+    llmcore_admin_token: SecretStr | None = Field(default=None, description="LLMCORE_ADMIN_TOKEN, for the admin commands")
     admin_ids: Annotated[frozenset[int], NoDecode] = Field(default=frozenset(), description="comma-separated Telegram user ids")
     operator_chat_id: int | None = None
     webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
@@ -40,6 +41,10 @@ class BotSettings(BaseSettings):
     log_retention_days: int = Field(default=90, ge=1, description="exchanges older than this leave the training log")
     rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")
     outbound_per_second: float = Field(default=30, ge=0, description="Bot API calls per second (Telegram's limit); 0: no overall limit")
+    handoff_idle_s: int = Field(default=30 * 60, ge=10, description="an open handoff with no message for this long closes")
+    retrain_minutes: float = Field(default=5.0, gt=0, le=120, description="/retrain's default training time")
+    retrain_shape: dict[str, int] = Field(default_factory=dict, description='model shape for /retrain, e.g. {"n_layer": 2}')
+    min_training_conversations: int = Field(default=10, ge=1, description="/retrain refuses with less data")
     max_message_chars: int = Field(default=2000, ge=1, description="longer questions are refused politely")
 
     @field_validator("admin_ids", mode="before")

@@ -36,6 +36,10 @@ class Texts:
     human_unavailable: str
     unknown_command: str
     error: str
+    handoff_waiting: str
+    handoff_closed: str
+    handoff_idle: str
+    operator_says: str
 
 
 ZH = Texts(
@@ -58,10 +62,14 @@ ZH = Texts(
     thanks_feedback="感谢您的反馈！",
     stale_button="这个按钮已失效。",
     human_button="人工客服",
-    human_requested="已为您转接人工客服，请稍候，客服人员会在这里回复您。",
+    human_requested="已为您转接人工客服，请稍候，客服人员会在这里回复您。发送 /end 结束人工服务。",
     human_unavailable="抱歉，目前没有在线的人工客服，请稍后再试。",
     unknown_command="没有这个命令。发送 /help 查看可用命令。",
     error="抱歉，出了点问题，请稍后再试。",
+    handoff_waiting="已经在为您转接人工客服了，请稍候；您的消息会转给客服人员。发送 /end 结束人工服务。",
+    handoff_closed="人工客服会话已结束，接下来由我继续为您服务。",
+    handoff_idle="人工客服会话因长时间无消息已结束；如还需要人工帮助，请再次点击“人工客服”。",
+    operator_says="👩‍💼 人工客服：{text}",
 )
 
 EN = Texts(
@@ -84,10 +92,14 @@ EN = Texts(
     thanks_feedback="Thanks for the feedback!",
     stale_button="This button has expired.",
     human_button="Talk to a human",
-    human_requested="A human operator has been asked to join; they will answer you here.",
+    human_requested="A human operator has been asked to join; they will answer you here. Send /end to finish.",
     human_unavailable="Sorry, no human operator is available right now. Please try again later.",
     unknown_command="Unknown command. Send /help to see what I can do.",
     error="Sorry, something went wrong. Please try again later.",
+    handoff_waiting="A human operator is on the way; your messages go to them. Send /end to finish.",
+    handoff_closed="The conversation with the operator has ended; I'm back to help you.",
+    handoff_idle="The conversation with the operator closed after a long silence; tap \"Talk to a human\" again if you need one.",
+    operator_says="👩‍💼 Operator: {text}",
 )
 
 

@@ -1,0 +1,378 @@
+"""Admin commands, for the Telegram users in ADMIN_IDS only; anyone else gets "not allowed", an audit log
+line, and nothing runs.
+
+    /retrain [lstm|transformer] [minutes]   train on the logged conversations; progress edited in place
+    /train_status  /models  /promote V  /rollback
+    /stats  /faq_add question || answer  /faq_del ID  /faq_list  /export  /why (as a reply to an answer)
+    a .jsonl or .csv document sent to the bot: imported into the FAQ
+
+A /retrain's job id and progress message live in Redis, so a restarted bot picks the watch up again.
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from redis.exceptions import RedisError
+from telegram import BotCommand, BotCommandScopeChat, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
+from telegram.error import TelegramError
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bot.faq import DataError, read_faq_file
+from bot.handlers import COMMANDS
+from bot.llm import AdminError
+from bot.services import Services, services
+from bot.split import split_message
+from bot.stats import chart, collect, format_stats
+from bot.trainingset import build_training_set
+
+logger = logging.getLogger(__name__)
+Context = ContextTypes.DEFAULT_TYPE
+ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transformer] [minutes]"),
+                  ("train_status", "the training job's progress"), ("models", "model versions and their metrics"),
+                  ("promote", "serve version V"), ("rollback", "back to the previous version"), ("stats", "usage numbers"),
+                  ("faq_add", "question || answer"), ("faq_del", "remove FAQ entry ID"), ("faq_list", "the FAQ entries"),
+                  ("export", "the training data as JSONL"), ("why", "reply to an answer: where it came from")]
+MAX_DOCUMENT_BYTES = 5 << 20
+WATCH_EVERY_S = 2.0
+BAR_WIDTH = 20
+VERSION = re.compile(r"v\d{4,}")
+JOB_KEY = "retrain"  # Redis key (under the prefix) of the job being watched
+
+
+def register(application: Application, admin_ids: frozenset[int]) -> None:
+    admins = filters.User(user_id=admin_ids) if admin_ids else filters.User(user_id=[])
+    new = filters.UpdateType.MESSAGE
+    for name, handler in (("retrain", retrain), ("train_status", train_status), ("models", models), ("promote", promote),
+                          ("rollback", rollback), ("stats", stats), ("faq_add", faq_add), ("faq_del", faq_del),
+                          ("faq_list", faq_list), ("export", export), ("why", why)):
+        application.add_handler(CommandHandler(name, handler, filters=new & admins))
+    application.add_handler(CommandHandler([name for name, _ in ADMIN_COMMANDS], not_allowed, filters=new))
+    application.add_handler(MessageHandler(new & admins & filters.ChatType.PRIVATE & filters.Document.ALL, faq_document))
+    application.add_handler(CallbackQueryHandler(decide, pattern=r"^job:(promote|discard):"))
+
+
+async def set_commands(application: Application, admin_ids: frozenset[int]) -> None:
+    """Admins see their commands too (a chat scope each); an admin who never opened the bot is skipped."""
+    commands = [BotCommand(n, d) for n, d in COMMANDS + ADMIN_COMMANDS]
+    for admin_id in admin_ids:
+        try:
+            await application.bot.set_my_commands(commands, scope=BotCommandScopeChat(admin_id))
+        except TelegramError as exc:
+            logger.info("admin commands not set for %s: %s", admin_id, exc)
+
+
+async def resume(application: Application, kefu: Services) -> None:
+    """After a restart: keep watching a /retrain that was running."""
+    try:
+        watched = await kefu.redis.get(kefu.settings.redis_prefix + JOB_KEY)
+    except RedisError:
+        return
+    if watched and application.job_queue is not None:
+        application.job_queue.run_repeating(watch_job, interval=WATCH_EVERY_S, first=0.5, data=json.loads(watched), name="retrain")
+
+
+async def not_allowed(update: Update, context: Context) -> None:
+    """An admin command from someone who is not an admin."""
+    user = update.effective_user
+    logger.warning("audit: user %s (@%s) tried %r: not an admin", user.id if user else None, user.username if user else None,
+                   (update.effective_message.text or "")[:100])
+    await update.effective_message.reply_text("Not allowed. / 无权限。")
+
+
+async def retrain(update: Update, context: Context) -> None:
+    """/retrain [lstm|transformer] [minutes]: one job at a time, progress edited in place."""
+    kefu, message = services(context), update.effective_message
+    try:
+        arch, minutes = _retrain_args(context.args or [], kefu.settings.retrain_minutes)
+    except ValueError as exc:
+        await message.reply_text(f"{exc}\nUsage: /retrain [lstm|transformer] [minutes]")
+        return
+    try:
+        running = await kefu.admin.job()
+        if running is not None and running["status"] == "running":
+            await message.reply_text("A training job is already running:\n" + job_text(running))
+            return
+        conversations = await build_training_set(kefu.log, kefu.faq)
+        if len(conversations) < kefu.settings.min_training_conversations:
+            await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
+                                     f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
+            return
+        job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
+    except AdminError as exc:
+        await message.reply_text(f"Training did not start: {exc}")
+        return
+    progress = await message.reply_text(job_text(job))
+    watched = {"job_id": job["id"], "chat_id": progress.chat_id, "message_id": progress.message_id}
+    await kefu.redis.set(kefu.settings.redis_prefix + JOB_KEY, json.dumps(watched))
+    context.job_queue.run_repeating(watch_job, interval=WATCH_EVERY_S, first=WATCH_EVERY_S, data=watched, name="retrain")
+
+
+def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:
+    arch, minutes = "transformer", default_minutes
+    for arg in args:
+        if arg.lower() in ("lstm", "transformer"):
+            arch = arg.lower()
+        else:
+            try:
+                minutes = float(arg)
+            except ValueError:
+                raise ValueError(f"Unknown argument {arg[:40]!r}.") from None
+            if not 0 < minutes <= 120:
+                raise ValueError("Minutes must be between 0 and 120.")
+    return arch, minutes
+
+
+async def watch_job(context: Context) -> None:
+    """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision."""
+    kefu, watched = services(context), context.job.data
+    try:
+        job = await kefu.admin.job()
+    except AdminError as exc:
+        logger.warning("training job watch: %s", exc)
+        return  # llmcore restarting: try again at the next tick
+    if job is None or job["id"] != watched["job_id"]:
+        return
+    text = job_text(job)
+    with contextlib.suppress(TelegramError):  # "message is not modified" when nothing moved
+        await context.bot.edit_message_text(text, watched["chat_id"], watched["message_id"])
+    if job["status"] == "running":
+        return
+    context.job.schedule_removal()
+    await kefu.redis.delete(kefu.settings.redis_prefix + JOB_KEY)
+    await report_job(context, kefu, job, watched["chat_id"])
+
+
+async def report_job(context: Context, kefu: Services, job: dict, chat_id: int) -> None:
+    if job["status"] == "failed":
+        await context.bot.send_message(chat_id, f"❌ Training failed: {job.get('error')}\nThe served model is unchanged.")
+        return
+    version = job["version"]
+    with contextlib.suppress(AdminError, TelegramError):
+        await context.bot.send_photo(chat_id, InputFile(io.BytesIO(await kefu.admin.loss_curve(version)), filename="loss.png"),
+                                     caption=f"{version}: loss curve")
+    table = comparison_table(job)
+    if job["status"] == "promoted":
+        await context.bot.send_message(chat_id, f"✅ {version} is better and now serves.\n{table}", parse_mode="HTML")
+        return
+    buttons = InlineKeyboardMarkup([[InlineKeyboardButton("Promote", callback_data=f"job:promote:{job['id']}"),
+                                     InlineKeyboardButton("Discard", callback_data=f"job:discard:{job['id']}")]])
+    await context.bot.send_message(chat_id, f"{version} is not better than the current version.\n{table}", parse_mode="HTML",
+                                   reply_markup=buttons)
+
+
+def comparison_table(job: dict) -> str:
+    result, compare = job.get("result") or {}, (job.get("result") or {}).get("compare") or {}
+    rows = [("", result.get("version", "new"), compare.get("version", "current")),
+            ("char-F1", _num(result.get("val_char_f1")), _num(compare.get("val_char_f1"))),
+            ("loss/char", _num(result.get("val_loss_per_char")), _num(compare.get("val_loss_per_char"))),
+            ("ppl", _num(result.get("val_ppl")), "—")]
+    lines = [f"{a:<10}{b:>10}{c:>10}" for a, b, c in rows]
+    held_out = result.get("val_char_f1_turns")
+    return "<pre>" + html.escape("\n".join(lines)) + "</pre>" + (f"\non the same {held_out} held-out answers" if held_out else "")
+
+
+def job_text(job: dict) -> str:
+    progress = job.get("progress") or {}
+    stage = progress.get("stage", "starting")
+    lines = [f"Training job {job['id']} ({job.get('arch')}, {job.get('num_conversations')} conversations): {job['status']}"]
+    if job["status"] == "running":
+        done = float(progress.get("progress") or 0)
+        bar = "█" * round(done * BAR_WIDTH) + "░" * (BAR_WIDTH - round(done * BAR_WIDTH))
+        lines.append(f"{stage} {bar} {done:.0%}")
+        if stage == "training":
+            lines.append(f"epoch {progress.get('epoch')} · step {progress.get('step')} · loss {progress.get('loss')} · "
+                         f"{progress.get('tokens_per_s')} tok/s · ETA {_eta(progress.get('eta_s'))}")
+    elif job.get("version"):
+        lines.append(f"version {job['version']}")
+    return "\n".join(lines)
+
+
+async def decide(update: Update, context: Context) -> None:
+    """[Promote] / [Discard] under a retrained version that was not better."""
+    query, kefu = update.callback_query, services(context)
+    if query.from_user.id not in kefu.settings.admin_ids:
+        logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
+        await query.answer("Not allowed.", show_alert=True)
+        return
+    _, decision, job_id = query.data.split(":", 2)
+    try:
+        result = await kefu.admin.decide(job_id, decision)
+    except AdminError as exc:
+        await query.answer(str(exc)[:190], show_alert=True)
+        return
+    await query.answer()
+    with contextlib.suppress(TelegramError):
+        await query.edit_message_reply_markup(None)
+    note = f"✅ {result.get('current')} now serves." if decision == "promote" else "Discarded: the current version keeps serving."
+    await query.message.reply_text(note)
+
+
+async def train_status(update: Update, context: Context) -> None:
+    """The latest training job."""
+    try:
+        job = await services(context).admin.job()
+    except AdminError as exc:
+        await update.effective_message.reply_text(str(exc))
+        return
+    await update.effective_message.reply_text(job_text(job) if job else "No training job yet.")
+
+
+async def models(update: Update, context: Context) -> None:
+    """Versions with their metrics; which one serves."""
+    try:
+        listing = await services(context).admin.versions()
+    except AdminError as exc:
+        await update.effective_message.reply_text(str(exc))
+        return
+    lines = []
+    for v in listing["versions"][-15:]:
+        m, mark = v["metrics"], " ← current" if v["version"] == listing["current"] else ""
+        lines.append(f"{v['version']} {m.get('arch', '?')} F1 {_num(m.get('val_char_f1'))} ppl {_num(m.get('val_ppl'))} "
+                     f"{(m.get('created') or '')[:16]}{mark}")
+    await update.effective_message.reply_text("\n".join(lines) or "No versions yet.")
+
+
+async def promote(update: Update, context: Context) -> None:
+    """/promote V"""
+    args = context.args or []
+    if len(args) != 1 or not VERSION.fullmatch(args[0]):
+        await update.effective_message.reply_text("Usage: /promote v0003 (see /models)")
+        return
+    try:
+        result = await services(context).admin.promote(args[0])
+    except AdminError as exc:
+        await update.effective_message.reply_text(f"Not promoted: {exc}")
+        return
+    await update.effective_message.reply_text(f"✅ {result['current']} now serves.")
+
+
+async def rollback(update: Update, context: Context) -> None:
+    """Back to the version that served before."""
+    try:
+        result = await services(context).admin.rollback()
+    except AdminError as exc:
+        await update.effective_message.reply_text(f"No rollback: {exc}")
+        return
+    await update.effective_message.reply_text(f"↩️ Rolled back: {result['current']} now serves.")
+
+
+async def stats(update: Update, context: Context) -> None:
+    """Usage numbers and a chart."""
+    kefu = services(context)
+    numbers = await collect(kefu.log)
+    try:
+        version = (await kefu.admin.versions()).get("served")
+    except AdminError:
+        version = None
+    await update.effective_message.reply_text(format_stats(numbers, version))
+    picture = chart(numbers)
+    if picture:
+        await update.effective_message.reply_photo(InputFile(io.BytesIO(picture), filename="stats.png"), caption="answers per day")
+
+
+async def faq_add(update: Update, context: Context) -> None:
+    """/faq_add question || answer"""
+    text = (update.effective_message.text or "").partition(" ")[2]
+    question, sep, answer = text.partition("||")
+    if not sep or not question.strip() or not answer.strip():
+        await update.effective_message.reply_text("Usage: /faq_add question || answer")
+        return
+    try:
+        entry_id = await services(context).faq.add(question.strip(), answer.strip())
+    except ValueError as exc:
+        await update.effective_message.reply_text(f"Not added: {exc}")
+        return
+    await update.effective_message.reply_text(f"Added FAQ entry {entry_id}.")
+
+
+async def faq_del(update: Update, context: Context) -> None:
+    """/faq_del ID"""
+    args = context.args or []
+    if len(args) != 1 or not args[0].isdigit():
+        await update.effective_message.reply_text("Usage: /faq_del ID (see /faq_list)")
+        return
+    removed = await services(context).faq.delete(args[0])
+    await update.effective_message.reply_text(f"Removed FAQ entry {args[0]}." if removed else f"No FAQ entry {args[0]}.")
+
+
+async def faq_list(update: Update, context: Context) -> None:
+    """Every entry: id, question, the start of the answer."""
+    entries = await services(context).faq.entries()
+    text = "\n".join(f"{e.id}. {e.question} → {e.answer[:40]}{'…' if len(e.answer) > 40 else ''}" for e in entries)
+    for part in split_message(text or "The FAQ is empty."):
+        await update.effective_message.reply_text(part)
+
+
+async def faq_document(update: Update, context: Context) -> None:
+    """A .jsonl or .csv document from an admin: imported into the FAQ, or a clear reason why not."""
+    document = update.effective_message.document
+    suffix = Path(document.file_name or "").suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        await update.effective_message.reply_text("Send the FAQ as .jsonl (two-message conversations) or .csv (question,answer).")
+        return
+    if (document.file_size or 0) > MAX_DOCUMENT_BYTES:
+        await update.effective_message.reply_text(f"That file is over {MAX_DOCUMENT_BYTES >> 20} MB; nothing was imported.")
+        return
+    data = bytes(await (await document.get_file()).download_as_bytearray())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"faq{suffix}"
+        path.write_bytes(data[: MAX_DOCUMENT_BYTES + 1])
+        try:
+            entries = read_faq_file(path)
+        except DataError as exc:
+            await update.effective_message.reply_text(f"Nothing was imported: {str(exc).replace(str(path), document.file_name or 'file')}")
+            return
+    await services(context).faq.add_many(entries)
+    await update.effective_message.reply_text(f"Imported {len(entries)} FAQ entries.")
+
+
+async def export(update: Update, context: Context) -> None:
+    """The training data (what /retrain would use) as a JSONL document."""
+    kefu = services(context)
+    conversations = await build_training_set(kefu.log, kefu.faq)
+    body = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode()
+    await update.effective_message.reply_document(InputFile(io.BytesIO(body), filename="kefu-training.jsonl"),
+                                                  caption=f"{len(conversations)} conversations")
+
+
+async def why(update: Update, context: Context) -> None:
+    """As a reply to a bot answer: where it came from, and the FAQ entries that competed."""
+    kefu, message = services(context), update.effective_message
+    target = message.reply_to_message
+    found = await kefu.log.entry_for_message(message.chat_id, target.message_id) if isinstance(target, Message) else None
+    if found is None:
+        await message.reply_text("Reply with /why to one of my answers (from the last days) to see where it came from.")
+        return
+    entry_id, entry = found
+    lines = [f"Question: {entry['question']}", f"Source: {entry['source']}"]
+    if entry["source"] == "faq":
+        lines.append(f"FAQ score: {_num(entry['score'])}")
+    elif entry["source"] in ("model", "fallback"):
+        lines.append(f"Model {entry['version'] or '—'}, confidence {_num(entry['score'])} "
+                     f"(needs {kefu.settings.min_confidence})")
+    lines.append(f"Answered in {entry['latency_ms']} ms · log entry {entry_id}")
+    candidates = await kefu.faq.match(entry["question"], k=3)
+    listed = [f"  {m.score:.2f} #{m.entry.id} {m.matched}" for m in candidates]
+    lines += ["FAQ candidates:", *listed] if listed else ["No FAQ candidates."]
+    await message.reply_text("\n".join(lines))
+
+
+def _num(value: object) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"

@@ -1,0 +1,94 @@
+"""The numbers behind /stats, from the training log: conversations and messages today and over 7 days,
+answers by source, 👍/👎, answer latency, and a chart of answers per day by source.
+
+    stats = await collect(log, now=time.time())
+    text = format_stats(stats, model_version)
+    png = chart(stats)
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from bot.exchanges import SOURCES, ExchangeLog
+
+DAY_S = 86_400
+
+
+@dataclass
+class Stats:
+    today: Counter = field(default_factory=Counter)  # messages, conversations
+    week: Counter = field(default_factory=Counter)
+    by_source: Counter = field(default_factory=Counter)  # over 7 days
+    ratings: Counter = field(default_factory=Counter)
+    latencies_ms: list[int] = field(default_factory=list)
+    per_day: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # "11-28" -> source counts
+
+
+async def collect(log: ExchangeLog, now: float | None = None) -> Stats:
+    now = now or time.time()
+    midnight, week_start = now - now % DAY_S, now - 7 * DAY_S
+    stats, chats_today, chats_week = Stats(), set(), set()
+    async for entry_id, e in log.entries():
+        at = int(entry_id.split("-")[0]) / 1000
+        if at < week_start:
+            continue
+        chats_week.add(e["chat_id"])
+        stats.week["messages"] += 1
+        stats.by_source[e["source"]] += 1
+        stats.per_day[time.strftime("%m-%d", time.gmtime(at))][e["source"]] += 1
+        if e["rating"]:
+            stats.ratings[e["rating"]] += 1
+        if e["source"] != "operator":
+            stats.latencies_ms.append(int(e["latency_ms"] or 0))
+        if at >= midnight:
+            chats_today.add(e["chat_id"])
+            stats.today["messages"] += 1
+    stats.today["conversations"], stats.week["conversations"] = len(chats_today), len(chats_week)
+    return stats
+
+
+def format_stats(stats: Stats, model_version: str | None) -> str:
+    up, down = stats.ratings["up"], stats.ratings["down"]
+    lines = [f"Today: {stats.today['conversations']} conversations, {stats.today['messages']} messages",
+             f"7 days: {stats.week['conversations']} conversations, {stats.week['messages']} messages",
+             "Answers by source (7 days): " + ", ".join(f"{s} {stats.by_source[s]}" for s in SOURCES),
+             f"Ratings: 👍 {up} / 👎 {down}" + (f" ({up / (up + down):.0%} positive)" if up + down else ""),
+             "Answer latency: " + (f"p50 {_pct(stats.latencies_ms, 50)} ms, p95 {_pct(stats.latencies_ms, 95)} ms"
+                                   if stats.latencies_ms else "no answers yet"),
+             f"Model: {model_version or 'unknown (llmcore unreachable)'}"]
+    return "\n".join(lines)
+
+
+def chart(stats: Stats) -> bytes | None:
+    """Answers per day by source, as a PNG; None when there is nothing to draw."""
+    if not stats.per_day:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    days = sorted(stats.per_day)
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    bottom = [0] * len(days)
+    for source in SOURCES:
+        counts = [stats.per_day[d][source] for d in days]
+        ax.bar(days, counts, bottom=bottom, label=source)
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    ax.set_ylabel("answers")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pct(values: list[int], q: int) -> int:
+    if len(values) < 2:
+        return values[0]
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1])

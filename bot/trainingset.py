@@ -1,0 +1,36 @@
+"""The training set a /retrain sends to llmcore: what the bot learned from its own conversations.
+
+Logged exchanges that were not rated 👎 and were not fallbacks, operators' answers (pinned to the
+training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is), and
+every FAQ question with its answer; deduplicated, already scrubbed of personal data when logged.
+"""
+from __future__ import annotations
+
+from bot.exchanges import ExchangeLog
+from bot.faq import FaqStore
+
+OPERATOR_WEIGHT = 3
+
+
+def _conversation(question: str, answer: str, source: str) -> dict:
+    meta = {"source": source, **({"pin": True} if source == "operator" else {})}
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], "meta": meta}
+
+
+async def build_training_set(log: ExchangeLog, faq: FaqStore) -> list[dict]:
+    seen: set[tuple[str, str]] = set()
+    out: list[dict] = []
+
+    def add(question: str, answer: str, source: str) -> None:
+        key = (question.strip(), answer.strip())
+        if not all(key) or key in seen:
+            return
+        seen.add(key)
+        out.extend([_conversation(*key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
+
+    async for record in log.conversations():
+        add(record["messages"][0]["content"], record["messages"][1]["content"], record["meta"]["source"])
+    for entry in await faq.entries():
+        for question in (entry.question, *entry.similar):
+            add(question, entry.answer, "faq")
+    return out
