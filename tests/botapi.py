@@ -221,10 +221,12 @@ class BotApiServer:
         self._user_messages: dict[tuple[int, int], dict] = {}
         self._closing = False
         self._methods: dict[str, tuple[str, Callable]] = {}
+        self.uploads: dict[str, bytes] = {}
+        self.forbidden: set[int] = set()
         for name in ("getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "sendMessage", "editMessageText",
                      "editMessageReplyMarkup", "deleteMessage", "sendChatAction", "answerCallbackQuery", "sendMessageDraft",
                      "setMyCommands", "getMyCommands", "deleteMyCommands", "sendDocument", "sendPhoto", "setMessageReaction",
-                     "getChat"):
+                     "getChat", "getFile"):
             self._methods[name.lower()] = (name, getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower()))
 
     # ---- lifecycle
@@ -320,7 +322,29 @@ class BotApiServer:
             self._next_message_id[chat_id] = max(self._next_message_id.get(chat_id, 1), message["message_id"] + 1)
             self._user_messages[(chat_id, message["message_id"])] = message
 
+    def add_file(self, content: bytes, file_name: str = "file.bin") -> dict:
+        """A file a user sends (e.g. a document): its Document JSON; getFile and the download serve its bytes."""
+        file_id = f"UPLOAD{next(_ids)}"
+        self.uploads[file_id] = content
+        return {"file_id": file_id, "file_unique_id": file_id[-8:], "file_name": file_name, "file_size": len(content)}
+
+    def forbid(self, chat_id: int) -> None:
+        """The bot was removed from this chat: sending there answers 403, as Telegram does."""
+        self.forbidden.add(chat_id)
+
+    def _get_file(self, params: dict) -> dict:
+        file_id = params.get("file_id")
+        if file_id not in self.uploads:
+            raise bad_request("invalid file_id")
+        return {"file_id": file_id, "file_unique_id": file_id[-8:], "file_size": len(self.uploads[file_id]),
+                "file_path": f"documents/{file_id}"}
+
     async def _handle(self, request: web.Request) -> web.Response:
+        download = re.fullmatch(r"/file/bot([^/]+)/documents/([A-Za-z0-9]+)", request.path)
+        if download:
+            if download.group(1) != self.token or download.group(2) not in self.uploads:
+                return web.Response(status=404)
+            return web.Response(body=self.uploads[download.group(2)])
         m = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", request.path)
         if not m:
             return _reply(ApiError(404, "Not Found"))
@@ -333,6 +357,8 @@ class BotApiServer:
                 raise ApiError(404, "Not Found")
             self.calls.append((method, params))
             self._notify()
+            if method.startswith(("send", "edit")) and params.get("chat_id") in self.forbidden:
+                raise ApiError(403, "Forbidden: bot was kicked from the supergroup chat")
             if self._flood_left > 0 and method.startswith(("send", "edit")):
                 self._flood_left -= 1
                 raise ApiError(429, f"Too Many Requests: retry after {self._flood_retry}", {"retry_after": self._flood_retry})

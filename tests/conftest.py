@@ -159,3 +159,23 @@ async def llmcore_url(tiny_models: Path):
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
+
+
+@pytest.fixture
+async def telegram():
+    """The local Bot API server (tests/botapi.py) on a free port."""
+    from .botapi import BotApiServer
+
+    async with BotApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def seeded(redis, prefix):
+    """A FAQ store under this test's prefix holding the first three FAQ_PAIRS."""
+    from bot.faq import FaqStore
+    from bot.search import FaqEntry
+
+    faq = FaqStore(redis, prefix)
+    await faq.add_many([FaqEntry("", q, a) for q, a in FAQ_PAIRS[:3]])
+    return faq

@@ -1,0 +1,141 @@
+"""Admin commands end to end: only ADMIN_IDS get in (an audit line for the others), malformed arguments get
+a usage line, FAQ management, /models /promote /rollback, /why, /stats, /export, FAQ documents."""
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from aiohttp import web
+
+from llmcore.registry import Registry
+from llmcore.server import create_app
+from llmcore.settings import ServeSettings
+from llmcore.train import TrainOptions, train
+from llmcore.worker import Worker
+
+from .botapi import USER_ID, callback_update, message_update, text_update
+from .botkit import IN_FAQ, ask, running_bot, settings_for
+from .conftest import FAQ_PAIRS, TINY_MODEL, free_port
+
+ADMIN = 777
+TOKEN = "bot-admin-token"
+
+
+@pytest.fixture
+async def llmcore_admin(tiny_models, tmp_path):
+    """A real llmcore with an admin token over a copy of the tiny registry, plus a second version v0002."""
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    data = tmp_path / "more.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                         ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
+    train(TrainOptions(data=[str(data)], arch="transformer", models=str(root), epochs=2, val_fraction=0.0, progress=False,
+                       min_freq=1, model_overrides=TINY_MODEL, device="cpu"))
+    worker = Worker(Registry(root), torch.device("cpu"), max_batch=4)
+    runner = web.AppRunner(create_app(ServeSettings(models=root, admin_token=TOKEN), worker))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", Registry(root)
+    await runner.cleanup()
+
+
+def admin_settings(telegram, redis_url, llmcore_url, prefix, **extra):
+    return settings_for(telegram, redis_url, llmcore_url, prefix, "polling", admin_ids=str(ADMIN), llmcore_admin_token=TOKEN, **extra)
+
+
+async def as_admin(telegram, text: str) -> dict:
+    return await ask(telegram, text, chat_id=ADMIN, user_id=ADMIN)
+
+
+async def test_strangers_are_refused_and_audited(telegram, redis_url, llmcore_admin, prefix, redis, seeded, caplog):
+    url, registry = llmcore_admin
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        with caplog.at_level(logging.WARNING):
+            for command in ("/retrain", "/promote v0002", "/faq_add 问 || 答", "/faq_del 1", "/export", "/stats", "/rollback"):
+                reply = await ask(telegram, command, username=f"admin{ADMIN}")  # a name that looks like an admin's is nothing
+                assert reply["text"] == "Not allowed. / 无权限。"
+        assert sum("audit:" in r.getMessage() for r in caplog.records) == 7
+    assert registry.current() == "v0001" and len(await seeded.entries()) == 3 and not (registry.root / "jobs").exists()
+
+
+async def test_faq_management_and_malformed_arguments(telegram, redis_url, llmcore_admin, prefix, seeded):
+    url, _ = llmcore_admin
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        assert "Usage" in (await as_admin(telegram, "/faq_add 只有问题"))["text"]
+        added = await as_admin(telegram, "/faq_add 营业时间是几点？ || 每天9点到21点。")
+        entry_id = added["text"].split()[-1].rstrip(".")
+        assert (await ask(telegram, "营业时间是几点？"))["text"] == "每天9点到21点。"  # users get it at once
+        listing = await as_admin(telegram, "/faq_list")
+        assert f"{entry_id}. 营业时间是几点？" in listing["text"]
+        assert "Usage" in (await as_admin(telegram, "/faq_del abc"))["text"]
+        assert (await as_admin(telegram, f"/faq_del {entry_id}"))["text"] == f"Removed FAQ entry {entry_id}."
+        assert (await as_admin(telegram, f"/faq_del {entry_id}"))["text"] == f"No FAQ entry {entry_id}."
+        assert "Usage" in (await as_admin(telegram, "/promote nonsense"))["text"]
+        assert "Unknown argument" in (await as_admin(telegram, "/retrain foo -3"))["text"]
+        assert "between 0 and 120" in (await as_admin(telegram, "/retrain -3"))["text"]
+
+
+async def test_faq_documents_import_and_bad_ones_change_nothing(telegram, redis_url, llmcore_admin, prefix, seeded):
+    url, _ = llmcore_admin
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        good = telegram.add_file("question,answer\n几点发货？,下午四点前下单当天发\n".encode(), "faq.csv")
+        reply = await telegram_doc(telegram, good)
+        assert reply["text"] == "Imported 1 FAQ entries."
+        assert (await ask(telegram, "几点发货？"))["text"] == "下午四点前下单当天发"
+        bad_type = telegram.add_file(b"%PDF-1.4", "faq.pdf")
+        assert ".jsonl" in (await telegram_doc(telegram, bad_type))["text"]
+        broken = telegram.add_file(b'{"messages": 3}\n', "faq.jsonl")
+        assert "Nothing was imported: faq.jsonl:1" in (await telegram_doc(telegram, broken))["text"]
+        huge = {**telegram.add_file(b"x", "faq.csv"), "file_size": 50 << 20}
+        assert "over 5 MB" in (await telegram_doc(telegram, huge))["text"]
+    assert len(await seeded.entries()) == 4
+
+
+async def telegram_doc(telegram, document: dict) -> dict:
+    mark = len(telegram.calls)
+    await telegram.push(message_update(chat_id=ADMIN, user_id=ADMIN, document=document))
+    _, params = await telegram.wait_for("sendMessage", since=mark)
+    return params
+
+
+async def test_models_promote_rollback_why_stats_export(telegram, redis_url, llmcore_admin, prefix, seeded):
+    url, registry = llmcore_admin
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        listing = (await as_admin(telegram, "/models"))["text"]
+        assert "v0001" in listing and "v0002" in listing and "v0001" in listing.split("← current")[0].splitlines()[-1]
+        assert (await as_admin(telegram, "/promote v0002"))["text"] == "✅ v0002 now serves."
+        assert registry.current() == "v0002"
+        assert "v0009" in (await as_admin(telegram, "/promote v0009"))["text"]  # not found: said, nothing moved
+        assert (await as_admin(telegram, "/rollback"))["text"] == "↩️ Rolled back: v0001 now serves."
+        assert registry.current() == "v0001"
+
+        answer = await ask(telegram, IN_FAQ[0][0], chat_id=ADMIN, user_id=ADMIN)
+        answered = telegram.messages[ADMIN][-1]["message"]
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/why", chat_id=ADMIN, user_id=ADMIN, reply_to=answered))
+        _, why = await telegram.wait_for("sendMessage", since=mark)
+        assert "Source: faq" in why["text"] and "FAQ score: 1.000" in why["text"] and IN_FAQ[0][0] in why["text"]
+        assert answer["text"] == IN_FAQ[0][1]
+        assert "Reply with /why" in (await as_admin(telegram, "/why"))["text"]
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/stats", chat_id=ADMIN, user_id=ADMIN))
+        _, text = await telegram.wait_for("sendMessage", since=mark)
+        assert "Today: 1 conversations, 1 messages" in text["text"] and "faq 1" in text["text"] and "v0001" in text["text"]
+        await telegram.wait_for("sendPhoto", since=mark)
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/export", chat_id=ADMIN, user_id=ADMIN))
+        _, exported = await telegram.wait_for("sendDocument", since=mark)
+        assert exported["caption"] == f"{len(IN_FAQ)} conversations"  # the logged FAQ answer duplicates a FAQ pair
+
+
+async def test_operators_decision_buttons_need_an_admin(telegram, redis_url, llmcore_admin, prefix, seeded):
+    url, registry = llmcore_admin
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        mark = len(telegram.calls)
+        await telegram.push(callback_update("job:promote:20260101-000000-001", user_id=USER_ID))
+        _, answer = await telegram.wait_for("answerCallbackQuery", since=mark)
+        assert answer["text"] == "Not allowed." and registry.current() == "v0001"
