@@ -47,7 +47,8 @@ async def test_handoff_both_ways_and_the_answer_becomes_training_data(telegram, 
         await operator_says(telegram, "订单号在“我的订单”里。", bob_request)
         _, to_alice = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == alice, since=mark)
         _, to_bob = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == bob, since=mark)
-        assert to_alice["text"] == "👩‍💼 人工客服：您好，包裹在中转站，明天送达。" and to_bob["text"] == "👩‍💼 人工客服：订单号在“我的订单”里。"
+        assert to_alice["text"] == "👩‍💼 人工客服：您好，包裹在中转站，明天送达。"
+        assert to_bob["text"] == "👩‍💼 人工客服：订单号在“我的订单”里。"
         for _ in range(50):  # the answer is logged right after it is sent
             entries = [e for _, e in await redis.xrange(f"{prefix}log") if e["source"] == "operator"]
             if len(entries) == 2:
