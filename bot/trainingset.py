@@ -1,8 +1,9 @@
 """The training set a /retrain sends to llmcore: what the bot learned from its own conversations.
 
 Logged exchanges that were not rated 👎 and were not fallbacks, operators' answers (pinned to the
-training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is), and
-every FAQ question with its answer; deduplicated, already scrubbed of personal data when logged.
+training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is; the
+bot's own answers to a question an operator answered are left out), and every FAQ question with its
+answer; deduplicated, already scrubbed of personal data when logged.
 """
 from __future__ import annotations
 
@@ -28,8 +29,13 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore) -> list[dict]:
         seen.add(key)
         out.extend([_conversation(*key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
-    async for record in log.conversations():
-        add(record["messages"][0]["content"], record["messages"][1]["content"], record["meta"]["source"])
+    records = [r async for r in log.conversations()]
+    answered_by_people = {r["messages"][0]["content"].strip() for r in records if r["meta"]["source"] == "operator"}
+    for record in records:
+        question, answer, source = record["messages"][0]["content"], record["messages"][1]["content"], record["meta"]["source"]
+        if source != "operator" and question.strip() in answered_by_people:
+            continue  # an operator answered this question: that answer supersedes the bot's own
+        add(question, answer, source)
     for entry in await faq.entries():
         for question in (entry.question, *entry.similar):
             add(question, entry.answer, "faq")

@@ -30,8 +30,9 @@ async def running_bot(settings: BotSettings, telegram: BotApiServer):
     application = build_application(settings)
     stop = asyncio.Event()
     runner = run_webhook(application, settings, stop) if settings.webhook_url else run_polling(application, stop)
+    mark = len(telegram.calls)
     task = asyncio.create_task(runner)
-    await telegram.wait_for("setWebhook" if settings.webhook_url else "getUpdates", timeout=20)
+    await telegram.wait_for("setWebhook" if settings.webhook_url else "getUpdates", since=mark, timeout=20)
     try:
         yield application
     finally:

@@ -1,0 +1,41 @@
+"""The loop, proven: conversations → operators' answers → /retrain → promotion → better answers."""
+import shutil
+
+import pytest
+import torch
+from aiohttp import web
+
+from llmcore.registry import Registry
+from llmcore.server import create_app
+from llmcore.settings import ServeSettings
+from llmcore.worker import Worker
+
+from .botkit import settings_for
+from .conftest import TINY_MODEL, free_port
+from .loopflow import ADMIN, OPERATORS, run_loop
+
+TOKEN = "loop-admin-token"
+
+
+@pytest.fixture
+async def llmcore_for_loop(tiny_models, tmp_path):
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    worker = Worker(Registry(root), torch.device("cpu"), max_batch=8)
+    runner = web.AppRunner(create_app(ServeSettings(models=root, admin_token=TOKEN), worker))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", Registry(root)
+    await runner.cleanup()
+
+
+async def test_operators_answers_come_back_from_the_retrained_model(telegram, redis_url, llmcore_for_loop, prefix, seeded):
+    url, registry = llmcore_for_loop
+    shape = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
+    settings = settings_for(telegram, redis_url, url, prefix, "polling", admin_ids=str(ADMIN), operator_chat_id=OPERATORS,
+                            llmcore_admin_token=TOKEN, retrain_shape=shape, min_confidence=-2.0, min_training_conversations=5)
+    result = await run_loop(telegram, settings, minutes=0.5)
+    assert result["version"] == "v0002" and registry.current() == "v0002"
+    assert result["before_char_f1"] < 0.5, result["before"]
+    assert result["after_char_f1"] >= 0.8, result["after"]
