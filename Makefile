@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 	$(PY) bench/bot.py
+	$(PY) bench/loop.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,12 +15,12 @@ from .botapi import BotApiServer, callback_update, text_update
 from .botkit import ask, running_bot
 
 ADMIN, OPERATORS, OPERATOR = 777, -100777, 9001
-NEW_QA = [  # questions the first model never saw, and what the operators answer
-    ("优惠券可以叠加使用吗？", "每笔订单只能使用一张优惠券，不能叠加。"),
-    ("会员积分多久过期？", "会员积分在获得后的第二年年底过期。"),
-    ("可以修改收货地址吗？", "发货前可以在订单详情页修改收货地址。"),
+NEW_QA = [  # questions neither the first model nor the demo FAQ knows, and what the operators answer
+    ("你们招聘客服吗？", "我们在官网的加入我们页面发布招聘信息。"),
+    ("可以加盟开店吗？", "目前暂不开放加盟合作，感谢关注。"),
+    ("收不收二手商品？", "我们不回收二手商品，敬请谅解。"),
     ("Do you have a physical store?", "We are online only; there is no physical store."),
-    ("下单后多久发货？", "下单后四十八小时内发货。"),
+    ("公司员工有内购价吗？", "员工内购请咨询公司人事部门。"),
 ]
 
 

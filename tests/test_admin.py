@@ -139,3 +139,24 @@ async def test_operators_decision_buttons_need_an_admin(telegram, redis_url, llm
         await telegram.push(callback_update("job:promote:20260101-000000-001", user_id=USER_ID))
         _, answer = await telegram.wait_for("answerCallbackQuery", since=mark)
         assert answer["text"] == "Not allowed." and registry.current() == "v0001"
+
+
+async def test_retrain_refuses_little_data_and_runs_one_job_at_a_time(telegram, redis_url, llmcore_admin, prefix, seeded):
+    import aiohttp
+
+    url, registry = llmcore_admin
+    shape = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix, retrain_shape=shape), telegram):
+        little = await as_admin(telegram, "/retrain")
+        assert "Too little data to retrain: 3 conversations" in little["text"] and not (registry.root / "jobs").exists()
+        for i, (q, a) in enumerate(FAQ_PAIRS * 2):
+            await seeded.add(f"{q} ({i})", a)  # enough for a job now
+        first = await as_admin(telegram, "/retrain lstm 1")
+        assert first["text"].startswith("Training job") and "(lstm," in first["text"]
+        second = await as_admin(telegram, "/retrain")
+        assert second["text"].startswith("A training job is already running:")
+        async with aiohttp.ClientSession() as session:  # stop it: this test is not about its result
+            async with session.post(f"{url}/admin/train/cancel", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                assert response.status == 200
+        _, failed = await telegram.wait_for(lambda m, p: m == "sendMessage" and "Training failed" in p.get("text", ""), timeout=30)
+        assert "stopped before it finished" in failed["text"] and registry.current() == "v0001"
