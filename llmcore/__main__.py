@@ -107,6 +107,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         compare_current=args.compare_current, result_file=args.result_file,
     )
     metrics = main(opts)
+    if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports
+        return
     print(json.dumps(metrics, ensure_ascii=False, indent=2))
     print(
         f"trained {metrics['version']}{' (current)' if opts.promote else ''}: "

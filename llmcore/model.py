@@ -173,8 +173,11 @@ class LanguageModel(nn.Module):
 
     config: ModelConfig
 
-    def forward(self, idx: Tensor) -> Tensor:
-        """Logits for every position: (B, T) -> (B, T, V)."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, ignore_index: int = -100) -> Tensor:
+        """Logits for every position: (B, T) -> (B, T, V); with targets, the training loss instead (so that a
+        DistributedDataParallel wrapper, which hooks forward, sees the loss computation)."""
+        if targets is not None:
+            return self.loss(idx, targets, ignore_index)
         return self.head(self.hidden_states(idx))
 
     def loss(self, idx: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from llmcore.dataset import IGNORE_INDEX, Conversation, data_sha256, make_batches, make_examples, read_conversations, split_conversations
+from llmcore.distributed import Distributed
 from llmcore.evaluate import evaluate, loss_on
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
@@ -136,10 +137,11 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     started = time.monotonic()
     random.seed(opts.seed)
     torch.manual_seed(opts.seed)
-    device = resolve_device(opts.device)
+    dist = Distributed.from_env(opts.device)
+    device = dist.device or resolve_device(opts.device)
     registry = Registry(opts.models)
     registry.root.mkdir(parents=True, exist_ok=True)  # fail now, not after minutes of training
-    progress = ProgressFile(opts.progress_file)
+    progress = ProgressFile(opts.progress_file if dist.is_main else None)
     progress.write(stage="preparing", force=True)
     conversations, skipped = read_conversations(opts.data, skip_bad=opts.skip_bad)
     train_convs, val_convs = split_conversations(conversations, opts.val_fraction, opts.seed)
@@ -149,13 +151,21 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",
                 opts.arch, model.num_params(), tokenizer.vocab_size, len(train_convs), len(val_convs), skipped, device)
 
-    history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress)
+    try:
+        history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress, dist)
+    except BaseException:
+        dist.close()
+        raise
+    if not dist.is_main:  # rank 0 evaluates and writes the version
+        dist.close()
+        return "", {"rank": dist.rank, "world_size": dist.world_size}
     progress.write(stage="evaluating", force=True)
     metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
     if opts.compare_current and registry.current() and val_convs:
         metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
     metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
     metrics["train_seconds"] = stats["train_seconds"]
+    metrics["world_size"] = dist.world_size
     metrics["total_seconds"] = round(time.monotonic() - started, 2)
 
     with registry.staging() as staged:
@@ -169,6 +179,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     if opts.result_file:
         _write_atomic(Path(opts.result_file), _json(metrics))
     progress.write(stage="done", version=version, force=True)
+    dist.close()
     return version, metrics
 
 
@@ -200,7 +211,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
-                 opts: TrainOptions, device: torch.device, progress_file: ProgressFile | None = None) -> tuple[History, dict]:
+                 opts: TrainOptions, device: torch.device, progress_file: ProgressFile | None = None,
+                 dist: Distributed | None = None) -> tuple[History, dict]:
     """The loop: returns the loss history and throughput.
 
     Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
@@ -209,18 +221,20 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     examples = make_examples(train_convs, tokenizer, model.config.block_size)
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
-    rng = random.Random(opts.seed)
+    dist = dist or Distributed()
+    rng = random.Random(opts.seed)  # the same on every rank: each takes its own share of the same batches
     batch_tokens = opts.batch_tokens or auto_batch_tokens(examples)
-    steps_per_epoch = len(make_batches(examples, batch_tokens, tokenizer.pad_id))
+    steps_per_epoch = dist.steps(len(make_batches(examples, batch_tokens, tokenizer.pad_id)))
     total_steps = steps_per_epoch * opts.epochs if opts.epochs else None
     budget_s = opts.max_minutes * 60 if opts.max_minutes else None
     eval_every_s = max(MIN_EVAL_INTERVAL_S, budget_s / EVALS_PER_BUDGET) if budget_s else None  # else: every epoch
     peak_lr = PEAK_LR[model.config.arch] if opts.lr is None else opts.lr
     optimizer = make_optimizer(model, peak_lr, device)
+    trainee = dist.wrap(model)  # DistributedDataParallel across ranks, the model itself alone
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
     step, tokens, bad_evals, epoch = 0, 0, 0, 0
     t0 = last_eval = time.monotonic()
-    bar = tqdm(total=100, unit="%", disable=not opts.progress, dynamic_ncols=True,
+    bar = tqdm(total=100, unit="%", disable=not opts.progress or not dist.is_main, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 15.0,  # a log file gets a line now and then, not every step
                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
     stop_reason = None
@@ -228,15 +242,15 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     try:
         while stop_reason is None:
             epoch += 1
-            for x, y in make_batches(examples, batch_tokens, tokenizer.pad_id, rng):
+            for x, y in dist.share(make_batches(examples, batch_tokens, tokenizer.pad_id, rng)):
                 elapsed = time.monotonic() - t0
-                progress = max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+                progress = dist.agree(max(step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0))
                 if progress >= 1.0:
                     stop_reason = "epochs" if total_steps and step >= total_steps else "time"
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, progress, peak_lr)
-                loss = train_step(model, optimizer, x.to(device), y.to(device), device)
+                loss = train_step(trainee, optimizer, x.to(device), y.to(device), device)
                 step += 1
                 tokens += int((x != tokenizer.pad_id).sum())
                 history.steps.append(step)
@@ -249,7 +263,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                     progress_file.write(stage="training", progress=round(progress, 4), epoch=epoch, step=step, loss=round(loss, 4),
                                         tokens_per_s=round(tokens / max(elapsed, 1e-9)), elapsed_s=round(elapsed, 1),
                                         eta_s=round((1 - progress) / rate, 1) if rate > 0 else None)
-                if eval_every_s and time.monotonic() - last_eval >= eval_every_s:
+                if eval_every_s and dist.agree(float(time.monotonic() - last_eval >= eval_every_s)):  # every rank at the same step
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
                     last_eval = time.monotonic()
                     if bad_evals >= opts.patience:
@@ -263,6 +277,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     finally:
         bar.close()
     train_seconds = time.monotonic() - t0
+    tokens = dist.total(tokens)  # every rank's tokens: the throughput of the whole job
     if not history.val_steps or history.val_steps[-1] != step:
         validate(model, tokenizer, val_convs, history, best, step, bad_evals)
     restored = bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
@@ -273,9 +288,9 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                      "batch_tokens": batch_tokens, "peak_lr": peak_lr}
 
 
-def train_step(model: LanguageModel, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     with autocast(device):
-        loss = model.loss(x, y, IGNORE_INDEX)
+        loss = model(x, y, IGNORE_INDEX)  # forward with targets: the loss (through DDP's hooks when distributed)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
