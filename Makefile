@@ -28,10 +28,10 @@ lint: install
 test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-# For now: trains the demo model on first use (about 3 minutes on 2 CPU cores), then a terminal chat with it.
+# Everything on this machine: a private Redis (data under var/), the demo model on first use (about 3 minutes
+# on 2 CPU cores), llmcore serve, and the bot: Telegram with TELEGRAM_BOT_TOKEN, the terminal chat without.
 run: install
-	@test -L $(MODELS)/current || $(PY) -m llmcore train --arch transformer --models $(MODELS) --max-minutes 3 --val-fraction 0 --promote
-	$(PY) -m llmcore chat --models $(MODELS)
+	$(PY) -m bot up --models $(MODELS)
 
 bench: install
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -1,5 +1,6 @@
 """Kefu's bot from the command line.
 
+    python -m bot up                          # everything on this machine (what `make run` runs)
     python -m bot run                         # long polling; a webhook when WEBHOOK_URL is set
     python -m bot shell                       # chat in the terminal (no Telegram needed)
     python -m bot faq import FILE             # chat JSONL two-message conversations, or CSV question,answer
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 from bot.exchanges import ExchangeLog
 from bot.faq import FaqStore
 from bot.settings import BotSettings
+from bot.stack import StackError
 from llmcore.dataset import DataError
 
 EXIT_BAD_INPUT = 2
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the bot: long polling, or a webhook when WEBHOOK_URL is set")
     sub.add_parser("shell", help="chat in the terminal through the same handlers (no Telegram needed)")
+    stack = sub.add_parser("up", help="everything on this machine: Redis, the model, llmcore serve, the bot (what `make run` runs)")
+    stack.add_argument("--models", default="models", help="model registry folder (the demo model is trained into it if empty)")
+    stack.add_argument("--var", default="var", help="folder for Redis data (AOF) and logs")
     faq = sub.add_parser("faq", help="manage the FAQ").add_subparsers(dest="faq_command", required=True)
     faq_import = faq.add_parser("import", help="add entries from chat JSONL or CSV question,answer")
     faq_import.add_argument("file", help="a .jsonl or .csv file")
@@ -105,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = BotSettings()
         if args.command == "run":
             run(settings)
+        elif args.command == "up":
+            from pathlib import Path
+
+            from bot.stack import up
+
+            return up(Path(args.models), Path(args.var))
         elif args.command == "shell":
             from bot.shell import main as shell_main
 
@@ -116,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print("error: invalid settings: " + "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()),
               file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

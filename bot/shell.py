@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import inspect
 import itertools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from telegram import Update
 from telegram.request import BaseRequest, RequestData
@@ -91,16 +92,39 @@ def make_update(line: str, request: TerminalRequest, update_id: int) -> dict | N
     return {"update_id": update_id, "message": message}
 
 
-async def run_shell(settings: BotSettings, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+async def stdin_reader() -> Callable[[str], Awaitable[str]]:
+    """Lines from standard input without a thread (a thread blocked in input() would keep Ctrl-C from exiting)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def read(prompt: str) -> str:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = await reader.readline()
+        if not line:
+            raise EOFError
+        return line.decode("utf-8", errors="replace").rstrip("\r\n")
+    return read
+
+
+async def run_shell(settings: BotSettings, read: Callable[[str], str | Awaitable[str]] = input,
+                    write: Callable[[str], None] = print) -> None:
     request = TerminalRequest(write)
     application = build_application(settings, token="0:shell", request=request)
     loop = asyncio.get_running_loop()
+
+    async def next_line() -> str:
+        if inspect.iscoroutinefunction(read):
+            return await read("you> ")
+        return await loop.run_in_executor(None, read, "you> ")
+
     async with running(application) as kefu:
         write(f"Kefu shell — FAQ entries: {await _count(kefu)}, model: {settings.llmcore_url}. "
               "Type a question; #N presses a button; Ctrl-D quits.")
         for update_id in itertools.count(int(time.time() * 1000)):  # increasing across restarts: no false duplicates
             try:
-                line = (await loop.run_in_executor(None, read, "you> ")).strip()
+                line = (await next_line()).strip()
             except (EOFError, KeyboardInterrupt):
                 write("")
                 return

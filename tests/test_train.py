@@ -194,22 +194,33 @@ def test_torchrun_two_processes_write_one_version(tmp_path, faq_file):
     """DDP on CPU (gloo), as `torchrun --nproc_per_node 2 -m llmcore train` runs it: rank 0 alone writes the version."""
     import math
     import os
-    import subprocess
     import sys
 
     models = tmp_path / "models"
-    args = ["--data", str(faq_file), "--models", str(models), "--epochs", "40", "--batch-tokens", "64", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-            "--block-size", "64", "--val-fraction", "0", "--min-freq", "1", "--no-progress", "--seed", "3"]
+    args = ["--data", str(faq_file), "--models", str(models), "--epochs", "40", "--batch-tokens", "64", "--n-layer", "1",
+            "--n-embd", "32", "--n-head", "2", "--block-size", "64", "--val-fraction", "0", "--min-freq", "1", "--no-progress",
+            "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmcore",
-                           "train", *args], capture_output=True, text=True, timeout=120, env=env)
+    done = run_group([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmcore",
+                      "train", *args], env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert Registry(models).versions() == ["v0001"]  # once, not once per process
     metrics = Registry(models).metrics("v0001")
     assert metrics["world_size"] == 2 and done.stdout.count('"version": "v0001"') == 1
-    single = subprocess.run([sys.executable, "-m", "llmcore", "train", *args[:3], str(tmp_path / "single"), *args[4:]],
-                            capture_output=True, text=True, timeout=120, env=env)
+    single = run_group([sys.executable, "-m", "llmcore", "train", *args[:3], str(tmp_path / "single"), *args[4:]], env)
     assert single.returncode == 0, single.stderr[-2000:]
     alone = Registry(tmp_path / "single").metrics("v0001")
     assert metrics["steps"] <= math.ceil(alone["steps"] / 2)  # each rank took its share of the batches
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] < 0.8 * math.log(metrics["vocab_size"])  # it learned
+
+
+def run_group(command: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run in a process group of its own and kill the whole group on a timeout (torchrun's workers included)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)

@@ -1,0 +1,202 @@
+"""The whole product on one machine, one command (what `make run` starts):
+
+    python -m bot up [--models models] [--var var]
+
+1. Redis: REDIS_URL when it is set; otherwise a private redis-server child on a unix socket under
+   `var/redis/`, with AOF persistence there (a second run finds everything again).
+2. The model: when the registry has no current version, the demo model is trained first (progress bar,
+   about 3 minutes on 2 CPU cores) and promoted.
+3. `llmcore serve` as a child on a free loopback port (or LLMCORE_URL when it is set).
+4. The bot: with TELEGRAM_BOT_TOKEN the real one (polling, or a webhook with WEBHOOK_URL); without it the
+   terminal chat on the same stack.
+
+Ctrl-C or SIGTERM stops every child (Redis writes its AOF and exits); children also die with this
+process if it is killed outright (PR_SET_PDEATHSIG), so nothing is left behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from bot.settings import BotSettings
+
+logger = logging.getLogger(__name__)
+READY_TIMEOUT_S = 90
+PR_SET_PDEATHSIG = 1
+
+
+class StackError(RuntimeError):
+    """Something the user must fix; the message says what."""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()  # the terminal's Ctrl-C goes to us; we stop the children in order
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Stack:
+    def __init__(self, models: Path, var: Path) -> None:
+        self.models = models
+        self.var = var
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start_redis(self) -> str:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("redis-server is not installed: run `make run` (it installs it) or set REDIS_URL")
+        folder = self.var / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        sock = folder / "redis.sock"
+        sock.unlink(missing_ok=True)
+        log = open(folder / "redis.log", "ab")
+        process = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock.resolve()), "--unixsocketperm", "700",
+                                    "--dir", str(folder.resolve()), "--appendonly", "yes", "--appendfsync", "everysec",
+                                    "--save", "", "--daemonize", "no"], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.children.append(("redis", process))
+        _wait_for(lambda: sock.exists() and _unix_ping(sock), process, "redis-server", folder / "redis.log")
+        logger.info("redis: private server on %s (data and AOF in %s)", sock, folder)
+        return f"unix://{sock.resolve()}"
+
+    def ensure_model(self) -> None:
+        current = self.models / "current"
+        if current.is_symlink():
+            return
+        logger.info("no model yet in %s: training the demo model first (about 3 minutes on 2 CPU cores)", self.models)
+        done = subprocess.run([sys.executable, "-m", "llmcore", "train", "--arch", "transformer", "--models", str(self.models),
+                               "--max-minutes", "3", "--val-fraction", "0", "--promote"], stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise StackError(f"training the demo model failed (exit {done.returncode}); see the lines above")
+
+    def start_llmcore(self, admin_token: str) -> str:
+        port = _free_port()
+        folder = self.var / "log"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "llmcore.log", "ab")
+        env = {**os.environ, "LLMCORE_ADMIN_TOKEN": admin_token}
+        process = subprocess.Popen([sys.executable, "-m", "llmcore", "serve", "--models", str(self.models), "--host", "127.0.0.1",
+                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        self.children.append(("llmcore", process))
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _http_ok(url + "/healthz"), process, "llmcore serve", folder / "llmcore.log")
+        logger.info("llmcore: serving %s at %s (log: %s)", self.models, url, folder / "llmcore.log")
+        return url
+
+    def stop(self) -> None:
+        """Children in reverse order: llmcore, then Redis (which writes its AOF on SIGTERM)."""
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    logger.warning("%s did not stop in 15 s: killed", name)
+                    process.kill()
+                    process.wait()
+            logger.info("%s stopped", name)
+        self.children.clear()
+
+
+def up(models: Path, var: Path) -> int:
+    base = BotSettings()  # bad settings stop here, with one line naming the variable
+    stack = Stack(models, var)
+    overrides: dict = {}
+    try:
+        with _terminate_on_sigterm():
+            if "redis_url" not in base.model_fields_set:
+                overrides["redis_url"] = stack.start_redis()
+            if "llmcore_url" in base.model_fields_set:
+                if not _http_ok(base.llmcore_url + "/healthz"):
+                    raise StackError(f"LLMCORE_URL={base.llmcore_url} does not answer on /healthz")
+            else:
+                stack.ensure_model()
+                token = base.llmcore_admin_token.get_secret_value() if base.llmcore_admin_token else secrets.token_urlsafe(24)
+                overrides.update(llmcore_url=stack.start_llmcore(token), llmcore_admin_token=token)
+            settings = BotSettings(**{**base.model_dump(exclude_unset=False), **overrides})
+            _run_bot(settings)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def _run_bot(settings: BotSettings) -> None:
+    if settings.telegram_bot_token is None:
+        print("No TELEGRAM_BOT_TOKEN: chatting in the terminal on the same stack. To connect Telegram, put "
+              "TELEGRAM_BOT_TOKEN=<token from @BotFather> in .env and run `make run` again.", flush=True)
+        from bot.shell import run_shell, stdin_reader
+
+        asyncio.run(_shell(settings, run_shell, stdin_reader))
+        return
+    from bot.app import build_application, run_polling, run_webhook
+
+    application = build_application(settings)
+    asyncio.run(run_webhook(application, settings) if settings.webhook_url else run_polling(application))
+
+
+async def _shell(settings: BotSettings, run_shell, stdin_reader) -> None:
+    await run_shell(settings, read=await stdin_reader())
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: the children are stopped in order."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for(ready, process: subprocess.Popen, name: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise StackError(f"{name} exited with status {process.returncode}: " + (" | ".join(tail) or f"see {log}"))
+        if ready():
+            return
+        time.sleep(0.1)
+    raise StackError(f"{name} was not ready after {READY_TIMEOUT_S} s; see {log}")
+
+
+def _unix_ping(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(0.5)
+            conn.connect(str(path))
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,65 @@
+"""`python -m bot up` (what `make run` runs): a private Redis with AOF under var/, llmcore serve, the terminal
+chat on the same stack; Ctrl-C/SIGTERM stop every child; a second run finds the data again."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from .conftest import REPO
+
+
+def up(models, var, stdin=subprocess.PIPE) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LLMCORE_URL", "TELEGRAM_BOT_TOKEN", "WEBHOOK_URL")}
+    return subprocess.Popen([sys.executable, "-m", "bot", "up", "--models", str(models), "--var", str(var)], cwd=REPO, env=env,
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def children_of(var) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", str(var)], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if "pgrep" not in line]
+
+
+def test_up_answers_in_the_terminal_and_a_second_run_finds_its_data(tiny_models, tmp_path):
+    models, var = tmp_path / "models", tmp_path / "var"
+    shutil.copytree(tiny_models, models, symlinks=True)
+    first = up(models, var)
+    out, _ = first.communicate("怎么退货\n" + "客服电话是多少？\n", timeout=120)
+    assert first.returncode == 0, out[-3000:]
+    assert "No TELEGRAM_BOT_TOKEN" in out and "loaded" in out and "demo entries" in out
+    answers = [line for line in out.splitlines() if "kefu> " in line]
+    assert any("申请售后" in a for a in answers), out[-3000:]  # the demo FAQ's answer about returns
+    assert len(answers) >= 2
+    assert (var / "redis" / "appendonlydir").is_dir() and children_of(var) == []
+    second = up(models, var)
+    out, _ = second.communicate("怎么退货\n", timeout=120)
+    assert second.returncode == 0 and "demo entries" not in out  # the FAQ came back from the AOF: not seeded again
+    assert children_of(var) == []
+
+
+def test_sigterm_stops_every_child(tiny_models, tmp_path):
+    models, var = tmp_path / "models", tmp_path / "var"
+    shutil.copytree(tiny_models, models, symlinks=True)
+    process = up(models, var)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (var / "log" / "llmcore.log").exists():
+        time.sleep(0.2)
+    time.sleep(3)
+    assert len(children_of(var)) >= 1  # redis-server runs with var/ on its command line
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out[-2000:]
+    assert "redis stopped" in out and children_of(var) == []
+
+
+def test_bad_settings_get_one_line(tmp_path):
+    env = {**os.environ, "REDIS_URL": "http://not-redis"}
+    done = subprocess.run([sys.executable, "-m", "bot", "up", "--models", str(tmp_path / "m"), "--var", str(tmp_path / "v")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "REDIS_URL" in done.stderr and "Traceback" not in done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"LLMCORE_URL": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "bot", "up", "--models", str(tmp_path / "m"), "--var", str(tmp_path / "v")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "LLMCORE_URL=http://127.0.0.1:9 does not answer" in done.stderr
+    assert children_of(tmp_path / "v") == []
