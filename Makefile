@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
 	@command -v redis-server >/dev/null || bash .ci/install-redis
+	@bash .ci/install-nginx
 	@touch $(STAMP)
 
 test: install

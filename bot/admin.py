@@ -145,8 +145,8 @@ async def watch_job(context: Context) -> None:
     if job["status"] == "running":
         return
     context.job.schedule_removal()
-    await kefu.redis.delete(kefu.settings.redis_prefix + JOB_KEY)
-    await report_job(context, kefu, job, watched["chat_id"])
+    if await kefu.redis.delete(kefu.settings.redis_prefix + JOB_KEY):  # one report, however many bot replicas watch
+        await report_job(context, kefu, job, watched["chat_id"])
 
 
 async def report_job(context: Context, kefu: Services, job: dict, chat_id: int) -> None:

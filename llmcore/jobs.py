@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,8 +72,8 @@ class JobManager:
         with open(folder / "train.log", "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._processes[job_id] = process
-        job = {"id": job_id, "status": "running", "pid": process.pid, "arch": arch, "minutes": minutes, "epochs": epochs,
-               "num_conversations": len(conversations), "started": time.time()}
+        job = {"id": job_id, "status": "running", "pid": process.pid, "host": socket.gethostname(), "arch": arch,
+               "minutes": minutes, "epochs": epochs, "num_conversations": len(conversations), "started": time.time()}
         self._save(job)
         logger.info("training job %s started (pid %d): %s, %d conversations", job_id, process.pid, arch, len(conversations))
         return self.status(job_id)
@@ -116,8 +117,8 @@ class JobManager:
     async def check(self) -> None:
         """Finish the running job if its trainer has ended: failed, promoted, or awaiting a decision."""
         job = self.running()
-        if job is None or self._alive(job):
-            return
+        if job is None or job.get("host", socket.gethostname()) != socket.gethostname() or self._alive(job):
+            return  # still training, or another replica's trainer (sharing the models folder): that replica judges it
         result = _read_json(self.root / job["id"] / "result.json")
         if result is None:
             job.update(status="failed", ended=time.time(), error=self._why_failed(job))

@@ -116,3 +116,14 @@ async def test_a_restarted_server_finds_a_job_that_ended_while_it_was_down(tmp_p
     job = jobs.status()
     assert job["status"] == "failed" and "server was down" in job["error"]
     assert Registry(root).current() == "v0001"
+
+
+async def test_another_hosts_running_job_is_left_to_that_host(tmp_path, tiny_models):
+    """Replicas sharing a models folder: a trainer on another host is not this replica's to judge."""
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    folder = root / "jobs" / "20260101-000000-002"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "running", "pid": 2**22 + 12345, "host": "elsewhere"}))
+    await JobManager(Registry(root)).check()
+    assert JobManager(Registry(root)).status()["status"] == "running"
