@@ -36,7 +36,7 @@ class BotSettings(BaseSettings):
     min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")
     history_turns: int = Field(default=20, ge=2, description="messages kept per chat")
     history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="a quiet chat's history expires after this")
-    model_history: int = Field(default=6, ge=0, description="recent messages sent to the model with the question")
+    model_history: int = Field(default=0, ge=0, description="recent messages sent to the model with the question (0: the question alone)")
     max_answer_tokens: int = Field(default=96, ge=1, le=4096)
     log_retention_days: int = Field(default=90, ge=1, description="exchanges older than this leave the training log")
     rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")

@@ -13,7 +13,7 @@ from .conftest import free_port, keys_with, shared_file, start_redis
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])
 async def test_faq_model_feedback_and_forget(mode, telegram, redis_url, llmcore_url, prefix, redis, seeded):
-    settings = settings_for(telegram, redis_url, llmcore_url, prefix, mode)
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, mode, model_history=6)
     async with running_bot(settings, telegram):
         greeting = await ask(telegram, "/start")
         assert "Kefu" in greeting["text"]
