@@ -81,12 +81,12 @@ class LlmClient:
             await self._session.close()
 
     async def answer(self, messages: list[dict[str, str]], max_tokens: int,
-                     on_text: Callable[[str], Awaitable[None]] | None = None) -> ModelAnswer:
+                     on_text: Callable[[str], Awaitable[None]] | None = None, repetition_penalty: float = 1.0) -> ModelAnswer:
         if self.breaker.is_open:
             raise LlmUnavailable("circuit open: llmcore failed repeatedly")
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await self._with_retries(messages, max_tokens, on_text)
+                result = await self._with_retries(messages, max_tokens, on_text, repetition_penalty)
         except TimeoutError:
             self.breaker.failure()
             raise LlmUnavailable(f"no answer within {self.timeout_s:g} s") from None
@@ -97,8 +97,10 @@ class LlmClient:
         return result
 
     async def _with_retries(self, messages: list[dict[str, str]], max_tokens: int,
-                            on_text: Callable[[str], Awaitable[None]] | None) -> ModelAnswer:
+                            on_text: Callable[[str], Awaitable[None]] | None, repetition_penalty: float) -> ModelAnswer:
         body = {"model": "kefu", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": on_text is not None}
+        if repetition_penalty != 1.0:
+            body["repetition_penalty"] = repetition_penalty
         for attempt in range(4):
             try:
                 return await self._request(body, on_text)

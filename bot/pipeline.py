@@ -72,7 +72,7 @@ class Pipeline:
     async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None) -> Reply:
         messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
         try:
-            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text)
+            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text, self.settings.repetition_penalty)
         except LlmUnavailable as exc:
             logger.warning("model unavailable, answering with the fallback: %s", exc)
             return Reply(texts(lang).fallback, "fallback", None)

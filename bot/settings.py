@@ -38,6 +38,7 @@ class BotSettings(BaseSettings):
     history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="a quiet chat's history expires after this")
     model_history: int = Field(default=0, ge=0, description="recent messages sent to the model with the question (0: the question alone)")
     max_answer_tokens: int = Field(default=96, ge=1, le=4096)
+    repetition_penalty: float = Field(default=1.2, ge=1.0, le=3.0, description="discourages greedy small models from repeating")
     log_retention_days: int = Field(default=90, ge=1, description="exchanges older than this leave the training log")
     rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")
     outbound_per_second: float = Field(default=30, ge=0, description="Bot API calls per second (Telegram's limit); 0: no overall limit")

@@ -48,11 +48,11 @@ async def ask(telegram: BotApiServer, text: str, chat_id: int = USER_ID, **kw) -
     return params
 
 
-async def model_answer(llmcore_url: str, messages: list[dict]):
+async def model_answer(llmcore_url: str, messages: list[dict], repetition_penalty: float = 1.0):
     llm = LlmClient(llmcore_url, 10)
     await llm.start()
     try:
-        return await llm.answer(messages, 40)
+        return await llm.answer(messages, 40, repetition_penalty=repetition_penalty)
     finally:
         await llm.close()
 

@@ -24,7 +24,8 @@ async def test_faq_model_feedback_and_forget(mode, telegram, redis_url, llmcore_
         model_reply = await ask(telegram, MODEL_ONLY[0])
         expected = await model_answer(llmcore_url, [{"role": "user", "content": IN_FAQ[0][0]},
                                                     {"role": "assistant", "content": IN_FAQ[0][1]},
-                                                    {"role": "user", "content": MODEL_ONLY[0]}])  # the history went along
+                                                    {"role": "user", "content": MODEL_ONLY[0]}],  # the history went along
+                                       repetition_penalty=settings.repetition_penalty)
         assert model_reply["text"] == expected.text.strip() and expected.confidence >= settings.min_confidence
         assert any(m == "sendMessageDraft" for m, _ in telegram.calls)  # streamed in a private chat
 

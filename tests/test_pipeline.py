@@ -55,6 +55,7 @@ async def test_model_answer_passes_the_gate_with_history(pipeline, model_says):
     await pipeline.answer(1, 1, FAQ_PAIRS[0][0], "zh")
     reply = await pipeline.answer(1, 1, "火星上有水吗", "zh")
     assert (reply.text, reply.source, reply.version) == ("模型的回答", "model", "v0042")
+    assert model_says["asked"][0]["repetition_penalty"] == 1.2 and model_says["asked"][0]["temperature"] == 0
     assert model_says["asked"][0]["messages"] == [{"role": "user", "content": FAQ_PAIRS[0][0]},
                                                   {"role": "assistant", "content": FAQ_PAIRS[0][1]},
                                                   {"role": "user", "content": "火星上有水吗"}]
