@@ -21,6 +21,8 @@ from bot.settings import BotSettings
 from bot.texts import texts
 
 logger = logging.getLogger(__name__)
+STITCHED_FROM = 0.4  # char-F1 to the nearest FAQ answer: below, the model says something the FAQ does not
+STOCK_ANSWER = 0.9  # at or above, it repeats a FAQ answer
 
 
 @dataclass
@@ -76,9 +78,24 @@ class Pipeline:
         except LlmUnavailable as exc:
             logger.warning("model unavailable, answering with the fallback: %s", exc)
             return Reply(texts(lang).fallback, "fallback", None)
-        if not self._confident(answer):
+        if not self._confident(answer) or not await self._consistent(question, answer):
             return Reply(texts(lang).fallback, "fallback", answer.confidence, answer.version)
         return Reply(answer.text.strip(), "model", answer.confidence, answer.version)
+
+    async def _consistent(self, question: str, answer: ModelAnswer) -> bool:
+        """The knowledge-base check: a small model's mean log-probability is near 0 for right and wrong answers alike,
+        so an answer must also fit the FAQ. Text unlike every FAQ answer (learned from operators, say) must be
+        near-certain; a stock FAQ answer passes only if the question matches that entry; a stitch of stock phrases
+        never does."""
+        if not self.settings.kb_check:
+            return True
+        index = await self.faq.index()
+        nearest, similarity = index.nearest_answer(answer.text)
+        if nearest is None or similarity < STITCHED_FROM:
+            return answer.confidence is not None and answer.confidence >= self.settings.kb_novel_min_confidence
+        if similarity < STOCK_ANSWER:
+            return False
+        return index.score_for(question, nearest.id) >= self.settings.kb_check_min_score
 
     def _confident(self, answer: ModelAnswer) -> bool:
         return bool(answer.text.strip()) and answer.confidence is not None and answer.confidence >= self.settings.min_confidence

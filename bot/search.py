@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import jieba
 
+from llmcore.evaluate import char_f1
+
 jieba.setLogLevel(logging.WARNING)  # the dictionary load message is noise on every start
 
 K1, B = 1.5, 0.75
@@ -113,6 +115,19 @@ class FaqIndex:
                 best[entry] = candidate
         ranked = sorted(best.items(), key=lambda item: (-item[1][0], not item[1][1], item[0]))[: max(k, 0)]
         return [Match(self.entries[entry], score, self.doc_text[-neg_doc]) for entry, (score, _, neg_doc) in ranked]
+
+    def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
+        """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""
+        best, similarity = None, 0.0
+        for entry in self.entries:
+            value = char_f1(text, entry.answer)
+            if value > similarity:
+                best, similarity = entry, value
+        return best, similarity
+
+    def score_for(self, text: str, entry_id: str) -> float:
+        """How well `text` matches one entry (0 when it shares nothing with it)."""
+        return next((m.score for m in self.match(text, k=len(self.entries)) if m.entry.id == entry_id), 0.0)
 
     def _scores(self, terms: Counter[str]) -> dict[int, float]:
         """Normalized BM25 of every document sharing a term with the query, clipped to [0, 1]."""

@@ -15,7 +15,7 @@ from .conftest import FAQ_PAIRS, free_port
 @pytest.fixture
 async def model_says():
     """A stand-in llmcore whose next answer and confidence the test sets; records what it was asked."""
-    state = {"text": "模型的回答", "confidence": -0.2, "asked": []}
+    state = {"text": "模型的回答", "confidence": -0.05, "asked": []}
 
     async def handler(request: web.Request) -> web.Response:
         state["asked"].append(await request.json())
@@ -78,3 +78,16 @@ async def test_near_misses_come_back_as_suggestions(pipeline, model_says):
     chosen = await pipeline.answer_from_faq(1, 1, reply.suggestions[0].entry.id)
     assert chosen.text == FAQ_PAIRS[1][1] and chosen.source == "faq"
     assert await pipeline.answer_from_faq(1, 1, "999999") is None
+
+
+@pytest.mark.parametrize("question, answer, confidence, source", [
+    ("火星上有水吗", "模型自己学会的新回答", -0.05, "model"),  # unlike every FAQ answer and near-certain: learned elsewhere
+    ("火星上有水吗", "模型自己学会的新回答", -0.4, "fallback"),  # unlike the FAQ and unsure: a guess
+    ("火星上有水吗", FAQ_PAIRS[1][1], -0.01, "fallback"),  # a stock answer to a question that has nothing to do with it
+    ("运费", FAQ_PAIRS[1][1], -0.01, "model"),  # the stock answer the question points to
+    ("运费", FAQ_PAIRS[1][1][:6] + FAQ_PAIRS[0][1][:6], -0.01, "fallback"),  # stitched from two stock answers
+])
+async def test_model_answers_must_fit_the_knowledge_base(pipeline, model_says, question, answer, confidence, source):
+    model_says["text"], model_says["confidence"] = answer, confidence
+    reply = await pipeline.answer(1, 1, question, "zh")
+    assert reply.source == source, reply
