@@ -51,7 +51,9 @@ class ExchangeLog:
         fields["question"], fields["answer"] = scrub(exchange.question), scrub(exchange.answer)
         oldest = f"{int(time.time() * 1000) - self.retention_ms}-0"
         entry_id = await self.redis.xadd(self.stream, fields, minid=oldest, approximate=False)
-        await self.redis.sadd(self._user_key(exchange.user_id), entry_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # the user's index lives as long as their newest entry
+            pipe.sadd(self._user_key(exchange.user_id), entry_id).pexpire(self._user_key(exchange.user_id), self.retention_ms)
+            await pipe.execute()
         return entry_id
 
     async def get(self, entry_id: str) -> dict[str, str] | None:

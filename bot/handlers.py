@@ -237,13 +237,15 @@ async def suggestion(update: Update, context: Context) -> None:
     """A "did you mean" button: answer with that FAQ entry."""
     query, t = update.callback_query, _texts(update)
     message = query.message if isinstance(query.message, Message) else None
+    if message is None:  # a button on an inline message: no chat to answer in
+        await query.answer(t.stale_button)
+        return
     try:
-        reply = await services(context).pipeline.answer_from_faq(query.message.chat.id, query.from_user.id,
-                                                                  query.data.removeprefix("faq:"))
+        reply = await services(context).pipeline.answer_from_faq(message.chat.id, query.from_user.id, query.data.removeprefix("faq:"))
     except RedisError:
         await query.answer(t.unavailable)
         return
-    if reply is None or message is None:
+    if reply is None:
         await query.answer(t.stale_button)
         return
     await query.answer()

@@ -1,4 +1,4 @@
-"""Chats handed over to a human operator, in Redis: which chats are open, since when, their last question,
+"""Chats handed over to a human operator, in Redis: which chats are open, since when, their last question (scrubbed),
 and which message in the operators' group belongs to which chat (an operator answers by replying to it).
 
     handoffs = Handoffs(redis, prefix="kefu:", idle_s=1800)
@@ -13,7 +13,22 @@ import time
 
 from redis.asyncio import Redis
 
+from bot.pii import scrub
+
 LINK_TTL_S = 7 * 24 * 3600
+# atomic, so that a handoff closed meanwhile (by /done, /end, the idle sweep) is not brought back half-made
+OPEN_SCRIPT = """
+if redis.call('hsetnx', KEYS[1], 'user_id', ARGV[1]) == 0 then return 0 end
+redis.call('hset', KEYS[1], 'question', ARGV[2], 'opened', ARGV[3])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+TOUCH_SCRIPT = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then redis.call('hset', KEYS[1], 'question', ARGV[1]) end
+redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 class Handoffs:
@@ -27,24 +42,18 @@ class Handoffs:
         return f"{self.prefix}handoff:{chat_id}"
 
     async def open(self, chat_id: int, user_id: int, question: str) -> bool:
-        now = time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self._key(chat_id), "user_id", user_id)
-            pipe.hset(self._key(chat_id), mapping={"question": question, "opened": now})
-            pipe.zadd(self.active, {str(chat_id): now})
-            created, *_ = await pipe.execute()
-        return bool(created)
+        """Open a handoff; False (and nothing changes) when one is open already."""
+        opened = await self.redis.eval(OPEN_SCRIPT, 2, self._key(chat_id), self.active, user_id, scrub(question), time.time(), chat_id)
+        return bool(opened)
 
     async def get(self, chat_id: int) -> dict[str, str] | None:
         state = await self.redis.hgetall(self._key(chat_id))
-        return state or None
+        return state if "user_id" in state else None
 
     async def touch(self, chat_id: int, question: str | None = None) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if question is not None:
-                pipe.hset(self._key(chat_id), "question", question)
-            pipe.zadd(self.active, {str(chat_id): time.time()}, xx=True)
-            await pipe.execute()
+        """A message in an open handoff: its time (for the idle close), and the user's latest question; nothing if closed."""
+        await self.redis.eval(TOUCH_SCRIPT, 2, self._key(chat_id), self.active, "" if question is None else scrub(question),
+                              time.time(), chat_id)
 
     async def link(self, operator_message_id: int, chat_id: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -117,7 +117,7 @@ class LlmClient:
             raise RuntimeError("LlmClient.start() was not called")
         try:
             async with self._session.post(self.url, json=body) as response:
-                if response.status == 503 or response.status >= 500:
+                if response.status >= 500:  # 503 (queue full, loading) and friends: worth another try
                     raise _Retry(f"HTTP {response.status}", _retry_after(response))
                 if response.status != 200:
                     raise LlmUnavailable(f"HTTP {response.status}: {(await response.text())[:200]}")

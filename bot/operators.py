@@ -113,12 +113,20 @@ async def operator_reply(update: Update, context: Context) -> None:
         await message.reply_text(f"The handoff for chat {chat_id} is closed; nothing was sent.")
         return
     t = texts(language(message.text, None))
-    await context.bot.send_message(chat_id, t.operator_says.format(text=message.text))
+    try:
+        await context.bot.send_message(chat_id, t.operator_says.format(text=message.text))
+    except TelegramError as exc:  # the user blocked the bot, or the chat is gone
+        await message.reply_text(f"Not delivered to chat {chat_id}: {exc}")
+        return
     user_id, question = int(state["user_id"]), state.get("question") or ""
-    if question:
-        await kefu.history.append(chat_id, user_id, question, message.text)
-        await kefu.log.append(Exchange(chat_id, user_id, question, message.text, "operator", None, None, 0))
-    await kefu.handoffs.touch(chat_id)
+    try:
+        if question:
+            await kefu.history.append(chat_id, user_id, question, message.text)
+            await kefu.log.append(Exchange(chat_id, user_id, question, message.text, "operator", None, None, 0))
+        await kefu.handoffs.touch(chat_id)
+    except RedisError as exc:
+        await message.reply_text(f"Delivered to chat {chat_id}, but not logged (Redis: {exc}).")
+        return
     kefu.metrics.answers.labels("operator").inc()
 
 

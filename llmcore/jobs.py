@@ -33,6 +33,7 @@ WATCH_INTERVAL_S = 1.0
 MIN_CONVERSATIONS = 10
 MAX_MINUTES = 120
 ARCHS = ("transformer", "lstm")
+STALE_S = 300  # a trainer rewrites its progress every second; this much silence from another host means it is gone
 
 
 class JobError(ValueError):
@@ -101,7 +102,7 @@ class JobManager:
     def cancel(self) -> dict | None:
         """Stop the running trainer (SIGTERM: it writes nothing); the job ends as failed."""
         job = self.running()
-        if job is not None:
+        if job is not None and job.get("host", socket.gethostname()) == socket.gethostname():  # never a pid of another host
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job["pid"], signal.SIGTERM)
         return job
@@ -117,8 +118,15 @@ class JobManager:
     async def check(self) -> None:
         """Finish the running job if its trainer has ended: failed, promoted, or awaiting a decision."""
         job = self.running()
-        if job is None or job.get("host", socket.gethostname()) != socket.gethostname() or self._alive(job):
-            return  # still training, or another replica's trainer (sharing the models folder): that replica judges it
+        if job is None:
+            return
+        if job.get("host", socket.gethostname()) != socket.gethostname():  # another replica's trainer, or a host gone
+            if time.time() - self._last_sign_of_life(job) > STALE_S:  # (a restarted container has a new hostname)
+                job.update(status="failed", ended=time.time(), error=f"the trainer on {job['host']} stopped reporting; nothing was saved")
+                self._save(job)
+            return
+        if self._alive(job):
+            return
         result = _read_json(self.root / job["id"] / "result.json")
         if result is None:
             job.update(status="failed", ended=time.time(), error=self._why_failed(job))
@@ -144,6 +152,10 @@ class JobManager:
         if new_f1 > old_f1 + self.promote_margin:
             return True
         return new_f1 >= old_f1 and (result.get("val_loss_per_char") or 1e9) < (compare.get("val_loss_per_char") or 1e9)
+
+    def _last_sign_of_life(self, job: dict) -> float:
+        progress = _read_json(self.root / job["id"] / "progress.json") or {}
+        return max(float(progress.get("updated") or 0), float(job.get("started") or 0))
 
     def _alive(self, job: dict) -> bool:
         process = self._processes.get(job["id"])

@@ -151,36 +151,33 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",
                 opts.arch, model.num_params(), tokenizer.vocab_size, len(train_convs), len(val_convs), skipped, device)
 
-    try:
+    try:  # the other ranks wait for rank 0 at a barrier in close(): let them go however it ends
         history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress, dist)
-    except BaseException:
-        dist.close()
-        raise
-    if not dist.is_main:  # rank 0 evaluates and writes the version
-        dist.close()
-        return "", {"rank": dist.rank, "world_size": dist.world_size}
-    progress.write(stage="evaluating", force=True)
-    metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
-    if opts.compare_current and registry.current() and val_convs:
-        metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
-    metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
-    metrics["train_seconds"] = stats["train_seconds"]
-    metrics["world_size"] = dist.world_size
-    metrics["total_seconds"] = round(time.monotonic() - started, 2)
+        if not dist.is_main:  # rank 0 evaluates and writes the version
+            return "", {"rank": dist.rank, "world_size": dist.world_size}
+        progress.write(stage="evaluating", force=True)
+        metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
+        if opts.compare_current and registry.current() and val_convs:
+            metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
+        metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
+        metrics["train_seconds"] = stats["train_seconds"]
+        metrics["world_size"] = dist.world_size
+        metrics["total_seconds"] = round(time.monotonic() - started, 2)
 
-    with registry.staging() as staged:
-        save_checkpoint(staged, model, tokenizer)
-        plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
-        (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
-        version = registry.commit(staged)
-    if opts.promote:
-        registry.promote(version)
-    metrics["version"] = version
-    if opts.result_file:
-        _write_atomic(Path(opts.result_file), _json(metrics))
-    progress.write(stage="done", version=version, force=True)
-    dist.close()
-    return version, metrics
+        with registry.staging() as staged:
+            save_checkpoint(staged, model, tokenizer)
+            plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
+            (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
+            version = registry.commit(staged)
+        if opts.promote:
+            registry.promote(version)
+        metrics["version"] = version
+        if opts.result_file:
+            _write_atomic(Path(opts.result_file), _json(metrics))
+        progress.write(stage="done", version=version, force=True)
+        return version, metrics
+    finally:
+        dist.close()
 
 
 def score_version(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device) -> dict:
@@ -266,13 +263,13 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 if eval_every_s and dist.agree(float(time.monotonic() - last_eval >= eval_every_s)):  # every rank at the same step
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
                     last_eval = time.monotonic()
-                    if bad_evals >= opts.patience:
+                    if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
                         break
             else:
                 if not eval_every_s:  # epochs mode: validate at each epoch's end
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
-                    if bad_evals >= opts.patience:
+                    if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
     finally:
         bar.close()

@@ -96,3 +96,13 @@ async def test_idle_handoffs_are_found(redis, prefix):
     await handoffs.link(555, 1)
     await handoffs.forget_chat(1)
     assert await handoffs.get(1) is None and await handoffs.chat_for(555) is None and await handoffs.idle() == []
+
+
+async def test_a_late_message_does_not_bring_a_closed_handoff_back(redis, prefix):
+    handoffs = Handoffs(redis, prefix, idle_s=60)
+    assert await handoffs.open(7, 7, "我的手机是13812345678")
+    assert (await handoffs.get(7))["question"] == "我的手机是[PHONE]"  # scrubbed like the training log
+    assert await handoffs.close(7)
+    await handoffs.touch(7, question="还在吗？")  # relayed while /done closed it
+    assert await handoffs.get(7) is None and not await redis.exists(f"{prefix}handoff:7") and await handoffs.idle() == []
+    assert await handoffs.open(7, 7, "again")  # and it can be opened anew

@@ -124,6 +124,11 @@ async def test_another_hosts_running_job_is_left_to_that_host(tmp_path, tiny_mod
     shutil.copytree(tiny_models, root, symlinks=True)
     folder = root / "jobs" / "20260101-000000-002"
     folder.mkdir(parents=True)
-    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "running", "pid": 2**22 + 12345, "host": "elsewhere"}))
+    job = {"id": folder.name, "status": "running", "pid": 2**22 + 12345, "host": "elsewhere", "started": time.time()}
+    (folder / "job.json").write_text(json.dumps(job))
     await JobManager(Registry(root)).check()
     assert JobManager(Registry(root)).status()["status"] == "running"
+    (folder / "job.json").write_text(json.dumps({**job, "started": time.time() - 3600}))  # its host went away long ago
+    await JobManager(Registry(root)).check()
+    job = JobManager(Registry(root)).status()
+    assert job["status"] == "failed" and "stopped reporting" in job["error"]
