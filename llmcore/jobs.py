@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from llmcore.registry import Registry
+from llmcore.registry import Registry, write_atomic
 
 logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
@@ -191,10 +191,7 @@ class JobManager:
 
     def _save(self, job: dict) -> None:
         job = {k: v for k, v in job.items() if k != "progress"}
-        path = self.root / job["id"] / "job.json"
-        tmp = path.with_name("job.json.tmp")
-        tmp.write_text(json.dumps(job, ensure_ascii=False, indent=2), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(self.root / job["id"] / "job.json", json.dumps(job, ensure_ascii=False, indent=2))
 
 
 def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict) -> None:

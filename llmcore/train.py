@@ -30,7 +30,7 @@ from llmcore.distributed import Distributed
 from llmcore.evaluate import evaluate, loss_on
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
-from llmcore.registry import LOSS_PLOT, METRICS, Registry, save_checkpoint
+from llmcore.registry import LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
 from llmcore.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
             registry.promote(version)
         metrics["version"] = version
         if opts.result_file:
-            _write_atomic(Path(opts.result_file), _json(metrics))
+            write_atomic(Path(opts.result_file), _json(metrics))
         progress.write(stage="done", version=version, force=True)
         return version, metrics
     finally:
@@ -198,13 +198,9 @@ class ProgressFile:
         if self.path is None or (not force and time.monotonic() - self.last < 1.0):
             return
         self.last = time.monotonic()
-        _write_atomic(self.path, json.dumps({**fields, "updated": time.time()}))
+        write_atomic(self.path, json.dumps({**fields, "updated": time.time()}))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
