@@ -140,24 +140,35 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "reg"
 
 
-@pytest.fixture(scope="session")
-async def llmcore_url(tiny_models: Path):
-    """The real inference service on a free loopback port, serving tiny_models."""
-    import torch
+async def serve_app(app):
+    """An aiohttp application on a free loopback port: (runner, base URL); `await runner.cleanup()` stops it."""
     from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def serve_models(root: Path, admin_token: str | None = None, max_batch: int = 16):
+    """The real inference service over a registry folder, on the CPU: (runner, base URL)."""
+    import torch
 
     from llmcore.registry import Registry
     from llmcore.server import create_app
     from llmcore.settings import ServeSettings
     from llmcore.worker import Worker
 
-    settings = ServeSettings(models=tiny_models, request_timeout_s=30)
-    worker = Worker(Registry(tiny_models), torch.device("cpu"), max_batch=16)
-    runner = web.AppRunner(create_app(settings, worker))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    worker = Worker(Registry(root), torch.device("cpu"), max_batch=max_batch)
+    return await serve_app(create_app(ServeSettings(models=root, admin_token=admin_token, request_timeout_s=30), worker))
+
+
+@pytest.fixture(scope="session")
+async def llmcore_url(tiny_models: Path):
+    """The real inference service on a free loopback port, serving tiny_models."""
+    runner, url = await serve_models(tiny_models)
+    yield url
     await runner.cleanup()
 
 

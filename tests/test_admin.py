@@ -5,18 +5,13 @@ import logging
 import shutil
 
 import pytest
-import torch
-from aiohttp import web
 
 from llmcore.registry import Registry
-from llmcore.server import create_app
-from llmcore.settings import ServeSettings
 from llmcore.train import TrainOptions, train
-from llmcore.worker import Worker
 
 from .botapi import USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, ask, running_bot, settings_for
-from .conftest import FAQ_PAIRS, TINY_MODEL, free_port
+from .conftest import FAQ_PAIRS, TINY_MODEL, serve_models
 
 ADMIN = 777
 TOKEN = "bot-admin-token"
@@ -32,12 +27,8 @@ async def llmcore_admin(tiny_models, tmp_path):
                                          ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
     train(TrainOptions(data=[str(data)], arch="transformer", models=str(root), epochs=2, val_fraction=0.0, progress=False,
                        min_freq=1, model_overrides=TINY_MODEL, device="cpu"))
-    worker = Worker(Registry(root), torch.device("cpu"), max_batch=4)
-    runner = web.AppRunner(create_app(ServeSettings(models=root, admin_token=TOKEN), worker))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", Registry(root)
+    runner, url = await serve_models(root, TOKEN, max_batch=4)
+    yield url, Registry(root)
     await runner.cleanup()
 
 

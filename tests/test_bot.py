@@ -8,7 +8,7 @@ import pytest
 
 from .botapi import GROUP_ID, USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, MODEL_ONLY, SECRET, ask, buttons, model_answer, running_bot, settings_for
-from .conftest import free_port, keys_with, shared_file, start_redis
+from .conftest import free_port, keys_with, serve_app, shared_file, start_redis
 
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])
@@ -180,11 +180,8 @@ async def test_chats_run_concurrently_and_each_keeps_its_order(telegram, redis_u
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", slow_model)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    settings = settings_for(telegram, redis_url, f"http://127.0.0.1:{port}", prefix, "polling")
+    runner, url = await serve_app(app)
+    settings = settings_for(telegram, redis_url, url, prefix, "polling")
     try:
         async with running_bot(settings, telegram):
             other = USER_ID + 7

@@ -10,7 +10,7 @@ from bot.llm import CircuitBreaker, LlmClient, LlmUnavailable
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
 
-from .conftest import FAQ_PAIRS, free_port
+from .conftest import FAQ_PAIRS, free_port, serve_app
 
 
 @pytest.fixture
@@ -31,11 +31,7 @@ async def client_for():
 async def fake_llmcore(handler) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve_app(app)
 
 
 async def test_plain_and_streamed_answers_come_from_the_model(llmcore_url, tiny_models, client_for):

@@ -2,16 +2,11 @@
 import shutil
 
 import pytest
-import torch
-from aiohttp import web
 
 from llmcore.registry import Registry
-from llmcore.server import create_app
-from llmcore.settings import ServeSettings
-from llmcore.worker import Worker
 
 from .botkit import settings_for
-from .conftest import TINY_MODEL, free_port
+from .conftest import TINY_MODEL, serve_models
 from .loopflow import ADMIN, OPERATORS, run_loop
 
 TOKEN = "loop-admin-token"
@@ -21,12 +16,8 @@ TOKEN = "loop-admin-token"
 async def llmcore_for_loop(tiny_models, tmp_path):
     root = tmp_path / "reg"
     shutil.copytree(tiny_models, root, symlinks=True)
-    worker = Worker(Registry(root), torch.device("cpu"), max_batch=8)
-    runner = web.AppRunner(create_app(ServeSettings(models=root, admin_token=TOKEN), worker))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", Registry(root)
+    runner, url = await serve_models(root, TOKEN, max_batch=8)
+    yield url, Registry(root)
     await runner.cleanup()
 
 

@@ -9,7 +9,7 @@ from bot.llm import LlmClient
 from bot.pipeline import Pipeline
 from bot.settings import BotSettings
 
-from .conftest import FAQ_PAIRS, free_port
+from .conftest import FAQ_PAIRS, serve_app
 
 
 @pytest.fixture
@@ -24,11 +24,7 @@ async def model_says():
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    state["url"] = f"http://127.0.0.1:{port}"
+    runner, state["url"] = await serve_app(app)
     yield state
     await runner.cleanup()
 
