@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from llmcore.dataset import DEMO_DATA, IGNORE_INDEX, make_batches, make_examples, read_conversations
+from llmcore.dataset import DEMO_DATA, IGNORE_INDEX, make_batches, make_turn_examples, read_conversations
 from llmcore.model import ARCHS, LanguageModel, build_model, default_config, resolve_device
+from llmcore.prompting import PromptRecipe
+from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
 from llmcore.train import autocast, make_optimizer
 
@@ -85,11 +87,12 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     conversations, _ = read_conversations([args.data])
-    tokenizer = Tokenizer.train(m["content"] for c in conversations for m in c.messages)
+    tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), words=False)  # the default tokenizer
     summary = {"bench": "summary", "device": str(device), "threads": torch.get_num_threads(), "data": Path(args.data).name}
     for arch in ARCHS:
         model = build_model(default_config(arch, tokenizer.vocab_size)).to(device)
-        examples = make_examples(conversations, tokenizer, model.config.block_size)
+        examples = make_turn_examples(conversations, tokenizer, model.config.block_size, EvidenceIndex.build(conversations),
+                                      PromptRecipe(evidence_k=2, max_history=4))
         batches = make_batches(examples, args.batch_tokens, tokenizer.pad_id, random.Random(0))
         train_tps = train_tokens_per_s(model, batches, device, args.steps, tokenizer.pad_id)
         prompt = torch.randint(tokenizer.num_special, tokenizer.vocab_size, (1, args.prompt_tokens), device=device)

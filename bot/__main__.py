@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output file")
     export.add_argument("--include-down", action="store_true", help="also answers rated 👎")
     export.add_argument("--include-fallback", action="store_true", help="also fallback answers")
+    export.add_argument("--include-smalltalk", action="store_true", help="also the canned small-talk replies")
     return parser
 
 
@@ -80,7 +81,8 @@ async def faq_command(args: argparse.Namespace, settings: BotSettings, redis: Re
 
 async def export_command(args: argparse.Namespace, settings: BotSettings, redis: Redis) -> int:
     log = ExchangeLog(redis, settings.redis_prefix, settings.log_retention_days)
-    lines = [json.dumps(c, ensure_ascii=False) async for c in log.conversations(args.include_down, args.include_fallback)]
+    records = log.conversations(args.include_down, args.include_fallback, args.include_smalltalk)
+    lines = [json.dumps(c, ensure_ascii=False) async for c in records]
     _write_lines(lines, args.out)
     print(f"wrote {len(lines)} conversations to {args.out}", file=sys.stderr)
     return 0

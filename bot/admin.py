@@ -99,7 +99,7 @@ async def retrain(update: Update, context: Context) -> None:
         if running is not None and running["status"] == "running":
             await message.reply_text("A training job is already running:\n" + job_text(running))
             return
-        conversations = await build_training_set(kefu.log, kefu.faq)
+        conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
         if len(conversations) < kefu.settings.min_training_conversations:
             await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
                                      f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
@@ -336,7 +336,7 @@ async def faq_document(update: Update, context: Context) -> None:
 async def export(update: Update, context: Context) -> None:
     """The training data (what /retrain would use) as a JSONL document."""
     kefu = services(context)
-    conversations = await build_training_set(kefu.log, kefu.faq)
+    conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
     body = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode()
     await update.effective_message.reply_document(InputFile(io.BytesIO(body), filename="kefu-training.jsonl"),
                                                   caption=f"{len(conversations)} conversations")

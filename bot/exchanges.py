@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 from bot.pii import scrub
 
 RATINGS = ("up", "down")
-SOURCES = ("faq", "model", "fallback", "operator")
+SOURCES = ("faq", "smalltalk", "model", "fallback", "operator")
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
@@ -32,7 +33,7 @@ class Exchange:
     user_id: int
     question: str
     answer: str
-    source: str  # faq | model | fallback | operator
+    source: str  # one of SOURCES
     score: float | None  # the FAQ score, or the model's confidence (mean token log-probability)
     version: str | None  # the model version that answered
     latency_ms: int
@@ -102,12 +103,23 @@ class ExchangeLog:
                 yield entry_id, {**fields, "rating": rating or ""}
             start = "(" + chunk[-1][0]
 
-    async def conversations(self, include_down: bool = False, include_fallback: bool = False) -> AsyncIterator[dict]:
-        """Chat-format training records; 👎 answers and fallbacks are left out unless asked for."""
+    async def conversations(self, include_down: bool = False, include_fallback: bool = False,
+                            include_smalltalk: bool = False, context_turns: int = 0) -> AsyncIterator[dict]:
+        """Chat-format training records; 👎 answers, fallbacks and small talk (canned, it teaches nothing) are left
+        out unless asked for. With `context_turns`, each record starts with up to that many earlier messages of
+        the same chat (scrubbed like every entry), as the bot's history showed them to the model; their assistant
+        turns carry `"weight": 0`, context only, since they may be fallbacks or 👎."""
+        recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=context_turns))
         async for entry_id, e in self.entries():
-            if (e["rating"] == "down" and not include_down) or (e["source"] == "fallback" and not include_fallback):
+            question = {"role": "user", "content": e["question"]}
+            answer = {"role": "assistant", "content": e["answer"]}
+            context = list(recent[e["chat_id"]]) if context_turns > 0 else []
+            if context_turns > 0:
+                recent[e["chat_id"]].extend([question, {**answer, "weight": 0}])
+            if ((e["rating"] == "down" and not include_down) or (e["source"] == "fallback" and not include_fallback)
+                    or (e["source"] == "smalltalk" and not include_smalltalk)):
                 continue
-            yield {"messages": [{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["answer"]}],
+            yield {"messages": [*context, question, answer],
                    "meta": {"id": entry_id, "source": e["source"], "rating": e["rating"] or None, "version": e["version"] or None,
                             "score": float(e["score"]) if e["score"] else None}}
 

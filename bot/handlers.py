@@ -211,7 +211,7 @@ async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | 
 
 def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
     rows = [[InlineKeyboardButton(_short(m.matched), callback_data=f"faq:{m.entry.id}")] for m in reply.suggestions]
-    if reply.entry_id:
+    if reply.entry_id and reply.source != "smalltalk":  # a canned "you're welcome" needs no rating
         rows.append([InlineKeyboardButton("👍", callback_data=f"fb:{reply.entry_id}:up"),
                      InlineKeyboardButton("👎", callback_data=f"fb:{reply.entry_id}:down")])
     if reply.source == "fallback":

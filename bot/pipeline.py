@@ -1,4 +1,4 @@
-"""One message, end to end (ARCHITECTURE.md): history → FAQ → model → confidence gate → fallback, then the
+"""One message, end to end (ARCHITECTURE.md): small talk → history → FAQ → model → confidence gate → fallback, then the
 exchange goes into the history and the training log. Knows no Telegram: handlers and the shell call it.
 
     pipeline = Pipeline(settings, history, faq, llm, log)
@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from bot import smalltalk
 from bot.exchanges import Exchange, ExchangeLog
 from bot.faq import FaqStore
 from bot.history import History
@@ -28,7 +29,7 @@ STOCK_ANSWER = 0.9  # at or above, it repeats a FAQ answer
 @dataclass
 class Reply:
     text: str
-    source: str  # faq | model | fallback
+    source: str  # faq | smalltalk | model | fallback
     score: float | None  # FAQ score, or the model's confidence
     version: str | None = None  # model version, for model answers
     suggestions: list[Match] = field(default_factory=list)  # "did you mean" FAQ entries
@@ -47,6 +48,10 @@ class Pipeline:
     async def answer(self, chat_id: int, user_id: int, question: str, lang: str,
                      on_text: Callable[[str], Awaitable[None]] | None = None) -> Reply:
         started = time.monotonic()
+        if (chat := smalltalk.reply_to(question)) is not None:  # "你好", "谢谢", "are you a bot?": canned, ahead of the FAQ
+            reply = Reply(chat.text, "smalltalk", 1.0, latency_ms=int((time.monotonic() - started) * 1000))
+            await self.record(chat_id, user_id, question, reply)
+            return reply
         matches = await self.faq.match(question, k=3)
         if matches and matches[0].score >= self.settings.faq_best:
             reply = Reply(matches[0].entry.answer, "faq", matches[0].score)

@@ -42,7 +42,7 @@ async def collect(log: ExchangeLog, now: float | None = None) -> Stats:
         stats.per_day[time.strftime("%m-%d", time.gmtime(at))][e["source"]] += 1
         if e["rating"]:
             stats.ratings[e["rating"]] += 1
-        if e["source"] != "operator":
+        if e["source"] not in ("operator", "smalltalk"):  # operators' replies are not timed; canned small talk would flatter p50
             stats.latencies_ms.append(int(e["latency_ms"] or 0))
         if at >= midnight:
             chats_today.add(e["chat_id"])

@@ -1,9 +1,10 @@
 """The training set a /retrain sends to llmcore: what the bot learned from its own conversations.
 
-Logged exchanges that were not rated 👎 and were not fallbacks, operators' answers (pinned to the
+Logged exchanges that were not rated 👎 and were not fallbacks or small talk, operators' answers (pinned to the
 training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is; the
 bot's own answers to a question an operator answered are left out), and every FAQ question with its
-answer; deduplicated, already scrubbed of personal data when logged.
+answer; deduplicated, already scrubbed of personal data when logged. Each logged exchange comes with the earlier
+turns of its chat (context only), so the model learns to use the history the bot sends it.
 """
 from __future__ import annotations
 
@@ -13,30 +14,31 @@ from bot.faq import FaqStore
 OPERATOR_WEIGHT = 3
 
 
-def _conversation(question: str, answer: str, source: str) -> dict:
+def _conversation(context: list[dict], question: str, answer: str, source: str) -> dict:
     meta = {"source": source, **({"pin": True} if source == "operator" else {})}
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], "meta": meta}
+    return {"messages": [*context, {"role": "user", "content": question}, {"role": "assistant", "content": answer}], "meta": meta}
 
 
-async def build_training_set(log: ExchangeLog, faq: FaqStore) -> list[dict]:
+async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int = 0) -> list[dict]:
+    """Records in chat JSONL; logged ones start with up to `context_turns` earlier messages of their chat."""
     seen: set[tuple[str, str]] = set()
     out: list[dict] = []
 
-    def add(question: str, answer: str, source: str) -> None:
+    def add(context: list[dict], question: str, answer: str, source: str) -> None:
         key = (question.strip(), answer.strip())
         if not all(key) or key in seen:
             return
         seen.add(key)
-        out.extend([_conversation(*key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
+        out.extend([_conversation(context, *key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
-    records = [r async for r in log.conversations()]
-    answered_by_people = {r["messages"][0]["content"].strip() for r in records if r["meta"]["source"] == "operator"}
+    records = [r async for r in log.conversations(context_turns=context_turns)]
+    answered_by_people = {r["messages"][-2]["content"].strip() for r in records if r["meta"]["source"] == "operator"}
     for record in records:
-        question, answer, source = record["messages"][0]["content"], record["messages"][1]["content"], record["meta"]["source"]
-        if source != "operator" and question.strip() in answered_by_people:
+        *context, question, answer = record["messages"]
+        if record["meta"]["source"] != "operator" and question["content"].strip() in answered_by_people:
             continue  # an operator answered this question: that answer supersedes the bot's own
-        add(question, answer, source)
+        add(context, question["content"], answer["content"], record["meta"]["source"])
     for entry in await faq.entries():
         for question in (entry.question, *entry.similar):
-            add(question, entry.answer, "faq")
+            add([], question, entry.answer, "faq")
     return out

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=8, help="validations without improvement before stopping early")
     train.add_argument("--vocab-size", type=int, default=8000, help="maximum vocabulary (all characters are always kept)")
     train.add_argument("--min-freq", type=int, default=2, help="minimum count for a word to get its own token")
+    train.add_argument("--tokenizer", choices=("chars", "words"), default="chars",
+                       help="chars (default: one token per character) or words (jieba words, characters as fallback)")
+    train.add_argument("--evidence", type=int, default=2, metavar="K",
+                       help="retrieved stored answers in each prompt, which the model may copy (0: none; default 2)")
+    train.add_argument("--history", type=int, default=4, metavar="N",
+                       help="earlier turns of the conversation in each prompt (default 4)")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
@@ -104,7 +110,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device, promote=args.promote, seed=args.seed, skip_bad=args.skip_bad, val_fraction=args.val_fraction,
         batch_tokens=args.batch_tokens, lr=args.lr, patience=args.patience, vocab_size=args.vocab_size,
         min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress, progress_file=args.progress_file,
-        compare_current=args.compare_current, result_file=args.result_file,
+        compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
+        evidence_k=args.evidence, max_history=args.history,
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports
@@ -113,7 +120,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(
         f"trained {metrics['version']}{' (current)' if opts.promote else ''}: "
         f"{metrics['arch']} {metrics['num_params'] / 1e6:.2f} M params, "
-        f"val_ppl {_fmt(metrics['val_ppl'])}, val_char_f1 {_fmt(metrics['val_char_f1'])}, "
+        f"val_ppl {_fmt(metrics['val_ppl'])}, val_char_f1 {_fmt(metrics['val_char_f1'])} "
+        f"(retrieval baseline {_fmt(metrics.get('val_baseline_char_f1'))}), "
         f"{metrics['train_tokens_per_s']:,.0f} tok/s, {metrics['train_seconds']:.0f} s ({metrics['stop_reason']})"
     )
 
@@ -144,10 +152,11 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def answer(loaded, messages: list[dict], params) -> tuple[str, float]:
     """The model's reply to a conversation, and its confidence (mean token log-probability)."""
+    from llmcore.prompting import build_prompt
     from llmcore.sampling import generate, prompt_budget
 
     budget = prompt_budget(loaded.model.config.block_size, params.max_new_tokens)
-    prompt = loaded.tokenizer.encode_prompt(messages, max_tokens=budget)
+    prompt, _ = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, messages, budget)
     [out] = generate(loaded.model, [prompt], params, loaded.tokenizer.stop_ids)
     return loaded.tokenizer.decode(out.token_ids), out.confidence
 
@@ -202,7 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     loaded = Registry(args.models).load(args.version, resolve_device(args.device))
     conversations, _ = read_conversations(args.data)
     result = evaluate(loaded.model, loaded.tokenizer, conversations, limit=args.limit,
-                      repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
+                      repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                      index=loaded.index, recipe=loaded.recipe)
     print(json.dumps({"version": loaded.version, **result}, ensure_ascii=False))
 
 

@@ -1,7 +1,10 @@
 """The OpenAI-compatible wire format: request validation and response bodies.
 
 Kefu's own fields live under "kefu" in responses: the answer's `confidence` (mean token
-log-probability; 0 is certain) and the `model_version` that produced it.
+log-probability; 0 is certain), `p_correct` (the version's calibrated probability that the answer is
+right, or null for a version without a gate), the `evidence` its prompt held (retrieved stored answers
+and the request's own), and the `model_version` that produced it. A request may bring `evidence` of
+its own (up to 4 texts, e.g. FAQ answers): it goes into the prompt before the version's own.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ MAX_BODY_BYTES = 1 << 20
 MAX_MESSAGES = 512
 MAX_MESSAGE_CHARS = 32_768
 MAX_STOP_SEQUENCES = 4
+MAX_EVIDENCE = 4
 MODEL_ALIASES = ("kefu",)
 
 
@@ -42,6 +46,14 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     ignore_eos: bool = False  # as in vLLM: generate exactly max_tokens (for benchmarks)
     n: int = Field(default=1, ge=1, le=1)
+    evidence: list[str] = Field(default_factory=list, max_length=MAX_EVIDENCE)  # Kefu: the caller's own evidence, e.g. FAQ answers
+
+    @field_validator("evidence")
+    @classmethod
+    def _evidence_texts(cls, value: list[str]) -> list[str]:
+        if any(len(text) > MAX_MESSAGE_CHARS for text in value):
+            raise ValueError(f"each evidence text takes at most {MAX_MESSAGE_CHARS} characters")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -90,14 +102,14 @@ def logprobs_body(tokens: list[str], logprobs: list[float]) -> dict:
 
 
 def completion_body(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
-                    confidence: float, logprobs: dict | None) -> dict:
+                    kefu: dict, logprobs: dict | None) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                      "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
-        "kefu": {"confidence": confidence, "model_version": model},
+        "kefu": kefu,
     }
 
 

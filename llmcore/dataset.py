@@ -2,28 +2,33 @@
 
     convs = read_conversations(["a.chat.jsonl"])          # DataError naming file:line on bad input
     train, val = split_conversations(convs, val_fraction=0.1, seed=0)
-    examples = make_examples(train, tokenizer, block_size=256)
+    examples = make_turn_examples(train, tokenizer, block_size=256, index=None, recipe=PromptRecipe())
     for x, y in make_batches(examples, max_tokens=2048, rng=random.Random(0)): ...
 
-Each line is `{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}` (ARCHITECTURE.md).
+Each line is `{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}` (ARCHITECTURE.md). As in
+OpenAI's fine-tuning format, an assistant message with `"weight": 0` is context only: it is neither learned
+nor retrieved (the earlier turns of a logged chat, which may be fallbacks).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from llmcore.prompting import PromptRecipe, build_prompt
+from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import ROLE_TOKENS, Tokenizer
 
 IGNORE_INDEX = -100
 DEMO_DATA = Path(__file__).parent / "data" / "demo_faq.chat.jsonl"  # the demo shop FAQ: default training data
 MAX_LINE_BYTES = 1 << 20
+SINGLE_TURN_SHARE = 0.2  # training prompts that show the question alone: a first message has no history either
 
 
 class DataError(ValueError):
@@ -67,10 +72,13 @@ def parse_conversation(line: str) -> Conversation:
             message["content"].encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"message {n} contains invalid Unicode (a lone surrogate)") from None
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ValueError("conversation has no assistant turn")
+        if message.get("weight", 1) not in (0, 1) or (message["role"] != "assistant" and "weight" in message):
+            raise ValueError(f"message {n}: weight is 0 or 1, on assistant messages only")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+        raise ValueError("conversation has no assistant turn to learn from")
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    return Conversation([{"role": m["role"], "content": m["content"]} for m in messages], meta)
+    return Conversation([{"role": m["role"], "content": m["content"], **({"weight": 0} if m.get("weight", 1) == 0 else {})}
+                         for m in messages], meta)
 
 
 def read_conversations(paths: Sequence[str | Path], skip_bad: bool = False) -> tuple[list[Conversation], int]:
@@ -129,40 +137,28 @@ def split_conversations(conversations: Sequence[Conversation], val_fraction: flo
     return train, val
 
 
-def turn_starts(ids: Sequence[int], tokenizer: Tokenizer) -> list[int]:
-    role_ids = set(tokenizer.role_ids.values())
-    return [i for i, t in enumerate(ids) if t in role_ids]
+def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokenizer, block_size: int,
+                       index: EvidenceIndex | None, recipe: PromptRecipe, exclude_own: bool = True,
+                       seed: int = 0) -> list[Example]:
+    """One window per assistant turn: its prompt exactly as it will be served (the recipe's history, evidence
+    retrieved from `index`), then the answer, which alone carries loss.
 
-
-def make_windows(ids: list[int], mask: list[int], starts: Sequence[int], block_size: int) -> list[Example]:
-    """Cut a long conversation into windows of ≤ block_size + 1 tokens.
-
-    Later windows begin at a turn start and get `<bos>` (ids[0]) in front, exactly what a prompt looks like
-    once its oldest turns were dropped to fit the context. Windows overlap to give context, but each target
-    position carries loss in one window only.
+    With `exclude_own` (training: `index` was built from these same conversations, in this order), a turn's
+    evidence never comes from its own conversation, so the target is never its own evidence.
     """
-    span = block_size + 1
-    if len(ids) <= span:
-        return [Example(ids, mask)]
-    windows, start, trained_until = [], 0, 0
-    while trained_until < len(ids):
-        head = [] if start == 0 else [ids[0]]
-        end = min(start + span - len(head), len(ids))
-        window_mask = [0] * len(head) + [m if start + i >= trained_until else 0 for i, m in enumerate(mask[start:end])]
-        windows.append(Example(head + ids[start:end], window_mask))
-        trained_until = end
-        if end == len(ids):
-            break
-        later = [s for s in starts if start < s < end - 1]
-        start = later[-1] if later and later[-1] > start + span // 4 else end - span // 4  # keep a quarter as context
-    return windows
-
-
-def make_examples(conversations: Iterable[Conversation], tokenizer: Tokenizer, block_size: int) -> list[Example]:
+    rng = random.Random(seed)
+    max_answer = block_size // 2
     examples = []
-    for conversation in conversations:
-        ids, mask = tokenizer.encode_chat(conversation.messages)
-        examples += [w for w in make_windows(ids, mask, turn_starts(ids, tokenizer), block_size) if any(w.mask[1:])]
+    for group, conversation in enumerate(conversations):
+        for i, message in enumerate(conversation.messages):
+            if message["role"] != "assistant" or i == 0 or message.get("weight", 1) == 0:
+                continue
+            answer = tokenizer.encode(message["content"])
+            answer = answer[:max_answer] if len(answer) > max_answer else answer + [tokenizer.end_id]
+            history = 0 if rng.random() < SINGLE_TURN_SHARE else -1
+            prompt, _ = build_prompt(tokenizer, index, recipe, conversation.messages[:i], block_size + 1 - len(answer),
+                                     exclude_group=group if exclude_own else None, max_history=history)
+            examples.append(Example(prompt + answer, [0] * len(prompt) + [1] * len(answer)))
     return examples
 
 

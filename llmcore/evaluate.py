@@ -8,14 +8,16 @@ tokenizers), `char_f1` (greedy answer vs the reference assistant turn, averaged 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from llmcore.dataset import IGNORE_INDEX, Conversation, make_batches, make_examples
+from llmcore.dataset import IGNORE_INDEX, Conversation, make_batches, make_turn_examples
+from llmcore.gate import RIGHT_F1, Gate, answer_features, gate_curve
 from llmcore.model import LanguageModel
+from llmcore.prompting import PLAIN, PromptRecipe, build_prompt
+from llmcore.retrieval import EvidenceIndex, Hit, char_f1
 from llmcore.sampling import SamplingParams, generate, prompt_budget
 from llmcore.tokenizer import Tokenizer
 
@@ -31,26 +33,14 @@ class Turn:
     reference: str
 
 
-def char_f1(prediction: str, reference: str) -> float:
-    """F1 of the multisets of non-space characters."""
-    pred = Counter(c for c in prediction if not c.isspace())
-    ref = Counter(c for c in reference if not c.isspace())
-    if not pred or not ref:
-        return float(pred == ref)
-    overlap = sum((pred & ref).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(pred.values()), overlap / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
-
-
 @torch.inference_mode()
-def loss_on(model: LanguageModel, conversations: Sequence[Conversation], tokenizer: Tokenizer) -> dict:
-    """Mean loss per assistant token and per answer character, over all windows of the conversations."""
+def loss_on(model: LanguageModel, conversations: Sequence[Conversation], tokenizer: Tokenizer,
+            index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN) -> dict:
+    """Mean loss per answer token and per answer character, over every assistant turn, prompted as served."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    examples = make_examples(conversations, tokenizer, model.config.block_size)
+    examples = make_turn_examples(conversations, tokenizer, model.config.block_size, index, recipe, exclude_own=False)
     total, count, chars = 0.0, 0, 0
     for x, y in make_batches(examples, EVAL_BATCH_TOKENS, tokenizer.pad_id):
         x, y = x.to(device), y.to(device)
@@ -65,35 +55,74 @@ def loss_on(model: LanguageModel, conversations: Sequence[Conversation], tokeniz
 
 def assistant_turns(conversations: Sequence[Conversation]) -> list[Turn]:
     return [Turn(c.messages[:i], m["content"]) for c in conversations for i, m in enumerate(c.messages)
-            if m["role"] == "assistant" and i > 0]
+            if m["role"] == "assistant" and i > 0 and m.get("weight", 1)]
 
 
-def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Turn], params: SamplingParams) -> list[str]:
-    """Answers for each turn's history, generated in batches."""
+@dataclass
+class ScoredTurn:
+    answer: str
+    confidence: float
+    hits: list[Hit]  # the evidence the prompt held
+    f1: float  # char-F1 to the reference
+
+    @property
+    def features(self) -> list[float]:
+        return answer_features(self.answer, self.confidence, self.hits)
+
+
+def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Turn], params: SamplingParams,
+                 index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN) -> list[ScoredTurn]:
+    """Each turn answered from its history, prompted as served (batches of GENERATE_BATCH), and scored."""
     budget = prompt_budget(model.config.block_size, params.max_new_tokens)
-    answers = []
+    scored: list[ScoredTurn] = []
     for start in range(0, len(turns), GENERATE_BATCH):
         chunk = turns[start : start + GENERATE_BATCH]
-        prompts = [tokenizer.encode_prompt(t.history, max_tokens=budget) for t in chunk]
-        outputs = generate(model, prompts, params, tokenizer.stop_ids)
-        answers += [tokenizer.decode(o.token_ids) for o in outputs]
-    return answers
+        prompts = [build_prompt(tokenizer, index, recipe, t.history, budget) for t in chunk]
+        outputs = generate(model, [ids for ids, _ in prompts], params, tokenizer.stop_ids)
+        for turn, (_, hits), out in zip(chunk, prompts, outputs):
+            text = tokenizer.decode(out.token_ids)
+            scored.append(ScoredTurn(text, out.confidence, hits, char_f1(text, turn.reference)))
+    return scored
+
+
+def retrieval_baseline(index: EvidenceIndex | None, turns: Sequence[Turn]) -> float | None:
+    """Char-F1 of the BM25 nearest stored response: what a lookup table answers, the bar a generator must clear."""
+    if index is None or not turns:
+        return None
+    scores = []
+    for turn in turns:
+        hits = index.search(turn.history, 1)
+        scores.append(char_f1(hits[0].response, turn.reference) if hits else 0.0)
+    return sum(scores) / len(scores)
 
 
 def evaluate(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
-             limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96) -> dict:
-    """Loss/perplexity over all conversations, char-F1 over the first `limit` assistant turns."""
-    result = loss_on(model, conversations, tokenizer)
+             limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
+             index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN, gate: Gate | None = None) -> dict:
+    """`evaluate_turns` without the per-turn detail."""
+    return evaluate_turns(model, tokenizer, conversations, limit, repetition_penalty, max_new_tokens, index, recipe, gate)[0]
+
+
+def evaluate_turns(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
+                   limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
+                   index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN,
+                   gate: Gate | None = None) -> tuple[dict, list[ScoredTurn]]:
+    """Loss/perplexity over all conversations; char-F1 of greedy answers, and of the retrieval baseline on the
+    same turns, over the first `limit` assistant turns; with a gate, its precision and recall on them."""
+    result = loss_on(model, conversations, tokenizer, index, recipe)
     turns = assistant_turns(conversations)[:limit]
     params = SamplingParams(temperature=0.0, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
-    answers = answer_turns(model, tokenizer, turns, params)
-    scores = [char_f1(a, t.reference) for a, t in zip(answers, turns)]
-    return {
+    scored = answer_turns(model, tokenizer, turns, params, index, recipe)
+    summary = {
         "ppl": result["ppl"],
         "loss": result["loss"],
         "loss_per_char": result["loss_per_char"],
-        "char_f1": sum(scores) / len(scores) if scores else 0.0,
+        "char_f1": sum(s.f1 for s in scored) / len(scored) if scored else 0.0,
+        "baseline_char_f1": retrieval_baseline(index, turns),
         "num_conversations": len(conversations),
         "num_turns": len(turns),
         "repetition_penalty": repetition_penalty,
     }
+    if gate is not None and scored:
+        summary["gate_curve"] = gate_curve([gate.probability(s.features) for s in scored], [s.f1 >= RIGHT_F1 for s in scored])
+    return summary, scored

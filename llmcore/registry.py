@@ -8,8 +8,10 @@
     loaded = reg.load()                    # the current version: model, tokenizer, metrics
 
 A version folder holds `model.pt` (weights and the `ModelConfig` that builds them), `tokenizer.json`,
-`config.json`, `metrics.json` and `loss.png`. Versions are never overwritten; promote and rollback only
-move the `current` symlink. Every promotion is appended to `promotions.jsonl`, which rollback reads.
+`config.json`, `evidence.jsonl` (its training answers, which it retrieves from), `prompt.json` (how it
+builds prompts), `gate.json` (how likely an answer is right), `metrics.json` and `loss.png`. Versions are
+never overwritten; promote and rollback only move the `current` symlink. Every promotion is appended to
+`promotions.jsonl`, which rollback reads.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ from pathlib import Path
 
 import torch
 
+from llmcore.gate import Gate
 from llmcore.model import LanguageModel, ModelConfig, build_model
+from llmcore.prompting import EVIDENCE_FILE, PLAIN, PromptRecipe
+from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer, TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -49,10 +54,18 @@ class LoadedModel:
     model: LanguageModel
     tokenizer: Tokenizer
     metrics: dict
+    index: EvidenceIndex | None = None  # the version's own training answers, for its evidence and baseline
+    recipe: PromptRecipe = PLAIN
+    gate: Gate | None = None  # answers' probability of being right (kefu.p_correct)
 
 
-def save_checkpoint(folder: Path, model: LanguageModel, tokenizer: Tokenizer) -> None:
-    """Weights with the config that builds them, plus the tokenizer, into `folder`."""
+def save_checkpoint(folder: Path, model: LanguageModel, tokenizer: Tokenizer, index: EvidenceIndex | None = None,
+                    recipe: PromptRecipe | None = None) -> None:
+    """Weights with the config that builds them, the tokenizer, and the evidence index and prompt recipe, into `folder`."""
+    if index is not None:
+        index.save(folder / EVIDENCE_FILE)
+    if recipe is not None:
+        recipe.save(folder)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     torch.save({"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(), "state_dict": state}, folder / WEIGHTS)
     tokenizer.save(folder / TOKENIZER)
@@ -171,7 +184,13 @@ class Registry:
             raise RegistryError(f"version {version} does not exist in {self.root}")
         model, tokenizer = load_checkpoint(folder, device)
         metrics = self.metrics(version) if (folder / METRICS).exists() else {}
-        return LoadedModel(version, model, tokenizer, metrics)
+        try:
+            index = EvidenceIndex.load(folder / EVIDENCE_FILE) if (folder / EVIDENCE_FILE).exists() else None
+            recipe = PromptRecipe.load(folder)
+            gate = Gate.load(folder)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"version {version}: cannot read its evidence or prompt recipe: {exc}") from exc
+        return LoadedModel(version, model, tokenizer, metrics, index, recipe, gate)
 
     def _remove_abandoned_staging(self) -> None:
         """Staging folders of trainers that died without cleaning up (SIGKILL)."""

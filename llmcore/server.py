@@ -6,7 +6,9 @@ Routes: POST /v1/chat/completions (plain or streamed as server-sent events), GET
 GET /healthz, GET /metrics (Prometheus); the admin routes (versions, promotion, training jobs) are in
 llmcore/admin.py.
 
-A history longer than the model's context loses its oldest turns (system turns are kept); if the
+Each prompt is built as the version was trained (llmcore/prompting.py): its stored answers nearest the
+question (and any `evidence` the request brings) go in as evidence, with the recipe's number of earlier
+turns. A history longer than the model's context loses its oldest turns (system turns are kept); if the
 newest message alone is too long, only its end is kept. Never an error.
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ from llmcore.api import (
     read_json,
 )
 from llmcore.engine import EngineError, QueueFull
+from llmcore.gate import answer_features
+from llmcore.prompting import build_prompt
+from llmcore.retrieval import Hit
 from llmcore.sampling import SamplingParams
 from llmcore.settings import ServeSettings
 from llmcore.worker import Submission, Worker
@@ -109,8 +114,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     max_tokens = req.requested_tokens or min(request.app[SETTINGS].default_max_tokens, limit)
     if max_tokens > limit:
         raise ApiError(400, f"max_tokens must be at most {limit}", param="max_tokens")
-    tokenizer = served.loaded.tokenizer
-    prompt = tokenizer.encode_prompt([m.model_dump() for m in req.messages], max_tokens=block - max_tokens)
+    loaded = served.loaded
+    prompt, hits = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, [m.model_dump() for m in req.messages],
+                                block - max_tokens, extra_evidence=req.evidence)
     params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     try:
@@ -121,11 +127,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except EngineError as exc:
         raise ApiError(400, str(exc), param="messages") from None
     if req.stream:
-        return await _stream(request, req, submission, len(prompt))
-    return await _complete(request, req, submission, len(prompt))
+        return await _stream(request, req, submission, len(prompt), hits)
+    return await _complete(request, req, submission, len(prompt), hits)
 
 
-async def _complete(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int) -> web.Response:
+def _kefu(submission: Submission, text: str, hits: list[Hit]) -> dict:
+    """Kefu's extra answer fields: confidence, calibrated probability of being right, the evidence, the version."""
+    output, loaded = submission.seq.output, submission.served.loaded
+    confidence = output.confidence if output.token_ids else None
+    p_correct = loaded.gate.probability(answer_features(text, confidence, hits)) if loaded.gate else None
+    return {"confidence": confidence, "p_correct": p_correct, "model_version": loaded.version,
+            "evidence": [{"text": h.response, "score": round(h.score, 4)} for h in hits]}
+
+
+async def _complete(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int,
+                    hits: list[Hit]) -> web.Response:
     worker = request.app[WORKER]
     texts, tokens, logprobs, finish = [], [], [], None
     async for piece in _pieces(request, req, submission):
@@ -135,14 +151,15 @@ async def _complete(request: web.Request, req: ChatRequest, submission: Submissi
         finish = piece.finish_reason or finish
     tokenizer = submission.served.loaded.tokenizer
     lp = logprobs_body([tokenizer.decode([t]) for t in tokens], logprobs) if req.logprobs else None
-    confidence = submission.seq.output.confidence
-    body = completion_body(completion_id(), submission.served.version, "".join(texts), finish, prompt_tokens, len(tokens),
-                           confidence if tokens else None, lp)
+    text = "".join(texts)
+    body = completion_body(completion_id(), submission.served.version, text, finish, prompt_tokens, len(tokens),
+                           _kefu(submission, text, hits), lp)
     _record(worker, submission, "ok")
     return web.json_response(body)
 
 
-async def _stream(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int) -> web.StreamResponse:
+async def _stream(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int,
+                  hits: list[Hit]) -> web.StreamResponse:
     worker = request.app[WORKER]
     cid, version = completion_id(), submission.served.version
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -150,9 +167,10 @@ async def _stream(request: web.Request, req: ChatRequest, submission: Submission
     tokenizer = submission.served.loaded.tokenizer
     try:
         await _send(response, chunk_body(cid, version, {"role": "assistant", "content": ""}))
-        count = 0
+        count, text = 0, ""
         async for piece in _pieces(request, req, submission):
             count += len(piece.tokens)
+            text += piece.text
             if piece.text or piece.finish_reason is None:
                 chunk = chunk_body(cid, version, {"content": piece.text})
                 if req.logprobs:
@@ -160,7 +178,7 @@ async def _stream(request: web.Request, req: ChatRequest, submission: Submission
                 await _send(response, chunk)
             if piece.finish_reason:
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count, "total_tokens": prompt_tokens + count}
-                kefu = {"confidence": submission.seq.output.confidence if count else None, "model_version": version}
+                kefu = _kefu(submission, text, hits)
                 await _send(response, chunk_body(cid, version, {}, piece.finish_reason, {"usage": usage, "kefu": kefu}))
         await response.write(b"data: [DONE]\n\n")
     except (ConnectionResetError, asyncio.CancelledError):

@@ -32,7 +32,9 @@ jieba.setLogLevel(logging.WARNING)
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
-SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, SYSTEM, USER, ASSISTANT, END)
+EVIDENCE = "<|evidence|>"  # a retrieved stored answer in the prompt, which the model may copy from
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, SYSTEM, USER, ASSISTANT, END, EVIDENCE)
+LEGACY_SPECIAL_TOKENS = SPECIAL_TOKENS[:8]  # versions trained before evidence: still load, take no evidence
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 FORMAT = "kefu-tokenizer/1"
 MIN_PROMPT_TOKENS = 4  # <bos>, a role, one token, the assistant opener
@@ -70,13 +72,16 @@ class Tokenizer:
     """A vocabulary of special tokens, every training character, and frequent words."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
-        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        specials = SPECIAL_TOKENS if tuple(tokens[: len(SPECIAL_TOKENS)]) == SPECIAL_TOKENS else LEGACY_SPECIAL_TOKENS
+        if tuple(tokens[: len(specials)]) != specials:
             raise TokenizerError("vocabulary must start with the special tokens " + " ".join(SPECIAL_TOKENS))
         if len(set(tokens)) != len(tokens):
             raise TokenizerError("vocabulary has duplicate tokens")
         self.tokens: list[str] = list(tokens)
         self.ids: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}
-        self.num_special = len(SPECIAL_TOKENS)
+        self.num_special = len(specials)
+        self.evidence_id: int | None = self.ids.get(EVIDENCE)
+        self.has_words = any(len(t) > 1 for t in self.tokens[self.num_special :])  # else: one id per character
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (self.ids[t] for t in (PAD, UNK, BOS, EOS))
         self.end_id = self.ids[END]
         self.role_ids = {role: self.ids[tok] for role, tok in ROLE_TOKENS.items()}
@@ -94,23 +99,26 @@ class Tokenizer:
         return frozenset({self.end_id, self.eos_id})
 
     @classmethod
-    def train(cls, texts: Iterable[str], max_size: int = 8000, min_freq: int = 2) -> Tokenizer:
-        """Build a vocabulary: specials, every character seen, then words by frequency up to `max_size`."""
-        words: Counter[str] = Counter()
+    def train(cls, texts: Iterable[str], max_size: int = 8000, min_freq: int = 2, words: bool = True) -> Tokenizer:
+        """Build a vocabulary: specials, every character seen, then (with `words`) words by frequency up to `max_size`."""
+        counts: Counter[str] = Counter()
         chars: Counter[str] = Counter()
         for text in texts:
             chars.update(text)
-            words.update(p for p in split_pieces(text) if len(p) > 1)
+            if words:
+                counts.update(p for p in split_pieces(text) if len(p) > 1)
         char_tokens = sorted(chars, key=lambda c: (-chars[c], c))
         vocab = list(SPECIAL_TOKENS) + [c for c in char_tokens if c not in SPECIAL_TOKENS]
         room = max(0, max_size - len(vocab))
-        frequent = [w for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
+        frequent = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_freq]
         vocab += frequent[:room]
         logger.info("tokenizer: %d specials, %d characters, %d words", len(SPECIAL_TOKENS), len(char_tokens), min(room, len(frequent)))
         return cls(vocab)
 
     def encode(self, text: str) -> list[int]:
         """Text to ids; unknown words fall back to characters, unknown characters to <unk>."""
+        if not self.has_words:  # a character vocabulary: no segmentation needed
+            return [self._char_id(ch) for ch in text]
         ids: list[int] = []
         for piece in split_pieces(text):
             piece_id = self.ids.get(piece)
@@ -145,19 +153,29 @@ class Tokenizer:
             mask += [0] + [int(is_assistant)] * (len(turn) - 1)
         return ids, mask
 
-    def encode_prompt(self, messages: Sequence[dict], max_tokens: int | None = None) -> list[int]:
+    def encode_prompt(self, messages: Sequence[dict], max_tokens: int | None = None, evidence: Sequence[str] = (),
+                      max_history: int | None = None, max_evidence_tokens: int = 96) -> list[int]:
         """The ids a model continues to answer `messages`: the chat template plus an open assistant turn.
 
-        With `max_tokens`, the oldest turns are dropped (system turns are kept) until the prompt fits;
-        if the newest turn alone is too long, only its end is kept.
+        `evidence` (retrieved answers, best first) goes just before the newest turn, each as `<|evidence|>` + at
+        most `max_evidence_tokens` + `<|end|>`; a tokenizer without that token takes none. `max_history` keeps
+        at most that many turns before the newest one (system turns are always kept). With `max_tokens`, the
+        oldest turns are dropped until the prompt fits, then the weakest evidence; if the newest turn alone is
+        too long, only its end is kept.
         """
         turns = [self._encode_turn(m) for m in messages]
+        is_system = [m["role"] == "system" for m in messages]
+        if max_history is not None and turns:
+            dialog = [i for i in range(len(turns) - 1) if not is_system[i]]
+            dropped = set(dialog[: max(0, len(dialog) - max_history)])
+            turns = [t for i, t in enumerate(turns) if i not in dropped]
+            is_system = [s for i, s in enumerate(is_system) if i not in dropped]
+        evidence_turns = [self.encode_evidence(text, max_evidence_tokens) for text in evidence] if self.evidence_id is not None else []
         opener = [self.role_ids["assistant"]]
         if max_tokens is None:
-            return [self.bos_id] + [i for turn in turns for i in turn] + opener
+            return [self.bos_id] + [i for turn in _with_evidence(turns, evidence_turns) for i in turn] + opener
         if max_tokens < MIN_PROMPT_TOKENS:
             raise TokenizerError(f"a prompt needs at least {MIN_PROMPT_TOKENS} tokens, got max_tokens={max_tokens}")
-        is_system = [m["role"] == "system" for m in messages]
         kept_system = [t for t, system in zip(turns, is_system) if system]
         budget = max_tokens - 1 - len(opener) - sum(map(len, kept_system))
         kept: list[list[int]] = []  # newest first
@@ -165,13 +183,21 @@ class Tokenizer:
             if system:
                 continue
             if len(turn) > budget:
-                if not kept:  # the newest turn alone is too long: its role token, then its end
+                if not kept:  # the newest turn alone is too long: its role token, then its end; no evidence
                     kept.append(turn[:1] + turn[len(turn) - max(budget - 1, 0) :] if budget > 1 else turn[:1])
+                    evidence_turns = []
                 break
             kept.append(turn)
             budget -= len(turn)
-        body = [i for turn in kept_system + kept[::-1] for i in turn]
+            if len(kept) == 1:  # evidence sits right before the newest turn, and outranks older turns
+                while evidence_turns and sum(map(len, evidence_turns)) > budget:
+                    evidence_turns.pop()
+                budget -= sum(map(len, evidence_turns))
+        body = [i for turn in _with_evidence(kept_system + kept[::-1], evidence_turns) for i in turn]
         return ([self.bos_id] + body + opener)[-max_tokens:]
+
+    def encode_evidence(self, text: str, max_tokens: int) -> list[int]:
+        return [self.evidence_id] + self.encode(text)[:max_tokens] + [self.end_id]
 
     def _encode_turn(self, message: dict) -> list[int]:
         role = message.get("role") if isinstance(message, dict) else None
@@ -194,3 +220,10 @@ class Tokenizer:
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tokens"), list):
             raise TokenizerError(f"{path} is not a {FORMAT} file")
         return cls(data["tokens"])
+
+
+def _with_evidence(turns: list[list[int]], evidence: list[list[int]]) -> list[list[int]]:
+    """The turns with the evidence inserted before the newest one (weakest evidence first, the best nearest)."""
+    if not turns:
+        return evidence[::-1]
+    return turns[:-1] + evidence[::-1] + turns[-1:]

@@ -25,17 +25,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llmcore.dataset import IGNORE_INDEX, Conversation, data_sha256, make_batches, make_examples, read_conversations, split_conversations
+from llmcore.dataset import (
+    IGNORE_INDEX,
+    Conversation,
+    data_sha256,
+    make_batches,
+    make_turn_examples,
+    read_conversations,
+    split_conversations,
+)
 from llmcore.distributed import Distributed
-from llmcore.evaluate import evaluate, loss_on
+from llmcore.evaluate import evaluate, evaluate_turns, loss_on
+from llmcore.gate import RIGHT_F1, Gate, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
+from llmcore.prompting import PLAIN, PromptRecipe
 from llmcore.registry import LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
+from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-PEAK_LR = {"transformer": 3e-3, "lstm": 3e-3}
+PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}
+BOT_REPETITION_PENALTY = 1.2  # versions are scored as the bot asks (bot REPETITION_PENALTY)
 MIN_STEPS_PER_EPOCH = 20  # small data (an FAQ) gets smaller batches, so it sees enough updates
 BATCH_TOKENS_RANGE = (512, 2048)
 WARMUP_STEPS = 20
@@ -68,6 +80,9 @@ class TrainOptions:
     vocab_size: int = 8000
     min_freq: int = 2
     model_overrides: dict = field(default_factory=dict)  # n_layer, n_embd, n_head, block_size, dropout
+    tokenizer: str = "chars"  # chars | words (jieba words + characters)
+    evidence_k: int = 2  # retrieved answers in each prompt (0: no retrieval-augmented generation)
+    max_history: int | None = 4  # turns before the question in each prompt (None: as many as fit)
     progress: bool = True
     progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
     compare_current: bool = False  # also score the current version on the same held-out conversations
@@ -84,6 +99,9 @@ class TrainOptions:
             (self.lr is None or self.lr >= 0, "--lr must not be negative"),
             (self.patience >= 1, "--patience must be at least 1"),
             (self.vocab_size >= 16 and self.min_freq >= 1, "--vocab-size must be at least 16 and --min-freq at least 1"),
+            (self.tokenizer in ("chars", "words"), "--tokenizer must be chars or words"),
+            (0 <= self.evidence_k <= 8, "--evidence must be between 0 and 8"),
+            (self.max_history is None or self.max_history >= 0, "--history must not be negative"),
         ]
         for ok, message in checks:
             if not ok:
@@ -145,18 +163,21 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     progress.write(stage="preparing", force=True)
     conversations, skipped = read_conversations(opts.data, skip_bad=opts.skip_bad)
     train_convs, val_convs = split_conversations(conversations, opts.val_fraction, opts.seed)
-    tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq)
+    tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq,
+                                words=opts.tokenizer == "words")
+    index = EvidenceIndex.build(train_convs)  # kept even without evidence in prompts: the retrieval baseline needs it
+    recipe = PromptRecipe(evidence_k=opts.evidence_k, max_history=opts.max_history)
     config = replace(default_config(opts.arch, tokenizer.vocab_size), **opts.model_overrides)
     model = build_model(config).to(device)
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",
                 opts.arch, model.num_params(), tokenizer.vocab_size, len(train_convs), len(val_convs), skipped, device)
 
     try:  # the other ranks wait for rank 0 at a barrier in close(): let them go however it ends
-        history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress, dist)
+        history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress, dist, index, recipe)
         if not dist.is_main:  # rank 0 evaluates and writes the version
             return "", {"rank": dist.rank, "world_size": dist.world_size}
         progress.write(stage="evaluating", force=True)
-        metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device)
+        metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device, index, recipe)
         if opts.compare_current and registry.current() and val_convs:
             metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
         metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
@@ -164,8 +185,11 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         metrics["world_size"] = dist.world_size
         metrics["total_seconds"] = round(time.monotonic() - started, 2)
 
+        gate = metrics.pop("gate", None)
         with registry.staging() as staged:
-            save_checkpoint(staged, model, tokenizer)
+            save_checkpoint(staged, model, tokenizer, index, recipe)
+            if gate is not None:
+                gate.save(staged)
             plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
             (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
             version = registry.commit(staged)
@@ -183,7 +207,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
 def score_version(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device) -> dict:
     """Another version's scores on these held-out conversations (per character: tokenizers differ between versions)."""
     loaded = registry.load(version, device)
-    scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS)
+    scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
+                      repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate)
     return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"]}
 
 
@@ -205,13 +230,14 @@ class ProgressFile:
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],
                  opts: TrainOptions, device: torch.device, progress_file: ProgressFile | None = None,
-                 dist: Distributed | None = None) -> tuple[History, dict]:
+                 dist: Distributed | None = None, index: EvidenceIndex | None = None,
+                 recipe: PromptRecipe = PLAIN) -> tuple[History, dict]:
     """The loop: returns the loss history and throughput.
 
     Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
     (a plateau is not a reason to forget what was learned on the training data, e.g. a knowledge base by heart).
     """
-    examples = make_examples(train_convs, tokenizer, model.config.block_size)
+    examples = make_turn_examples(train_convs, tokenizer, model.config.block_size, index, recipe, seed=opts.seed)
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
     dist = dist or Distributed()
@@ -257,14 +283,14 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                                         tokens_per_s=round(tokens / max(elapsed, 1e-9)), elapsed_s=round(elapsed, 1),
                                         eta_s=round((1 - progress) / rate, 1) if rate > 0 else None)
                 if eval_every_s and dist.agree(float(time.monotonic() - last_eval >= eval_every_s)):  # every rank at the same step
-                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
                     last_eval = time.monotonic()
                     if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
                         break
             else:
                 if not eval_every_s:  # epochs mode: validate at each epoch's end
-                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+                    bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
                     if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
     finally:
@@ -272,7 +298,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     train_seconds = time.monotonic() - t0
     tokens = dist.total(tokens)  # every rank's tokens: the throughput of the whole job
     if not history.val_steps or history.val_steps[-1] != step:
-        validate(model, tokenizer, val_convs, history, best, step, bad_evals)
+        validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
     restored = bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
     if restored:  # validation got measurably worse: go back to the best weights
         model.load_state_dict(best["state"])
@@ -292,12 +318,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
 
 
 def validate(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Conversation], history: History,
-             best: dict, step: int, bad_evals: int) -> int:
+             best: dict, step: int, bad_evals: int, index: EvidenceIndex | None = None,
+             recipe: PromptRecipe = PLAIN) -> int:
     """Record validation loss; keep the best weights; return the count of evaluations without improvement."""
     if not val_convs:  # nothing held out: the latest weights are the best we know
         best["state"], best["step"] = None, step
         return 0
-    loss = loss_on(model, val_convs, tokenizer)["loss"]
+    loss = loss_on(model, val_convs, tokenizer, index, recipe)["loss"]
     history.val_steps.append(step)
     history.val_loss.append(loss)
     if loss < best["loss"] - 1e-4:
@@ -307,7 +334,8 @@ def validate(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Convers
 
 
 def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Conversation], history: History,
-                  stats: dict, opts: TrainOptions, config: ModelConfig, device: torch.device) -> dict:
+                  stats: dict, opts: TrainOptions, config: ModelConfig, device: torch.device,
+                  index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN) -> dict:
     model.eval()
     recent = history.train_loss[-20:]
     metrics = {
@@ -320,13 +348,21 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
-        "device": str(device), "seed": opts.seed, "data": [str(Path(p)) for p in opts.data],
+        "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer, "prompt": recipe.to_dict(),
+        "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if val_convs:
-        scores = evaluate(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS)
+        scores, scored = evaluate_turns(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
+                                        repetition_penalty=BOT_REPETITION_PENALTY, index=index, recipe=recipe)
         metrics.update(val_loss=scores["loss"], val_ppl=scores["ppl"], val_loss_per_char=scores["loss_per_char"],
-                       val_char_f1=scores["char_f1"], val_char_f1_turns=scores["num_turns"])
+                       val_char_f1=scores["char_f1"], val_baseline_char_f1=scores["baseline_char_f1"],
+                       val_char_f1_turns=scores["num_turns"])
+        labels = [s.f1 >= RIGHT_F1 for s in scored]
+        gate = Gate.fit([s.features for s in scored], labels)
+        if gate is not None:
+            metrics["gate"] = gate
+            metrics["val_gate_curve"] = gate_curve([gate.probability(s.features) for s in scored], labels)
     return metrics
 
 

@@ -126,7 +126,8 @@ TINY_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96, "dropou
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with one tiny Transformer that learned FAQ_PAIRS by heart (v0001, current)."""
+    """A registry with one tiny Transformer that learned FAQ_PAIRS by heart (v0001, current); no evidence in its
+    prompts (every FAQ pair has its own answer: evidence from the others would only teach it to ignore evidence)."""
     import json
 
     from llmcore.train import TrainOptions, train
@@ -136,7 +137,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
                                          ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
     train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=120, val_fraction=0.0, lr=5e-3,
-                       seed=0, promote=True, progress=False, min_freq=1, model_overrides=TINY_MODEL, device="cpu"))
+                       seed=0, promote=True, progress=False, min_freq=1, model_overrides=TINY_MODEL, device="cpu",
+                       evidence_k=0))
     return root / "reg"
 
 

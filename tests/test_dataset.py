@@ -9,11 +9,12 @@ from llmcore.dataset import (
     DataError,
     collate,
     make_batches,
-    make_examples,
-    make_windows,
+    make_turn_examples,
     read_conversations,
     split_conversations,
 )
+from llmcore.prompting import PromptRecipe
+from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "您好"}]}, ensure_ascii=False)
@@ -75,24 +76,79 @@ def test_split_is_by_conversation_seeded_and_disjoint(tmp_path):
     assert not {c.origin for c in train} & {c.origin for c in val}
 
 
-def test_long_conversations_are_windowed_and_each_target_trained_once():
-    ids = list(range(100))
-    mask = [1 if i % 3 else 0 for i in range(100)]
-    starts = list(range(0, 100, 10))
-    windows = make_windows(ids, mask, starts, block_size=24)
-    assert all(len(w.ids) <= 25 for w in windows) and len(windows) > 3
-    trained = {}
-    for w in windows:
-        for i, m in zip(w.ids, w.mask):
-            if m:
-                trained[i] = trained.get(i, 0) + 1
-    assert trained == {i: 1 for i in range(1, 100) if mask[i]}  # position 0 is never a target
+def dialog(*texts: str) -> Conversation:
+    return Conversation([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)])
+
+
+DIALOGS = [dialog("故宫门票多少钱", "故宫门票60元。", "开放时间呢", "8点半到17点。"),
+           dialog("故宫门票贵吗", "门票60元，学生半价。"),
+           dialog("北京饭店电话多少", "电话是010-65137766。", "地址呢", "东长安街33号。", "谢谢", "不客气。")]
+
+
+@pytest.fixture
+def chars() -> Tokenizer:
+    return Tokenizer.train((m["content"] for c in DIALOGS for m in c.messages), words=False)
+
+
+def test_one_example_per_assistant_turn_with_loss_on_that_answer_only(chars):
+    examples = make_turn_examples(DIALOGS, chars, block_size=128, index=None, recipe=PromptRecipe())
+    assert len(examples) == 6
+    for example, conversation_turn in zip(examples, ["故宫门票60元。", "8点半到17点。", "门票60元，学生半价。"]):
+        trained = [t for t, m in zip(example.ids, example.mask) if m]
+        assert chars.decode(trained) == conversation_turn and trained[-1] == chars.end_id
+        assert example.ids[example.mask.index(1) - 1] == chars.role_ids["assistant"]  # the prompt ends with the opener
+
+
+def test_the_target_turn_is_never_its_own_evidence(chars):
+    index = EvidenceIndex.build(DIALOGS)
+    recipe = PromptRecipe(evidence_k=2, max_history=4)
+    examples = make_turn_examples(DIALOGS, chars, block_size=128, index=index, recipe=recipe)
+    for example, conversation in zip(examples, [0, 0, 1, 2, 2, 2]):
+        prompt = example.ids[: example.mask.index(1)]
+        own = {m["content"] for m in DIALOGS[conversation].messages if m["role"] == "assistant"}
+        evidence = evidence_texts(chars, prompt)
+        assert not evidence & own
+    first = examples[0].ids[: examples[0].mask.index(1)]
+    assert evidence_texts(chars, first) == {"门票60元，学生半价。"}  # the other dialogue's answer to the same question
+
+
+def test_served_prompts_may_hold_the_stored_answer_itself(chars):
+    index = EvidenceIndex.build(DIALOGS)
+    [example, *_] = make_turn_examples(DIALOGS, chars, 128, index, PromptRecipe(evidence_k=1), exclude_own=False)
+    assert evidence_texts(chars, example.ids[: example.mask.index(1)]) == {"故宫门票60元。"}
+
+
+def test_history_is_cut_to_the_recipe_and_context_only_turns_teach_nothing(chars):
+    long = dialog("北京饭店电话多少", "电话是010-65137766。", "地址呢", "东长安街33号。", "谢谢", "不客气。")
+    long.messages[1]["weight"] = 0
+    examples = make_turn_examples([long], chars, 128, None, PromptRecipe(max_history=2), seed=1)
+    assert [chars.decode([t for t, m in zip(e.ids, e.mask) if m]) for e in examples] == ["东长安街33号。", "不客气。"]
+    last = chars.decode(examples[-1].ids[: examples[-1].mask.index(1)])
+    assert "谢谢" in last and "电话" not in last  # at most two earlier turns
+
+
+def test_an_answer_longer_than_half_the_context_is_cut_and_not_ended(chars):
+    [example] = make_turn_examples([dialog("故宫门票多少钱", "门票60元。" * 40)], chars, 64, None, PromptRecipe())
+    assert len(example.ids) <= 65 and sum(example.mask) == 32 and example.ids[-1] != chars.end_id
+
+
+def evidence_texts(tok: Tokenizer, prompt: list[int]) -> set[str]:
+    texts, current = set(), None
+    for t in prompt:
+        if t == tok.evidence_id:
+            current = []
+        elif t == tok.end_id and current is not None:
+            texts.add(tok.decode(current))
+            current = None
+        elif current is not None:
+            current.append(t)
+    return texts
 
 
 def test_batches_respect_the_token_budget_and_mask_padding():
     tok = Tokenizer.train(["你好您好请问退货"], min_freq=1)
     convs = [Conversation([{"role": "user", "content": "你好" * n}, {"role": "assistant", "content": "您好"}]) for n in range(1, 30)]
-    examples = make_examples(convs, tok, block_size=64)
+    examples = make_turn_examples(convs, tok, block_size=64, index=None, recipe=PromptRecipe())
     batches = make_batches(examples, max_tokens=200, pad_id=tok.pad_id)
     assert sum(x.shape[0] for x, _ in batches) == len(examples)
     assert all(x.numel() <= 200 or x.shape[0] == 1 for x, _ in batches)

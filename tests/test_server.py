@@ -6,6 +6,7 @@ import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
+from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
 from llmcore.server import create_app
@@ -28,7 +29,22 @@ def models(tmp_path_factory):
                                          ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
     for seed, promote in ((0, True), (1, False)):
         train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=120, val_fraction=0.0,
-                           lr=5e-3, seed=seed, promote=promote, progress=False, min_freq=1, model_overrides=TINY, device="cpu"))
+                           lr=5e-3, seed=seed, promote=promote, progress=False, min_freq=1, model_overrides=TINY, device="cpu",
+                           evidence_k=0))
+    return root / "reg"
+
+
+@pytest.fixture(scope="module")
+def rag_models(tmp_path_factory):
+    """A tiny model trained with evidence: each FAQ answer under two wordings, so each learned to copy the other's."""
+    root = tmp_path_factory.mktemp("rag-models")
+    data = root / "faq.jsonl"
+    rows = [(q, a) for q, a in FAQ_PAIRS] + [(f"请问{q}", a) for q, a in FAQ_PAIRS]
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                                         ensure_ascii=False) for q, a in rows) + "\n")
+    train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=60, val_fraction=0.0, lr=5e-3,
+                       promote=True, progress=False, min_freq=1, model_overrides={**TINY, "block_size": 160}, device="cpu",
+                       evidence_k=2))
     return root / "reg"
 
 
@@ -67,6 +83,29 @@ async def test_answer_matches_the_model_and_carries_kefu_fields(client, models):
     assert body["usage"]["prompt_tokens"] == len(prompt)
     assert body["kefu"]["model_version"] == "v0001" == body["model"]
     assert body["kefu"]["confidence"] == pytest.approx(expected.confidence, abs=1e-4)
+    assert body["kefu"]["evidence"] == []  # trained without evidence: none in its prompts, not even a request's own
+    assert body["kefu"]["p_correct"] is None  # nothing was held out: no gate was fitted
+
+
+async def test_evidence_from_the_version_and_the_request_goes_into_the_prompt(rag_models):
+    client = await start(rag_models)
+    try:
+        loaded = Registry(rag_models).load()
+        messages = [{"role": "user", "content": FAQ_PAIRS[1][0]}]
+        body = await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[1][0], max_tokens=40))).json()
+        prompt, hits = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, messages, 160 - 40)
+        [expected] = generate(loaded.model, [prompt], SamplingParams(max_new_tokens=40), loaded.tokenizer.stop_ids)
+        assert body["choices"][0]["message"]["content"] == loaded.tokenizer.decode(expected.token_ids)
+        assert [e["text"] for e in body["kefu"]["evidence"]] == [h.response for h in hits] and hits[0].response == FAQ_PAIRS[1][1]
+        assert body["usage"]["prompt_tokens"] == len(prompt)
+        own = "满99元包邮，不满收10元。"
+        body = await (await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[1][0], evidence=[own]))).json()
+        assert [e["text"] for e in body["kefu"]["evidence"]] == [own, FAQ_PAIRS[1][1]]  # the caller's first
+        for bad in (["x"] * 5, ["y" * 40_000], "not a list"):
+            response = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[1][0], evidence=bad))
+            assert response.status == 400 and "evidence" in (await response.json())["error"]["message"]
+    finally:
+        await client.close()
 
 
 async def test_streamed_answer_equals_the_plain_one(client):

@@ -1,0 +1,195 @@
+"""Search without torch: jieba search tokens, Okapi BM25, and the evidence index a model version carries.
+
+    index = EvidenceIndex.build(train_conversations)     # one document per assistant turn: the user turn before it
+    hits = index.search(messages, k=2)                   # [Hit(response, score, question)], best first
+    hits = index.search(messages, k=2, exclude_group=7)  # training: never a turn of conversation 7 itself
+    baseline = hits[0].response                          # the BM25 nearest-response answer every version is compared with
+    index.save(folder / "evidence.jsonl"); index = EvidenceIndex.load(folder / "evidence.jsonl")
+    char_f1("满69元包邮", "满99元包邮")                    # the one answer metric: multiset F1 of non-space characters
+
+Shared by the bot (the FAQ matcher in bot/search.py) and llmcore (retrieval-augmented prompts, evaluation),
+so it imports neither torch nor anything of the bot.
+
+BM25 departs from the textbook in one way: a document's term frequency counts at most the query's (a word
+repeated in a document is no more evidence than the query holds). Scores are normalized by the score the
+query gets against itself as a document, so they lie in [0, 1] and a threshold means the same for a short
+and a long query; query words no document has weigh in that self-score with the largest idf there is.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jieba
+
+jieba.setLogLevel(logging.WARNING)  # the dictionary load message is noise on every start
+
+K1, B = 1.5, 0.75
+# Words that carry no meaning for matching: particles, pronouns, question words, politeness, English function words.
+# Negations (不 没 not no) and time/place question words (when where 多久 哪里) stay: they change the question.
+STOPWORDS = frozenset(
+    "的 了 吗 呢 啊 吧 呀 哦 嘛 么 是 我 你 您 他 她 它 我们 你们 请 请问 麻烦 一下 怎么 怎样 怎么样 如何 "
+    "什么 啥 这个 那个 这 那 个 就 也 都 还 和 与 跟 "
+    "a an the is are am was be been do does did i me my you your we our it its to of in on at for and or "
+    "can could would will should please how what hi hello s t".split()  # s, t: the tails of "what's", "don't"
+)
+EVIDENCE_FORMAT = "kefu-evidence/1"
+CONTEXT_MESSAGES = 2  # messages before the question that say what it is about (the last answer, the question before)
+CONTEXT_WEIGHT = 0.3  # how much matching context counts beside matching the question itself
+MAX_QUERY_CHARS = 512  # a query's tail that is searched: a 30k-character message costs no more than a long question
+
+
+def char_f1(prediction: str, reference: str) -> float:
+    """F1 of the multisets of non-space characters."""
+    pred = Counter(c for c in prediction if not c.isspace())
+    ref = Counter(c for c in reference if not c.isspace())
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((pred & ref).values())
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / sum(pred.values()), overlap / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def normalize(text: str) -> str:
+    """NFKC, lower case, letters and digits only: what an exact match compares."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text).lower() if ch.isalnum())
+
+
+def tokenize(text: str) -> list[str]:
+    """Search tokens: jieba search-mode words of the NFKC lower-cased text, without punctuation, emoji and stopwords."""
+    words = jieba.lcut_for_search(unicodedata.normalize("NFKC", text).lower(), HMM=False)
+    return [w for w in words if any(ch.isalnum() for ch in w) and w not in STOPWORDS]
+
+
+def bm25_idf(n_docs: int, n_with_term: int) -> float:
+    return math.log(1 + (n_docs - n_with_term + 0.5) / (n_with_term + 0.5))
+
+
+class Bm25:
+    """Normalized BM25 over documents given as token lists; `scores` costs only the postings of the query's words."""
+
+    def __init__(self, documents: Iterable[Sequence[str]]) -> None:
+        self.postings: dict[str, list[tuple[int, int]]] = {}  # term -> [(document, term frequency)]
+        lengths: list[int] = []
+        for doc, tokens in enumerate(documents):
+            for term, tf in Counter(tokens).items():
+                self.postings.setdefault(term, []).append((doc, tf))
+            lengths.append(len(tokens))
+        self.num_docs = len(lengths)
+        self.avgdl = (sum(lengths) / len(lengths) if lengths else 1.0) or 1.0  # every document may be stopwords only
+        self.doc_norm = [K1 * (1 - B + B * n / self.avgdl) for n in lengths]
+        self.idf = {t: bm25_idf(self.num_docs, len(p)) for t, p in self.postings.items()}
+        self.unknown_idf = bm25_idf(self.num_docs, 0)  # the largest idf: a word in no document
+
+    def scores(self, terms: Counter[str]) -> dict[int, float]:
+        """Normalized BM25 in [0, 1] of every document sharing a term with the query."""
+        own = self.self_score(terms)
+        raw: dict[int, float] = {}
+        for term, query_tf in terms.items():
+            idf = self.idf.get(term)
+            for doc, tf in self.postings.get(term, ()):
+                tf = min(tf, query_tf)
+                raw[doc] = raw.get(doc, 0.0) + idf * tf * (K1 + 1) / (tf + self.doc_norm[doc])
+        return {doc: min(1.0, score / own) for doc, score in raw.items()} if own > 0 else {}
+
+    def self_score(self, terms: Counter[str]) -> float:
+        """BM25 of the query against itself as a document: the most it could score."""
+        norm = K1 * (1 - B + B * sum(terms.values()) / self.avgdl)
+        return sum(self.idf.get(t, self.unknown_idf) * tf * (K1 + 1) / (tf + norm) for t, tf in terms.items())
+
+
+@dataclass(frozen=True)
+class Hit:
+    response: str
+    score: float  # normalized BM25 of the query against `question`, in [0, 1]
+    question: str
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    question: str  # the user turn the response answered
+    response: str
+    group: int  # the conversation it came from: training never retrieves from the target's own conversation
+    context: str = ""  # the CONTEXT_MESSAGES before the question: "its phone number?" is about what was said before
+
+
+def split_query(messages: Sequence[dict]) -> tuple[str, str]:
+    """The last user turn, and the CONTEXT_MESSAGES before it (each cut to MAX_QUERY_CHARS)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            context = " ".join(m["content"][-MAX_QUERY_CHARS:] for m in messages[max(0, i - CONTEXT_MESSAGES) : i])
+            return messages[i]["content"][-MAX_QUERY_CHARS:], context
+    return "", ""
+
+
+class EvidenceIndex:
+    """The stored responses of a version's training data, found by the user turn they answered."""
+
+    def __init__(self, turns: Sequence[StoredTurn]) -> None:
+        self.turns = list(turns)
+        self.bm25 = Bm25(tokenize(t.question) for t in self.turns)
+        self.context_bm25 = Bm25(tokenize(f"{t.context} {t.response}") for t in self.turns)  # what the exchange is about
+
+    @classmethod
+    def build(cls, conversations: Iterable) -> EvidenceIndex:
+        """Every assistant turn that follows a user turn (but context-only ones, `"weight": 0`), from conversations
+        with a `messages` list."""
+        turns = []
+        for group, conversation in enumerate(conversations):
+            messages = conversation.messages
+            turns += [StoredTurn(messages[i - 1]["content"], m["content"], group, split_query(messages[:i])[1])
+                      for i, m in enumerate(messages)
+                      if i > 0 and m["role"] == "assistant" and m.get("weight", 1) and messages[i - 1]["role"] == "user"]
+        return cls(turns)
+
+    def __len__(self) -> int:
+        return len(self.turns)
+
+    def search(self, messages: Sequence[dict], k: int, exclude_group: int | None = None) -> list[Hit]:
+        """Up to k stored responses for the conversation's last user turn, best first, each response once.
+
+        A stored turn scores by how well its question matches the user's, plus CONTEXT_WEIGHT times how well
+        its context and response match the turns before the user's (scaled back into [0, 1])."""
+        query, context = split_query(messages)
+        if k <= 0 or not query:
+            return []
+        scores = self.bm25.scores(Counter(tokenize(query)))
+        if context_terms := Counter(tokenize(context)):
+            for doc, score in self.context_bm25.scores(context_terms).items():
+                scores[doc] = scores.get(doc, 0.0) + CONTEXT_WEIGHT * score
+            scores = {doc: score / (1 + CONTEXT_WEIGHT) for doc, score in scores.items()}
+        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for doc, score in ranked:
+            turn = self.turns[doc]
+            if turn.group == exclude_group or turn.response in seen:
+                continue
+            seen.add(turn.response)
+            hits.append(Hit(turn.response, score, turn.question))
+            if len(hits) == k:
+                break
+        return hits
+
+    def save(self, path: str | Path) -> None:
+        lines = [json.dumps({"format": EVIDENCE_FORMAT, "turns": len(self.turns)})]
+        lines += [json.dumps({"q": t.question, "a": t.response, "g": t.group, "c": t.context}, ensure_ascii=False)
+                  for t in self.turns]
+        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvidenceIndex:
+        with open(path, encoding="utf-8") as handle:
+            header = json.loads(handle.readline())
+            if header.get("format") != EVIDENCE_FORMAT:
+                raise ValueError(f"{path} is not a {EVIDENCE_FORMAT} file")
+            rows = [json.loads(line) for line in handle if line.strip()]
+        return cls([StoredTurn(r["q"], r["a"], int(r["g"]), r.get("c", "")) for r in rows])
