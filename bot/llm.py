@@ -5,6 +5,7 @@ retries on 503 that honour Retry-After, and a circuit breaker so a dead service 
     await llm.start()
     answer = await llm.answer(messages, max_tokens=96)                   # ModelAnswer(text, confidence, version)
     answer = await llm.answer(messages, max_tokens=96, on_text=show)     # streamed: show(text so far) as it grows
+    answer = await llm.answer(messages, 96, evidence=["a FAQ answer"])    # evidence for the model to draw on
     await llm.close()
 
 Any failure (unreachable, 5xx, too slow, breaker open) raises LlmUnavailable within the deadline: the
@@ -36,6 +37,7 @@ class ModelAnswer:
     confidence: float | None  # mean token log-probability; None for an empty answer
     version: str | None
     finish_reason: str | None
+    p_correct: float | None = None  # the version's calibrated probability that the answer is right (None: no gate)
 
 
 class CircuitBreaker:
@@ -81,12 +83,13 @@ class LlmClient:
             await self._session.close()
 
     async def answer(self, messages: list[dict[str, str]], max_tokens: int,
-                     on_text: Callable[[str], Awaitable[None]] | None = None, repetition_penalty: float = 1.0) -> ModelAnswer:
+                     on_text: Callable[[str], Awaitable[None]] | None = None, repetition_penalty: float = 1.0,
+                     evidence: list[str] | None = None) -> ModelAnswer:
         if self.breaker.is_open:
             raise LlmUnavailable("circuit open: llmcore failed repeatedly")
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await self._with_retries(messages, max_tokens, on_text, repetition_penalty)
+                result = await self._with_retries(messages, max_tokens, on_text, repetition_penalty, evidence or [])
         except TimeoutError:
             self.breaker.failure()
             raise LlmUnavailable(f"no answer within {self.timeout_s:g} s") from None
@@ -97,10 +100,13 @@ class LlmClient:
         return result
 
     async def _with_retries(self, messages: list[dict[str, str]], max_tokens: int,
-                            on_text: Callable[[str], Awaitable[None]] | None, repetition_penalty: float) -> ModelAnswer:
+                            on_text: Callable[[str], Awaitable[None]] | None, repetition_penalty: float,
+                            evidence: list[str]) -> ModelAnswer:
         body = {"model": "kefu", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": on_text is not None}
         if repetition_penalty != 1.0:
             body["repetition_penalty"] = repetition_penalty
+        if evidence:
+            body["evidence"] = evidence
         for attempt in range(4):
             try:
                 return await self._request(body, on_text)
@@ -134,7 +140,8 @@ async def _read_plain(response: aiohttp.ClientResponse) -> ModelAnswer:
     body = await response.json()
     choice = body["choices"][0]
     kefu = body.get("kefu") or {}
-    return ModelAnswer(choice["message"]["content"] or "", kefu.get("confidence"), kefu.get("model_version"), choice["finish_reason"])
+    return ModelAnswer(choice["message"]["content"] or "", kefu.get("confidence"), kefu.get("model_version"), choice["finish_reason"],
+                       kefu.get("p_correct"))
 
 
 async def _read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str], Awaitable[None]]) -> ModelAnswer:
@@ -154,7 +161,7 @@ async def _read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str]
             await on_text(text)
     if finish is None:
         raise _Retry("stream ended before the answer did")
-    return ModelAnswer(text, kefu.get("confidence"), kefu.get("model_version"), finish)
+    return ModelAnswer(text, kefu.get("confidence"), kefu.get("model_version"), finish, kefu.get("p_correct"))
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

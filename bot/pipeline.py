@@ -56,8 +56,9 @@ class Pipeline:
         if matches and matches[0].score >= self.settings.faq_best:
             reply = Reply(matches[0].entry.answer, "faq", matches[0].score)
         else:
-            reply = await self._ask_model(chat_id, question, lang, on_text)
-            reply.suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
+            suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
+            reply = await self._ask_model(chat_id, question, lang, on_text, [m.entry.answer for m in suggestions])
+            reply.suggestions = suggestions
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         await self.record(chat_id, user_id, question, reply)
         return reply
@@ -76,10 +77,13 @@ class Pipeline:
         reply.entry_id = await self.log.append(Exchange(chat_id, user_id, question, reply.text, reply.source, reply.score,
                                                         reply.version, reply.latency_ms))
 
-    async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None) -> Reply:
+    async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None,
+                         evidence: list[str]) -> Reply:
+        """The model's answer, with the near-miss FAQ answers as evidence it may draw on, if it passes the gates."""
         messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
         try:
-            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text, self.settings.repetition_penalty)
+            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text, self.settings.repetition_penalty,
+                                           evidence)
         except LlmUnavailable as exc:
             logger.warning("model unavailable, answering with the fallback: %s", exc)
             return Reply(texts(lang).fallback, "fallback", None)
@@ -103,4 +107,9 @@ class Pipeline:
         return index.score_for(question, nearest.id) >= self.settings.kb_check_min_score
 
     def _confident(self, answer: ModelAnswer) -> bool:
-        return bool(answer.text.strip()) and answer.confidence is not None and answer.confidence >= self.settings.min_confidence
+        """The version's calibrated gate when it has one (kefu.p_correct), else the mean log-probability."""
+        if not answer.text.strip():
+            return False
+        if answer.p_correct is not None:
+            return answer.p_correct >= self.settings.min_answer_probability
+        return answer.confidence is not None and answer.confidence >= self.settings.min_confidence

@@ -34,9 +34,11 @@ class BotSettings(BaseSettings):
     faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
     faq_suggest: float = Field(default=0.4, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
     min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")
+    min_answer_probability: float = Field(default=0.5, ge=0, le=1,
+                                          description="the version's calibrated probability of being right a model answer needs")
     history_turns: int = Field(default=20, ge=2, description="messages kept per chat")
     history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="a quiet chat's history expires after this")
-    model_history: int = Field(default=0, ge=0, description="recent messages sent to the model with the question (0: the question alone)")
+    model_history: int = Field(default=4, ge=0, description="recent messages sent to the model with the question (0: the question alone)")
     max_answer_tokens: int = Field(default=96, ge=1, le=4096)
     kb_check: bool = Field(default=True, description="a model answer must fit the FAQ (see bot/pipeline.py)")
     kb_check_min_score: float = Field(default=0.35, ge=0, le=1, description="FAQ score a question needs for a stock model answer")

@@ -50,22 +50,27 @@ class Gate:
         return _sigmoid(self.bias + sum(w * v for w, v in zip(self.weights, x)))
 
     @classmethod
-    def fit(cls, rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-2, steps: int = 2000) -> Gate | None:
-        """Logistic regression by gradient descent (a few hundred rows, four features); None without both classes."""
+    def fit(cls, rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-3, steps: int = 30) -> Gate | None:
+        """Logistic regression by Newton's method (a few hundred rows, four features); None without both classes."""
         if not rows or all(labels) or not any(labels):
             return None
-        n, d = len(rows), len(rows[0])
-        w, b, lr = [0.0] * d, 0.0, 0.5
+        xs = [[1.0, *map(float, x)] for x in rows]  # the bias as a constant feature
+        d = len(xs[0])
+        theta = [0.0] * d
         for _ in range(steps):
-            grad_w, grad_b = [l2 * wi for wi in w], 0.0
-            for x, y in zip(rows, labels):
-                err = _sigmoid(b + sum(wi * xi for wi, xi in zip(w, x))) - float(y)
-                grad_b += err / n
+            grad = [l2 * t for t in theta]
+            hess = [[l2 * (i == j) for j in range(d)] for i in range(d)]
+            for x, y in zip(xs, labels):
+                p = _sigmoid(sum(t * v for t, v in zip(theta, x)))
                 for i in range(d):
-                    grad_w[i] += err * x[i] / n
-            w = [wi - lr * g for wi, g in zip(w, grad_w)]
-            b -= lr * grad_b
-        return cls(tuple(w), b)
+                    grad[i] += (p - y) * x[i]
+                    for j in range(d):
+                        hess[i][j] += p * (1 - p) * x[i] * x[j]
+            step = _solve(hess, grad)
+            theta = [t - s for t, s in zip(theta, step)]
+            if max(map(abs, step)) < 1e-6:
+                break
+        return cls(tuple(theta[1:]), theta[0])
 
     def save(self, folder: Path) -> None:
         data = {"features": list(FEATURES), "weights": list(self.weights), "bias": self.bias, "right_f1": RIGHT_F1}
@@ -94,3 +99,19 @@ def gate_curve(probabilities: Sequence[float], labels: Sequence[bool],
                       "precision": round(right / len(passed), 3) if passed else None,
                       "recall": round(right / total_right, 3) if total_right else None})
     return curve
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """x with a x = b, by Gaussian elimination with partial pivoting (a is small and positive definite)."""
+    n = len(b)
+    m = [row[:] + [v] for row, v in zip(a, b)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            factor = m[r][col] / m[col][col]
+            m[r] = [rv - factor * cv for rv, cv in zip(m[r], m[col])]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x

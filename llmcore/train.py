@@ -83,6 +83,7 @@ class TrainOptions:
     tokenizer: str = "chars"  # chars | words (jieba words + characters)
     evidence_k: int = 2  # retrieved answers in each prompt (0: no retrieval-augmented generation)
     max_history: int | None = 4  # turns before the question in each prompt (None: as many as fit)
+    max_evidence_tokens: int = 96  # each piece of evidence is cut to this
     progress: bool = True
     progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
     compare_current: bool = False  # also score the current version on the same held-out conversations
@@ -101,6 +102,7 @@ class TrainOptions:
             (self.vocab_size >= 16 and self.min_freq >= 1, "--vocab-size must be at least 16 and --min-freq at least 1"),
             (self.tokenizer in ("chars", "words"), "--tokenizer must be chars or words"),
             (0 <= self.evidence_k <= 8, "--evidence must be between 0 and 8"),
+            (self.max_evidence_tokens >= 1, "--evidence-tokens must be at least 1"),
             (self.max_history is None or self.max_history >= 0, "--history must not be negative"),
         ]
         for ok, message in checks:
@@ -166,7 +168,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq,
                                 words=opts.tokenizer == "words")
     index = EvidenceIndex.build(train_convs)  # kept even without evidence in prompts: the retrieval baseline needs it
-    recipe = PromptRecipe(evidence_k=opts.evidence_k, max_history=opts.max_history)
+    recipe = PromptRecipe(evidence_k=opts.evidence_k, max_history=opts.max_history, max_evidence_tokens=opts.max_evidence_tokens)
     config = replace(default_config(opts.arch, tokenizer.vocab_size), **opts.model_overrides)
     model = build_model(config).to(device)
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",

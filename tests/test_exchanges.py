@@ -62,3 +62,24 @@ async def test_forget_user_erases_entries_and_ratings(redis, prefix):
     assert await log.forget_user(8) == 1
     assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
     assert await keys_with(redis, prefix, mine) == [] and await keys_with(redis, prefix, "我的订单在哪") == []
+
+
+async def test_training_records_carry_their_chats_earlier_turns_as_context_only(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    await log.append(exchange(user_id=1, question="我的电话13812345678，想问运费", answer="抱歉，我还不能回答。", source="fallback"))
+    await log.append(exchange(user_id=2, question="别的聊天", answer="别的回答。"))
+    await log.append(exchange(user_id=1, question="满多少包邮？", answer="满69元包邮。"))
+    await log.append(exchange(user_id=1, question="偏远地区呢？", answer="偏远地区另收10元。", source="model"))
+    records = [r async for r in log.conversations(context_turns=2)]
+    assert [r["messages"][-2]["content"] for r in records] == ["别的聊天", "满多少包邮？", "偏远地区呢？"]  # the fallback itself is out
+    by_question = {r["messages"][-2]["content"]: r["messages"] for r in records}
+    assert by_question["别的聊天"][:-2] == []  # another chat's turns never leak in
+    context = by_question["满多少包邮？"][:-2]
+    assert [m["role"] for m in context] == ["user", "assistant"] and context[1] == {"role": "assistant", "content": "抱歉，我还不能回答。",
+                                                                                      "weight": 0}
+    assert "13812345678" not in context[0]["content"] and "[PHONE]" in context[0]["content"]  # scrubbed like every entry
+    assert [m["content"] for m in by_question["偏远地区呢？"][:-2]] == ["满多少包邮？", "满69元包邮。"]  # at most 2 earlier messages
+    for record in records:  # llmcore reads them, and learns only the last answer
+        conversation = parse_conversation(json.dumps(record, ensure_ascii=False))
+        assert [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"][:-1] == [0] * (len(record["messages"]) // 2 - 1)
+    assert [len(r["messages"]) for r in [r async for r in log.conversations()]] == [2, 2, 2]  # no context unless asked for

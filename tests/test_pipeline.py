@@ -15,12 +15,13 @@ from .conftest import FAQ_PAIRS, serve_app
 @pytest.fixture
 async def model_says():
     """A stand-in llmcore whose next answer and confidence the test sets; records what it was asked."""
-    state = {"text": "模型的回答", "confidence": -0.05, "asked": []}
+    state = {"text": "模型的回答", "confidence": -0.05, "p_correct": None, "asked": []}
 
     async def handler(request: web.Request) -> web.Response:
         state["asked"].append(await request.json())
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": state["text"]}, "finish_reason": "stop"}],
-                                  "kefu": {"confidence": state["confidence"], "model_version": "v0042"}})
+                                  "kefu": {"confidence": state["confidence"], "p_correct": state["p_correct"],
+                                           "model_version": "v0042"}})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
@@ -66,9 +67,10 @@ async def test_unsure_or_empty_model_answers_fall_back(pipeline, model_says, tex
     assert entries[-1]["source"] == "fallback" and entries[-1]["answer"] == reply.text
 
 
-async def test_near_misses_come_back_as_suggestions(pipeline, model_says):
+async def test_near_misses_come_back_as_suggestions_and_go_to_the_model_as_evidence(pipeline, model_says):
     model_says["confidence"] = -5.0
     reply = await pipeline.answer(1, 1, "运费", "zh")
+    assert model_says["asked"][-1]["evidence"] == [m.entry.answer for m in reply.suggestions]
     assert reply.source == "fallback" and [m.entry.answer for m in reply.suggestions][:1] == [FAQ_PAIRS[1][1]]
     assert all(0.4 <= m.score < 0.75 for m in reply.suggestions)
     chosen = await pipeline.answer_from_faq(1, 1, reply.suggestions[0].entry.id)
@@ -87,3 +89,16 @@ async def test_model_answers_must_fit_the_knowledge_base(pipeline, model_says, q
     model_says["text"], model_says["confidence"] = answer, confidence
     reply = await pipeline.answer(1, 1, question, "zh")
     assert reply.source == source, reply
+
+
+@pytest.mark.parametrize("p_correct, confidence, source", [
+    (0.9, -3.0, "model"),  # the version's calibrated gate decides, not the raw log-probability
+    (0.2, -0.01, "fallback"),
+    (None, -3.0, "fallback"),  # a version without a gate: the log-probability threshold as before
+])
+async def test_a_versions_calibrated_gate_decides_when_it_has_one(pipeline, model_says, p_correct, confidence, source):
+    model_says["text"], model_says["confidence"], model_says["p_correct"] = "模型自己学会的新回答", confidence, p_correct
+    pipeline.settings = pipeline.settings.model_copy(update={"kb_check": False})
+    reply = await pipeline.answer(1, 1, "火星上有水吗", "zh")
+    assert reply.source == source
+    assert "evidence" not in model_says["asked"][-1]  # nothing in the FAQ came near: no evidence of the bot's own

@@ -130,3 +130,31 @@ def test_loading_a_bad_file_is_a_clear_error(tmp_path, content):
     path.write_text(content)
     with pytest.raises(TokenizerError):
         Tokenizer.load(path)
+
+
+def test_a_character_vocabulary_has_one_id_per_character_and_round_trips():
+    chars = Tokenizer.train(CORPUS, words=False)
+    assert not chars.has_words and len(chars) == len(SPECIAL_TOKENS) + len(set("".join(CORPUS)))
+    for text in CORPUS:
+        assert chars.encode(text) == [chars.ids[c] for c in text] and chars.decode(chars.encode(text)) == text
+
+
+def test_evidence_sits_before_the_question_and_yields_to_it_when_space_is_short(tok):
+    messages = [{"role": "user", "content": "运费多少？"}, {"role": "assistant", "content": "满69元包邮。"},
+                {"role": "user", "content": "请问电话"}]
+    ids = tok.encode_prompt(messages, evidence=["客服电话：400-820-6688", "营业时间9:00-21:00"])
+    turns = tok.decode(ids, skip_special=False).split("<|end|>")
+    assert [t.split("|>")[0] for t in turns] == ["<bos><|user", "<|assistant", "<|evidence", "<|evidence", "<|user", "<|assistant"]
+    assert "营业时间" in turns[2] and "400-820-6688" in turns[3]  # the best evidence nearest the question
+    question = len(tok._encode_turn(messages[-1]))
+    tight = tok.encode_prompt(messages, max_tokens=question + 2 + len(tok.encode_evidence("客服电话：400-820-6688", 96)),
+                              evidence=["客服电话：400-820-6688", "营业时间9:00-21:00"])
+    assert tight.count(tok.evidence_id) == 1 and "400-820-6688" in tok.decode(tight) and "运费" not in tok.decode(tight)
+    assert tok.encode_prompt(messages, max_history=0, evidence=["x"]).count(tok.role_ids["user"]) == 1
+
+
+def test_a_tokenizer_from_before_evidence_still_loads_and_takes_none(tmp_path):
+    legacy = Tokenizer(list(SPECIAL_TOKENS[:8]) + list("运费多少？"))
+    assert legacy.evidence_id is None and legacy.num_special == 8
+    ids = legacy.encode_prompt([{"role": "user", "content": "运费多少？"}], evidence=["运费"])
+    assert ids == legacy.encode_prompt([{"role": "user", "content": "运费多少？"}])
