@@ -81,5 +81,6 @@ async def test_training_records_carry_their_chats_earlier_turns_as_context_only(
     assert [m["content"] for m in by_question["偏远地区呢？"][:-2]] == ["满多少包邮？", "满69元包邮。"]  # at most 2 earlier messages
     for record in records:  # llmcore reads them, and learns only the last answer
         conversation = parse_conversation(json.dumps(record, ensure_ascii=False))
-        assert [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"][:-1] == [0] * (len(record["messages"]) // 2 - 1)
+        weights = [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"]
+        assert weights == [0] * (len(weights) - 1) + [1]
     assert [len(r["messages"]) for r in [r async for r in log.conversations()]] == [2, 2, 2]  # no context unless asked for
