@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--evidence", type=int, default=2, metavar="K",
                        help="retrieved stored answers in each prompt, which the model may copy (0: none; default 2)")
     train.add_argument("--evidence-tokens", type=int, default=96, metavar="N", help="each piece of evidence is cut to N tokens")
+    train.add_argument("--question-loss", action="store_true", help="also learn each window's user question")
     train.add_argument("--history", type=int, default=4, metavar="N",
                        help="earlier turns of the conversation in each prompt (default 4)")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
@@ -113,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress, progress_file=args.progress_file,
         compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
+        question_loss=args.question_loss,
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports

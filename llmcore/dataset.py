@@ -139,9 +139,10 @@ def split_conversations(conversations: Sequence[Conversation], val_fraction: flo
 
 def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokenizer, block_size: int,
                        index: EvidenceIndex | None, recipe: PromptRecipe, exclude_own: bool = True,
-                       seed: int = 0) -> list[Example]:
+                       seed: int = 0, question_loss: bool = False) -> list[Example]:
     """One window per assistant turn: its prompt exactly as it will be served (the recipe's history, evidence
-    retrieved from `index`), then the answer, which alone carries loss.
+    retrieved from `index`), then the answer, which alone carries loss (with `question_loss`, the user's
+    question too: each user turn is a question in one window only, so it is learned once).
 
     With `exclude_own` (training: `index` was built from these same conversations, in this order), a turn's
     evidence never comes from its own conversation, so the target is never its own evidence.
@@ -158,7 +159,11 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
             history = 0 if rng.random() < SINGLE_TURN_SHARE else -1
             prompt, _ = build_prompt(tokenizer, index, recipe, conversation.messages[:i], block_size + 1 - len(answer),
                                      exclude_group=group if exclude_own else None, max_history=history)
-            examples.append(Example(prompt + answer, [0] * len(prompt) + [1] * len(answer)))
+            mask = [0] * len(prompt)
+            if question_loss and tokenizer.role_ids["user"] in prompt:
+                start = len(prompt) - prompt[::-1].index(tokenizer.role_ids["user"])  # after the question's role token
+                mask[start : len(prompt) - 1] = [1] * (len(prompt) - 1 - start)  # its text and end, not the opener
+            examples.append(Example(prompt + answer, mask + [1] * len(answer)))
     return examples
 
 

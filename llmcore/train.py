@@ -46,7 +46,8 @@ from llmcore.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}
+PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}  # at the default width; wider models get less (default_lr)
+LR_WIDTH = {"transformer": 192, "lstm": 384}
 BOT_REPETITION_PENALTY = 1.2  # versions are scored as the bot asks (bot REPETITION_PENALTY)
 MIN_STEPS_PER_EPOCH = 20  # small data (an FAQ) gets smaller batches, so it sees enough updates
 BATCH_TOKENS_RANGE = (512, 2048)
@@ -84,6 +85,7 @@ class TrainOptions:
     evidence_k: int = 2  # retrieved answers in each prompt (0: no retrieval-augmented generation)
     max_history: int | None = 4  # turns before the question in each prompt (None: as many as fit)
     max_evidence_tokens: int = 96  # each piece of evidence is cut to this
+    question_loss: bool = False  # also learn the user's question of each window (more signal from the same data)
     progress: bool = True
     progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
     compare_current: bool = False  # also score the current version on the same held-out conversations
@@ -124,6 +126,12 @@ def lr_at(step: int, progress: float, peak: float) -> float:
         return peak * (step + 1) / WARMUP_STEPS
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine)
+
+
+def default_lr(config: ModelConfig) -> float:
+    """The arch's peak lr at its default width, scaled down in proportion for wider models: a 27 M Transformer
+    (8 x 512) diverged at the small model's 3e-3 on a GPU, so the recipe must shrink its steps as it grows."""
+    return PEAK_LR[config.arch] * min(1.0, LR_WIDTH[config.arch] / config.n_embd)
 
 
 def auto_batch_tokens(examples: list) -> int:
@@ -239,7 +247,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
     (a plateau is not a reason to forget what was learned on the training data, e.g. a knowledge base by heart).
     """
-    examples = make_turn_examples(train_convs, tokenizer, model.config.block_size, index, recipe, seed=opts.seed)
+    examples = make_turn_examples(train_convs, tokenizer, model.config.block_size, index, recipe, seed=opts.seed,
+                                  question_loss=opts.question_loss)
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
     dist = dist or Distributed()
@@ -249,7 +258,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     total_steps = steps_per_epoch * opts.epochs if opts.epochs else None
     budget_s = opts.max_minutes * 60 if opts.max_minutes else None
     eval_every_s = max(MIN_EVAL_INTERVAL_S, budget_s / EVALS_PER_BUDGET) if budget_s else None  # else: every epoch
-    peak_lr = PEAK_LR[model.config.arch] if opts.lr is None else opts.lr
+    peak_lr = default_lr(model.config) if opts.lr is None else opts.lr
     optimizer = make_optimizer(model, peak_lr, device)
     trainee = dist.wrap(model)  # DistributedDataParallel across ranks, the model itself alone
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
@@ -351,6 +360,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
         "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer, "prompt": recipe.to_dict(),
+        "question_loss": opts.question_loss,
         "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

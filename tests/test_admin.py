@@ -151,3 +151,13 @@ async def test_retrain_refuses_little_data_and_runs_one_job_at_a_time(telegram, 
                 assert response.status == 200
         _, failed = await telegram.wait_for(lambda m, p: m == "sendMessage" and "Training failed" in p.get("text", ""), timeout=30)
         assert "stopped before it finished" in failed["text"] and registry.current() == "v0001"
+
+
+def test_the_retrain_comparison_puts_the_lookup_baseline_beside_the_model():
+    from bot.admin import comparison_table
+
+    table = comparison_table({"result": {"version": "v0002", "val_char_f1": 0.451, "val_baseline_char_f1": 0.382,
+                                         "val_char_f1_turns": 200, "compare": {"version": "v0001", "val_char_f1": 0.40}}})
+    rows = {line.split()[0]: line.split()[1:] for line in table.split("<pre>")[1].split("</pre>")[0].splitlines()[1:]}
+    assert rows["char-F1"] == ["0.451", "0.400"] and rows["BM25"][-2] == "0.382"
+    assert "200 held-out answers" in table and "must beat it" in table

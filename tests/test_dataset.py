@@ -170,3 +170,12 @@ def test_lone_surrogates_are_rejected_before_training(tmp_path):
     path = write(tmp_path, '{"messages": [{"role": "user", "content": "bad \\ud800"}, {"role": "assistant", "content": "x"}]}')
     with pytest.raises(DataError, match=r":1: message 1 contains invalid Unicode"):
         read_conversations([path])
+
+
+def test_question_loss_learns_each_question_once(chars):
+    plain = make_turn_examples(DIALOGS, chars, 128, None, PromptRecipe(max_history=4))
+    with_questions = make_turn_examples(DIALOGS, chars, 128, None, PromptRecipe(max_history=4), question_loss=True)
+    learned = [chars.decode([t for t, m in zip(e.ids, e.mask) if m], skip_special=False) for e in with_questions]
+    assert learned[1] == "开放时间呢<|end|>8点半到17点。<|end|>"  # the question of this window, not the earlier turns
+    questions = [m["content"] for c in DIALOGS for m in c.messages if m["role"] == "user"]
+    assert sum(sum(e.mask) for e in with_questions) - sum(sum(e.mask) for e in plain) == sum(len(q) + 1 for q in questions)

@@ -224,3 +224,12 @@ def run_group(command: list[str], env: dict, timeout: float = 120) -> subprocess
         process.communicate()
         raise
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_wider_models_take_smaller_steps():
+    from llmcore.model import ModelConfig
+    from llmcore.train import PEAK_LR, default_lr
+
+    small, wide = ModelConfig("transformer", 100), ModelConfig("transformer", 100, n_layer=8, n_embd=512, n_head=8)
+    assert default_lr(small) == PEAK_LR["transformer"] and default_lr(wide) == pytest.approx(PEAK_LR["transformer"] * 192 / 512)
+    assert default_lr(ModelConfig("transformer", 100, n_embd=64, n_head=4)) == PEAK_LR["transformer"]  # never more than the default
