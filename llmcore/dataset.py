@@ -21,14 +21,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from llmcore.prompting import PromptRecipe, build_prompt
-from llmcore.retrieval import EvidenceIndex
+from llmcore.prompting import PromptRecipe, prompt_ids, retrieve
+from llmcore.retrieval import EvidenceIndex, Hit
 from llmcore.tokenizer import ROLE_TOKENS, Tokenizer
 
 IGNORE_INDEX = -100
 DEMO_DATA = Path(__file__).parent / "data" / "demo_faq.chat.jsonl"  # the demo shop FAQ: default training data
 MAX_LINE_BYTES = 1 << 20
 SINGLE_TURN_SHARE = 0.2  # training prompts that show the question alone: a first message has no history either
+STOCK_EVIDENCE_SHARE = 0.7  # how often a stock answer's other occurrence is put among the evidence in training
 
 
 class DataError(ValueError):
@@ -145,7 +146,11 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
     question too: each user turn is a question in one window only, so it is learned once).
 
     With `exclude_own` (training: `index` was built from these same conversations, in this order), a turn's
-    evidence never comes from its own conversation, so the target is never its own evidence.
+    evidence never comes from its own conversation, so the target is never its own evidence. There, when
+    another conversation gives exactly the same answer (a stock answer: one FAQ answer to several wordings),
+    that occurrence joins the evidence at a random place most of the time (STOCK_EVIDENCE_SHARE), even if
+    BM25 missed it: the model learns to pick and copy the stored answer that fits, not to recite answers by
+    heart, which is what carries it to questions worded in ways it never saw.
     """
     rng = random.Random(seed)
     max_answer = block_size // 2
@@ -157,8 +162,13 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
             answer = tokenizer.encode(message["content"])
             answer = answer[:max_answer] if len(answer) > max_answer else answer + [tokenizer.end_id]
             history = 0 if rng.random() < SINGLE_TURN_SHARE else -1
-            prompt, _ = build_prompt(tokenizer, index, recipe, conversation.messages[:i], block_size + 1 - len(answer),
-                                     exclude_group=group if exclude_own else None, max_history=history)
+            hits = retrieve(index, recipe, conversation.messages[:i], exclude_group=group if exclude_own else None)
+            text = message["content"]
+            if (exclude_own and recipe.evidence_k > 0 and index is not None and index.is_stock(text, group)
+                    and text not in {h.response for h in hits} and rng.random() < STOCK_EVIDENCE_SHARE):
+                hits.insert(rng.randrange(min(len(hits), recipe.evidence_k - 1) + 1), Hit(text, 1.0, ""))
+                hits = hits[: recipe.evidence_k]
+            prompt = prompt_ids(tokenizer, recipe, conversation.messages[:i], block_size + 1 - len(answer), hits, history)
             mask = [0] * len(prompt)
             if question_loss and tokenizer.role_ids["user"] in prompt:
                 start = len(prompt) - prompt[::-1].index(tokenizer.role_ids["user"])  # after the question's role token

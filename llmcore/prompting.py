@@ -69,7 +69,12 @@ def build_prompt(tokenizer: Tokenizer, index: EvidenceIndex | None, recipe: Prom
     """Prompt ids of at most `max_tokens`, and the evidence in them (best first). `max_history` overrides the
     recipe's (-1: the recipe's)."""
     hits = retrieve(index, recipe, messages, extra_evidence, exclude_group)
+    return prompt_ids(tokenizer, recipe, messages, max_tokens, hits, max_history), hits
+
+
+def prompt_ids(tokenizer: Tokenizer, recipe: PromptRecipe, messages: Sequence[dict], max_tokens: int, hits: Sequence[Hit],
+               max_history: int | None = -1) -> list[int]:
+    """The prompt for `messages` with this evidence, in the recipe's shape."""
     history = recipe.max_history if max_history == -1 else max_history
-    ids = tokenizer.encode_prompt(messages, max_tokens=max_tokens, evidence=[h.response for h in hits],
-                                  max_history=history, max_evidence_tokens=recipe.max_evidence_tokens)
-    return ids, hits
+    return tokenizer.encode_prompt(messages, max_tokens=max_tokens, evidence=[h.response for h in hits],
+                                   max_history=history, max_evidence_tokens=recipe.max_evidence_tokens)

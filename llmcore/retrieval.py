@@ -137,6 +137,9 @@ class EvidenceIndex:
         self.turns = list(turns)
         self.bm25 = Bm25(tokenize(t.question) for t in self.turns)
         self.context_bm25 = Bm25(tokenize(f"{t.context} {t.response}") for t in self.turns)  # what the exchange is about
+        self.groups_of: dict[str, set[int]] = {}  # response -> the conversations that gave it
+        for t in self.turns:
+            self.groups_of.setdefault(t.response, set()).add(t.group)
 
     @classmethod
     def build(cls, conversations: Iterable) -> EvidenceIndex:
@@ -152,6 +155,10 @@ class EvidenceIndex:
 
     def __len__(self) -> int:
         return len(self.turns)
+
+    def is_stock(self, response: str, exclude_group: int | None = None) -> bool:
+        """Does another conversation give exactly this response (an FAQ answer asked in other words, "不客气。")?"""
+        return bool(self.groups_of.get(response, set()) - {exclude_group})
 
     def search(self, messages: Sequence[dict], k: int, exclude_group: int | None = None) -> list[Hit]:
         """Up to k stored responses for the conversation's last user turn, best first, each response once.
