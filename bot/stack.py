@@ -77,7 +77,7 @@ class Stack:
             return
         logger.info("no model yet in %s: training the demo model first (about 3 minutes on 2 CPU cores)", self.models)
         done = subprocess.run([sys.executable, "-m", "llmcore", "train", "--arch", "transformer", "--models", str(self.models),
-                               "--max-minutes", "3", "--val-fraction", "0", "--promote"], stdout=subprocess.DEVNULL)
+                               "--max-minutes", "3", "--val-fraction", "0", "--dropout", "0", "--promote"], stdout=subprocess.DEVNULL)
         if done.returncode != 0:
             raise StackError(f"training the demo model failed (exit {done.returncode}); see the lines above")
 

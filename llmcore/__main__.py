@@ -215,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     conversations, _ = read_conversations(args.data)
     result = evaluate(loaded.model, loaded.tokenizer, conversations, limit=args.limit,
                       repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                      index=loaded.index, recipe=loaded.recipe)
+                      index=loaded.index, recipe=loaded.recipe, gate=loaded.gate)
     print(json.dumps({"version": loaded.version, **result}, ensure_ascii=False))
 
 

@@ -3,7 +3,11 @@
     python -m llmcore eval --models DIR [--version V] --data FILE [--limit N]
 
 prints JSON: `ppl` (per assistant token), `loss_per_char` (nats per answer character, comparable across
-tokenizers), `char_f1` (greedy answer vs the reference assistant turn, averaged over assistant turns).
+tokenizers), `char_f1` (greedy answer vs the reference assistant turn, averaged over assistant turns),
+`baseline_char_f1` (the BM25 nearest stored response from the version's own training data, on the same
+turns: what a lookup table scores, the bar a generator must clear) and, for a version with a gate,
+`gate_curve` (coverage, precision and recall of answers with kefu.p_correct at or above each threshold,
+an answer being right at char-F1 >= 0.5). Answers are prompted exactly as `llmcore serve` prompts them.
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_demo_knowledge_base_is_learned_by_heart_in_three_minutes(tmp_path):
     version, metrics = train(TrainOptions(data=[str(DEMO_DATA)], arch="transformer", models=str(tmp_path), max_minutes=3, progress=False))
     loaded = Registry(tmp_path).load(version)
     conversations, _ = read_conversations([DEMO_DATA])
-    result = evaluate(loaded.model, loaded.tokenizer, conversations)
+    result = evaluate(loaded.model, loaded.tokenizer, conversations, index=loaded.index, recipe=loaded.recipe)
     assert metrics["train_seconds"] <= 3 * 60 + 5
     assert result["char_f1"] >= 0.9, result
 
