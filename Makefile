@@ -40,6 +40,8 @@ bench: install
 	$(PY) bench/serve.py
 	$(PY) bench/bot.py
 	$(PY) bench/loop.py
+	$(PY) bench/quality.py
+	$(PY) bench/demo_kb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
