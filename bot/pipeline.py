@@ -94,14 +94,15 @@ class Pipeline:
     async def _consistent(self, question: str, answer: ModelAnswer) -> bool:
         """The knowledge-base check: a small model's mean log-probability is near 0 for right and wrong answers alike,
         so an answer must also fit the FAQ. Text unlike every FAQ answer (learned from operators, say) must be
-        near-certain; a stock FAQ answer passes only if the question matches that entry; a stitch of stock phrases
+        near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if the question matches that entry; a stitch of stock phrases
         never does."""
         if not self.settings.kb_check:
             return True
         index = await self.faq.index()
         nearest, similarity = index.nearest_answer(answer.text)
-        if nearest is None or similarity < STITCHED_FROM:
-            return answer.confidence is not None and answer.confidence >= self.settings.kb_novel_min_confidence
+        if nearest is None or similarity < STITCHED_FROM:  # a calibrated version's gate already judged it (_confident)
+            return answer.p_correct is not None or (answer.confidence is not None
+                                                    and answer.confidence >= self.settings.kb_novel_min_confidence)
         if similarity < STOCK_ANSWER:
             return False
         return index.score_for(question, nearest.id) >= self.settings.kb_check_min_score

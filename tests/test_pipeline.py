@@ -92,13 +92,18 @@ async def test_model_answers_must_fit_the_knowledge_base(pipeline, model_says, q
 
 
 @pytest.mark.parametrize("p_correct, confidence, source", [
-    (0.9, -3.0, "model"),  # the version's calibrated gate decides, not the raw log-probability
+    (0.9, -3.0, "model"),  # the version's calibrated gate decides, not the raw log-probability (nor KB_NOVEL_MIN_CONFIDENCE)
     (0.2, -0.01, "fallback"),
-    (None, -3.0, "fallback"),  # a version without a gate: the log-probability threshold as before
+    (None, -3.0, "fallback"),  # a version without a gate: the log-probability thresholds as before
+    (None, -0.4, "fallback"),
 ])
 async def test_a_versions_calibrated_gate_decides_when_it_has_one(pipeline, model_says, p_correct, confidence, source):
     model_says["text"], model_says["confidence"], model_says["p_correct"] = "模型自己学会的新回答", confidence, p_correct
-    pipeline.settings = pipeline.settings.model_copy(update={"kb_check": False})
     reply = await pipeline.answer(1, 1, "火星上有水吗", "zh")
     assert reply.source == source
     assert "evidence" not in model_says["asked"][-1]  # nothing in the FAQ came near: no evidence of the bot's own
+
+
+async def test_the_gate_does_not_let_a_stock_answer_through_for_an_unrelated_question(pipeline, model_says):
+    model_says["text"], model_says["confidence"], model_says["p_correct"] = FAQ_PAIRS[1][1], -0.01, 0.95
+    assert (await pipeline.answer(1, 1, "火星上有水吗", "zh")).source == "fallback"  # KB_CHECK still guards stock answers
