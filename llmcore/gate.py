@@ -26,6 +26,7 @@ GATE_FILE = "gate.json"
 RIGHT_F1 = 0.5  # an answer with at least this char-F1 to the reference counts as right
 FEATURES = ("confidence", "agreement", "retrieval", "short")
 MIN_CONFIDENCE = -8.0  # an empty answer's -inf, and outliers, are clipped here
+MIN_FIT_ROWS, MIN_FIT_CLASS = 50, 5  # fewer held-out answers, or fewer right or wrong ones among them: no gate
 
 
 def answer_features(text: str, confidence: float | None, hits: Sequence[Hit]) -> list[float]:
@@ -51,8 +52,9 @@ class Gate:
 
     @classmethod
     def fit(cls, rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-3, steps: int = 30) -> Gate | None:
-        """Logistic regression by Newton's method (a few hundred rows, four features); None without both classes."""
-        if not rows or all(labels) or not any(labels):
+        """Logistic regression by Newton's method (a few hundred rows, four features); None with too few rows or
+        too few of either class to say anything (the bot then falls back to its other checks)."""
+        if len(rows) < MIN_FIT_ROWS or min(sum(labels), len(labels) - sum(labels)) < MIN_FIT_CLASS:
             return None
         xs = [[1.0, *map(float, x)] for x in rows]  # the bias as a constant feature
         d = len(xs[0])

@@ -35,7 +35,8 @@ def test_fit_learns_which_answers_are_right_and_is_calibrated():
 
 
 def test_gate_needs_both_classes_and_round_trips(tmp_path):
-    assert Gate.fit([[0.0, 1.0, 1.0, 0.1]] * 5, [True] * 5) is None
+    assert Gate.fit([[0.0, 1.0, 1.0, 0.1]] * 100, [True] * 100) is None  # nothing wrong to learn from
+    assert Gate.fit([[0.0, 1.0, 1.0, 0.1]] * 20, [True, False] * 10) is None  # too few held-out answers to say anything
     gate = Gate((0.5, 3.0, 1.0, -2.0), -1.5)
     gate.save(tmp_path)
     assert Gate.load(tmp_path) == gate
