@@ -34,7 +34,7 @@ class BotSettings(BaseSettings):
     faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
     faq_suggest: float = Field(default=0.4, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
     min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")
-    min_answer_probability: float = Field(default=0.5, ge=0, le=1,
+    min_answer_probability: float = Field(default=0.7, ge=0, le=1,
                                           description="the version's calibrated probability of being right a model answer needs")
     history_turns: int = Field(default=20, ge=2, description="messages kept per chat")
     history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="a quiet chat's history expires after this")

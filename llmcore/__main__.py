@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--evidence", type=int, default=2, metavar="K",
                        help="retrieved stored answers in each prompt, which the model may copy (0: none; default 2)")
     train.add_argument("--evidence-tokens", type=int, default=96, metavar="N", help="each piece of evidence is cut to N tokens")
-    train.add_argument("--question-loss", action="store_true", help="also learn each window's user question")
+    train.add_argument("--no-question-loss", dest="question_loss", action="store_false",
+                       help="learn the answers only (default: each window's user question too)")
     train.add_argument("--history", type=int, default=4, metavar="N",
                        help="earlier turns of the conversation in each prompt (default 4)")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
