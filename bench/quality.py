@@ -43,6 +43,7 @@ from tests.conftest import free_port  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "crosswoz_test.chat.jsonl"
 CONCURRENCY = 32
+GATE_DEFAULT = BotSettings.model_fields["min_answer_probability"].default
 
 
 def split_file(data: Path, heldout: int, seed: int, work: Path) -> tuple[Path, Path]:
@@ -74,7 +75,8 @@ async def ask_all(url: str, turns: list, history: int, bot: BotSettings) -> list
                 "temperature": 0, "repetition_penalty": bot.repetition_penalty}
         async with gate, session.post(url + "/v1/chat/completions", json=body) as response:
             data = await response.json()
-        return {"text": data["choices"][0]["message"]["content"], "p_correct": data["kefu"].get("p_correct")}
+        return {"text": data["choices"][0]["message"]["content"], "p_correct": data["kefu"].get("p_correct"),
+                "confidence": data["kefu"].get("confidence")}
 
     async with aiohttp.ClientSession() as session:
         return await asyncio.gather(*(ask(session, t) for t in turns))
@@ -85,6 +87,12 @@ def summarize(answers: list[dict], turns: list) -> dict:
     result = {"char_f1": round(sum(f1) / len(f1), 4), "right_share": round(sum(x >= RIGHT_F1 for x in f1) / len(f1), 4)}
     if all(a["p_correct"] is not None for a in answers):
         result["gate_curve"] = gate_curve([a["p_correct"] for a in answers], [x >= RIGHT_F1 for x in f1])
+        passed = [x for a, x in zip(answers, f1) if a["p_correct"] >= GATE_DEFAULT]
+        by_confidence = sorted(zip(answers, f1), key=lambda pair: -(pair[0]["confidence"] or -1e9))[: len(passed)]
+        result["same_coverage_precision"] = {  # the gate vs the mean log-probability, letting through as many answers
+            "gate": round(sum(x >= RIGHT_F1 for x in passed) / max(len(passed), 1), 3),
+            "confidence": round(sum(x >= RIGHT_F1 for _, x in by_confidence) / max(len(by_confidence), 1), 3),
+            "coverage": round(len(passed) / len(answers), 3)}
     return result
 
 
