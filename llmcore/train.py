@@ -128,6 +128,14 @@ def lr_at(step: int, progress: float, peak: float) -> float:
     return peak * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * cosine)
 
 
+def history_seen(conversations: list[Conversation], max_history: int | None) -> int | None:
+    """The earlier turns the version will be shown: at most `max_history`, and no more than its training data had.
+    A version trained on single exchanges (an FAQ) is served the question alone, whatever history a client sends:
+    a history it never saw would only derail it."""
+    seen = max((i - 1 for c in conversations for i, m in enumerate(c.messages) if m["role"] == "assistant" and i > 0), default=0)
+    return seen if max_history is None else min(max_history, seen)
+
+
 def default_lr(config: ModelConfig) -> float:
     """The arch's peak lr at its default width, scaled down in proportion for wider models: a 27 M Transformer
     (8 x 512) diverged at the small model's 3e-3 on a GPU, so the recipe must shrink its steps as it grows."""
@@ -176,7 +184,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
     tokenizer = Tokenizer.train((m["content"] for c in conversations for m in c.messages), opts.vocab_size, opts.min_freq,
                                 words=opts.tokenizer == "words")
     index = EvidenceIndex.build(train_convs)  # kept even without evidence in prompts: the retrieval baseline needs it
-    recipe = PromptRecipe(evidence_k=opts.evidence_k, max_history=opts.max_history, max_evidence_tokens=opts.max_evidence_tokens)
+    recipe = PromptRecipe(evidence_k=opts.evidence_k, max_history=history_seen(train_convs, opts.max_history),
+                          max_evidence_tokens=opts.max_evidence_tokens)
     config = replace(default_config(opts.arch, tokenizer.vocab_size), **opts.model_overrides)
     model = build_model(config).to(device)
     logger.info("%s: %d params, vocab %d, %d train / %d val conversations (%d bad lines skipped), device %s",

@@ -233,3 +233,13 @@ def test_wider_models_take_smaller_steps():
     small, wide = ModelConfig("transformer", 100), ModelConfig("transformer", 100, n_layer=8, n_embd=512, n_head=8)
     assert default_lr(small) == PEAK_LR["transformer"] and default_lr(wide) == pytest.approx(PEAK_LR["transformer"] * 192 / 512)
     assert default_lr(ModelConfig("transformer", 100, n_embd=64, n_head=4)) == PEAK_LR["transformer"]  # never more than the default
+
+
+def test_a_version_is_shown_no_more_history_than_it_was_trained_on():
+    from llmcore.dataset import Conversation
+    from llmcore.train import history_seen
+
+    faq = [Conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])] * 3
+    dialog = Conversation([{"role": r, "content": "x"} for r in ("user", "assistant") * 4])
+    assert history_seen(faq, 4) == 0 and history_seen(faq, None) == 0  # an FAQ: the question alone
+    assert history_seen([*faq, dialog], 4) == 4 and history_seen([dialog], 2) == 2 and history_seen([dialog], None) == 6
