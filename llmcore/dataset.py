@@ -146,8 +146,9 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
     question too: each user turn is a question in one window only, so it is learned once).
 
     With `exclude_own` (training: `index` was built from these same conversations, in this order), a turn's
-    evidence never comes from its own conversation, so the target is never its own evidence. There, when
-    another conversation gives exactly the same answer (a stock answer: one FAQ answer to several wordings),
+    evidence never comes from its own conversation, nor from a copy of the target turn stored elsewhere, so
+    the target is never its own evidence. There, when the same answer is stored for another question (a
+    stock answer: one FAQ answer to several wordings),
     that occurrence joins the evidence at a random place most of the time (STOCK_EVIDENCE_SHARE), even if
     BM25 missed it: the model learns to pick and copy the stored answer that fits, not to recite answers by
     heart, which is what carries it to questions worded in ways it never saw.
@@ -162,9 +163,10 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
             answer = tokenizer.encode(message["content"])
             answer = answer[:max_answer] if len(answer) > max_answer else answer + [tokenizer.end_id]
             history = 0 if rng.random() < SINGLE_TURN_SHARE else -1
-            hits = retrieve(index, recipe, conversation.messages[:i], exclude_group=group if exclude_own else None)
-            text = message["content"]
-            if (exclude_own and recipe.evidence_k > 0 and index is not None and index.is_stock(text, group)
+            text, question = message["content"], conversation.messages[i - 1]["content"]
+            hits = retrieve(index, recipe, conversation.messages[:i], exclude_group=group if exclude_own else None,
+                            exclude=(question, text) if exclude_own else None)
+            if (exclude_own and recipe.evidence_k > 0 and index is not None and index.is_stock(text, question)
                     and text not in {h.response for h in hits} and rng.random() < STOCK_EVIDENCE_SHARE):
                 hits.insert(rng.randrange(min(len(hits), recipe.evidence_k - 1) + 1), Hit(text, 1.0, ""))
                 hits = hits[: recipe.evidence_k]

@@ -51,14 +51,15 @@ PLAIN = PromptRecipe()  # no evidence, the whole history: versions trained befor
 
 
 def retrieve(index: EvidenceIndex | None, recipe: PromptRecipe, messages: Sequence[dict],
-             extra_evidence: Sequence[str] = (), exclude_group: int | None = None) -> list[Hit]:
+             extra_evidence: Sequence[str] = (), exclude_group: int | None = None,
+             exclude: tuple[str, str] | None = None) -> list[Hit]:
     """The evidence for this conversation: the caller's own first (it knows best), then the index's, k at most."""
     if recipe.evidence_k <= 0:
         return []
     hits = [Hit(text, 1.0, "") for text in list(extra_evidence)[:MAX_REQUEST_EVIDENCE] if text.strip()]
     if index is not None and len(hits) < recipe.evidence_k:
         seen = {h.response for h in hits}
-        found = index.search(messages, recipe.evidence_k + len(hits), exclude_group)
+        found = index.search(messages, recipe.evidence_k + len(hits), exclude_group, exclude)
         hits += [h for h in found if h.response not in seen]
     return hits[: recipe.evidence_k]
 

@@ -137,9 +137,10 @@ class EvidenceIndex:
         self.turns = list(turns)
         self.bm25 = Bm25(tokenize(t.question) for t in self.turns)
         self.context_bm25 = Bm25(tokenize(f"{t.context} {t.response}") for t in self.turns)  # what the exchange is about
-        self.groups_of: dict[str, set[int]] = {}  # response -> the conversations that gave it
+        self.keys = [normalize(t.question) for t in self.turns]
+        self.questions_of: dict[str, set[str]] = {}  # response -> the questions it answered
         for t in self.turns:
-            self.groups_of.setdefault(t.response, set()).add(t.group)
+            self.questions_of.setdefault(t.response, set()).add(t.question)
 
     @classmethod
     def build(cls, conversations: Iterable) -> EvidenceIndex:
@@ -156,19 +157,27 @@ class EvidenceIndex:
     def __len__(self) -> int:
         return len(self.turns)
 
-    def is_stock(self, response: str, exclude_group: int | None = None) -> bool:
-        """Does another conversation give exactly this response (an FAQ answer asked in other words, "不客气。")?"""
-        return bool(self.groups_of.get(response, set()) - {exclude_group})
+    def is_stock(self, response: str, question: str) -> bool:
+        """Is exactly this response stored for another question (an FAQ answer asked in other words, "不客气。")?"""
+        return bool(self.questions_of.get(response, set()) - {question})
 
-    def search(self, messages: Sequence[dict], k: int, exclude_group: int | None = None) -> list[Hit]:
+    def search(self, messages: Sequence[dict], k: int, exclude_group: int | None = None,
+               exclude: tuple[str, str] | None = None) -> list[Hit]:
         """Up to k stored responses for the conversation's last user turn, best first, each response once.
 
         A stored turn scores by how well its question matches the user's, plus CONTEXT_WEIGHT times how well
-        its context and response match the turns before the user's (scaled back into [0, 1])."""
+        its context and response match the turns before the user's (scaled back into [0, 1]). `exclude_group`
+        leaves out one conversation, `exclude` one (question, response) pair wherever it is stored (a copy of
+        the target turn, e.g. an operator's answer repeated for weight, is the target itself).
+
+        A stored turn whose question is the user's own (case, width and punctuation aside) is never evidence, in
+        training or in serving alike: the model learned that answer by heart, and in training it never sees its
+        target among the evidence — serving must not show it a situation training never did."""
         query, context = split_query(messages)
         if k <= 0 or not query:
             return []
         scores = self.bm25.scores(Counter(tokenize(query)))
+        key = normalize(query)
         if context_terms := Counter(tokenize(context)):
             for doc, score in self.context_bm25.scores(context_terms).items():
                 scores[doc] = scores.get(doc, 0.0) + CONTEXT_WEIGHT * score
@@ -178,7 +187,8 @@ class EvidenceIndex:
         seen: set[str] = set()
         for doc, score in ranked:
             turn = self.turns[doc]
-            if turn.group == exclude_group or turn.response in seen:
+            if (turn.group == exclude_group or turn.response in seen or (turn.question, turn.response) == exclude
+                    or self.keys[doc] == key):
                 continue
             seen.add(turn.response)
             hits.append(Hit(turn.response, score, turn.question))

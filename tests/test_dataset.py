@@ -191,3 +191,13 @@ def test_a_stock_answer_given_elsewhere_joins_the_evidence_even_when_bm25_misses
     assert 20 < len(with_stock) < 40  # most of the time, for both wordings: 40 windows of that answer over 20 seeds
     plain = make_turn_examples(faq, tok, 128, index, PromptRecipe(evidence_k=2), exclude_own=False)
     assert evidence_texts(tok, plain[2].ids[: plain[2].mask.index(1)]) == {"满69元包邮。"}  # never for held-out turns
+
+
+def test_a_turn_repeated_for_weight_is_not_its_own_evidence():
+    weighted = [dialog("可以加盟开店吗", "目前暂不开放加盟合作。")] * 3 + [dialog("加盟费多少", "目前暂不开放加盟合作。")]
+    tok = Tokenizer.train((m["content"] for c in weighted for m in c.messages), words=False)
+    index = EvidenceIndex.build(weighted)
+    for seed in range(5):
+        examples = make_turn_examples(weighted, tok, 128, index, PromptRecipe(evidence_k=2), seed=seed)
+        copies = [e for e in examples[:3] if "目前暂不开放加盟合作。" in evidence_texts(tok, e.ids[: e.mask.index(1)])]
+        assert len(copies) <= 3 and all(tok.decode(e.ids).count("加盟费多少") == 0 for e in examples[:3])
