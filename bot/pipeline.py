@@ -94,8 +94,8 @@ class Pipeline:
     async def _consistent(self, question: str, answer: ModelAnswer) -> bool:
         """The knowledge-base check: a small model's mean log-probability is near 0 for right and wrong answers alike,
         so an answer must also fit the FAQ. Text unlike every FAQ answer (learned from operators, say) must be
-        near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if the question matches that entry; a stitch of stock phrases
-        never does."""
+        near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if the
+        question matches that entry; a stitch of stock phrases never does."""
         if not self.settings.kb_check:
             return True
         index = await self.faq.index()

@@ -194,10 +194,14 @@ def test_a_stock_answer_given_elsewhere_joins_the_evidence_even_when_bm25_misses
 
 
 def test_a_turn_repeated_for_weight_is_not_its_own_evidence():
-    weighted = [dialog("可以加盟开店吗", "目前暂不开放加盟合作。")] * 3 + [dialog("加盟费多少", "目前暂不开放加盟合作。")]
-    tok = Tokenizer.train((m["content"] for c in weighted for m in c.messages), words=False)
+    weighted = [dialog("可以加盟开店吗", "目前暂不开放加盟合作。")] * 3 + [dialog("加盟店怎么开", "请发邮件联系我们。")]
     index = EvidenceIndex.build(weighted)
-    for seed in range(5):
-        examples = make_turn_examples(weighted, tok, 128, index, PromptRecipe(evidence_k=2), seed=seed)
-        copies = [e for e in examples[:3] if "目前暂不开放加盟合作。" in evidence_texts(tok, e.ids[: e.mask.index(1)])]
-        assert len(copies) <= 3 and all(tok.decode(e.ids).count("加盟费多少") == 0 for e in examples[:3])
+    question = weighted[0].messages[:1]
+    assert [h.response for h in index.search(question, 2, exclude_group=0)] == ["请发邮件联系我们。"]  # copies 1, 2 skipped
+    assert not index.is_stock("目前暂不开放加盟合作。", "可以加盟开店吗")  # stored again for the same question: no stock answer
+    assert index.is_stock("目前暂不开放加盟合作。", "加盟费多少")
+
+
+def test_a_stored_turn_of_the_very_same_question_is_never_evidence():
+    index = EvidenceIndex.build([dialog("可以加盟开店吗？", "目前暂不开放加盟合作。"), dialog("加盟店怎么开", "请发邮件联系我们。")])
+    assert [h.response for h in index.search([{"role": "user", "content": "可以加盟开店吗"}], 2)] == ["请发邮件联系我们。"]
