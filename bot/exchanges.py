@@ -108,14 +108,18 @@ class ExchangeLog:
         """Chat-format training records; 👎 answers, fallbacks and small talk (canned, it teaches nothing) are left
         out unless asked for. With `context_turns`, each record starts with up to that many earlier messages of
         the same chat (scrubbed like every entry), as the bot's history showed them to the model; their assistant
-        turns carry `"weight": 0`, context only, since they may be fallbacks or 👎."""
+        turns carry `"weight": 0`, context only, since they may be fallbacks or 👎. An operator's answer to the
+        question just before it takes the place of the bot's answer there, as the customer's question answered once."""
         recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=context_turns))
         async for entry_id, e in self.entries():
             question = {"role": "user", "content": e["question"]}
             answer = {"role": "assistant", "content": e["answer"]}
-            context = list(recent[e["chat_id"]]) if context_turns > 0 else []
+            chat = recent[e["chat_id"]]
+            if e["source"] == "operator" and len(chat) >= 2 and chat[-2]["content"] == e["question"]:
+                chat.pop(), chat.pop()  # an operator answers the question the bot could not: it replaces that answer
+            context = list(chat) if context_turns > 0 else []
             if context_turns > 0:
-                recent[e["chat_id"]].extend([question, {**answer, "weight": 0}])
+                chat.extend([question, {**answer, "weight": 0}])
             if ((e["rating"] == "down" and not include_down) or (e["source"] == "fallback" and not include_fallback)
                     or (e["source"] == "smalltalk" and not include_smalltalk)):
                 continue

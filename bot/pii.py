@@ -43,13 +43,24 @@ _MAX_CARD_GROUPS = 6  # 19 digits in groups of 3 or more
 _MASK = "\0"  # stands for a match already found: not a digit, not part of an e-mail
 
 
+_MAX_PASSES = 4
+
+
 def scrub(text: str) -> str:
-    """`text` with every phone, e-mail, ID and card number replaced by its placeholder."""
-    out, pos = [], 0
-    for kind, start, end in _find(text):
-        out += [text[pos:start], kind]
-        pos = end
-    return "".join(out) + text[pos:]
+    """`text` with every phone, e-mail, ID and card number replaced by its placeholder.
+
+    Repeated until nothing changes (at most _MAX_PASSES): a match can free a neighbour that only then is a
+    number of its own ("0000000000000¼a@b.cn": the ¼ is 1⁄4, so "00000000000001" is no card until the e-mail
+    "4a@b.cn" takes the ¼ away), and scrubbed text must scrub to itself."""
+    for _ in range(_MAX_PASSES):
+        out, pos = [], 0
+        for kind, start, end in _find(text):
+            out += [text[pos:start], kind]
+            pos = end
+        if not out:
+            return text
+        text = "".join(out) + text[pos:]
+    return text
 
 
 def find_pii(text: str) -> list[tuple[str, str]]:

@@ -164,7 +164,8 @@ def make_turn_examples(conversations: Sequence[Conversation], tokenizer: Tokeniz
             answer = answer[:max_answer] if len(answer) > max_answer else answer + [tokenizer.end_id]
             history = 0 if rng.random() < SINGLE_TURN_SHARE else -1
             text, question = message["content"], conversation.messages[i - 1]["content"]
-            hits = retrieve(index, recipe, conversation.messages[:i], exclude_group=group if exclude_own else None,
+            hits = retrieve(index, recipe, conversation.messages[i - 1 if history == 0 else 0 : i],  # what the prompt shows
+                            exclude_group=group if exclude_own else None,
                             exclude=(question, text) if exclude_own else None)
             if (exclude_own and recipe.evidence_k > 0 and index is not None and index.is_stock(text, question)
                     and text not in {h.response for h in hits} and rng.random() < STOCK_EVIDENCE_SHARE):

@@ -57,6 +57,7 @@ VAL_CHAR_F1_TURNS = 400  # answers generated for the version's char-F1 on valida
 EVALS_PER_BUDGET = 12  # with a time budget, validate this often (at most every MIN_EVAL_INTERVAL_S)
 MIN_EVAL_INTERVAL_S = 5.0
 KEEP_FINAL_TOLERANCE = 0.01  # keep the final weights unless validation got this much (relative) worse than the best
+MIN_VAL_ANSWERS = 20  # fewer held-out answers are too few to stop or go back by: the run keeps its final weights
 
 
 class TrainingInterrupted(Exception):
@@ -255,12 +256,19 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
 
     Leaves the final weights in `model`, or the best-validation ones if validation got measurably worse since
     (a plateau is not a reason to forget what was learned on the training data, e.g. a knowledge base by heart).
+    Validation stops a run early or takes it back only with MIN_VAL_ANSWERS held-out answers or more: on a
+    handful (a small FAQ and a few operators' answers) its loss is noise, and going back to an early step
+    forgets exactly what the run was for.
     """
     examples = make_turn_examples(train_convs, tokenizer, model.config.block_size, index, recipe, seed=opts.seed,
                                   question_loss=opts.question_loss)
     if not examples:
         raise ValueError("no training windows: the data has no assistant text to learn")
     dist = dist or Distributed()
+    val_answers = sum(1 for c in val_convs for m in c.messages if m["role"] == "assistant" and m.get("weight", 1) != 0)
+    judged = val_answers >= MIN_VAL_ANSWERS
+    if val_convs and not judged:
+        logger.info("%d held-out answers: too few to stop early or go back by; keeping the final weights", val_answers)
     rng = random.Random(opts.seed)  # the same on every rank: each takes its own share of the same batches
     batch_tokens = opts.batch_tokens or auto_batch_tokens(examples)
     steps_per_epoch = dist.steps(len(make_batches(examples, batch_tokens, tokenizer.pad_id)))
@@ -305,13 +313,13 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 if eval_every_s and dist.agree(float(time.monotonic() - last_eval >= eval_every_s)):  # every rank at the same step
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
                     last_eval = time.monotonic()
-                    if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
+                    if judged and dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
                         break
             else:
                 if not eval_every_s:  # epochs mode: validate at each epoch's end
                     bad_evals = validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
-                    if dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
+                    if judged and dist.agree(float(bad_evals >= opts.patience)) >= 1:  # every rank stops at the same step
                         stop_reason = "early_stop"
     finally:
         bar.close()
@@ -319,12 +327,12 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     tokens = dist.total(tokens)  # every rank's tokens: the throughput of the whole job
     if not history.val_steps or history.val_steps[-1] != step:
         validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
-    restored = bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
+    restored = judged and bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
     if restored:  # validation got measurably worse: go back to the best weights
         model.load_state_dict(best["state"])
     return history, {"restored_best": restored,"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
                      "best_step": best["step"], "stop_reason": stop_reason,
-                     "batch_tokens": batch_tokens, "peak_lr": peak_lr}
+                     "batch_tokens": batch_tokens, "peak_lr": peak_lr, "val_answers": val_answers}
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
@@ -368,8 +376,8 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
-        "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer, "prompt": recipe.to_dict(),
-        "question_loss": opts.question_loss,
+        "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
+        "prompt": recipe.to_dict(), "question_loss": opts.question_loss,
         "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -84,3 +84,14 @@ async def test_training_records_carry_their_chats_earlier_turns_as_context_only(
         weights = [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"]
         assert weights == [0] * (len(weights) - 1) + [1]
     assert [len(r["messages"]) for r in [r async for r in log.conversations()]] == [2, 2, 2]  # no context unless asked for
+
+
+async def test_an_operators_answer_takes_the_place_of_the_bots_answer_to_that_question(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    await log.append(exchange(user_id=1, question="运费多少？", answer="满69元包邮。"))
+    await log.append(exchange(user_id=1, question="可以加盟吗？", answer="抱歉，我还不能回答。", source="fallback"))
+    await log.append(exchange(user_id=1, question="可以加盟吗？", answer="暂不开放加盟。", source="operator"))
+    await log.append(exchange(user_id=1, question="那代理呢？", answer="也不开放。", source="operator"))
+    records = {r["messages"][-1]["content"]: r["messages"] async for r in log.conversations(context_turns=4)}
+    assert [m["content"] for m in records["暂不开放加盟。"]] == ["运费多少？", "满69元包邮。", "可以加盟吗？", "暂不开放加盟。"]
+    assert [m["content"] for m in records["也不开放。"][:-2]] == ["运费多少？", "满69元包邮。", "可以加盟吗？", "暂不开放加盟。"]

@@ -172,3 +172,8 @@ def test_generated_pii_never_survives(before: str, pii: str, after: str, wide: b
 def test_scrub_is_idempotent(pieces: list[str]) -> None:
     once = scrub("".join(pieces))
     assert scrub(once) == once
+
+
+def test_a_number_freed_by_another_match_is_scrubbed_too():
+    """¼ is 1⁄4 in NFKC: the e-mail takes it, and only then are the 13 zeros a Luhn-valid card of their own."""
+    assert scrub("0000000000000¼a.b+c@mail.example.cn") == "[CARD][EMAIL]"

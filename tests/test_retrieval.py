@@ -47,7 +47,7 @@ def test_evidence_index_finds_the_answer_to_the_nearest_question():
 
 def test_training_never_retrieves_from_the_target_conversation():
     index = EvidenceIndex.build([conv("故宫门票多少钱", "60元。"), conv("故宫门票贵吗", "门票60元，学生半价。")])
-    question = [{"role": "user", "content": "故宫门票多少钱"}]
+    question = [{"role": "user", "content": "请问故宫门票多少钱"}]
     assert [h.response for h in index.search(question, k=2)] == ["60元。", "门票60元，学生半价。"]
     assert [h.response for h in index.search(question, k=2, exclude_group=0)] == ["门票60元，学生半价。"]
 

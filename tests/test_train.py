@@ -58,12 +58,12 @@ def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):
 def test_a_small_faq_is_learned_by_heart(tmp_path, faq_file):
     """Fast stand-in for the demo-corpus check (tests marked slow): training must actually teach."""
     opts = tiny_opts(faq_file, tmp_path, epochs=150, val_fraction=0.0, batch_tokens=512, lr=5e-3,
-                     model_overrides={**TINY, "n_layer": 2, "n_embd": 64})
+                     model_overrides={**TINY, "n_layer": 2, "n_embd": 64, "block_size": 128})  # whole answers fit
     version, metrics = train(opts)
     loaded = Registry(tmp_path).load(version)
-    prompts = [build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, [{"role": "user", "content": q}], 24)[0]
+    prompts = [build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, [{"role": "user", "content": q}], 64)[0]
                for q, _ in FAQ_PAIRS]  # prompted as served
-    outputs = generate(loaded.model, prompts, SamplingParams(max_new_tokens=40), loaded.tokenizer.stop_ids)
+    outputs = generate(loaded.model, prompts, SamplingParams(max_new_tokens=60), loaded.tokenizer.stop_ids)
     answers = [loaded.tokenizer.decode(o.token_ids) for o in outputs]
     f1 = sum(char_f1(a, ref) for a, (_, ref) in zip(answers, FAQ_PAIRS)) / len(FAQ_PAIRS)
     assert f1 >= 0.9, answers
@@ -77,9 +77,24 @@ def test_time_budget_stops_training_and_still_saves(tmp_path, faq_file):
     assert time.monotonic() - started < 30 and Registry(tmp_path).versions() == [version]
 
 
-def test_early_stopping_when_validation_stops_improving(tmp_path, faq_file):
-    _, metrics = train(tiny_opts(faq_file, tmp_path, epochs=50, lr=0.0, patience=2))
+def numbered_pairs(tmp_path, n: int):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"问题{i}"},
+                                                     {"role": "assistant", "content": f"答案{i}。"}]}, ensure_ascii=False) + "\n"
+                            for i in range(n)), encoding="utf-8")
+    return path
+
+
+def test_early_stopping_when_validation_stops_improving(tmp_path):
+    _, metrics = train(tiny_opts(numbered_pairs(tmp_path, 120), tmp_path, epochs=50, lr=0.0, patience=2))
+    assert metrics["val_answers"] == 24
     assert metrics["stop_reason"] == "early_stop" and metrics["epochs"] <= 4
+
+
+def test_a_handful_of_held_out_answers_does_not_stop_a_run(tmp_path, faq_file):
+    """Nor take it back (test_loop: operators' answers survive a retrain on a few dozen conversations)."""
+    _, metrics = train(tiny_opts(faq_file, tmp_path, epochs=6, lr=0.0, patience=2))
+    assert metrics["val_answers"] == 1 and metrics["stop_reason"] == "epochs" and metrics["epochs"] >= 6
 
 
 def test_bad_data_writes_nothing(tmp_path, faq_file):
