@@ -3,24 +3,31 @@
     application = build_application(settings)
     await run_polling(application)           # or: await run_webhook(application, settings)
 
-`running(application)` opens Redis and the llmcore session around PTB's own start and stop. Updates of different
-chats are handled concurrently; those of one chat in arrival order (PerChatOrder).
+`running(application)` opens Redis and the llmcore session around PTB's own start and stop, and consumes the
+update stream (bot/intake.py): the webhook and the polling loop only store updates there (`receive`), durably,
+before Telegram is told they arrived; the consumer hands them to PTB. Updates of different chats are handled
+concurrently; those of one chat in arrival order (PerChatOrder).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 
 from redis.exceptions import RedisError
 from telegram import Update
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, BaseUpdateProcessor
+from telegram.constants import ChatType
+from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
 from bot import admin, handlers
 from bot.metrics import BotMetrics
+from bot.outbound import AnswersFirst
 from bot.services import KEY, METRICS, SETTINGS, Services
 from bot.settings import BotSettings
 
@@ -29,6 +36,9 @@ MAX_CONCURRENT_UPDATES = 256
 CONNECTION_POOL_SIZE = 32
 POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
+POLL_RETRY_S = (0.5, 10.0)  # back-off after a failed getUpdates, or while updates cannot be stored: first, last
+TOLD_UNAVAILABLE = "told_unavailable"  # bot_data: update ids whose sender heard "temporarily unavailable"
+MAX_TOLD = 10_000
 
 
 class PerChatOrder(BaseUpdateProcessor):
@@ -74,8 +84,8 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
                .concurrent_updates(PerChatOrder()))
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
-    else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), with retries on retry_after
-        builder = builder.rate_limiter(AIORateLimiter(overall_max_rate=settings.outbound_per_second, max_retries=3))
+    else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), retries on retry_after, answers first
+        builder = builder.rate_limiter(AnswersFirst(overall_max_rate=settings.outbound_per_second, max_retries=3))
         # httpcore scans every pooled connection for every request: PTB's 256 cost more CPU than they save
         # (bench/bot.py); a request waits for a free connection instead of failing after PTB's 1 s
         builder = builder.connection_pool_size(CONNECTION_POOL_SIZE).pool_timeout(POOL_TIMEOUT_S)
@@ -100,7 +110,13 @@ async def running(application: Application) -> AsyncIterator[Services]:
             await admin.set_commands(application, settings.admin_ids)
             await application.start()
             await admin.resume(application, kefu)
-            yield kefu
+            stop = asyncio.Event()
+            consumer = asyncio.create_task(kefu.intake.consume(lambda data: handle_update(application, data), stop))
+            try:
+                yield kefu
+            finally:
+                stop.set()  # what was read is finished (answered, logged, acknowledged) before PTB stops
+                await consumer
             await application.stop()
         finally:
             application.bot_data.pop(KEY, None)
@@ -118,13 +134,84 @@ async def _seed_faq(kefu: Services) -> None:
 
 
 async def run_polling(application: Application, stop: asyncio.Event | None = None) -> None:
-    """Long polling until SIGINT/SIGTERM (or until `stop` is set)."""
+    """Long polling until SIGINT/SIGTERM (or until `stop` is set). The offset moves past an update only once it
+    is stored: a crash, or Redis going away, loses nothing (Telegram keeps unconfirmed updates for a day)."""
     async with running(application):
         await application.bot.delete_webhook()
-        await application.updater.start_polling(allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=POLL_TIMEOUT_S)
         logger.info("polling as @%s", application.bot.username)
-        await _until_signal(stop)
-        await application.updater.stop()
+        poller = asyncio.create_task(_poll(application))
+        try:
+            await _until_signal(stop)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+
+async def _poll(application: Application) -> None:
+    offset, delay = None, POLL_RETRY_S[0]
+    while True:
+        try:
+            updates = await application.bot.get_updates(offset=offset, timeout=POLL_TIMEOUT_S, allowed_updates=Update.ALL_TYPES)
+        except TimedOut:
+            continue
+        except RetryAfter as exc:
+            await asyncio.sleep(float(exc.retry_after.total_seconds() if hasattr(exc.retry_after, "total_seconds")
+                                      else exc.retry_after))
+            continue
+        except InvalidToken:
+            raise
+        except (NetworkError, TelegramError) as exc:
+            logger.warning("getUpdates failed (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_RETRY_S[1])
+            continue
+        delay = POLL_RETRY_S[0]
+        for update in updates:
+            if not await receive(application, update, json.dumps(update.to_dict(), ensure_ascii=False)):
+                await asyncio.sleep(delay)  # Redis is away: ask Telegram again for the same updates later
+                delay = min(delay * 2, POLL_RETRY_S[1])
+                break
+            offset = update.update_id + 1
+
+
+async def receive(application: Application, update: Update, payload: str) -> bool:
+    """Store one update in the stream; True once it is there (or was before). If Redis is away, False, and the sender
+    of a private message is told once that the service is temporarily unavailable (the update is kept by
+    Telegram and answered when Redis is back)."""
+    kefu = application.bot_data.get(KEY)
+    try:
+        if kefu is None:
+            raise RedisError("the bot is still starting")
+        stored = await kefu.intake.add(update.update_id, payload)
+        kefu.metrics.updates.labels("received" if stored else "duplicate").inc()
+        return True
+    except RedisError as exc:
+        logger.warning("update %s not stored (Redis: %s); left to Telegram to deliver again", update.update_id, exc)
+        await _tell_unavailable(application, update)
+        return False
+
+
+async def _tell_unavailable(application: Application, update: Update) -> None:
+    told: OrderedDict = application.bot_data.setdefault(TOLD_UNAVAILABLE, OrderedDict())
+    message = update.effective_message
+    if update.update_id in told or message is None or message.chat.type != ChatType.PRIVATE or update.callback_query:
+        return
+    told[update.update_id] = True
+    while len(told) > MAX_TOLD:
+        told.popitem(last=False)
+    with contextlib.suppress(TelegramError):
+        await application.bot.send_message(message.chat_id, handlers.texts_for(update).unavailable)
+
+
+async def handle_update(application: Application, data: dict) -> None:
+    """One stored update through PTB's handlers, in its chat's order; returns when they are done."""
+    try:
+        update = Update.de_json(data, application.bot)
+    except Exception as exc:  # stored by a version that could read it: skip, never loop on it
+        logger.warning("skipped stored update %s that PTB cannot read: %s", data.get("update_id"), exc)
+        return
+    await application.update_processor.process_update(update, application.process_update(update))
 
 
 async def run_webhook(application: Application, settings: BotSettings, stop: asyncio.Event | None = None) -> None:

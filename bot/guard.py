@@ -1,8 +1,7 @@
-"""What stops an update before any work is done: a duplicate `update_id` (webhook redelivery, several
-replicas behind one webhook) and a user who writes faster than the per-minute limit.
+"""What stops an update before any work is done: a user who writes faster than the per-minute limit.
+(Duplicate deliveries never get this far: bot/intake.py drops them when they arrive.)
 
     guard = Guard(redis, prefix="kefu:", per_minute=20)
-    if not await guard.first_delivery(update.update_id): ...   # seen before: drop it
     verdict = await guard.admit(user_id)                        # "ok" | "notice" (tell them once) | "silent"
 """
 from __future__ import annotations
@@ -11,17 +10,12 @@ import time
 
 from redis.asyncio import Redis
 
-DEDUPE_TTL_S = 24 * 3600  # Telegram redelivers for at most a day
-
 
 class Guard:
     def __init__(self, redis: Redis, prefix: str, per_minute: int) -> None:
         self.redis = redis
         self.prefix = prefix
         self.per_minute = per_minute
-
-    async def first_delivery(self, update_id: int) -> bool:
-        return bool(await self.redis.set(f"{self.prefix}update:{update_id}", 1, nx=True, ex=DEDUPE_TTL_S))
 
     async def admit(self, user_id: int) -> str:
         """A fixed one-minute window per user: over the limit the first time → "notice", after that "silent"."""

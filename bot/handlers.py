@@ -82,12 +82,9 @@ async def set_commands(application: Application) -> None:
 
 
 async def screen(update: Update, context: Context) -> None:
-    """Drop duplicate deliveries; rate-limit what users send (a notice once, then silence)."""
+    """Rate-limit what users send (a notice once, then silence)."""
     kefu = services(context)
     try:
-        if not await kefu.guard.first_delivery(update.update_id):
-            kefu.metrics.updates.labels("duplicate").inc()
-            raise ApplicationHandlerStop
         message, user = update.message, update.effective_user
         if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
             return
@@ -98,7 +95,7 @@ async def screen(update: Update, context: Context) -> None:
     if verdict != "ok":
         kefu.metrics.updates.labels("rate_limited").inc()
         if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
-            await message.reply_text(_texts(update).slow_down)
+            await message.reply_text(texts_for(update).slow_down)
         raise ApplicationHandlerStop
     kefu.metrics.updates.labels("accepted").inc()
 
@@ -106,17 +103,17 @@ async def screen(update: Update, context: Context) -> None:
 async def start(update: Update, context: Context) -> None:
     """Greet the user in their language."""
     user = update.effective_user
-    await update.effective_message.reply_text(_texts(update).greeting.format(name=user.first_name if user else ""))
+    await update.effective_message.reply_text(texts_for(update).greeting.format(name=user.first_name if user else ""))
 
 
 async def help_command(update: Update, context: Context) -> None:
     """What the bot can do."""
-    await update.effective_message.reply_text(_texts(update).help)
+    await update.effective_message.reply_text(texts_for(update).help)
 
 
 async def reset(update: Update, context: Context) -> None:
     """Forget this chat's context; the training log keeps the exchanges."""
-    t = _texts(update)
+    t = texts_for(update)
     try:
         await services(context).history.clear(update.effective_chat.id)
     except RedisError:
@@ -127,7 +124,7 @@ async def reset(update: Update, context: Context) -> None:
 
 async def forget(update: Update, context: Context) -> None:
     """Ask before erasing everything about the user."""
-    t = _texts(update)
+    t = texts_for(update)
     buttons = [[InlineKeyboardButton(t.forget_yes, callback_data=f"forget:yes:{update.effective_user.id}"),
                 InlineKeyboardButton(t.forget_no, callback_data=f"forget:no:{update.effective_user.id}")]]
     await update.effective_message.reply_text(t.forget_confirm, reply_markup=InlineKeyboardMarkup(buttons))
@@ -135,7 +132,7 @@ async def forget(update: Update, context: Context) -> None:
 
 async def forget_answer(update: Update, context: Context) -> None:
     """The confirmation buttons of /forget: only the user who asked can press them."""
-    query, t = update.callback_query, _texts(update)
+    query, t = update.callback_query, texts_for(update)
     _, choice, owner = (query.data.split(":") + ["", ""])[:3]
     if owner != str(query.from_user.id):
         await query.answer(t.stale_button)
@@ -152,12 +149,12 @@ async def forget_answer(update: Update, context: Context) -> None:
 
 async def unknown_command(update: Update, context: Context) -> None:
     """A command the bot does not have."""
-    await update.effective_message.reply_text(_texts(update).unknown_command)
+    await update.effective_message.reply_text(texts_for(update).unknown_command)
 
 
 async def text_only(update: Update, context: Context) -> None:
     """Photos, stickers, voice, locations... in a private chat."""
-    await update.effective_message.reply_text(_texts(update).text_only)
+    await update.effective_message.reply_text(texts_for(update).text_only)
 
 
 async def question(update: Update, context: Context) -> None:
@@ -188,6 +185,9 @@ async def question(update: Update, context: Context) -> None:
         kefu.metrics.errors.labels("redis").inc()
         await message.reply_text(t.unavailable)
         return
+    finally:
+        if drafts is not None:
+            await drafts.close()
     kefu.metrics.answers.labels(reply.source).inc()
     kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
     await send_reply(message, reply, t, kefu)
@@ -221,7 +221,7 @@ def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
 
 async def feedback(update: Update, context: Context) -> None:
     """👍 / 👎 on an answer: stored with its logged exchange; a forged or stale button changes nothing."""
-    query, t, kefu = update.callback_query, _texts(update), services(context)
+    query, t, kefu = update.callback_query, texts_for(update), services(context)
     _, entry_id, rating = (query.data.split(":", 2) + ["", ""])[:3]
     try:
         stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
@@ -235,7 +235,7 @@ async def feedback(update: Update, context: Context) -> None:
 
 async def suggestion(update: Update, context: Context) -> None:
     """A "did you mean" button: answer with that FAQ entry."""
-    query, t = update.callback_query, _texts(update)
+    query, t = update.callback_query, texts_for(update)
     message = query.message if isinstance(query.message, Message) else None
     if message is None:  # a button on an inline message: no chat to answer in
         await query.answer(t.stale_button)
@@ -254,7 +254,7 @@ async def suggestion(update: Update, context: Context) -> None:
 
 async def stale_button(update: Update, context: Context) -> None:
     """Any other callback: an old or forged button."""
-    await update.callback_query.answer(_texts(update).stale_button)
+    await update.callback_query.answer(texts_for(update).stale_button)
 
 
 async def on_error(update: object, context: Context) -> None:
@@ -262,24 +262,38 @@ async def on_error(update: object, context: Context) -> None:
     logger.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.effective_message and update.effective_chat.type == ChatType.PRIVATE:
         with contextlib.suppress(TelegramError):
-            await update.effective_message.reply_text(_texts(update).error)
+            await update.effective_message.reply_text(texts_for(update).error)
 
 
 class Drafts:
-    """Streams a growing answer into a private chat's draft (sendMessageDraft), at most every DRAFT_EVERY_S."""
+    """Streams a growing answer into a private chat's draft (sendMessageDraft), at most every DRAFT_EVERY_S.
+
+    `show` never waits for Telegram: a draft goes out in the background, one at a time (a newer text waits for
+    the next turn), so a slow or skipped draft (bot.outbound) never holds the answer or its llmcore deadline.
+    `close` before the answer is sent: no draft arrives after it."""
 
     def __init__(self, context: Context, chat_id: int, draft_id: int) -> None:
         self.context, self.chat_id, self.draft_id = context, chat_id, draft_id or 1
         self.last = 0.0
+        self.sending: asyncio.Task | None = None
 
     async def show(self, text: str) -> None:
-        if time.monotonic() - self.last < DRAFT_EVERY_S or not text.strip():
+        if time.monotonic() - self.last < DRAFT_EVERY_S or not text.strip() or (self.sending and not self.sending.done()):
             return
         self.last = time.monotonic()
+        self.sending = asyncio.create_task(self._send(text[:4096]))
+
+    async def _send(self, text: str) -> None:
         try:
-            await self.context.bot.send_message_draft(self.chat_id, self.draft_id, text[:4096])
+            await self.context.bot.send_message_draft(self.chat_id, self.draft_id, text)
         except TelegramError as exc:  # a draft is a nicety: the final message still comes
             logger.debug("draft not shown: %s", exc)
+
+    async def close(self) -> None:
+        if self.sending is not None and not self.sending.done():
+            self.sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sending
 
 
 @contextlib.asynccontextmanager
@@ -307,7 +321,7 @@ def _strip_mention(message: Message, username: str | None) -> str:
     return text.strip()
 
 
-def _texts(update: Update) -> Texts:
+def texts_for(update: Update) -> Texts:
     user = update.effective_user
     message = update.effective_message
     return texts(language(message.text if message else None, user.language_code if user else None))

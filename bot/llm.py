@@ -41,25 +41,44 @@ class ModelAnswer:
 
 
 class CircuitBreaker:
-    """Open after `threshold` failures in a row; one trial call after `reset_s`; closed again on a success."""
+    """Open after `threshold` failures in a row. While open, one trial call goes through after `probe_s` (half-open):
+    a success closes the breaker, a failure opens it again for twice as long (at most `max_probe_s`). A service
+    that comes back is used again within about a second, one that stays down costs one request per interval."""
 
-    def __init__(self, threshold: int = 5, reset_s: float = 30.0) -> None:
+    def __init__(self, threshold: int = 5, probe_s: float = 1.0, max_probe_s: float = 30.0) -> None:
         self.threshold = threshold
-        self.reset_s = reset_s
+        self.probe_s, self.max_probe_s = probe_s, max_probe_s
         self.failures = 0
         self.opened_at: float | None = None
+        self.wait_s = probe_s
+        self.probe_since: float | None = None  # a trial call is out
 
     @property
     def is_open(self) -> bool:
-        return self.opened_at is not None and time.monotonic() - self.opened_at < self.reset_s
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        """May a call go out now? While open, True once per interval: that call is the trial."""
+        if self.opened_at is None:
+            return True
+        now = time.monotonic()
+        if self.probe_since is not None and now - self.probe_since < self.max_probe_s:
+            return False  # one trial at a time (one lost without a verdict frees the slot after max_probe_s)
+        if now - self.opened_at >= self.wait_s:
+            self.probe_since = now
+            return True
+        return False
 
     def success(self) -> None:
-        self.failures, self.opened_at = 0, None
+        self.failures, self.opened_at, self.probe_since, self.wait_s = 0, None, None, self.probe_s
 
     def failure(self) -> None:
         self.failures += 1
-        if self.failures >= self.threshold:
-            self.opened_at = time.monotonic()
+        if self.probe_since is not None:  # the trial failed: open again, for longer
+            self.opened_at, self.probe_since = time.monotonic(), None
+            self.wait_s = min(self.wait_s * 2, self.max_probe_s)
+        elif self.opened_at is None and self.failures >= self.threshold:
+            self.opened_at, self.wait_s = time.monotonic(), self.probe_s
 
 
 class _Retry(Exception):
@@ -85,7 +104,7 @@ class LlmClient:
     async def answer(self, messages: list[dict[str, str]], max_tokens: int,
                      on_text: Callable[[str], Awaitable[None]] | None = None, repetition_penalty: float = 1.0,
                      evidence: list[str] | None = None) -> ModelAnswer:
-        if self.breaker.is_open:
+        if not self.breaker.allow():
             raise LlmUnavailable("circuit open: llmcore failed repeatedly")
         try:
             async with asyncio.timeout(self.timeout_s):

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from telegram.ext import CallbackContext
 
 from bot.exchanges import ExchangeLog
@@ -17,6 +20,7 @@ from bot.faq import FaqStore
 from bot.guard import Guard
 from bot.handoff import Handoffs
 from bot.history import History
+from bot.intake import UpdateStream
 from bot.llm import LlmAdmin, LlmClient
 from bot.metrics import BotMetrics
 from bot.pipeline import Pipeline
@@ -24,6 +28,17 @@ from bot.settings import BotSettings
 
 REDIS_CONNECTIONS = 64
 KEY, SETTINGS, METRICS = "kefu", "kefu_settings", "kefu_metrics"  # bot_data keys
+
+
+def redis_client(url: str) -> Redis:
+    """The bot's Redis: short socket timeouts (a Redis that went away costs a user a second, not a hang); a bounded
+    pool that makes a burst of updates wait for a connection instead of failing ("Too many connections"); the pool
+    reconnects by itself, and a command on a connection Redis closed meanwhile (a restart) is sent once more on a
+    fresh one instead of failing."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=REDIS_CONNECTIONS, timeout=5, decode_responses=True,
+                                           socket_timeout=2, socket_connect_timeout=2, health_check_interval=15,
+                                           retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(RedisConnectionError,)))
+    return Redis(connection_pool=pool)
 
 
 @dataclass
@@ -39,14 +54,11 @@ class Services:
     metrics: BotMetrics
     handoffs: Handoffs
     admin: LlmAdmin
+    intake: UpdateStream
 
     @classmethod
     async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
-        # short socket timeouts: a Redis that went away costs a user a second, not a hang; the pool reconnects by itself
-        # a bounded pool that makes a burst of updates wait for a connection instead of failing ("Too many connections")
-        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=5, decode_responses=True,
-                                               socket_timeout=2, socket_connect_timeout=2, health_check_interval=15)
-        redis = Redis(connection_pool=pool)
+        redis = redis_client(settings.redis_url)
         p = settings.redis_prefix
         history = History(redis, p, settings.history_turns, settings.history_ttl_s)
         faq, log = FaqStore(redis, p), ExchangeLog(redis, p, settings.log_retention_days)
@@ -55,7 +67,7 @@ class Services:
         token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else None
         return cls(settings, redis, history, faq, log, Guard(redis, p, settings.rate_limit_per_minute), llm,
                    Pipeline(settings, history, faq, llm, log), metrics or BotMetrics(), Handoffs(redis, p, settings.handoff_idle_s),
-                   LlmAdmin(settings.llmcore_url, token))
+                   LlmAdmin(settings.llmcore_url, token), UpdateStream(redis, p, settings.replica_name))
 
     async def close(self) -> None:
         await self.llm.close()

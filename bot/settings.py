@@ -7,6 +7,7 @@ Names follow ARCHITECTURE.md (no prefix: TELEGRAM_BOT_TOKEN, REDIS_URL, ...); th
 """
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -52,6 +53,8 @@ class BotSettings(BaseSettings):
     retrain_shape: dict[str, int] = Field(default_factory=dict, description='model shape for /retrain, e.g. {"n_layer": 2}')
     min_training_conversations: int = Field(default=10, ge=1, description="/retrain refuses with less data")
     max_message_chars: int = Field(default=2000, ge=1, description="longer questions are refused politely")
+    replica_name: str = Field(default_factory=socket.gethostname, min_length=1,
+                         description="this process among the bot's replicas (its name in the update stream); stable across restarts")
 
     @field_validator("admin_ids", mode="before")
     @classmethod

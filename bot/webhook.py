@@ -1,10 +1,12 @@
-"""The webhook server (aiohttp): checks Telegram's secret header, limits the body, turns the JSON into an
-Update and queues it for the Application; also /healthz and /metrics.
+"""The webhook server (aiohttp): checks Telegram's secret header, limits the body, checks that the JSON is an
+Update PTB can read, and stores it in the update stream (bot.app.receive) before answering 200 — if Redis cannot
+take it, 503, and Telegram delivers it again later. Also /healthz and /metrics.
 
     app = create_webhook_app(application, settings)   # POST <path of WEBHOOK_URL>, GET /healthz, GET /metrics
 
 Anything a stranger can POST gets a 4xx or a quiet 200 with a log line (an update PTB cannot read is
 acknowledged so that Telegram does not redeliver it forever); never a 500, never a reply anywhere.
+A 503 means only "not stored yet" (Redis away): the one answer that makes Telegram try again.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
+from bot.app import receive
 from bot.services import KEY
 from bot.settings import BotSettings
 
@@ -59,7 +62,8 @@ async def receive_update(request: web.Request) -> web.Response:
         logger.warning("webhook: skipped update %s that PTB cannot read: %s", data.get("update_id"), exc)
         _count(application, "unreadable")
         return web.json_response({"ok": True, "skipped": True})
-    await application.update_queue.put(update)
+    if not await receive(application, update, json.dumps(data, ensure_ascii=False)):
+        return _error(503, "temporarily unavailable")
     return web.json_response({"ok": True})
 
 

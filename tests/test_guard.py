@@ -1,13 +1,5 @@
-"""Guard: a duplicate update id is seen once; a fast user gets one notice, then silence."""
+"""Guard: a fast user gets one notice, then silence."""
 from bot.guard import Guard
-
-
-async def test_duplicate_update_ids_pass_once(redis, prefix):
-    guard = Guard(redis, prefix, per_minute=5)
-    assert await guard.first_delivery(42)
-    assert not await guard.first_delivery(42)
-    assert await guard.first_delivery(43)
-    assert await Guard(redis, prefix, per_minute=5).first_delivery(42) is False  # another replica agrees
 
 
 async def test_rate_limit_notice_once_then_silence_per_user(redis, prefix):

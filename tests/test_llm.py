@@ -54,7 +54,7 @@ async def test_plain_and_streamed_answers_come_from_the_model(llmcore_url, tiny_
 
 
 async def test_unreachable_service_fails_fast_and_opens_the_breaker(client_for):
-    llm = await client_for(f"http://127.0.0.1:{free_port()}", timeout_s=3, breaker=CircuitBreaker(threshold=2, reset_s=60))
+    llm = await client_for(f"http://127.0.0.1:{free_port()}", timeout_s=3, breaker=CircuitBreaker(threshold=2, probe_s=60))
     for _ in range(2):
         started = time.monotonic()
         with pytest.raises(LlmUnavailable):
@@ -64,6 +64,45 @@ async def test_unreachable_service_fails_fast_and_opens_the_breaker(client_for):
     with pytest.raises(LlmUnavailable, match="circuit open"):
         await llm.answer([{"role": "user", "content": "hi"}], 8)
     assert time.monotonic() - started < 0.05  # no request at all while open
+
+
+async def test_the_breaker_lets_one_trial_through_and_closes_when_the_service_is_back(client_for):
+    up = asyncio.Event()
+    calls = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        if not up.is_set():
+            return web.json_response({"error": {"message": "down"}}, status=400)
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "好"}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": -0.1, "model_version": "v1"}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner, url = await serve_app(app)
+    breaker = CircuitBreaker(threshold=2, probe_s=0.3, max_probe_s=5)
+    llm = await client_for(url, breaker=breaker)
+    question = [{"role": "user", "content": "hi"}]
+    try:
+        for _ in range(2):
+            with pytest.raises(LlmUnavailable, match="HTTP 400"):
+                await llm.answer(question, 8)
+        assert breaker.is_open and len(calls) == 2
+        with pytest.raises(LlmUnavailable, match="circuit open"):
+            await llm.answer(question, 8)
+        await asyncio.sleep(0.35)
+        trials = await asyncio.gather(*(llm.answer(question, 8) for _ in range(5)), return_exceptions=True)
+        assert len(calls) == 3 and all(isinstance(t, LlmUnavailable) for t in trials)  # one trial; it failed
+        assert breaker.wait_s == pytest.approx(0.6)  # and the next one comes later
+        await asyncio.sleep(0.35)
+        with pytest.raises(LlmUnavailable, match="circuit open"):
+            await llm.answer(question, 8)
+        up.set()
+        await asyncio.sleep(0.3)
+        assert (await llm.answer(question, 8)).text == "好"  # the trial succeeded: closed
+        assert not breaker.is_open and (await llm.answer(question, 8)).text == "好"
+    finally:
+        await runner.cleanup()
 
 
 async def test_503_is_retried_after_retry_after(client_for):

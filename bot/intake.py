@@ -1,0 +1,196 @@
+"""Durable intake: an update is in Redis before Telegram hears "got it", and leaves Redis only once handled.
+
+    stream = UpdateStream(redis, prefix="kefu:", consumer="bot-1")
+    if await stream.add(update_id, raw_json): ...      # stored (False: seen before, a redelivery: dropped)
+    await stream.consume(handle, stop)                   # handle(update_dict) for each, per its entry's life:
+
+Telegram (webhook POST, or our getUpdates loop) → `add`: one Lua script checks the duplicate key
+(`update:<id>`) and appends to the stream `updates` in one step → only then the 200 (or the next getUpdates
+offset). Consumers read with a consumer group (`bots`): an entry is acknowledged and deleted (XACK, XDEL) only
+after its handlers have finished — the answer sent and logged — and in the same transaction `update:<id>` is
+marked done. So:
+
+- a crash loses nothing: what the dead process had read stays pending; a restarted process (same consumer
+  name) reads its own pending entries first, and any other replica takes over entries idle for CLAIM_IDLE_MS
+  (XAUTOCLAIM). Live consumers touch their entries in flight every HEARTBEAT_S, so a slow answer is not stolen;
+- a redelivery of a stored update is dropped at intake, and a pending entry whose update is marked done (the
+  crash came between the two) is acknowledged without being handled again: answers go out once (at least once
+  only for a crash in the milliseconds between the answer and the mark).
+
+Per-chat order is kept by the caller (PerChatOrder) as long as entries are handed over in stream order.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+logger = logging.getLogger(__name__)
+
+GROUP = "bots"
+DEDUPE_TTL_S = 24 * 3600  # Telegram redelivers for at most a day
+READ_COUNT = 64
+READ_BLOCK_MS = 1000  # below the pool's socket timeout
+CLAIM_IDLE_MS = 30_000  # an entry nobody touched this long belongs to a dead consumer
+HEARTBEAT_S = 5.0
+RETRY_S = (0.2, 5.0)  # back-off while Redis is away: first, last
+
+# KEYS: the duplicate key, the stream. ARGV: the update's JSON, the key's TTL. 1: stored, 0: seen before.
+_ADD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'update', ARGV[1])
+redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[2])
+return 1
+"""
+
+Handle = Callable[[dict], Awaitable[None]]
+
+
+class UpdateStream:
+    def __init__(self, redis: Redis, prefix: str, consumer: str, max_in_flight: int = 256) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.key = f"{prefix}updates"
+        self.consumer = consumer
+        self.max_in_flight = max_in_flight
+        self._add = redis.register_script(_ADD)
+        self._in_flight: dict[str, asyncio.Task] = {}
+
+    def seen_key(self, update_id: int) -> str:
+        return f"{self.prefix}update:{update_id}"
+
+    async def add(self, update_id: int, payload: str) -> bool:
+        """Store one update (its JSON); False if this update id was stored before. Raises RedisError if Redis is away:
+        then the update must not be acknowledged to Telegram."""
+        return bool(await self._add(keys=[self.seen_key(update_id), self.key], args=[payload, DEDUPE_TTL_S]))
+
+    async def pending(self) -> int:
+        """Entries read by some consumer and not yet acknowledged."""
+        try:
+            return int((await self.redis.xpending(self.key, GROUP))["pending"])
+        except ResponseError:  # no stream or group yet
+            return 0
+
+    async def consume(self, handle: Handle, stop: asyncio.Event) -> None:
+        """Hand every entry to `handle` until `stop` is set; then wait for those in flight. Survives Redis going away."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self._loop(handle, stop, loop)
+        except asyncio.CancelledError:  # the process is going down hard: what is unfinished stays pending
+            for task in self._in_flight.values():
+                task.cancel()
+            raise
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    async def _loop(self, handle: Handle, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        delay = RETRY_S[0]
+        own_backlog = True  # first our own pending entries (a restart of this consumer), then new ones
+        last_heartbeat, group_ready = 0.0, False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await self._ensure_group()
+                    group_ready = True
+                if loop.time() - last_heartbeat >= HEARTBEAT_S:
+                    last_heartbeat = loop.time()
+                    await self._heartbeat()
+                    await self._start(await self._claim_abandoned(), handle)
+                await self._wait_for_room(stop)
+                if stop.is_set():
+                    break
+                room = self.max_in_flight - len(self._in_flight)
+                if own_backlog:
+                    entries = await self._read("0", room, block=None)
+                    own_backlog = bool(entries)
+                else:
+                    entries = await self._read(">", room, block=READ_BLOCK_MS)
+                await self._start(entries, handle)
+                delay = RETRY_S[0]
+            except RedisError as exc:  # a Redis restarted without its data has lost the group too
+                group_ready = False
+                logger.warning("update stream: Redis unavailable (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, RETRY_S[1])
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, start: str, count: int, block: int | None) -> list[tuple[str, dict]]:
+        reply = await self.redis.xreadgroup(GROUP, self.consumer, {self.key: start}, count=count, block=block)
+        entries = reply[0][1] if reply else []
+        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight]
+
+    async def _claim_abandoned(self) -> list[tuple[str, dict]]:
+        """Entries another consumer read and left untouched for CLAIM_IDLE_MS: it died."""
+        _, entries, *_ = await self.redis.xautoclaim(self.key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=READ_COUNT)
+        if entries:
+            logger.info("update stream: took over %d entries of a consumer that went away", len(entries))
+        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight]
+
+    async def _heartbeat(self) -> None:
+        """Touch the entries being handled here, so no other replica takes them over."""
+        if self._in_flight:
+            await self.redis.xclaim(self.key, GROUP, self.consumer, 0, list(self._in_flight), justid=True)
+
+    async def _wait_for_room(self, stop: asyncio.Event) -> None:
+        while len(self._in_flight) >= self.max_in_flight and not stop.is_set():
+            await asyncio.wait(list(self._in_flight.values()), return_when=asyncio.FIRST_COMPLETED, timeout=HEARTBEAT_S)
+
+    async def _start(self, entries: list[tuple[str, dict]], handle: Handle) -> None:
+        """One task per entry, started in stream order with nothing awaited in between: each takes its chat's
+        lock (PerChatOrder) in this order."""
+        if not entries:
+            return
+        updates = [_parse(entry_id, fields) for entry_id, fields in entries]
+        ids = [u.get("update_id") if u else None for u in updates]
+        keys = [self.seen_key(i) for i in ids if i is not None]
+        done = dict(zip(keys, await self.redis.mget(keys))) if keys else {}
+        for (entry_id, _), update, update_id in zip(entries, updates, ids):
+            again = update_id is not None and done.get(self.seen_key(update_id)) == "done"
+            if again:
+                logger.info("update %s was handled before a crash; not again", update_id)
+            work = handle(update) if update is not None and not again else None
+            self._in_flight[entry_id] = asyncio.create_task(self._one(entry_id, update_id, work))
+        await asyncio.sleep(0)
+
+    async def _one(self, entry_id: str, update_id: int | None, work: Awaitable[None] | None) -> None:
+        try:
+            if work is not None:
+                await work
+            await self._finish(entry_id, update_id)
+        except RedisError as exc:  # left pending: this consumer's backlog after a restart, or another's to claim
+            logger.warning("update stream: entry %s stays pending (Redis: %s)", entry_id, exc)
+        except Exception:  # a bug: logged, and the entry is not retried forever
+            logger.exception("update stream: entry %s failed", entry_id)
+            with contextlib.suppress(RedisError):
+                await self._finish(entry_id, update_id)
+        finally:
+            self._in_flight.pop(entry_id, None)
+
+    async def _finish(self, entry_id: str, update_id: int | None) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if update_id is not None:
+                pipe.set(self.seen_key(update_id), "done", ex=DEDUPE_TTL_S)
+            await pipe.xack(self.key, GROUP, entry_id).xdel(self.key, entry_id).execute()
+
+
+def _parse(entry_id: str, fields: dict | None) -> dict | None:
+    try:
+        data = json.loads((fields or {}).get("update", "null"))
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        logger.warning("update stream: entry %s is not an update; dropped", entry_id)
+        return None
+    return data

@@ -1,0 +1,116 @@
+"""The update stream: stored before acknowledged, handled once, nothing lost when a consumer dies."""
+import asyncio
+import json
+
+import pytest
+
+from bot import intake
+from bot.intake import UpdateStream
+
+
+def payload(update_id: int, chat: int = 1) -> str:
+    return json.dumps({"update_id": update_id, "message": {"chat": {"id": chat}}})
+
+
+async def consume_until(stream: UpdateStream, handled: list, count: int, block: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+
+    async def handle(data: dict) -> None:
+        if block is not None:
+            await block.wait()
+        handled.append(data["update_id"])
+        if len(handled) >= count:
+            stop.set()
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+
+
+async def test_a_redelivery_is_dropped_when_it_arrives(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    assert await stream.add(1, payload(1)) and not await stream.add(1, payload(1)) and await stream.add(2, payload(2))
+    assert not await UpdateStream(redis, prefix, "b").add(2, payload(2))  # another replica agrees
+    handled: list[int] = []
+    await consume_until(stream, handled, 2)
+    assert handled == [1, 2] and await stream.pending() == 0
+    assert await redis.xlen(f"{prefix}updates") == 0  # acknowledged entries leave the stream
+    assert not await stream.add(1, payload(1))  # and stay known as handled
+
+
+async def test_entries_are_handed_over_in_stream_order(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    for i in range(1, 101):
+        await stream.add(i, payload(i))
+    handled: list[int] = []
+    await consume_until(stream, handled, 100)
+    assert handled == list(range(1, 101))
+
+
+async def test_what_a_dead_consumer_read_is_handled_after_its_restart(redis, prefix):
+    stream = UpdateStream(redis, prefix, "replica-1")
+    for i in range(1, 6):
+        await stream.add(i, payload(i))
+    never = asyncio.Event()
+    with pytest.raises(TimeoutError):  # read all five, finished none: then the process "dies"
+        await asyncio.wait_for(consume_until(stream, [], 5, block=never), 1.5)
+    assert await stream.pending() == 5
+    handled: list[int] = []
+    await consume_until(UpdateStream(redis, prefix, "replica-1"), handled, 5)  # restarted under the same name
+    assert sorted(handled) == [1, 2, 3, 4, 5] and await stream.pending() == 0
+
+
+async def test_another_replica_takes_over_a_dead_ones_entries(redis, prefix, monkeypatch):
+    monkeypatch.setattr(intake, "CLAIM_IDLE_MS", 300)
+    monkeypatch.setattr(intake, "HEARTBEAT_S", 0.2)
+    dead = UpdateStream(redis, prefix, "replica-1")
+    for i in range(1, 4):
+        await dead.add(i, payload(i))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(consume_until(dead, [], 3, block=asyncio.Event()), 1.0)
+    handled: list[int] = []
+    await consume_until(UpdateStream(redis, prefix, "replica-2"), handled, 3)
+    assert sorted(handled) == [1, 2, 3] and await dead.pending() == 0
+
+
+async def test_a_live_replicas_slow_entries_are_not_taken_over(redis, prefix, monkeypatch):
+    monkeypatch.setattr(intake, "CLAIM_IDLE_MS", 300)
+    monkeypatch.setattr(intake, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(intake, "READ_BLOCK_MS", 50)
+    slow, other = UpdateStream(redis, prefix, "replica-1"), UpdateStream(redis, prefix, "replica-2")
+    await slow.add(1, payload(1))
+    release, slow_handled, other_handled = asyncio.Event(), [], []
+    slow_task = asyncio.create_task(consume_until(slow, slow_handled, 1, block=release))
+    await asyncio.sleep(0.3)  # replica-1 holds the entry
+    other_task = asyncio.create_task(consume_until(other, other_handled, 1))
+    await asyncio.sleep(1.2)  # four claim periods
+    release.set()
+    await slow_task
+    other_task.cancel()
+    assert slow_handled == [1] and other_handled == []
+
+
+async def test_an_update_marked_done_before_a_crash_is_not_handled_again(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    await stream.add(7, payload(7))
+    await stream.add(8, payload(8))
+    await redis.set(stream.seen_key(7), "done")  # answered; the crash came before the acknowledgement
+    handled: list[int] = []
+    await consume_until(stream, handled, 1)
+    await asyncio.sleep(0.2)
+    assert handled == [8] and await stream.pending() == 0
+
+
+async def test_garbage_in_the_stream_is_dropped_and_a_failing_handler_does_not_loop(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    await redis.xadd(f"{prefix}updates", {"update": "{not json"})
+    await stream.add(1, payload(1))
+    await stream.add(2, payload(2))
+    stop, calls = asyncio.Event(), []
+
+    async def handle(data: dict) -> None:
+        calls.append(data["update_id"])
+        if data["update_id"] == 1:
+            raise RuntimeError("a bug")
+        stop.set()
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+    assert calls == [1, 2] and await stream.pending() == 0
