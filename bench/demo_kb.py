@@ -63,12 +63,13 @@ def train_demo(models: Path, minutes: float) -> None:
 
 async def measure(pipeline: Pipeline, answers: dict[str, str]) -> dict:
     paraphrases, offtopic = read_jsonl(DATA / "demo_paraphrases.jsonl"), read_jsonl(DATA / "offtopic.jsonl")
-    right, sources, misses = 0, Counter(), []
+    right, offered, sources, misses = 0, 0, Counter(), []
     for n, item in enumerate(paraphrases):
         reply = await pipeline.answer(1_000_000 + n, 1_000_000 + n, item["question"], "zh")
         expected = answers[item["topic"]]
         ok = reply.text == expected or (reply.source == "model" and char_f1(reply.text, expected) >= RIGHT_MODEL_F1)
         right += ok
+        offered += not ok and any(m.entry.answer == expected for m in reply.suggestions)
         sources[f"{reply.source}{'' if ok else ' (wrong)' if reply.source != 'fallback' else ''}"] += 1
         if not ok:
             misses.append({"question": item["question"], "source": reply.source, "reply": reply.text[:60]})
@@ -79,6 +80,7 @@ async def measure(pipeline: Pipeline, answers: dict[str, str]) -> dict:
         if reply.source != "fallback":
             wrongly_answered.append({"question": item["question"], "source": reply.source, "reply": reply.text[:60]})
     return {"paraphrases": len(paraphrases), "paraphrases_right": round(right / len(paraphrases), 3),
+            "right_entry_offered_as_did_you_mean": round(offered / len(paraphrases), 3),
             "paraphrase_sources": dict(sources), "offtopic": len(offtopic), "offtopic_declined": round(declined / len(offtopic), 3),
             "paraphrase_misses": misses, "offtopic_answered": wrongly_answered}
 

@@ -173,6 +173,7 @@ async def question(update: Update, context: Context) -> None:
         if await operators.relay_to_operators(kefu, context, message):
             return  # a human has this chat: the bot keeps quiet
     except RedisError:
+        kefu.intake.retry_later(update.update_id)  # answered for real once Redis is back
         await message.reply_text(t.unavailable)
         return
     private = message.chat.type == ChatType.PRIVATE
@@ -183,6 +184,7 @@ async def question(update: Update, context: Context) -> None:
     except RedisError as exc:
         logger.warning("answer failed, Redis unavailable: %s", exc)
         kefu.metrics.errors.labels("redis").inc()
+        kefu.intake.retry_later(update.update_id)  # answered for real once Redis is back
         await message.reply_text(t.unavailable)
         return
     finally:

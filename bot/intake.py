@@ -60,6 +60,9 @@ class UpdateStream:
         self.max_in_flight = max_in_flight
         self._add = redis.register_script(_ADD)
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._own_backlog = True
+        self._unfinished: dict[str, int | None] = {}  # handled, acknowledgement owed
+        self._retry: set[int] = set()
 
     def seen_key(self, update_id: int) -> str:
         return f"{self.prefix}update:{update_id}"
@@ -90,13 +93,15 @@ class UpdateStream:
 
     async def _loop(self, handle: Handle, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         delay = RETRY_S[0]
-        own_backlog = True  # first our own pending entries (a restart of this consumer), then new ones
+        self._own_backlog = True  # first our own pending entries (a restart of this consumer), then new ones
         last_heartbeat, group_ready = 0.0, False
         while not stop.is_set():
             try:
                 if not group_ready:
                     await self._ensure_group()
                     group_ready = True
+                if self._unfinished:
+                    await self._finish_owed()
                 if loop.time() - last_heartbeat >= HEARTBEAT_S:
                     last_heartbeat = loop.time()
                     await self._heartbeat()
@@ -105,9 +110,9 @@ class UpdateStream:
                 if stop.is_set():
                     break
                 room = self.max_in_flight - len(self._in_flight)
-                if own_backlog:
+                if self._own_backlog:
                     entries = await self._read("0", room, block=None)
-                    own_backlog = bool(entries)
+                    self._own_backlog = bool(entries)
                 else:
                     entries = await self._read(">", room, block=READ_BLOCK_MS)
                 await self._start(entries, handle)
@@ -129,19 +134,21 @@ class UpdateStream:
     async def _read(self, start: str, count: int, block: int | None) -> list[tuple[str, dict]]:
         reply = await self.redis.xreadgroup(GROUP, self.consumer, {self.key: start}, count=count, block=block)
         entries = reply[0][1] if reply else []
-        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight]
+        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight and entry_id not in self._unfinished]
 
     async def _claim_abandoned(self) -> list[tuple[str, dict]]:
         """Entries another consumer read and left untouched for CLAIM_IDLE_MS: it died."""
         _, entries, *_ = await self.redis.xautoclaim(self.key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=READ_COUNT)
+        entries = [(entry_id, fields) for entry_id, fields in entries
+                   if entry_id not in self._in_flight and entry_id not in self._unfinished]
         if entries:
-            logger.info("update stream: took over %d entries of a consumer that went away", len(entries))
-        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight]
+            logger.info("update stream: took over %d entries left idle", len(entries))
+        return entries
 
     async def _heartbeat(self) -> None:
         """Touch the entries being handled here, so no other replica takes them over."""
-        if self._in_flight:
-            await self.redis.xclaim(self.key, GROUP, self.consumer, 0, list(self._in_flight), justid=True)
+        if self._in_flight or self._unfinished:
+            await self.redis.xclaim(self.key, GROUP, self.consumer, 0, [*self._in_flight, *self._unfinished], justid=True)
 
     async def _wait_for_room(self, stop: asyncio.Event) -> None:
         while len(self._in_flight) >= self.max_in_flight and not stop.is_set():
@@ -168,15 +175,31 @@ class UpdateStream:
         try:
             if work is not None:
                 await work
-            await self._finish(entry_id, update_id)
-        except RedisError as exc:  # left pending: this consumer's backlog after a restart, or another's to claim
-            logger.warning("update stream: entry %s stays pending (Redis: %s)", entry_id, exc)
+            if update_id is not None and update_id in self._retry:  # the handler met Redis away: do it again later
+                self._retry.discard(update_id)
+                self._own_backlog = True
+                return
+            try:
+                await self._finish(entry_id, update_id)
+            except RedisError as exc:  # handled: only the acknowledgement is owed, never a second answer
+                logger.warning("update stream: entry %s handled, acknowledged once Redis answers (%s)", entry_id, exc)
+                self._unfinished[entry_id] = update_id
         except Exception:  # a bug: logged, and the entry is not retried forever
             logger.exception("update stream: entry %s failed", entry_id)
             with contextlib.suppress(RedisError):
                 await self._finish(entry_id, update_id)
         finally:
             self._in_flight.pop(entry_id, None)
+
+    def retry_later(self, update_id: int) -> None:
+        """Called by a handler that could not do its work because Redis was away (it told the customer so): the
+        update stays pending and is handled again once Redis answers."""
+        self._retry.add(update_id)
+
+    async def _finish_owed(self) -> None:
+        for entry_id, update_id in list(self._unfinished.items()):
+            await self._finish(entry_id, update_id)
+            del self._unfinished[entry_id]
 
     async def _finish(self, entry_id: str, update_id: int | None) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -114,3 +114,19 @@ async def test_garbage_in_the_stream_is_dropped_and_a_failing_handler_does_not_l
 
     await asyncio.wait_for(stream.consume(handle, stop), 10)
     assert calls == [1, 2] and await stream.pending() == 0
+
+
+async def test_an_update_its_handler_could_not_serve_is_handled_again(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    await stream.add(1, payload(1))
+    stop, calls = asyncio.Event(), []
+
+    async def handle(data: dict) -> None:  # the first time, Redis was away for the handler: "temporarily unavailable"
+        calls.append(data["update_id"])
+        if len(calls) == 1:
+            stream.retry_later(data["update_id"])
+        else:
+            stop.set()
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+    assert calls == [1, 1] and await stream.pending() == 0
