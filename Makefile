@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --quiet --disable-pip-version-check -e '.[llmcore,dev]'
 	@command -v redis-server >/dev/null || bash .ci/install-redis
 	@bash .ci/install-nginx
 	@touch $(STAMP)
@@ -35,7 +35,7 @@ run: install
 	$(PY) -m bot up --models $(MODELS)
 
 bench: install
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PIP) install --quiet --disable-pip-version-check -e '.[llmcore,dev,bench]'
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 	$(PY) bench/bot.py

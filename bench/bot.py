@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from bot.app import build_application, run_webhook  # noqa: E402
 from bot.faq import read_faq_file  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
-from llmcore.dataset import DEMO_DATA  # noqa: E402
+from llmcore.chats import DEMO_DATA  # noqa: E402
 from tests.botapi import BotApiServer, text_update  # noqa: E402
 from tests.conftest import free_port, start_redis  # noqa: E402
 

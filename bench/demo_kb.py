@@ -34,7 +34,7 @@ from bot.history import History  # noqa: E402
 from bot.llm import LlmClient  # noqa: E402
 from bot.pipeline import Pipeline  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
-from llmcore.dataset import DEMO_DATA, read_conversations  # noqa: E402
+from llmcore.chats import DEMO_DATA, read_conversations  # noqa: E402
 from llmcore.registry import Registry  # noqa: E402
 from llmcore.retrieval import char_f1  # noqa: E402
 from llmcore.server import create_app  # noqa: E402

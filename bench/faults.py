@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bot.faq import read_faq_file  # noqa: E402
-from llmcore.dataset import DEMO_DATA  # noqa: E402
+from llmcore.chats import DEMO_DATA  # noqa: E402
 from tests.botapi import BotApiServer, text_update  # noqa: E402
 from tests.conftest import free_port, start_redis  # noqa: E402
 

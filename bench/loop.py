@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bot.settings import BotSettings  # noqa: E402
-from llmcore.dataset import DEMO_DATA  # noqa: E402
+from llmcore.chats import DEMO_DATA  # noqa: E402
 from llmcore.registry import Registry  # noqa: E402
 from llmcore.server import create_app  # noqa: E402
 from llmcore.settings import ServeSettings  # noqa: E402

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bot.settings import BotSettings  # noqa: E402
-from llmcore.dataset import read_conversations  # noqa: E402
+from llmcore.chats import read_conversations  # noqa: E402
 from llmcore.evaluate import assistant_turns, retrieval_baseline  # noqa: E402
 from llmcore.gate import RIGHT_F1, gate_curve  # noqa: E402
 from llmcore.registry import Registry  # noqa: E402

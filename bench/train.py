@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from llmcore.dataset import DEMO_DATA, IGNORE_INDEX, make_batches, make_turn_examples, read_conversations
+from llmcore.chats import DEMO_DATA, read_conversations
+from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.model import ARCHS, LanguageModel, build_model, default_config, resolve_device
 from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex

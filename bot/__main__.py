@@ -23,11 +23,12 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.encoder import load_encoder
 from bot.exchanges import ExchangeLog
 from bot.faq import FaqStore
 from bot.settings import BotSettings
 from bot.stack import StackError
-from llmcore.dataset import DataError
+from llmcore.chats import DataError
 
 EXIT_BAD_INPUT = 2
 
@@ -66,7 +67,7 @@ async def with_redis(settings: BotSettings, work: Callable[[Redis], Awaitable[in
 
 
 async def faq_command(args: argparse.Namespace, settings: BotSettings, redis: Redis) -> int:
-    faq = FaqStore(redis, settings.redis_prefix)
+    faq = FaqStore(redis, settings.redis_prefix, load_encoder(settings.faq_encoder))
     if args.faq_command == "import":
         print(f"imported {await faq.import_file(args.file)} entries")
     elif args.faq_command == "export":
@@ -74,8 +75,9 @@ async def faq_command(args: argparse.Namespace, settings: BotSettings, redis: Re
     else:
         await faq.load_demo_if_empty()
         matches = await faq.match(args.text, k=args.k)
-        print(json.dumps([{"id": m.entry.id, "score": round(m.score, 4), "matched": m.matched, "question": m.entry.question,
-                           "answer": m.entry.answer} for m in matches], ensure_ascii=False, indent=2))
+        print(json.dumps([{"id": m.entry.id, "score": round(m.score, 4), "lexical": round(m.lexical, 4),
+                           "semantic": None if m.semantic is None else round(m.semantic, 4), "matched": m.matched,
+                           "question": m.entry.question, "answer": m.entry.answer} for m in matches], ensure_ascii=False, indent=2))
     return 0
 
 

@@ -131,6 +131,10 @@ async def _seed_faq(kefu: Services) -> None:
         return
     if seeded:
         logger.info("the FAQ was empty: loaded %d demo entries", seeded)
+    try:
+        await kefu.faq.warm_up()
+    except RedisError as exc:
+        logger.warning("could not build the FAQ index yet (Redis: %s)", exc)
 
 
 async def run_polling(application: Application, stop: asyncio.Event | None = None) -> None:

@@ -1,38 +1,48 @@
-"""The FAQ knowledge base: entries in Redis, matched in-process by BM25 (bot/search.py).
+"""The FAQ knowledge base: entries in Redis, matched in-process by BM25 and a sentence encoder (bot/search.py).
 
-    faq = FaqStore(redis, prefix="kefu:")
+    faq = FaqStore(redis, prefix="kefu:", encoder=load_encoder("use"))   # encoder None: BM25 alone
     await faq.load_demo_if_empty()              # the demo shop's FAQ from llmcore's corpus
     matches = await faq.match("怎么退货", k=3)   # [Match(entry, score, matched)], best first
     entry_id = await faq.add("营业时间?", "每天 9:00-21:00")
     await faq.import_file("faq.csv")             # question,answer  — or chat JSONL two-message conversations
 
 Every change bumps a version counter in Redis; `match` compares it with the version its index was
-built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ.
+built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ. The encoder's vector of
+each question is kept in Redis (`faq:vectors:<encoder>`, by the text's SHA-1): a rebuild encodes only new
+questions, in a thread, and a restarted or another replica encodes none.
 """
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from redis.asyncio import Redis
 
-from bot.search import FaqEntry, FaqIndex, Match
-from llmcore.dataset import DEMO_DATA, DataError, read_conversations
+from bot.encoder import Encoder
+from bot.search import FaqEntry, FaqIndex, Match, documents
+from llmcore.chats import DEMO_DATA, DataError, read_conversations
 
 MAX_FAQ_TEXT = 8000  # characters of a question or an answer (a long policy text: the reply is split in two)
 
 
 class FaqStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, encoder: Encoder | None = None) -> None:
         self.redis = redis
         self.entries_key = f"{prefix}faq"
         self.next_key = f"{prefix}faq:next"
         self.version_key = f"{prefix}faq:version"
+        self.encoder = encoder
+        self.vectors_key = f"{prefix}faq:vectors:{encoder.name}" if encoder else ""
         self._index: FaqIndex | None = None
         self._index_version: str | None = None
+        self._building = asyncio.Lock()
 
     async def match(self, text: str, k: int = 3) -> list[Match]:
         return (await self.index()).match(text, k=k)
@@ -40,9 +50,37 @@ class FaqStore:
     async def index(self) -> FaqIndex:
         version = await self.redis.get(self.version_key) or "0"
         if self._index is None or version != self._index_version:
-            self._index = FaqIndex(await self.entries())
-            self._index_version = version
+            async with self._building:  # one rebuild at a time; the others then find it done
+                if self._index is None or version != self._index_version:
+                    entries = await self.entries()
+                    vectors = await self._vectors(entries) if self.encoder else None
+                    self._index = FaqIndex(entries, self.encoder, vectors)
+                    self._index_version = version
         return self._index
+
+    async def warm_up(self) -> None:
+        """Build the index and load the encoder now (in a thread), not in the middle of the first customers' answers."""
+        await self.index()
+        if self.encoder is not None:
+            await asyncio.to_thread(self.encoder.encode, ["warm up"])
+
+    async def _vectors(self, entries: list[FaqEntry]) -> np.ndarray:
+        """The encoder's vector of every question, from Redis where another process (or an earlier version of the
+        FAQ) made it already; the others are made in a thread and stored. Vectors of texts gone from the FAQ go."""
+        texts = documents(entries)
+        keys = [hashlib.sha1(text.encode()).hexdigest() for text in texts]
+        cached = await self.redis.hmget(self.vectors_key, keys) if keys else []
+        missing = [i for i, value in enumerate(cached) if value is None]
+        made = await asyncio.to_thread(self.encoder.encode, [texts[i] for i in missing]) if missing else None
+        rows = [None if value is None else _unpack(value) for value in cached]
+        for n, i in enumerate(missing):
+            rows[i] = made[n]
+        if missing:
+            await self.redis.hset(self.vectors_key, mapping={keys[i]: _pack(rows[i]) for i in missing})
+        stale = set(await self.redis.hkeys(self.vectors_key)) - set(keys)
+        if stale:
+            await self.redis.hdel(self.vectors_key, *stale)
+        return np.stack(rows) if rows else np.zeros((0, 1), dtype=np.float32)
 
     async def entries(self) -> list[FaqEntry]:
         raw = await self.redis.hgetall(self.entries_key)
@@ -155,3 +193,11 @@ def _check(entry: FaqEntry) -> None:
 def _entry(entry_id: str, value: str) -> FaqEntry:
     data = json.loads(value)
     return FaqEntry(entry_id, data["question"], data["answer"], tuple(data.get("similar", ())))
+
+
+def _pack(vector: np.ndarray) -> str:
+    return base64.b64encode(vector.astype(np.float16).tobytes()).decode()
+
+
+def _unpack(value: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(value), dtype=np.float16).astype(np.float32)

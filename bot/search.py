@@ -1,4 +1,5 @@
-"""The FAQ matcher: Okapi BM25 over every question and similar question, scores normalized to [0, 1].
+"""The FAQ matcher: Okapi BM25 over every question and similar question, scores normalized to [0, 1], fused
+with a sentence encoder's cosine when there is one (FAQ_ENCODER, bot/encoder.py).
 
     index = FaqIndex([FaqEntry("1", "怎么退货？", "七天内可以在订单页申请退货。", ("能退货吗",))])
     matches = index.match("请问怎么退货", k=3)   # [Match(entry, score=1.0, matched="怎么退货？")], best first
@@ -15,18 +16,30 @@ One departure from textbook BM25: a document's term frequency counts at most the
 "今天股市怎么样" scores 0.47 against "今天买的今天能发出吗" (twice 今天) — more for one shared word than the
 query gives itself — and the self-score would not bound documents as long as the query.
 
-Built once per FAQ version (bot/faq.py); the BM25 itself (llmcore/retrieval.py, shared with the model's
-evidence search) precomputes term frequencies, document lengths and an inverted index, so a query costs
-its jieba segmentation plus the postings of its words.
+With an encoder, an entry's score is LEXICAL_WEIGHT × its BM25 score plus the rest × its best cosine mapped
+linearly from [COS_FLOOR, COS_CEIL] onto [0, 1]: still in [0, 1], so FAQ_BEST and FAQ_SUGGEST keep their
+meaning. A paraphrase that shares no word with the stored question still scores on meaning, and a question
+that shares a shop word with an entry but means something else is held down by its cosine. The blend was
+chosen on half of the demo paraphrase and off-topic sets and checked on the other half (docs/benchmarks.md,
+`bench/faq.py`); an exact match (case, width, punctuation aside) is 1.0 either way.
+
+Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
+(llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
+and an inverted index, so a query costs its jieba segmentation plus the postings of its words, and with an
+encoder one sentence encoding (~3 ms) and one matrix-vector product.
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from bot.encoder import Encoder
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "normalize", "tokenize"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "documents", "normalize", "tokenize"]
 
 
 @dataclass(frozen=True)
@@ -40,39 +53,79 @@ class FaqEntry:
 @dataclass(frozen=True)
 class Match:
     entry: FaqEntry
-    score: float  # in [0, 1]
+    score: float  # in [0, 1]: the fused score (BM25 alone without an encoder)
     matched: str  # the question or similar question that scored best
+    lexical: float = 0.0  # BM25, in [0, 1]
+    semantic: float | None = None  # best cosine; None without an encoder
+
+
+LEXICAL_WEIGHT = 0.3
+COS_FLOOR, COS_CEIL = 0.3, 0.8
+
+
+def documents(entries: Sequence[FaqEntry]) -> list[str]:
+    """Every question and similar question, in index order: what the index searches (and what vectors are made of)."""
+    return [text for entry in entries for text in (entry.question, *entry.similar)]
 
 
 class FaqIndex:
-    """BM25 over the questions of `entries`; match() gives each entry's best document."""
+    """BM25 (and, with an encoder, cosine) over the questions of `entries`; match() gives each entry's best document."""
 
-    def __init__(self, entries: list[FaqEntry]) -> None:
+    def __init__(self, entries: list[FaqEntry], encoder: Encoder | None = None, vectors: np.ndarray | None = None) -> None:
         self.entries = list(entries)
         self.doc_entry: list[int] = []  # document -> index of its entry
-        self.doc_text: list[str] = []
+        self.doc_text: list[str] = documents(self.entries)
         self.exact: dict[str, list[int]] = {}  # normalized text -> documents
+        starts = []
         for e, entry in enumerate(self.entries):
-            for text in (entry.question, *entry.similar):
-                doc = len(self.doc_text)
+            starts.append(len(self.doc_entry))
+            for _ in (entry.question, *entry.similar):
+                doc = len(self.doc_entry)
                 self.doc_entry.append(e)
-                self.doc_text.append(text)
-                self.exact.setdefault(normalize(text), []).append(doc)
+                self.exact.setdefault(normalize(self.doc_text[doc]), []).append(doc)
         self.bm25 = Bm25(tokenize(text) for text in self.doc_text)
+        self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
+        self.ends = np.append(self.starts[1:], len(self.doc_entry))
+        self.encoder = encoder
+        self.vectors = None
+        if encoder is not None:
+            self.vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
+            if self.vectors.shape[0] != len(self.doc_text):
+                raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.doc_text)} questions")
 
     def match(self, text: str, k: int = 3) -> list[Match]:
-        """Up to k entries sharing a word with `text` (or equal to it), best first; ties go to the earlier entry."""
+        """Up to k entries that share a word with `text`, mean about the same, or equal it; best first; ties go to the
+        earlier entry."""
         key = normalize(text)
         exact = set(self.exact.get(key, ())) if key else set()
-        scores = self.bm25.scores(Counter(tokenize(text)))
-        scores.update(dict.fromkeys(exact, 1.0))
-        best: dict[int, tuple[float, bool, int]] = {}  # entry -> (score, exact, -document): the larger, the better
-        for doc, score in scores.items():
+        lexical = self.bm25.scores(Counter(tokenize(text)))
+        lexical.update(dict.fromkeys(exact, 1.0))
+        cosine = None if exact else self._cosines(text)  # a stored question itself: 1.0 whatever the encoder says
+        best: dict[int, tuple[float, bool, int]] = {}  # entry -> (lexical, exact, -document): the larger, the better
+        for doc, score in lexical.items():
             entry, candidate = self.doc_entry[doc], (score, doc in exact, -doc)
             if score > 0 and (entry not in best or candidate > best[entry]):
                 best[entry] = candidate
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], not item[1][1], item[0]))[: max(k, 0)]
-        return [Match(self.entries[entry], score, self.doc_text[-neg_doc]) for entry, (score, _, neg_doc) in ranked]
+        per_entry = None if cosine is None else np.maximum.reduceat(cosine, self.starts)  # each entry's best cosine
+        candidates = set(best) | (set() if per_entry is None else set(np.flatnonzero(per_entry > COS_FLOOR).tolist()))
+        ranked = []
+        for entry in candidates:
+            lex, is_exact, neg_doc = best.get(entry, (0.0, False, 0))
+            if per_entry is None:
+                score, cos, matched = lex, None, self.doc_text[-neg_doc]
+            else:
+                cos = float(per_entry[entry])
+                score = 1.0 if is_exact else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * _scaled(cos)
+                start = self.starts[entry]
+                matched = self.doc_text[-neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))]
+            ranked.append((-score, not is_exact, entry, Match(self.entries[entry], score, matched, lex, cos)))
+        ranked.sort(key=lambda r: r[:3])
+        return [m for *_, m in ranked[: max(k, 0)] if m.score > 0]
+
+    def _cosines(self, text: str) -> np.ndarray | None:
+        if self.encoder is None or self.vectors is None or not len(self.vectors) or not text.strip():
+            return None
+        return self.vectors @ self.encoder.encode([text])[0]
 
     def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
         """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""
@@ -86,3 +139,7 @@ class FaqIndex:
     def score_for(self, text: str, entry_id: str) -> float:
         """How well `text` matches one entry (0 when it shares nothing with it)."""
         return next((m.score for m in self.match(text, k=len(self.entries)) if m.entry.id == entry_id), 0.0)
+
+
+def _scaled(cosine: float) -> float:
+    return min(1.0, max(0.0, (cosine - COS_FLOOR) / (COS_CEIL - COS_FLOOR)))

@@ -15,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from telegram.ext import CallbackContext
 
+from bot.encoder import load_encoder
 from bot.exchanges import ExchangeLog
 from bot.faq import FaqStore
 from bot.guard import Guard
@@ -61,7 +62,7 @@ class Services:
         redis = redis_client(settings.redis_url)
         p = settings.redis_prefix
         history = History(redis, p, settings.history_turns, settings.history_ttl_s)
-        faq, log = FaqStore(redis, p), ExchangeLog(redis, p, settings.log_retention_days)
+        faq, log = FaqStore(redis, p, load_encoder(settings.faq_encoder)), ExchangeLog(redis, p, settings.log_retention_days)
         llm = LlmClient(settings.llmcore_url, settings.llmcore_timeout_s)
         await llm.start()
         token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else None

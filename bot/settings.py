@@ -8,7 +8,7 @@ Names follow ARCHITECTURE.md (no prefix: TELEGRAM_BOT_TOKEN, REDIS_URL, ...); th
 from __future__ import annotations
 
 import socket
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -32,6 +32,8 @@ class BotSettings(BaseSettings):
     webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
     webhook_listen: str = Field(default="127.0.0.1:8443", description="host:port the webhook server binds")
     webhook_secret: SecretStr | None = Field(default=None, description="X-Telegram-Bot-Api-Secret-Token; required with a webhook")
+    faq_encoder: Literal["use", "none"] = Field(default="use",
+                                                description="sentence encoder fused with BM25 for FAQ matching (none: BM25 alone)")
     faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
     faq_suggest: float = Field(default=0.4, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
     min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")

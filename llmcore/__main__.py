@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from llmcore.dataset import DEMO_DATA, DataError
+from llmcore.chats import DEMO_DATA, DataError
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
@@ -207,7 +207,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from llmcore.dataset import read_conversations
+    from llmcore.chats import read_conversations
     from llmcore.evaluate import evaluate
     from llmcore.model import resolve_device
     from llmcore.registry import Registry

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llmcore.dataset import IGNORE_INDEX, Conversation, make_batches, make_turn_examples
+from llmcore.chats import Conversation
+from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.gate import RIGHT_F1, Gate, answer_features, gate_curve
 from llmcore.model import LanguageModel
 from llmcore.prompting import PLAIN, PromptRecipe, build_prompt

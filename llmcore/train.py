@@ -25,15 +25,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llmcore.dataset import (
-    IGNORE_INDEX,
-    Conversation,
-    data_sha256,
-    make_batches,
-    make_turn_examples,
-    read_conversations,
-    split_conversations,
-)
+from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations
+from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
 from llmcore.evaluate import evaluate, evaluate_turns, loss_on
 from llmcore.gate import RIGHT_F1, Gate, gate_curve

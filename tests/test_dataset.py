@@ -3,16 +3,8 @@ import json
 
 import pytest
 
-from llmcore.dataset import (
-    IGNORE_INDEX,
-    Conversation,
-    DataError,
-    collate,
-    make_batches,
-    make_turn_examples,
-    read_conversations,
-    split_conversations,
-)
+from llmcore.chats import Conversation, DataError, read_conversations, split_conversations
+from llmcore.dataset import IGNORE_INDEX, collate, make_batches, make_turn_examples
 from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer

@@ -1,7 +1,7 @@
 """Metrics: character F1 behaves like a score, perplexity matches the loss."""
 
 
-from llmcore.dataset import Conversation
+from llmcore.chats import Conversation
 from llmcore.evaluate import assistant_turns
 
 

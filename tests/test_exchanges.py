@@ -2,7 +2,7 @@
 import json
 
 from bot.exchanges import Exchange, ExchangeLog
-from llmcore.dataset import parse_conversation
+from llmcore.chats import parse_conversation
 
 from .conftest import keys_with
 

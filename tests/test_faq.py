@@ -4,7 +4,7 @@ import json
 import pytest
 
 from bot.faq import FaqStore, read_faq_file
-from llmcore.dataset import DataError
+from llmcore.chats import DataError
 
 from .conftest import FAQ_PAIRS
 

@@ -1,7 +1,8 @@
 """Real service dialogues (../shared/data): read, tokenised losslessly, windowed within the context."""
 import pytest
 
-from llmcore.dataset import DEMO_DATA, make_turn_examples, read_conversations
+from llmcore.chats import DEMO_DATA, read_conversations
+from llmcore.dataset import make_turn_examples
 from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer

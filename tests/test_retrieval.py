@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from llmcore.dataset import Conversation
+from llmcore.chats import Conversation
 from llmcore.retrieval import Bm25, EvidenceIndex, char_f1, tokenize
 
 

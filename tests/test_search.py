@@ -142,7 +142,7 @@ def test_k_bounds_the_matches(index: FaqIndex) -> None:
 
 def test_exact_match_ignores_case_width_and_punctuation() -> None:
     entry = FaqEntry("1", "What's the Wi-Fi password?", "qinghe2026")
-    assert FaqIndex([entry]).match("ｗｈａｔｓ the wifi PASSWORD") == [Match(entry, 1.0, entry.question)]
+    assert FaqIndex([entry]).match("ｗｈａｔｓ the wifi PASSWORD") == [Match(entry, 1.0, entry.question, lexical=1.0)]
 
 
 def test_ties_go_to_the_earlier_entry_and_exact_beats_clipped() -> None:

@@ -13,7 +13,7 @@ from bot.smalltalk import INTENTS, REPLIES, normalize, reply_to
 from bot.stats import collect, format_stats
 from bot.texts import CJK
 from bot.trainingset import build_training_set
-from llmcore.dataset import DEMO_DATA
+from llmcore.chats import DEMO_DATA
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from llmcore.dataset import DEMO_DATA, DataError, read_conversations
+from llmcore.chats import DEMO_DATA, DataError, read_conversations
 from llmcore.evaluate import char_f1, evaluate
 from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
@@ -255,7 +255,7 @@ def test_wider_models_take_smaller_steps():
 
 
 def test_a_version_is_shown_no_more_history_than_it_was_trained_on():
-    from llmcore.dataset import Conversation
+    from llmcore.chats import Conversation
     from llmcore.train import history_seen
 
     faq = [Conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])] * 3

@@ -1,0 +1,107 @@
+"""The hybrid FAQ matcher: BM25 fused with the bundled sentence encoder (FAQ_ENCODER), vectors kept in Redis."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from bot.encoder import load_encoder
+from bot.faq import FaqStore
+from bot.search import FaqIndex
+from bot.settings import BotSettings
+
+from .test_search import corpus_entries
+
+SETTINGS = BotSettings(_env_file=None)
+
+
+class Counting:
+    """The bundled encoder, counting what it is asked to encode."""
+
+    name = "use"
+
+    def __init__(self) -> None:
+        self.inner = load_encoder("use")
+        self.texts: list[str] = []
+
+    def encode(self, texts):
+        self.texts += list(texts)
+        return self.inner.encode(texts)
+
+
+@pytest.fixture(scope="module")
+def entries():
+    return corpus_entries()
+
+
+@pytest.fixture(scope="module")
+def hybrid(entries):
+    return FaqIndex(entries, load_encoder("use"))
+
+
+@pytest.fixture(scope="module")
+def lexical(entries):
+    return FaqIndex(entries)
+
+
+@pytest.mark.parametrize("paraphrase, question", [
+    ("钱什么时候退给我", "退款多久到账？"),  # the issue's example: no shared word with the stored question
+])
+def test_a_paraphrase_sharing_no_word_is_answered_where_bm25_alone_is_not(entries, hybrid, lexical, paraphrase, question):
+    best = hybrid.match(paraphrase, k=3)[0]
+    assert question in (best.entry.question, *best.entry.similar) and best.score >= SETTINGS.faq_best, best
+    assert best.semantic is not None and 0 <= best.lexical <= 1
+    plain = lexical.match(paraphrase, k=1)
+    assert not plain or plain[0].score < SETTINGS.faq_best or question not in (plain[0].entry.question, *plain[0].entry.similar)
+
+
+@pytest.mark.parametrize("text", ["明天北京会下雨吗", "红烧肉怎么做才好吃", "Who won the football match yesterday?"])
+def test_off_topic_questions_stay_below_the_suggestion_threshold(hybrid, text):
+    assert all(m.score < SETTINGS.faq_suggest for m in hybrid.match(text, k=5))
+
+
+def test_exact_questions_still_score_one_and_scores_stay_in_the_unit_interval(entries, hybrid):
+    for entry in entries[:40]:
+        best = hybrid.match(entry.question, k=3)
+        assert best[0].entry == entry and best[0].score == 1.0
+        assert all(0 < m.score <= 1 for m in best) and [m.score for m in best] == sorted((m.score for m in best), reverse=True)
+
+
+def test_none_is_bm25_alone():
+    assert load_encoder("none") is None
+    with pytest.raises(ValueError, match="unknown FAQ encoder"):
+        load_encoder("word2vec")
+
+
+async def test_vectors_are_made_once_per_question_and_follow_the_faq(redis, prefix):
+    encoder = Counting()
+    faq = FaqStore(redis, prefix, encoder)
+    refund = await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
+    await faq.add("怎么开发票？", "下单时选择电子发票即可。", ["发票怎么开"])
+    assert (await faq.match("钱什么时候退给我", k=1))[0].entry.id == refund
+    assert sorted(encoder.texts[:3]) == sorted(["退款多久到账？", "怎么开发票？", "发票怎么开"])
+    key = f"{prefix}faq:vectors:use"
+    assert await redis.hlen(key) == 3
+
+    encoder.texts.clear()
+    shipping = await faq.add("发货要多久？", "下单后48小时内发货。")
+    assert (await faq.match("东西什么时候寄出来", k=1))[0].entry.id == shipping  # searched at once
+    assert encoder.texts[:1] == ["发货要多久？"]  # only the new question was encoded
+
+    assert await faq.delete(refund)
+    await faq.match("随便问问", k=1)
+    assert hashlib.sha1("退款多久到账？".encode()).hexdigest() not in await redis.hkeys(key)  # its vector went with it
+
+    encoder.texts.clear()
+    again = FaqStore(redis, prefix, encoder)  # a restart, or another replica
+    await again.match("发票", k=1)
+    assert [t for t in encoder.texts if t != "发票"] == []  # nothing but the query was encoded
+
+
+async def test_vectors_read_back_from_redis_match_fresh_ones(redis, prefix):
+    faq = FaqStore(redis, prefix, load_encoder("use"))
+    await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
+    index = await faq.index()
+    fresh = load_encoder("use").encode(["退款多久到账？"])
+    assert np.allclose(index.vectors, fresh, atol=2e-3)  # stored as float16
