@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bot.encoder import load_encoder  # noqa: E402
 from bot.exchanges import ExchangeLog  # noqa: E402
 from bot.faq import FaqStore  # noqa: E402
 from bot.history import History  # noqa: E402
@@ -101,7 +102,7 @@ async def amain(args: argparse.Namespace) -> dict:
     llm = LlmClient(f"http://127.0.0.1:{llm_port}", settings.llmcore_timeout_s)
     await llm.start()
     try:
-        faq = FaqStore(redis, settings.redis_prefix)
+        faq = FaqStore(redis, settings.redis_prefix, load_encoder(settings.faq_encoder))  # as the bot builds it
         await faq.load_demo_if_empty()
         pipeline = Pipeline(settings, History(redis, settings.redis_prefix, settings.history_turns, settings.history_ttl_s), faq, llm,
                             ExchangeLog(redis, settings.redis_prefix, settings.log_retention_days))
