@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 GROUP = "bots"
 DEDUPE_TTL_S = 24 * 3600  # Telegram redelivers for at most a day
 READ_COUNT = 64
+# Updates being handled at once. Fewer means less event-loop lag under a burst, so a shorter window in which a
+# crash leaves an answer sent but not marked (bench/faults.py, 300 updates, kill -9: 256 → 11–16 answered twice,
+# 64 → 7, 32 → 1–6); more means FAQ answers wait less behind slow model answers (mixed burst, FAQ p50: 256 →
+# 5.2–5.8 s, 64 → 8.3 s, 32 → 12.0 s, where the outbound limit alone imposes ~9 s).
+MAX_IN_FLIGHT = 64
 READ_BLOCK_MS = 1000  # below the pool's socket timeout
 CLAIM_IDLE_MS = 30_000  # an entry nobody touched this long belongs to a dead consumer
 HEARTBEAT_S = 5.0
@@ -52,7 +57,7 @@ Handle = Callable[[dict], Awaitable[None]]
 
 
 class UpdateStream:
-    def __init__(self, redis: Redis, prefix: str, consumer: str, max_in_flight: int = 256) -> None:
+    def __init__(self, redis: Redis, prefix: str, consumer: str, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.redis = redis
         self.prefix = prefix
         self.key = f"{prefix}updates"
