@@ -38,6 +38,7 @@ ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transf
                   ("train_status", "the training job's progress"), ("models", "model versions and their metrics"),
                   ("promote", "serve version V"), ("rollback", "back to the previous version"), ("stats", "usage numbers"),
                   ("faq_add", "question || answer"), ("faq_del", "remove FAQ entry ID"), ("faq_list", "the FAQ entries"),
+                  ("faq_pending", "customers' wordings proposed as FAQ questions"),
                   ("export", "the training data as JSONL"), ("why", "reply to an answer: where it came from")]
 MAX_DOCUMENT_BYTES = 5 << 20
 WATCH_EVERY_S = 2.0
@@ -51,11 +52,12 @@ def register(application: Application, admin_ids: frozenset[int]) -> None:
     new = filters.UpdateType.MESSAGE
     for name, handler in (("retrain", retrain), ("train_status", train_status), ("models", models), ("promote", promote),
                           ("rollback", rollback), ("stats", stats), ("faq_add", faq_add), ("faq_del", faq_del),
-                          ("faq_list", faq_list), ("export", export), ("why", why)):
+                          ("faq_list", faq_list), ("faq_pending", faq_pending), ("export", export), ("why", why)):
         application.add_handler(CommandHandler(name, handler, filters=new & admins))
     application.add_handler(CommandHandler([name for name, _ in ADMIN_COMMANDS], not_allowed, filters=new))
     application.add_handler(MessageHandler(new & admins & filters.ChatType.PRIVATE & filters.Document.ALL, faq_document))
     application.add_handler(CallbackQueryHandler(decide, pattern=r"^job:(promote|discard):"))
+    application.add_handler(CallbackQueryHandler(decide_wording, pattern=r"^fp:(ok|no):"))
 
 
 async def set_commands(application: Application, admin_ids: frozenset[int]) -> None:
@@ -293,6 +295,43 @@ async def faq_add(update: Update, context: Context) -> None:
         await update.effective_message.reply_text(f"Not added: {exc}")
         return
     await update.effective_message.reply_text(f"Added FAQ entry {entry_id}.")
+
+
+MAX_PENDING_SHOWN = 10
+
+
+async def faq_pending(update: Update, context: Context) -> None:
+    """/faq_pending: customers' wordings that led to an entry (by a "did you mean" tap), to approve or reject."""
+    kefu = services(context)
+    proposals = await kefu.paraphrases.pending()
+    if not proposals:
+        await update.effective_message.reply_text("No proposed wordings.")
+        return
+    for p in proposals[:MAX_PENDING_SHOWN]:
+        entry = await kefu.faq.get(p.entry_id)
+        text = f"“{p.wording}” → #{p.entry_id} {entry.question if entry else '(entry deleted)'} ({p.users} customer(s))"
+        buttons = InlineKeyboardMarkup([[InlineKeyboardButton("✅ Add", callback_data=f"fp:ok:{p.key}"),
+                                         InlineKeyboardButton("❌ Reject", callback_data=f"fp:no:{p.key}")]])
+        await update.effective_message.reply_text(text, reply_markup=buttons)
+    if len(proposals) > MAX_PENDING_SHOWN:
+        await update.effective_message.reply_text(f"… and {len(proposals) - MAX_PENDING_SHOWN} more.")
+
+
+async def decide_wording(update: Update, context: Context) -> None:
+    """✅ / ❌ under a proposed wording: admins only."""
+    query, kefu = update.callback_query, services(context)
+    if query.from_user.id not in kefu.settings.admin_ids:
+        logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
+        await query.answer("Not allowed.", show_alert=True)
+        return
+    _, decision, key = query.data.split(":", 2)
+    proposal = await (kefu.paraphrases.approve(key) if decision == "ok" else kefu.paraphrases.reject(key))
+    await query.answer("Done." if proposal else "Already decided.")
+    with contextlib.suppress(TelegramError):
+        await query.edit_message_reply_markup(None)
+    if proposal:
+        verdict = f"added to #{proposal.entry_id}" if decision == "ok" else "rejected"
+        await query.message.reply_text(f"“{proposal.wording}”: {verdict}.")
 
 
 async def faq_del(update: Update, context: Context) -> None:

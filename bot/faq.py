@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from bot.encoder import Encoder
 from bot.search import FaqEntry, FaqIndex, Match, documents
@@ -106,6 +107,26 @@ class FaqStore:
             pipe.incr(self.version_key)
             await pipe.execute()
         return ids
+
+    async def add_similar(self, entry_id: str, wording: str) -> bool:
+        """One more similar question for an entry (searched at once); False if the entry is gone."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.entries_key)
+                    raw = await pipe.hget(self.entries_key, entry_id)
+                    if not raw:
+                        return False
+                    data = json.loads(raw)
+                    if wording.strip() not in data["similar"]:
+                        data["similar"].append(wording.strip())
+                    _check(FaqEntry(entry_id, data["question"], data["answer"], tuple(data["similar"])))
+                    pipe.multi()
+                    pipe.hset(self.entries_key, entry_id, json.dumps(data, ensure_ascii=False)).incr(self.version_key)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     async def delete(self, entry_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -204,11 +204,14 @@ async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | 
     for part in parts[:-1]:
         await message.reply_text(html.escape(part, quote=False), parse_mode=ParseMode.HTML)
     sent = await message.reply_text(html.escape(parts[-1], quote=False), parse_mode=ParseMode.HTML, reply_markup=_buttons(reply, t))
-    if reply.entry_id and kefu is not None:
-        try:  # for /why as a reply to this message; the answer is out already, so a failure here costs only that
-            await kefu.log.link_message(sent.chat_id, sent.message_id, reply.entry_id)
+    if kefu is not None:
+        try:  # for /why as a reply to this message, and what a tap on a button proposes; the answer is out already
+            if reply.entry_id:
+                await kefu.log.link_message(sent.chat_id, sent.message_id, reply.entry_id)
+            if reply.suggestions and message.text:
+                await kefu.paraphrases.offered(sent.chat_id, sent.message_id, message.text, [m.entry.id for m in reply.suggestions])
         except RedisError as exc:
-            logger.warning("no /why link for message %s: %s", sent.message_id, exc)
+            logger.warning("no /why link or offer for message %s: %s", sent.message_id, exc)
 
 
 def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
@@ -242,8 +245,11 @@ async def suggestion(update: Update, context: Context) -> None:
     if message is None:  # a button on an inline message: no chat to answer in
         await query.answer(t.stale_button)
         return
+    kefu, entry_id = services(context), query.data.removeprefix("faq:")
     try:
-        reply = await services(context).pipeline.answer_from_faq(message.chat.id, query.from_user.id, query.data.removeprefix("faq:"))
+        reply = await kefu.pipeline.answer_from_faq(message.chat.id, query.from_user.id, entry_id)
+        if reply is not None:  # the customer's wording, proposed for that entry (only if the bot offered it there)
+            await kefu.paraphrases.tapped(message.chat.id, message.message_id, entry_id, query.from_user.id)
     except RedisError:
         await query.answer(t.unavailable)
         return
@@ -251,7 +257,7 @@ async def suggestion(update: Update, context: Context) -> None:
         await query.answer(t.stale_button)
         return
     await query.answer()
-    await send_reply(message, reply, t, services(context))
+    await send_reply(message, reply, t, kefu)
 
 
 async def stale_button(update: Update, context: Context) -> None:

@@ -24,6 +24,7 @@ from bot.history import History
 from bot.intake import UpdateStream
 from bot.llm import LlmAdmin, LlmClient
 from bot.metrics import BotMetrics
+from bot.paraphrases import Paraphrases
 from bot.pipeline import Pipeline
 from bot.settings import BotSettings
 
@@ -56,6 +57,7 @@ class Services:
     handoffs: Handoffs
     admin: LlmAdmin
     intake: UpdateStream
+    paraphrases: Paraphrases
 
     @classmethod
     async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
@@ -68,7 +70,8 @@ class Services:
         token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else None
         return cls(settings, redis, history, faq, log, Guard(redis, p, settings.rate_limit_per_minute), llm,
                    Pipeline(settings, history, faq, llm, log), metrics or BotMetrics(), Handoffs(redis, p, settings.handoff_idle_s),
-                   LlmAdmin(settings.llmcore_url, token), UpdateStream(redis, p, settings.replica_name))
+                   LlmAdmin(settings.llmcore_url, token), UpdateStream(redis, p, settings.replica_name),
+                   Paraphrases(redis, p, faq, settings.faq_auto_approve_taps))
 
     async def close(self) -> None:
         await self.llm.close()

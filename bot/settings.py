@@ -34,6 +34,8 @@ class BotSettings(BaseSettings):
     webhook_secret: SecretStr | None = Field(default=None, description="X-Telegram-Bot-Api-Secret-Token; required with a webhook")
     faq_encoder: Literal["use", "none"] = Field(default="use",
                                                 description="sentence encoder fused with BM25 for FAQ matching (none: BM25 alone)")
+    faq_auto_approve_taps: int = Field(default=0, ge=0, description="'did you mean' taps by different customers that add their "
+                                       "wording to the entry without an admin (0: an admin approves, /faq_pending)")
     faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
     faq_suggest: float = Field(default=0.4, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
     min_confidence: float = Field(default=-1.2, le=0, description="mean token log-probability a model answer needs")

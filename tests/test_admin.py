@@ -161,3 +161,32 @@ def test_the_retrain_comparison_puts_the_lookup_baseline_beside_the_model():
     rows = {line.split()[0]: line.split()[1:] for line in table.split("<pre>")[1].split("</pre>")[0].splitlines()[1:]}
     assert rows["char-F1"] == ["0.451", "0.400"] and rows["BM25"][-2] == "0.382"
     assert "200 held-out answers" in table and "must beat it" in table
+
+
+async def test_a_tapped_wording_is_approved_by_an_admin_and_then_answered(telegram, redis_url, prefix, seeded):
+    from .botkit import buttons
+    from .conftest import free_port
+
+    settings = admin_settings(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, faq_best=0.99, faq_suggest=0.05,
+                              llmcore_timeout_s=2)
+    wording = "退货要怎么弄呢"
+    async with running_bot(settings, telegram):
+        offered = await ask(telegram, wording)
+        tap = next(data for label, data in buttons(offered).items() if data.startswith("faq:") and label == IN_FAQ[0][0])
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(tap, message=telegram.messages[USER_ID][-1]))
+        _, answer = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["text"] == IN_FAQ[0][1], since=mark)
+
+        listed = await as_admin(telegram, "/faq_pending")
+        assert wording in listed["text"] and IN_FAQ[0][0] in listed["text"]
+        approve = buttons(listed)["✅ Add"]
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(approve, user_id=USER_ID, message=telegram.messages[ADMIN][-1]))  # not an admin
+        _, refused = await telegram.wait_for("answerCallbackQuery", since=mark)
+        assert refused["text"] == "Not allowed."
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(approve, user_id=ADMIN, chat_id=ADMIN, message=telegram.messages[ADMIN][-1]))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and "added to" in p["text"], since=mark)
+
+        again = await ask(telegram, wording, chat_id=USER_ID + 1, user_id=USER_ID + 1)
+        assert again["text"] == IN_FAQ[0][1]  # answered directly now: the wording is a question of the entry

@@ -1,0 +1,110 @@
+"""Paraphrases learned from use: a customer's wording that led to an FAQ entry becomes a similar question of that
+entry once an admin approves it (`/faq_pending`), or once FAQ_AUTO_APPROVE_TAPS different customers tapped the
+same entry for the same wording. Approved wordings are searched at once (the FAQ's version moves).
+
+    learned = Paraphrases(redis, "kefu:", faq, auto_approve=0)
+    await learned.offered(chat_id, message_id, question, ["12", "40"])   # "did you mean" buttons under an answer
+    await learned.tapped(chat_id, message_id, "12", user_id)            # a tap: a proposal, if the bot offered it there
+    for p in await learned.pending(): ...                               # Proposal(key, entry_id, wording, users)
+    await learned.approve(p.key)                                        # or reject(p.key)
+
+Nothing a customer typed becomes a FAQ question but by that rule. Against poisoning: only a button the bot
+itself put under that very message counts (what was offered, and for which question, is kept in Redis: the
+callback's data is not trusted); each customer counts once per proposal, and proposes at most
+PROPOSALS_PER_DAY a day; a wording with personal data in it (bot.pii), longer than MAX_WORDING, or already a
+question of the entry is never proposed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from bot.faq import FaqStore
+from bot.pii import PII_KINDS, scrub
+from bot.search import normalize
+
+OFFER_TTL_S = 7 * 24 * 3600
+PROPOSALS_PER_DAY = 20
+MAX_WORDING = 200
+MAX_PENDING = 1000
+
+
+@dataclass(frozen=True)
+class Proposal:
+    key: str
+    entry_id: str
+    wording: str
+    users: int
+
+
+class Paraphrases:
+    def __init__(self, redis: Redis, prefix: str, faq: FaqStore, auto_approve: int = 0) -> None:
+        self.redis, self.prefix, self.faq, self.auto_approve = redis, prefix, faq, auto_approve
+        self.pending_key = f"{prefix}faq:pending"
+
+    async def offered(self, chat_id: int, message_id: int, question: str, entry_ids: list[str]) -> None:
+        """The bot put these entries' buttons under message `message_id`, its answer to `question`."""
+        if entry_ids:  # scrubbed like everything kept: a wording with personal data in it is never proposed
+            await self.redis.set(self._offer_key(chat_id, message_id), json.dumps({"question": scrub(question), "entries": entry_ids},
+                                                                                     ensure_ascii=False), ex=OFFER_TTL_S)
+
+    async def tapped(self, chat_id: int, message_id: int, entry_id: str, user_id: int) -> Proposal | None:
+        """A customer tapped `entry_id` under that message: their question proposed as a wording of the entry (None if
+        the bot offered no such button there, or the wording may not be proposed)."""
+        raw = await self.redis.get(self._offer_key(chat_id, message_id))
+        offer = json.loads(raw) if raw else None
+        if not offer or entry_id not in offer["entries"]:
+            return None
+        wording = " ".join(offer["question"].split())
+        entry = await self.faq.get(entry_id)
+        if (entry is None or not wording or len(wording) > MAX_WORDING or any(kind in wording for kind in PII_KINDS)
+                or normalize(wording) in {normalize(q) for q in (entry.question, *entry.similar)}):
+            return None
+        key = hashlib.sha1(f"{entry_id}\x1f{wording}".encode()).hexdigest()[:16]
+        quota = f"{self.prefix}faq:proposed:{user_id}:{int(time.time() // 86400)}"
+        users_key = f"{self.prefix}faq:pending:{key}:users"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(users_key, user_id).scard(users_key).expire(users_key, OFFER_TTL_S * 4)
+            pipe.incr(quota).expire(quota, 2 * 86400).hlen(self.pending_key)
+            new_user, users, _, proposed, _, size = await pipe.execute()
+        if not new_user or proposed > PROPOSALS_PER_DAY or (size >= MAX_PENDING and not await self.redis.hexists(self.pending_key, key)):
+            return None
+        proposal = Proposal(key, entry_id, wording, users)
+        await self.redis.hset(self.pending_key, key, json.dumps({"entry": entry_id, "wording": wording}, ensure_ascii=False))
+        if self.auto_approve and users >= self.auto_approve:
+            await self.approve(key)
+        return proposal
+
+    async def pending(self) -> list[Proposal]:
+        raw = await self.redis.hgetall(self.pending_key)
+        proposals = []
+        for key, value in raw.items():
+            data = json.loads(value)
+            proposals.append(Proposal(key, data["entry"], data["wording"], await self.redis.scard(f"{self.prefix}faq:pending:{key}:users")))
+        return sorted(proposals, key=lambda p: (-p.users, p.entry_id, p.wording))
+
+    async def approve(self, key: str) -> Proposal | None:
+        """The wording becomes a similar question of its entry; None if there is no such proposal (or entry) any more."""
+        proposal = await self._take(key)
+        if proposal is None or not await self.faq.add_similar(proposal.entry_id, proposal.wording):
+            return None
+        return proposal
+
+    async def reject(self, key: str) -> Proposal | None:
+        return await self._take(key)
+
+    async def _take(self, key: str) -> Proposal | None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(self.pending_key, key).hdel(self.pending_key, key).scard(f"{self.prefix}faq:pending:{key}:users")
+            raw, removed, users = await pipe.execute()
+        if not raw or not removed:
+            return None
+        data = json.loads(raw)
+        return Proposal(key, data["entry"], data["wording"], users)
+
+    def _offer_key(self, chat_id: int, message_id: int) -> str:
+        return f"{self.prefix}offer:{chat_id}:{message_id}"

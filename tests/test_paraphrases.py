@@ -1,0 +1,70 @@
+"""Paraphrases learned from use: a tap on a "did you mean" button proposes the customer's wording; an admin (or
+enough different customers) makes it a question of the entry; forged taps and personal data teach nothing."""
+from bot import paraphrases as module
+from bot.faq import FaqStore
+from bot.paraphrases import Paraphrases
+
+CHAT, MESSAGE = 42, 7
+
+
+async def store(redis, prefix, auto_approve: int = 0) -> tuple[FaqStore, Paraphrases, str, str]:
+    faq = FaqStore(redis, prefix)
+    refund = await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
+    invoice = await faq.add("怎么开发票？", "下单时选择电子发票即可。")
+    return faq, Paraphrases(redis, prefix, faq, auto_approve), refund, invoice
+
+
+async def test_a_tap_proposes_and_an_approved_wording_is_matched_at_once(redis, prefix):
+    faq, learned, refund, invoice = await store(redis, prefix)
+    assert all(m.score < 1 for m in await faq.match("钱啥时候能回到我卡上"))
+    await learned.offered(CHAT, MESSAGE, "钱啥时候能回到我卡上", [refund, invoice])
+    proposal = await learned.tapped(CHAT, MESSAGE, refund, user_id=1)
+    assert proposal and proposal.wording == "钱啥时候能回到我卡上" and proposal.entry_id == refund
+    assert [p.key for p in await learned.pending()] == [proposal.key]
+    assert await learned.approve(proposal.key) == proposal
+    best = (await faq.match("钱啥时候能回到我卡上", k=1))[0]
+    assert best.entry.id == refund and best.score == 1.0 and "钱啥时候能回到我卡上" in best.entry.similar
+    assert await learned.pending() == [] and await learned.approve(proposal.key) is None  # decided once
+
+
+async def test_a_rejected_wording_changes_nothing(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix)
+    await learned.offered(CHAT, MESSAGE, "钱啥时候退", [refund])
+    proposal = await learned.tapped(CHAT, MESSAGE, refund, user_id=1)
+    assert await learned.reject(proposal.key) == proposal
+    assert (await faq.get(refund)).similar == () and await learned.pending() == []
+
+
+async def test_forged_taps_personal_data_and_known_wordings_teach_nothing(redis, prefix):
+    faq, learned, refund, invoice = await store(redis, prefix)
+    assert await learned.tapped(CHAT, MESSAGE, refund, user_id=1) is None  # no button was offered under that message
+    await learned.offered(CHAT, MESSAGE, "钱啥时候退", [invoice])
+    assert await learned.tapped(CHAT, MESSAGE, refund, user_id=1) is None  # that entry was not among the buttons
+    assert await learned.tapped(CHAT, MESSAGE + 1, invoice, user_id=1) is None  # nor under another message
+    await learned.offered(CHAT, 8, "我手机13812345678，钱啥时候退", [refund])
+    assert await learned.tapped(CHAT, 8, refund, user_id=1) is None  # personal data never becomes a FAQ question
+    assert "13812345678" not in str(await redis.get(f"{prefix}offer:{CHAT}:8"))  # and is not kept
+    await learned.offered(CHAT, 9, "退款多久到账", [refund])
+    assert await learned.tapped(CHAT, 9, refund, user_id=1) is None  # already the entry's question
+    assert await learned.pending() == []
+
+
+async def test_each_customer_counts_once_and_proposes_a_bounded_number_a_day(redis, prefix, monkeypatch):
+    monkeypatch.setattr(module, "PROPOSALS_PER_DAY", 3)
+    faq, learned, refund, _ = await store(redis, prefix)
+    await learned.offered(CHAT, MESSAGE, "钱啥时候退", [refund])
+    assert await learned.tapped(CHAT, MESSAGE, refund, user_id=1)
+    assert await learned.tapped(CHAT, MESSAGE, refund, user_id=1) is None  # the same customer again
+    for n in range(5):
+        await learned.offered(CHAT, 100 + n, f"退款第{n}次问", [refund])
+    made = [await learned.tapped(CHAT, 100 + n, refund, user_id=1) for n in range(5)]
+    assert sum(p is not None for p in made) == 1  # 3 a day in all: 2 taps counted above
+    assert len(await learned.pending()) == 2
+
+
+async def test_enough_different_customers_approve_without_an_admin(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix, auto_approve=2)
+    for user, message in ((1, 10), (2, 11)):
+        await learned.offered(user, message, "钱啥时候退", [refund])
+        await learned.tapped(user, message, refund, user_id=user)
+    assert "钱啥时候退" in (await faq.get(refund)).similar and await learned.pending() == []
