@@ -123,6 +123,7 @@ async def operator_reply(update: Update, context: Context) -> None:
         if question:
             await kefu.history.append(chat_id, user_id, question, message.text)
             await kefu.log.append(Exchange(chat_id, user_id, question, message.text, "operator", None, None, 0))
+            await kefu.paraphrases.operator_answered(question, message.text, user_id)  # an FAQ answer: a wording to learn
         await kefu.handoffs.touch(chat_id)
     except RedisError as exc:
         await message.reply_text(f"Delivered to chat {chat_id}, but not logged (Redis: {exc}).")

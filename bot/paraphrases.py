@@ -1,6 +1,7 @@
 """Paraphrases learned from use: a customer's wording that led to an FAQ entry becomes a similar question of that
 entry once an admin approves it (`/faq_pending`), or once FAQ_AUTO_APPROVE_TAPS different customers tapped the
-same entry for the same wording. Approved wordings are searched at once (the FAQ's version moves).
+same entry for the same wording. An operator who answers a handed-off customer with an entry's answer proposes
+the customer's question the same way. Approved wordings are searched at once (the FAQ's version moves).
 
     learned = Paraphrases(redis, "kefu:", faq, auto_approve=0)
     await learned.offered(chat_id, message_id, question, ["12", "40"])   # "did you mean" buttons under an answer
@@ -31,6 +32,7 @@ OFFER_TTL_S = 7 * 24 * 3600
 PROPOSALS_PER_DAY = 20
 MAX_WORDING = 200
 MAX_PENDING = 1000
+OPERATOR_MATCH = 0.9  # char-F1 of an operator's answer to an FAQ answer: they answered with that entry
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,18 @@ class Paraphrases:
         offer = json.loads(raw) if raw else None
         if not offer or entry_id not in offer["entries"]:
             return None
-        wording = " ".join(offer["question"].split())
+        return await self._propose(entry_id, offer["question"], user_id)
+
+    async def operator_answered(self, question: str, answer: str, user_id: int) -> Proposal | None:
+        """An operator answered a handed-off customer with an FAQ entry's answer (char-F1 ≥ OPERATOR_MATCH): the
+        customer's question is proposed as a wording of that entry."""
+        entry, similarity = (await self.faq.index()).nearest_answer(answer)
+        if entry is None or similarity < OPERATOR_MATCH:
+            return None
+        return await self._propose(entry.id, scrub(question), user_id)
+
+    async def _propose(self, entry_id: str, wording: str, user_id: int) -> Proposal | None:
+        wording = " ".join(wording.split())
         entry = await self.faq.get(entry_id)
         if (entry is None or not wording or len(wording) > MAX_WORDING or any(kind in wording for kind in PII_KINDS)
                 or normalize(wording) in {normalize(q) for q in (entry.question, *entry.similar)}):

@@ -68,3 +68,11 @@ async def test_enough_different_customers_approve_without_an_admin(redis, prefix
         await learned.offered(user, message, "钱啥时候退", [refund])
         await learned.tapped(user, message, refund, user_id=user)
     assert "钱啥时候退" in (await faq.get(refund)).similar and await learned.pending() == []
+
+
+async def test_an_operator_answering_with_an_faq_answer_proposes_the_customers_question(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix)
+    proposal = await learned.operator_answered("钱到底啥时候退回来", "原路退回，1-3个工作日到账。", user_id=5)
+    assert proposal and proposal.entry_id == refund and proposal.wording == "钱到底啥时候退回来"
+    assert await learned.operator_answered("你们招聘吗", "请在官网的加入我们页面投递简历。", user_id=5) is None  # no FAQ answer
+    assert await learned.operator_answered("我电话13812345678，钱呢", "原路退回，1-3个工作日到账。", user_id=6) is None
