@@ -115,8 +115,8 @@ class UpdateStream:
                 if stop.is_set():
                     break
                 room = self.max_in_flight - len(self._in_flight)
-                if self._own_backlog:
-                    entries = await self._read("0", room, block=None)
+                if self._own_backlog:  # from the start of our pending entries, the ones being handled here included
+                    entries = await self._read("0", room + len(self._in_flight) + len(self._unfinished), block=None)
                     self._own_backlog = bool(entries)
                 else:
                     entries = await self._read(">", room, block=READ_BLOCK_MS)

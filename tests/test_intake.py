@@ -130,3 +130,14 @@ async def test_an_update_its_handler_could_not_serve_is_handled_again(redis, pre
 
     await asyncio.wait_for(stream.consume(handle, stop), 10)
     assert calls == [1, 1] and await stream.pending() == 0
+
+
+async def test_a_backlog_larger_than_the_room_in_flight_is_handled_after_a_restart(redis, prefix):
+    for i in range(1, 101):
+        await UpdateStream(redis, prefix, "r").add(i, payload(i, chat=i))
+    with pytest.raises(TimeoutError):  # the dead process read 100 and finished none
+        await asyncio.wait_for(consume_until(UpdateStream(redis, prefix, "r"), [], 100, block=asyncio.Event()), 1.5)
+    handled: list[int] = []
+    started = asyncio.get_running_loop().time()
+    await consume_until(UpdateStream(redis, prefix, "r", max_in_flight=8), handled, 100)  # 8 at a time, all of it
+    assert sorted(handled) == list(range(1, 101)) and asyncio.get_running_loop().time() - started < 8
