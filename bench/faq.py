@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from bot.encoder import load_encoder  # noqa: E402
 from bot.faq import read_faq_file  # noqa: E402
-from bot.search import COS_FLOOR, FaqEntry, FaqIndex, Match, _scaled  # noqa: E402
+from bot.search import COS_FLOOR, FaqEntry, FaqIndex, Match, cosine_score  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 from llmcore.chats import DEMO_DATA, read_conversations  # noqa: E402
 
@@ -39,7 +39,7 @@ def semantic_only(index: FaqIndex, text: str, k: int) -> list[Match]:
     """The encoder's ranking alone, its cosine mapped as in the fusion (so the bot's thresholds apply)."""
     fused = index.match(text, k=len(index.entries))
     ranked = sorted(fused, key=lambda m: -(m.semantic or 0.0))[:k]
-    return [Match(m.entry, _scaled(m.semantic or COS_FLOOR), m.matched, m.lexical, m.semantic) for m in ranked]
+    return [Match(m.entry, cosine_score(m.semantic or COS_FLOOR), m.matched, m.lexical, m.semantic) for m in ranked]
 
 
 def measure(rank, paraphrases: list[dict], offtopic: list[dict], answers: dict[str, str], settings: BotSettings) -> dict:

@@ -126,6 +126,11 @@ async def wait_answered(server: Recorder, chats: list[int], timeout: float) -> N
         await asyncio.sleep(0.1)
 
 
+async def until_a_third_answered(server: Recorder, chats: list[int]) -> None:
+    while sum(1 for c in chats if c in server.answers) < len(chats) // 3:
+        await asyncio.sleep(0.002)
+
+
 def outcome(server: Recorder, chats: list[int]) -> dict:
     return {"chats": len(chats), "answered": sum(1 for c in chats if c in server.answers),
             "answered_twice": sum(1 for c in chats if len(server.answers.get(c, [])) > 1)}
@@ -138,8 +143,7 @@ async def bot_kill(server: Recorder, faq: list[str], n: int, workdir: Path) -> d
         updates = burst(faq, n, 100_000)
         chats = [u["message"]["chat"]["id"] for u in updates]
         await deliver(stack.env["WEBHOOK_URL"], updates)
-        while sum(1 for c in chats if c in server.answers) < n // 3:
-            await asyncio.sleep(0.002)
+        await until_a_third_answered(server, chats)
         await asyncio.sleep(0.008)  # between two answers (one every 16.7 ms), not right after one: see tests/test_recovery.py
         stack.kill_bot()
         before = sum(1 for c in chats if c in server.answers)
@@ -159,8 +163,7 @@ async def redis_kill(server: Recorder, faq: list[str], n: int, workdir: Path) ->
         updates = burst(faq, n, 200_000)
         chats = [u["message"]["chat"]["id"] for u in updates]
         delivery = asyncio.create_task(deliver(stack.env["WEBHOOK_URL"], updates, until_accepted=True))
-        while sum(1 for c in chats if c in server.answers) < n // 3:
-            await asyncio.sleep(0.01)
+        await until_a_third_answered(server, chats)
         stack.redis.send_signal(signal.SIGKILL)
         stack.redis.wait(timeout=30)
         await asyncio.sleep(1)

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from redis.exceptions import RedisError
-from telegram import BotCommand, BotCommandScopeChat, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
+from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
@@ -199,12 +199,19 @@ def job_text(job: dict) -> str:
     return "\n".join(lines)
 
 
+async def _admin_pressed(query: CallbackQuery, kefu: Services) -> bool:
+    """A button only admins may press: anyone else gets "Not allowed." and an audit line."""
+    if query.from_user.id in kefu.settings.admin_ids:
+        return True
+    logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
+    await query.answer("Not allowed.", show_alert=True)
+    return False
+
+
 async def decide(update: Update, context: Context) -> None:
     """[Promote] / [Discard] under a retrained version that was not better."""
     query, kefu = update.callback_query, services(context)
-    if query.from_user.id not in kefu.settings.admin_ids:
-        logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
-        await query.answer("Not allowed.", show_alert=True)
+    if not await _admin_pressed(query, kefu):
         return
     _, decision, job_id = query.data.split(":", 2)
     try:
@@ -320,9 +327,7 @@ async def faq_pending(update: Update, context: Context) -> None:
 async def decide_wording(update: Update, context: Context) -> None:
     """✅ / ❌ under a proposed wording: admins only."""
     query, kefu = update.callback_query, services(context)
-    if query.from_user.id not in kefu.settings.admin_ids:
-        logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
-        await query.answer("Not allowed.", show_alert=True)
+    if not await _admin_pressed(query, kefu):
         return
     _, decision, key = query.data.split(":", 2)
     proposal = await (kefu.paraphrases.approve(key) if decision == "ok" else kefu.paraphrases.reject(key))

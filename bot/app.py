@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable
 from redis.exceptions import RedisError
 from telegram import Update
 from telegram.constants import ChatType
-from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import InvalidToken, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
@@ -165,7 +165,7 @@ async def _poll(application: Application) -> None:
             continue
         except InvalidToken:
             raise
-        except (NetworkError, TelegramError) as exc:
+        except TelegramError as exc:  # NetworkError and the rest: try again
             logger.warning("getUpdates failed (%s); retrying in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_RETRY_S[1])

@@ -94,10 +94,12 @@ class Paraphrases:
 
     async def pending(self) -> list[Proposal]:
         raw = await self.redis.hgetall(self.pending_key)
-        proposals = []
-        for key, value in raw.items():
-            data = json.loads(value)
-            proposals.append(Proposal(key, data["entry"], data["wording"], await self.redis.scard(f"{self.prefix}faq:pending:{key}:users")))
+        async with self.redis.pipeline(transaction=False) as pipe:  # every proposal's count in one round trip
+            for key in raw:
+                pipe.scard(f"{self.prefix}faq:pending:{key}:users")
+            counts = await pipe.execute()
+        proposals = [Proposal(key, (data := json.loads(value))["entry"], data["wording"], users)
+                     for (key, value), users in zip(raw.items(), counts)]
         return sorted(proposals, key=lambda p: (-p.users, p.entry_id, p.wording))
 
     async def approve(self, key: str) -> Proposal | None:

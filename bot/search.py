@@ -39,7 +39,7 @@ import numpy as np
 from bot.encoder import Encoder
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "documents", "normalize", "tokenize"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "cosine_score", "documents", "normalize", "tokenize"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class FaqIndex:
                 score, cos, matched = lex, None, self.doc_text[-neg_doc]
             else:
                 cos = float(per_entry[entry])
-                score = 1.0 if is_exact else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * _scaled(cos)
+                score = 1.0 if is_exact else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * cosine_score(cos)
                 start = self.starts[entry]
                 matched = self.doc_text[-neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))]
             ranked.append((-score, not is_exact, entry, Match(self.entries[entry], score, matched, lex, cos)))
@@ -141,5 +141,6 @@ class FaqIndex:
         return next((m.score for m in self.match(text, k=len(self.entries)) if m.entry.id == entry_id), 0.0)
 
 
-def _scaled(cosine: float) -> float:
+def cosine_score(cosine: float) -> float:
+    """A cosine mapped linearly from [COS_FLOOR, COS_CEIL] onto [0, 1]: the encoder's part of an entry's score."""
     return min(1.0, max(0.0, (cosine - COS_FLOOR) / (COS_CEIL - COS_FLOOR)))
