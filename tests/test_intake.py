@@ -137,7 +137,6 @@ async def test_a_backlog_larger_than_the_room_in_flight_is_handled_after_a_resta
         await UpdateStream(redis, prefix, "r").add(i, payload(i, chat=i))
     with pytest.raises(TimeoutError):  # the dead process read 100 and finished none
         await asyncio.wait_for(consume_until(UpdateStream(redis, prefix, "r"), [], 100, block=asyncio.Event()), 1.5)
-    handled: list[int] = []
-    started = asyncio.get_running_loop().time()
+    handled: list[int] = []  # within consume_until's 10 s: not left to the 30 s take-over of idle entries
     await consume_until(UpdateStream(redis, prefix, "r", max_in_flight=8), handled, 100)  # 8 at a time, all of it
-    assert sorted(handled) == list(range(1, 101)) and asyncio.get_running_loop().time() - started < 8
+    assert sorted(handled) == list(range(1, 101))
