@@ -1,6 +1,15 @@
 """Benchmark the inference service over HTTP on loopback (`llmcore serve` in a subprocess).
 
-    .venv/bin/python bench/serve.py [--requests 256] [--shapes default,gpt2] [--skip-hf] [--device auto]
+    .venv/bin/python bench/serve.py [--requests 256] [--shapes production,default,gpt2] [--skip-hf] [--device auto]
+        [--models DIR] [--train-minutes 2]
+
+**production** (first, the path the bot takes): a model trained for --train-minutes on the shared
+CrossWOZ dialogues (or --models DIR's current version) answers held-out turns as they come in production:
+75 % as the bot asks (greedy, its repetition penalty, its max_tokens, 4 earlier turns), 25 % sampled
+(temperature 0.8, top-p 0.9, a seed each), all streamed, ending naturally. Closed loop at 1, 8, 32 and 64
+clients; the same requests greedy without a penalty at 1 and 32 clients for comparison. Then the host-
+overhead microbench: a 1-layer, 64-wide model (compute negligible) stepping the engine in-process with the
+production mix at batch 1, 64 and 256: microseconds per decode step.
 
 For each model shape (the default Transformer, and a GPT-2-like 4 layers × 4 heads × 256 wide with a
 16k vocabulary; random weights — speed does not depend on them), 256 seeded requests with prompts of
@@ -32,13 +41,23 @@ from pathlib import Path
 import aiohttp
 import torch
 
-from llmcore.model import ModelConfig, build_model, default_config
-from llmcore.registry import Registry, save_checkpoint
-from llmcore.tokenizer import SPECIAL_TOKENS, Tokenizer
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.quality import SHARED_DATA, split_file, train_version  # noqa: E402
+from bot.settings import BotSettings  # noqa: E402
+from llmcore.chats import read_conversations  # noqa: E402
+from llmcore.engine import Engine  # noqa: E402
+from llmcore.evaluate import assistant_turns  # noqa: E402
+from llmcore.model import ModelConfig, build_model, default_config  # noqa: E402
+from llmcore.registry import Registry, save_checkpoint  # noqa: E402
+from llmcore.sampling import SamplingParams  # noqa: E402
+from llmcore.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
+
 FIRST_CHAR = 0x4E00  # prompts are CJK characters, one token each
 CONCURRENCY = (1, 8, 32, 64)
+SAMPLED_SHARE = 4  # every 4th production request is sampled
+MICRO_BATCHES = (1, 64, 256)
 
 
 @dataclass
@@ -91,9 +110,12 @@ def make_requests(n: int, seed: int, num_chars: int) -> list[tuple[str, int]]:
             for _ in range(n)]
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, result: Result) -> None:
-    body = {"model": "kefu", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+def synthetic_body(prompt: str, max_tokens: int) -> dict:
+    return {"model": "kefu", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "stream": True, "ignore_eos": True}
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: dict, result: Result) -> None:
     started = time.perf_counter()
     first = last = None
     count = 0
@@ -122,14 +144,13 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max
             result.tpot.append((last - first) / (count - 1))
 
 
-async def closed_loop(url: str, requests: list[tuple[str, int]], clients: int) -> Result:
-    result, queue = Result(), list(requests)
+async def closed_loop(url: str, requests: list[dict], clients: int) -> Result:
+    result, queue = Result(), list(reversed(requests))
     connector = aiohttp.TCPConnector(limit=clients + 4)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         async def client() -> None:
             while queue:
-                prompt, max_tokens = queue.pop()
-                await one_request(session, url, prompt, max_tokens, result)
+                await one_request(session, url, queue.pop(), result)
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -137,12 +158,12 @@ async def closed_loop(url: str, requests: list[tuple[str, int]], clients: int) -
     return result
 
 
-async def poisson(url: str, requests: list[tuple[str, int]], rate: float, seed: int) -> Result:
+async def poisson(url: str, requests: list[dict], rate: float, seed: int) -> Result:
     result, rng = Result(), random.Random(seed)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)) as session:
         started, tasks = time.perf_counter(), []
-        for prompt, max_tokens in requests:
-            tasks.append(asyncio.create_task(one_request(session, url, prompt, max_tokens, result)))
+        for body in requests:
+            tasks.append(asyncio.create_task(one_request(session, url, body, result)))
             await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*tasks)
         result.seconds = time.perf_counter() - started
@@ -210,7 +231,8 @@ def start_server(models: Path, device: str) -> tuple[subprocess.Popen, str]:
 
 async def bench_shape(shape: str, root: Path, args: argparse.Namespace) -> dict:
     registry, tokenizer, config = make_registry(root, shape)
-    requests = make_requests(args.requests, args.seed, min(3000, tokenizer.vocab_size - len(SPECIAL_TOKENS)))
+    pairs = make_requests(args.requests, args.seed, min(3000, tokenizer.vocab_size - len(SPECIAL_TOKENS)))
+    requests = [synthetic_body(prompt, n) for prompt, n in pairs]
     proc, base = start_server(registry.root, args.device)
     url = f"{base}/v1/chat/completions"
     rows = []
@@ -232,10 +254,82 @@ async def bench_shape(shape: str, root: Path, args: argparse.Namespace) -> dict:
            "ttft_p50_32_over_1": round(by_case["closed 32"]["ttft_p50_ms"] / by_case["closed 1"]["ttft_p50_ms"], 2),
            "decode_flops_64": 2 * num_params * by_case["closed 64"]["output_tok_s"]}
     if shape == "gpt2" and not args.skip_hf:
-        out["hf_one_at_a_time_tok_s"] = _round(hf_throughput(config, requests, 1))
-        out["hf_static_batch32_tok_s"] = _round(hf_throughput(config, requests, 32))
+        out["hf_one_at_a_time_tok_s"] = _round(hf_throughput(config, pairs, 1))
+        out["hf_static_batch32_tok_s"] = _round(hf_throughput(config, pairs, 32))
         if out["hf_static_batch32_tok_s"]:
             out["kefu32_over_hf_static32"] = round(by_case["closed 32"]["output_tok_s"] / out["hf_static_batch32_tok_s"], 2)
+    return out
+
+
+def production_requests(heldout: Path, n: int, bot: BotSettings) -> list[dict]:
+    """Held-out user turns with 4 earlier turns, as the bot sends them; every SAMPLED_SHARE-th one sampled with a seed."""
+    conversations, _ = read_conversations([heldout])
+    turns = [t for t in assistant_turns(conversations) if t.history[-1]["role"] == "user"]
+    bodies = []
+    for i, turn in enumerate((turns * (n // max(len(turns), 1) + 1))[:n]):
+        body = {"model": "kefu", "messages": turn.history[-1 - bot.model_history:], "max_tokens": bot.max_answer_tokens,
+                "stream": True}
+        if i % SAMPLED_SHARE == SAMPLED_SHARE - 1:
+            body.update(temperature=0.8, top_p=0.9, seed=i)
+        else:
+            body.update(temperature=0, repetition_penalty=bot.repetition_penalty)
+        bodies.append(body)
+    return bodies
+
+
+def plain_greedy(bodies: list[dict]) -> list[dict]:
+    return [{k: v for k, v in b.items() if k not in ("repetition_penalty", "top_p", "seed")} | {"temperature": 0} for b in bodies]
+
+
+async def bench_production(root: Path, args: argparse.Namespace) -> dict:
+    """The bot's requests on a trained model, ending naturally; then the same requests greedy without penalty."""
+    train, heldout = split_file(Path(args.data), 60, args.seed, root)
+    models = Path(args.models) if args.models else root / "production"
+    if not args.models:
+        train_version(train, models, argparse.Namespace(arch="transformer", minutes=args.train_minutes, train_arg=[]))
+    requests = production_requests(heldout, args.requests, BotSettings(_env_file=None))
+    proc, base = start_server(models, args.device)
+    url, rows = f"{base}/v1/chat/completions", []
+    try:
+        await closed_loop(url, requests[:8], 8)  # warm-up
+        for clients in CONCURRENCY:
+            rows.append((await closed_loop(url, requests[: 64 if clients == 1 else None], clients)).summary(f"closed {clients}"))
+            print(json.dumps({"shape": "production", **rows[-1]}), flush=True)
+        for clients in (1, 32):
+            greedy = plain_greedy(requests[: 64 if clients == 1 else None])
+            rows.append((await closed_loop(url, greedy, clients)).summary(f"greedy {clients}"))
+            print(json.dumps({"shape": "production", **rows[-1]}), flush=True)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    by_case = {r["case"]: r for r in rows}
+    return {"shape": "production", "num_params": Registry(models).metrics(Registry(models).current()).get("num_params"),
+            "rows": rows, "sampled_share": 1 / SAMPLED_SHARE,
+            "speedup_32_over_1": round(by_case["closed 32"]["output_tok_s"] / by_case["closed 1"]["output_tok_s"], 2),
+            "ttft_p50_32_over_1": round(by_case["closed 32"]["ttft_p50_ms"] / by_case["closed 1"]["ttft_p50_ms"], 2),
+            "greedy_speedup_32_over_1": round(by_case["greedy 32"]["output_tok_s"] / by_case["greedy 1"]["output_tok_s"], 2),
+            "production32_over_greedy32": round(by_case["closed 32"]["output_tok_s"] / by_case["greedy 32"]["output_tok_s"], 2)}
+
+
+def microbench(steps: int = 50, vocab: int = 4096) -> dict:
+    """Host overhead: µs per decode step of a 1-layer, 64-wide model with the production mix of parameters."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="transformer", vocab_size=vocab, n_layer=1, n_embd=64, n_head=1, block_size=512))
+    out = {}
+    for batch in MICRO_BATCHES:
+        engine = Engine(model, stop_ids=[], max_batch=batch, max_queue=batch)
+        for i in range(batch):
+            sampled = i % SAMPLED_SHARE == SAMPLED_SHARE - 1
+            params = (SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_new_tokens=400) if sampled
+                      else SamplingParams(repetition_penalty=1.2, max_new_tokens=400))
+            engine.add([5 + i % 50] * 16, params, ignore_stop=True)
+        engine.step()  # prefill
+        for _ in range(3):
+            engine.step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        out[f"batch_{batch}_us_per_step"] = round((time.perf_counter() - started) / steps * 1e6, 1)
     return out
 
 
@@ -243,15 +337,20 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def print_table(results: list[dict], matmul: float) -> None:
+def print_table(results: list[dict], matmul: float, micro: dict | None) -> None:
     print(f"\n{'shape':8} {'case':14} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'err':>4}")
     for res in results:
         for r in res["rows"]:
             print(f"{res['shape']:8} {r['case']:14} {r['output_tok_s']:8.1f} {r['ttft_p50_ms']!s:>9} {r['ttft_p99_ms']!s:>9} "
                   f"{r['tpot_p50_ms']!s:>9} {r['tpot_p99_ms']!s:>9} {r['errors']:4d}")
         print(f"{res['shape']:8} 32 vs 1 clients: {res['speedup_32_over_1']}x throughput (target >= 8), "
-              f"TTFT p50 {res['ttft_p50_32_over_1']}x (target <= 3); decode at 64 clients "
-              f"{100 * res['decode_flops_64'] / matmul:.1f}% of a 1024^3 matmul (target >= 25%)")
+              f"TTFT p50 {res['ttft_p50_32_over_1']}x (target <= 3)", end="")
+        if "decode_flops_64" in res:
+            print(f"; decode at 64 clients {100 * res['decode_flops_64'] / matmul:.1f}% of a 1024^3 matmul", end="")
+        if "greedy_speedup_32_over_1" in res:
+            print(f"; greedy without penalty {res['greedy_speedup_32_over_1']}x; production at 32 = "
+                  f"{res['production32_over_greedy32']}x greedy at 32", end="")
+        print()
         if res.get("kefu32_over_hf_static32"):
             print(f"{res['shape']:8} vs transformers generate: one at a time {res['hf_one_at_a_time_tok_s']} tok/s, static batch 32 "
                   f"{res['hf_static_batch32_tok_s']} tok/s; kefu at 32 clients {res['kefu32_over_hf_static32']}x (target >= 1.5)")
@@ -262,18 +361,30 @@ async def amain(args: argparse.Namespace) -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="kefu-bench-") as tmp:
         for shape in args.shapes.split(","):
-            results.append(await bench_shape(shape, Path(tmp), args))
+            if shape == "production":
+                results.append(await bench_production(Path(tmp), args))
+            else:
+                results.append(await bench_shape(shape, Path(tmp), args))
     for res in results:
-        res["decode_fraction_of_matmul"] = round(res["decode_flops_64"] / matmul, 3)
-    print_table(results, matmul)
+        if "decode_flops_64" in res:
+            res["decode_fraction_of_matmul"] = round(res["decode_flops_64"] / matmul, 3)
+    micro = None if args.skip_micro else microbench()
+    print_table(results, matmul, micro)
+    if micro:
+        print("host overhead (1 layer x 64 wide, production mix): " + ", ".join(f"{k} {v}" for k, v in micro.items())
+              + " (targets: <= 1000 us at 64, <= 3000 us at 256)")
     print(json.dumps({"bench": "serve", "device": args.device, "threads": torch.get_num_threads(),
-                      "matmul_gflops": round(matmul / 1e9, 1), "results": results}))
+                      "matmul_gflops": round(matmul / 1e9, 1), "results": results, "host_overhead": micro}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=256, help="requests per case")
-    parser.add_argument("--shapes", default="default,gpt2", help="comma-separated: default, gpt2")
+    parser.add_argument("--shapes", default="production,default,gpt2", help="comma-separated: production, default, gpt2")
+    parser.add_argument("--data", default=str(SHARED_DATA), help="dialogues for the production model and its requests")
+    parser.add_argument("--models", help="registry whose current version serves the production mix (default: train one)")
+    parser.add_argument("--train-minutes", type=float, default=2.0, help="training budget of the production model")
+    parser.add_argument("--skip-micro", action="store_true", help="skip the host-overhead microbench")
     parser.add_argument("--rates", type=float, nargs=2, default=[20.0, 60.0], help="Poisson arrival rates (requests/s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the requests")
     parser.add_argument("--skip-hf", action="store_true", help="skip the transformers comparison")
