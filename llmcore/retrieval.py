@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jieba
+import numpy as np
 
 jieba.setLogLevel(logging.WARNING)  # the dictionary load message is noise on every start
 
@@ -74,31 +75,44 @@ def bm25_idf(n_docs: int, n_with_term: int) -> float:
 
 
 class Bm25:
-    """Normalized BM25 over documents given as token lists; `scores` costs only the postings of the query's words."""
+    """Normalized BM25 over documents given as token lists. Postings are numpy arrays: a query costs a few vector
+    operations per query word, however many documents hold it (a common word may be in thousands)."""
 
     def __init__(self, documents: Iterable[Sequence[str]]) -> None:
-        self.postings: dict[str, list[tuple[int, int]]] = {}  # term -> [(document, term frequency)]
+        postings: dict[str, tuple[list[int], list[int]]] = {}  # term -> ([document], [term frequency])
         lengths: list[int] = []
         for doc, tokens in enumerate(documents):
             for term, tf in Counter(tokens).items():
-                self.postings.setdefault(term, []).append((doc, tf))
+                docs, tfs = postings.setdefault(term, ([], []))
+                docs.append(doc)
+                tfs.append(tf)
             lengths.append(len(tokens))
+        self.postings = {t: (np.array(d, dtype=np.int64), np.array(f, dtype=np.int64)) for t, (d, f) in postings.items()}
         self.num_docs = len(lengths)
         self.avgdl = (sum(lengths) / len(lengths) if lengths else 1.0) or 1.0  # every document may be stopwords only
-        self.doc_norm = [K1 * (1 - B + B * n / self.avgdl) for n in lengths]
-        self.idf = {t: bm25_idf(self.num_docs, len(p)) for t, p in self.postings.items()}
+        self.doc_norm = np.array([K1 * (1 - B + B * n / self.avgdl) for n in lengths], dtype=np.float64)
+        self.idf = {t: bm25_idf(self.num_docs, len(d)) for t, (d, _) in self.postings.items()}
         self.unknown_idf = bm25_idf(self.num_docs, 0)  # the largest idf: a word in no document
+
+    def score_array(self, terms: Counter[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalized BM25 in [0, 1] of every document (num_docs,), and which documents share a term with the query."""
+        scores, touched = np.zeros(self.num_docs), np.zeros(self.num_docs, dtype=bool)
+        own = self.self_score(terms)
+        if own <= 0:
+            return scores, touched
+        for term, query_tf in terms.items():
+            if term not in self.postings:
+                continue
+            docs, tfs = self.postings[term]
+            tf = np.minimum(tfs, query_tf)
+            scores[docs] += self.idf[term] * tf * (K1 + 1) / (tf + self.doc_norm[docs])
+            touched[docs] = True
+        return np.minimum(1.0, scores / own), touched
 
     def scores(self, terms: Counter[str]) -> dict[int, float]:
         """Normalized BM25 in [0, 1] of every document sharing a term with the query."""
-        own = self.self_score(terms)
-        raw: dict[int, float] = {}
-        for term, query_tf in terms.items():
-            idf = self.idf.get(term)
-            for doc, tf in self.postings.get(term, ()):
-                tf = min(tf, query_tf)
-                raw[doc] = raw.get(doc, 0.0) + idf * tf * (K1 + 1) / (tf + self.doc_norm[doc])
-        return {doc: min(1.0, score / own) for doc, score in raw.items()} if own > 0 else {}
+        scores, touched = self.score_array(terms)
+        return {int(doc): float(scores[doc]) for doc in np.flatnonzero(touched)}
 
     def self_score(self, terms: Counter[str]) -> float:
         """BM25 of the query against itself as a document: the most it could score."""
@@ -176,17 +190,17 @@ class EvidenceIndex:
         query, context = split_query(messages)
         if k <= 0 or not query:
             return []
-        scores = self.bm25.scores(Counter(tokenize(query)))
+        scores, touched = self.bm25.score_array(Counter(tokenize(query)))
         key = normalize(query)
         if context_terms := Counter(tokenize(context)):
-            for doc, score in self.context_bm25.scores(context_terms).items():
-                scores[doc] = scores.get(doc, 0.0) + CONTEXT_WEIGHT * score
-            scores = {doc: score / (1 + CONTEXT_WEIGHT) for doc, score in scores.items()}
-        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+            context_scores, context_touched = self.context_bm25.score_array(context_terms)
+            scores = (scores + CONTEXT_WEIGHT * context_scores) / (1 + CONTEXT_WEIGHT)
+            touched |= context_touched
+        docs = np.flatnonzero(touched)
         hits: list[Hit] = []
         seen: set[str] = set()
-        for doc, score in ranked:
-            turn = self.turns[doc]
+        for doc in docs[np.lexsort((docs, -scores[docs]))].tolist():  # best first, ties by document order
+            turn, score = self.turns[doc], float(scores[doc])
             if (turn.group == exclude_group or turn.response in seen or (turn.question, turn.response) == exclude
                     or self.keys[doc] == key):
                 continue

@@ -57,6 +57,25 @@ def test_seeded_sampling_in_a_batch_equals_alone():
         assert batched[s].token_ids == generate(model, [prompts[s]], params[s], {STOP})[0].token_ids
 
 
+def test_a_seeded_request_gives_the_same_text_alone_and_among_32_mixed_requests():
+    """Batch composition never changes a seeded draw: greedy, penalised and other sampled rows around it,
+    arriving at different steps, leave its tokens as they were when it ran alone."""
+    model = tiny("transformer")
+    target = ([6, 9, 12], SamplingParams(temperature=1.0, top_p=0.95, repetition_penalty=1.2, seed=42, max_new_tokens=30))
+    [alone] = run_all(Engine(model, set(), max_batch=4), {0: [("t", *target)]}).values()
+    rng = random.Random(1)
+    arrivals: dict[int, list] = {}
+    for key, prompt, max_new in mixed_requests(31, seed=5):
+        params = [SamplingParams(max_new_tokens=max_new), SamplingParams(repetition_penalty=1.2, max_new_tokens=max_new),
+                  SamplingParams(temperature=0.8, top_k=10, max_new_tokens=max_new, seed=rng.randrange(99)),
+                  SamplingParams(temperature=1.3, max_new_tokens=max_new)][key % 4]
+        arrivals.setdefault(key % 5, []).append((key, prompt, params))
+    arrivals.setdefault(2, []).append(("t", *target))
+    crowded = run_all(Engine(model, set(), max_batch=32, max_prefill_tokens=48), arrivals)
+    assert len(alone.token_ids) == 30 and crowded["t"].token_ids == alone.token_ids
+    assert crowded["t"].logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
 def test_more_requests_than_slots_all_finish_and_slots_are_reused():
     model = tiny("lstm")
     engine = Engine(model, {STOP}, max_batch=4)
@@ -109,15 +128,16 @@ def test_context_limit_ends_with_length():
     assert seq.output.finish_reason == "length" and len(seq.prompt) + len(seq.output.token_ids) == 96
 
 
-def test_a_request_that_breaks_the_model_fails_alone():
+def test_token_ids_outside_the_vocabulary_are_refused_at_add_and_the_rest_run():
     engine = Engine(tiny("transformer"), {STOP}, max_batch=4)
     good = [engine.add([5, 6, 7 + i], SamplingParams(max_new_tokens=10)) for i in range(3)]
-    bad = engine.add([5, VOCAB + 1000], SamplingParams(max_new_tokens=10))  # an id the embedding does not have
+    for bad in ([5, VOCAB + 1000], [5, VOCAB], [-1, 5]):
+        with pytest.raises(EngineError, match="token ids"):
+            engine.add(bad, SamplingParams(max_new_tokens=10))
     while engine.has_work():
         engine.step()
-    assert bad.output.finish_reason == "error" and "IndexError" in bad.error
     assert all(s.output.finish_reason in ("stop", "length") and s.error is None for s in good)
-    assert engine.free_slots == [0, 1, 2, 3]
+    assert engine.free_slots == [0, 1, 2, 3] and engine.num_waiting == 0
 
 
 def test_ignore_stop_generates_exactly_max_new_tokens():

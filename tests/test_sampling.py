@@ -1,9 +1,20 @@
 """Sampling: greedy is deterministic, seeds reproduce draws, filters and stop conditions hold."""
+import random
+
 import pytest
 import torch
 
 from llmcore.model import ModelConfig, build_model
-from llmcore.sampling import SamplingParams, choose_token, filter_top_k_top_p, generate, penalize_repeats
+from llmcore.sampling import (
+    CANDIDATES,
+    Sampler,
+    SamplingParams,
+    _filter_batch,
+    choose_token,
+    filter_top_k_top_p,
+    generate,
+    penalize_repeats,
+)
 
 STOP = 7
 
@@ -86,3 +97,60 @@ def test_repetition_penalty_lowers_repeated_tokens():
 def test_invalid_parameters_are_rejected(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def random_params(rng: random.Random, i: int) -> SamplingParams:
+    kind = i % 4
+    if kind == 0:
+        return SamplingParams()
+    if kind == 1:
+        return SamplingParams(repetition_penalty=rng.choice([1.2, 1.5]))
+    return SamplingParams(temperature=rng.choice([0.5, 0.8, 1.3]), top_k=rng.choice([0, 1, 5, 40]),
+                          top_p=rng.choice([1.0, 0.9, 0.5]), repetition_penalty=rng.choice([1.0, 1.2]),
+                          seed=rng.randrange(1000) if kind == 2 else None)
+
+
+def test_batched_sampler_chooses_what_the_per_row_reference_chooses():
+    """32 rows of mixed greedy, penalised and sampled (top-k, top-p, seeds) requests over 12 steps: every token
+    equals the per-row reference's with a generator of the same seed; log-probabilities are the model's."""
+    rng, vocab, rows = random.Random(7), 100, 32
+    torch.manual_seed(3)
+    params = [random_params(rng, i) for i in range(rows)]
+    seeds = [p.seed if p.seed is not None else 10_000 + i for i, p in enumerate(params)]
+    sampler = Sampler(rows + 8, vocab, max_tokens=16)
+    slots = rng.sample(range(rows + 8), rows)  # any slots, in any order
+    reference_generators = []
+    for slot, p, seed in zip(slots, params, seeds):
+        sampler.assign(slot, p, None if p.is_greedy else torch.Generator().manual_seed(seed))
+        reference_generators.append(None if p.is_greedy else torch.Generator().manual_seed(seed))
+    produced: list[list[int]] = [[] for _ in range(rows)]
+    for _ in range(12):
+        logits = torch.randn(rows, vocab) * 3
+        logits[:, :10] += 4  # a few likely tokens, so that the penalty has repeats to act on
+        tokens, logprobs = sampler.sample(logits, slots)
+        expected = [choose_token(logits[i], params[i], produced[i], reference_generators[i]) for i in range(rows)]
+        assert tokens == expected
+        assert logprobs == pytest.approx(torch.log_softmax(logits, -1)[torch.arange(rows), torch.tensor(tokens)].tolist(), abs=1e-5)
+        for row, token in zip(produced, tokens):
+            row.append(token)
+    assert any(len(set(row)) < len(row) for row in produced)  # repeats happened, so the penalty was exercised
+    assert sampler.counts[slots[0]] == 12
+    assert len({tuple(produced[i]) for i in range(rows) if not params[i].is_greedy}) > 1
+
+
+def test_batched_filters_keep_what_the_reference_keeps():
+    """Rows within the CANDIDATES best tokens and rows beyond them (a large k, a flat distribution's wide
+    nucleus) keep exactly the reference's tokens."""
+    torch.manual_seed(0)
+    vocab = 300
+    logits = torch.randn(8, vocab) * 4
+    logits[2, :5] = 30.0  # ties at the k-th value are kept, as in the reference
+    logits[7] = torch.randn(vocab) * 0.01  # nearly flat: the 0.9 nucleus holds most of the vocabulary
+    top_k = torch.tensor([vocab, 3, 4, 1, vocab, 10, 200, vocab])
+    top_p = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.6, 0.8, 1.0, 0.9])
+    kept = torch.isfinite(_filter_batch(logits, top_k, top_p))
+    for row in range(8):
+        k = int(top_k[row])
+        reference = filter_top_k_top_p(logits[row], 0 if k == vocab else k, float(top_p[row]))
+        assert torch.equal(kept[row], torch.isfinite(reference)), row
+    assert kept[0].all() and kept[2].sum() == 5 and kept[6].sum() == 200 and kept[7].sum() > CANDIDATES[0]
