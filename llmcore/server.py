@@ -115,8 +115,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if max_tokens > limit:
         raise ApiError(400, f"max_tokens must be at most {limit}", param="max_tokens")
     loaded = served.loaded
-    prompt, hits = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, [m.model_dump() for m in req.messages],
-                                block - max_tokens, extra_evidence=req.evidence)
+    prompt, hits = await asyncio.to_thread(  # tokenizing and retrieval off the event loop: streams keep flowing
+        build_prompt, loaded.tokenizer, loaded.index, loaded.recipe, [m.model_dump() for m in req.messages],
+        block - max_tokens, extra_evidence=req.evidence)
     params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     try:
@@ -181,6 +182,9 @@ async def _stream(request: web.Request, req: ChatRequest, submission: Submission
                 kefu = _kefu(submission, text, hits)
                 await _send(response, chunk_body(cid, version, {}, piece.finish_reason, {"usage": usage, "kefu": kefu}))
         await response.write(b"data: [DONE]\n\n")
+    except ApiError as exc:  # the stream has begun (200 sent): the error goes out as an event, as OpenAI's API does
+        await _send(response, exc.body())
+        return response
     except (ConnectionResetError, asyncio.CancelledError):
         worker.cancel(submission)  # the client left: its slot is freed at the next step
         _record(worker, submission, "disconnected")
@@ -201,7 +205,7 @@ async def _pieces(request: web.Request, req: ChatRequest, submission: Submission
                 tokens = [e.token for e in events if e.token is not None]
                 logprobs = [e.logprob for e in events if e.logprob is not None]
                 if tokens:
-                    text = tokenizer.decode(submission.seq.output.token_ids)
+                    text += tokenizer.decode(tokens)  # incremental: each token's text is its own
                 finish = submission.seq.output.finish_reason if events[-1].finished else None
                 if finish == "error":
                     _record(worker, submission, "error")

@@ -263,7 +263,7 @@ async def test_a_lagging_reader_gets_the_tokens_that_piled_up_in_one_update():
     from llmcore.engine import Sequence, StepEvent
     from llmcore.worker import Submission
 
-    seq = Sequence(1, [1, 2], SamplingParams(), None)
+    seq = Sequence([1, 2], SamplingParams(), None)
     submission = Submission(seq, served=None)
     for token in (5, 6, 7):
         submission.queue.put_nowait(StepEvent(seq, token, -0.1, False))
@@ -295,3 +295,37 @@ async def test_an_engine_step_that_breaks_fails_the_requests_in_flight_and_the_s
     assert second.status == 200 and (await second.json())["usage"]["completion_tokens"] == 20
     health = await (await client.get("/healthz")).json()
     assert health["ready"] and health["queue_depth"] == 0
+
+
+async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event_the_bot_understands(client, monkeypatch):
+    from bot.llm import LlmClient, LlmUnavailable
+    from llmcore.engine import Engine
+
+    real_step = Engine.step
+
+    def breaks_once_a_token_is_out(self):
+        if any(s.output.token_ids for s in self.scheduler.running):
+            raise RuntimeError("step exploded")
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", breaks_once_a_token_is_out)
+    response = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=20, ignore_eos=True, stream=True))
+    assert response.status == 200  # the stream had begun
+    events = [line[len("data: "):] for line in (await response.read()).decode().split("\n\n") if line.startswith("data: ")]
+    assert any(json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1])  # tokens went out before the failure
+    error = json.loads(events[-1])["error"]
+    assert "step exploded" in error["message"] and error["type"] == "server_error"
+    assert "[DONE]" not in events  # a failed stream does not claim to be complete
+
+    shown = []
+
+    async def show(text: str) -> None:
+        shown.append(text)
+
+    llm = LlmClient(str(client.make_url("")).rstrip("/"), timeout_s=10)
+    await llm.start()
+    try:
+        with pytest.raises(LlmUnavailable):
+            await llm.answer([{"role": "user", "content": FAQ_PAIRS[0][0]}], max_tokens=20, on_text=show)
+    finally:
+        await llm.close()
