@@ -22,18 +22,18 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
+from bot.context import Context
 from bot.faq import DataError, read_faq_file
 from bot.handlers import COMMANDS
 from bot.llm import AdminError
-from bot.services import Services, services
+from bot.services import Services
 from bot.split import split_message
 from bot.stats import chart, collect, format_stats
 from bot.trainingset import build_training_set
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transformer] [minutes]"),
                   ("train_status", "the training job's progress"), ("models", "model versions and their metrics"),
                   ("promote", "serve version V"), ("rollback", "back to the previous version"), ("stats", "usage numbers"),
@@ -90,7 +90,7 @@ async def not_allowed(update: Update, context: Context) -> None:
 
 async def retrain(update: Update, context: Context) -> None:
     """/retrain [lstm|transformer] [minutes]: one job at a time, progress edited in place."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     try:
         arch, minutes = _retrain_args(context.args or [], kefu.settings.retrain_minutes)
     except ValueError as exc:
@@ -133,7 +133,7 @@ def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:
 
 async def watch_job(context: Context) -> None:
     """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision."""
-    kefu, watched = services(context), context.job.data
+    kefu, watched = context.kefu, context.job.data
     try:
         job = await kefu.admin.job()
     except AdminError as exc:
@@ -210,7 +210,7 @@ async def _admin_pressed(query: CallbackQuery, kefu: Services) -> bool:
 
 async def decide(update: Update, context: Context) -> None:
     """[Promote] / [Discard] under a retrained version that was not better."""
-    query, kefu = update.callback_query, services(context)
+    query, kefu = update.callback_query, context.kefu
     if not await _admin_pressed(query, kefu):
         return
     _, decision, job_id = query.data.split(":", 2)
@@ -229,7 +229,7 @@ async def decide(update: Update, context: Context) -> None:
 async def train_status(update: Update, context: Context) -> None:
     """The latest training job."""
     try:
-        job = await services(context).admin.job()
+        job = await context.kefu.admin.job()
     except AdminError as exc:
         await update.effective_message.reply_text(str(exc))
         return
@@ -239,7 +239,7 @@ async def train_status(update: Update, context: Context) -> None:
 async def models(update: Update, context: Context) -> None:
     """Versions with their metrics; which one serves."""
     try:
-        listing = await services(context).admin.versions()
+        listing = await context.kefu.admin.versions()
     except AdminError as exc:
         await update.effective_message.reply_text(str(exc))
         return
@@ -258,7 +258,7 @@ async def promote(update: Update, context: Context) -> None:
         await update.effective_message.reply_text("Usage: /promote v0003 (see /models)")
         return
     try:
-        result = await services(context).admin.promote(args[0])
+        result = await context.kefu.admin.promote(args[0])
     except AdminError as exc:
         await update.effective_message.reply_text(f"Not promoted: {exc}")
         return
@@ -268,7 +268,7 @@ async def promote(update: Update, context: Context) -> None:
 async def rollback(update: Update, context: Context) -> None:
     """Back to the version that served before."""
     try:
-        result = await services(context).admin.rollback()
+        result = await context.kefu.admin.rollback()
     except AdminError as exc:
         await update.effective_message.reply_text(f"No rollback: {exc}")
         return
@@ -277,7 +277,7 @@ async def rollback(update: Update, context: Context) -> None:
 
 async def stats(update: Update, context: Context) -> None:
     """Usage numbers and a chart."""
-    kefu = services(context)
+    kefu = context.kefu
     numbers = await collect(kefu.log)
     try:
         version = (await kefu.admin.versions()).get("served")
@@ -297,7 +297,7 @@ async def faq_add(update: Update, context: Context) -> None:
         await update.effective_message.reply_text("Usage: /faq_add question || answer")
         return
     try:
-        entry_id = await services(context).faq.add(question.strip(), answer.strip())
+        entry_id = await context.kefu.faq.add(question.strip(), answer.strip())
     except ValueError as exc:
         await update.effective_message.reply_text(f"Not added: {exc}")
         return
@@ -309,7 +309,7 @@ MAX_PENDING_SHOWN = 10
 
 async def faq_pending(update: Update, context: Context) -> None:
     """/faq_pending: customers' wordings that led to an entry (by a "did you mean" tap), to approve or reject."""
-    kefu = services(context)
+    kefu = context.kefu
     proposals = await kefu.paraphrases.pending()
     if not proposals:
         await update.effective_message.reply_text("No proposed wordings.")
@@ -326,7 +326,7 @@ async def faq_pending(update: Update, context: Context) -> None:
 
 async def decide_wording(update: Update, context: Context) -> None:
     """✅ / ❌ under a proposed wording: admins only."""
-    query, kefu = update.callback_query, services(context)
+    query, kefu = update.callback_query, context.kefu
     if not await _admin_pressed(query, kefu):
         return
     _, decision, key = query.data.split(":", 2)
@@ -345,13 +345,13 @@ async def faq_del(update: Update, context: Context) -> None:
     if len(args) != 1 or not args[0].isdigit():
         await update.effective_message.reply_text("Usage: /faq_del ID (see /faq_list)")
         return
-    removed = await services(context).faq.delete(args[0])
+    removed = await context.kefu.faq.delete(args[0])
     await update.effective_message.reply_text(f"Removed FAQ entry {args[0]}." if removed else f"No FAQ entry {args[0]}.")
 
 
 async def faq_list(update: Update, context: Context) -> None:
     """Every entry: id, question, the start of the answer."""
-    entries = await services(context).faq.entries()
+    entries = await context.kefu.faq.entries()
     text = "\n".join(f"{e.id}. {e.question} → {e.answer[:40]}{'…' if len(e.answer) > 40 else ''}" for e in entries)
     for part in split_message(text or "The FAQ is empty."):
         await update.effective_message.reply_text(part)
@@ -376,13 +376,13 @@ async def faq_document(update: Update, context: Context) -> None:
         except DataError as exc:
             await update.effective_message.reply_text(f"Nothing was imported: {str(exc).replace(str(path), document.file_name or 'file')}")
             return
-    await services(context).faq.add_many(entries)
+    await context.kefu.faq.add_many(entries)
     await update.effective_message.reply_text(f"Imported {len(entries)} FAQ entries.")
 
 
 async def export(update: Update, context: Context) -> None:
     """The training data (what /retrain would use) as a JSONL document."""
-    kefu = services(context)
+    kefu = context.kefu
     conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
     body = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode()
     await update.effective_message.reply_document(InputFile(io.BytesIO(body), filename="kefu-training.jsonl"),
@@ -391,7 +391,7 @@ async def export(update: Update, context: Context) -> None:
 
 async def why(update: Update, context: Context) -> None:
     """As a reply to a bot answer: where it came from, and the FAQ entries that competed."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     target = message.reply_to_message
     found = await kefu.log.entry_for_message(message.chat_id, target.message_id) if isinstance(target, Message) else None
     if found is None:

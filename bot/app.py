@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import signal
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 
 from redis.exceptions import RedisError
@@ -26,9 +25,10 @@ from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
 from bot import admin, handlers
+from bot.context import CONTEXT_TYPES
 from bot.metrics import BotMetrics
 from bot.outbound import AnswersFirst
-from bot.services import KEY, METRICS, SETTINGS, Services
+from bot.services import Services
 from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ CONNECTION_POOL_SIZE = 32
 POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
 POLL_RETRY_S = (0.5, 10.0)  # back-off after a failed getUpdates, or while updates cannot be stored: first, last
-TOLD_UNAVAILABLE = "told_unavailable"  # bot_data: update ids whose sender heard "temporarily unavailable"
 MAX_TOLD = 10_000
 
 
@@ -81,7 +80,7 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
 
     builder = (ApplicationBuilder().token(token).base_url(f"{settings.telegram_api_base}/bot")
                .base_file_url(f"{settings.telegram_api_base}/file/bot")
-               .concurrent_updates(PerChatOrder()))
+               .concurrent_updates(PerChatOrder()).context_types(CONTEXT_TYPES))
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
     else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), retries on retry_after, answers first
@@ -90,8 +89,8 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
         # (bench/bot.py); a request waits for a free connection instead of failing after PTB's 1 s
         builder = builder.connection_pool_size(CONNECTION_POOL_SIZE).pool_timeout(POOL_TIMEOUT_S)
     application = builder.build()
-    application.bot_data[SETTINGS] = settings
-    application.bot_data[METRICS] = metrics or BotMetrics()
+    application.bot_data.settings = settings
+    application.bot_data.metrics = metrics or BotMetrics()
     admin.register(application, settings.admin_ids)  # first: admin commands must not reach "unknown command"
     handlers.register(application, settings.operator_chat_id)
     return application
@@ -100,14 +99,14 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
 @contextlib.asynccontextmanager
 async def running(application: Application) -> AsyncIterator[Services]:
     """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands; undo on exit."""
-    settings = application.bot_data[SETTINGS]
+    data = application.bot_data
     async with application:
-        kefu = await Services.open(settings, application.bot_data[METRICS])
-        application.bot_data[KEY] = kefu
+        kefu = await Services.open(data.settings, data.metrics)
+        data.services = kefu
         try:
             await _seed_faq(kefu)
             await handlers.set_commands(application)
-            await admin.set_commands(application, settings.admin_ids)
+            await admin.set_commands(application, data.settings.admin_ids)
             await application.start()
             await admin.resume(application, kefu)
             stop = asyncio.Event()
@@ -119,7 +118,7 @@ async def running(application: Application) -> AsyncIterator[Services]:
                 await consumer
             await application.stop()
         finally:
-            application.bot_data.pop(KEY, None)
+            data.services = None
             await kefu.close()
 
 
@@ -183,7 +182,7 @@ async def receive(application: Application, update: Update, payload: str) -> boo
     """Store one update in the stream; True once it is there (or was before). If Redis is away, False, and the sender
     of a private message is told once that the service is temporarily unavailable (the update is kept by
     Telegram and answered when Redis is back)."""
-    kefu = application.bot_data.get(KEY)
+    kefu = application.bot_data.services
     try:
         if kefu is None:
             raise RedisError("the bot is still starting")
@@ -197,7 +196,7 @@ async def receive(application: Application, update: Update, payload: str) -> boo
 
 
 async def _tell_unavailable(application: Application, update: Update) -> None:
-    told: OrderedDict = application.bot_data.setdefault(TOLD_UNAVAILABLE, OrderedDict())
+    told = application.bot_data.told_unavailable
     message = update.effective_message
     if update.update_id in told or message is None or message.chat.type != ChatType.PRIVATE or update.callback_query:
         return

@@ -21,20 +21,19 @@ from telegram.ext import (
     ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
-    ContextTypes,
     MessageHandler,
     TypeHandler,
     filters,
 )
 
 from bot import operators
+from bot.context import Context
 from bot.pipeline import Reply
-from bot.services import Services, services
+from bot.services import Services
 from bot.split import split_message, telegram_length
 from bot.texts import Texts, language, texts
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 TYPING_EVERY_S = 4.0  # Telegram shows a chat action for ~5 s
 DRAFT_EVERY_S = 0.3  # drafts are animated; more often only costs requests
 MAX_BUTTON_CHARS = 40
@@ -83,7 +82,7 @@ async def set_commands(application: Application) -> None:
 
 async def screen(update: Update, context: Context) -> None:
     """Rate-limit what users send (a notice once, then silence)."""
-    kefu = services(context)
+    kefu = context.kefu
     try:
         message, user = update.message, update.effective_user
         if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
@@ -115,7 +114,7 @@ async def reset(update: Update, context: Context) -> None:
     """Forget this chat's context; the training log keeps the exchanges."""
     t = texts_for(update)
     try:
-        await services(context).history.clear(update.effective_chat.id)
+        await context.kefu.history.clear(update.effective_chat.id)
     except RedisError:
         await update.effective_message.reply_text(t.unavailable)
         return
@@ -139,7 +138,7 @@ async def forget_answer(update: Update, context: Context) -> None:
         return
     if choice == "yes":
         try:
-            await services(context).forget_user(query.from_user.id)
+            await context.kefu.forget_user(query.from_user.id)
         except RedisError:
             await query.answer(t.unavailable, show_alert=True)
             return
@@ -159,7 +158,7 @@ async def text_only(update: Update, context: Context) -> None:
 
 async def question(update: Update, context: Context) -> None:
     """Answer from the FAQ, the model, or say honestly that a human should."""
-    kefu, message, user = services(context), update.effective_message, update.effective_user
+    kefu, message, user = context.kefu, update.effective_message, update.effective_user
     text = _strip_mention(message, context.bot.username)
     lang = language(text, user.language_code if user else None)
     t = texts(lang)
@@ -226,7 +225,7 @@ def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
 
 async def feedback(update: Update, context: Context) -> None:
     """👍 / 👎 on an answer: stored with its logged exchange; a forged or stale button changes nothing."""
-    query, t, kefu = update.callback_query, texts_for(update), services(context)
+    query, t, kefu = update.callback_query, texts_for(update), context.kefu
     _, entry_id, rating = (query.data.split(":", 2) + ["", ""])[:3]
     try:
         stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
@@ -245,7 +244,7 @@ async def suggestion(update: Update, context: Context) -> None:
     if message is None:  # a button on an inline message: no chat to answer in
         await query.answer(t.stale_button)
         return
-    kefu, entry_id = services(context), query.data.removeprefix("faq:")
+    kefu, entry_id = context.kefu, query.data.removeprefix("faq:")
     try:
         reply = await kefu.pipeline.answer_from_faq(message.chat.id, query.from_user.id, entry_id)
         if reply is not None:  # the customer's wording, proposed for that entry (only if the bot offered it there)

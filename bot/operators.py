@@ -13,14 +13,14 @@ import logging
 from redis.exceptions import RedisError
 from telegram import Message, Update, User
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
+from bot.context import Context
 from bot.exchanges import Exchange
-from bot.services import Services, services
+from bot.services import Services
 from bot.texts import language, texts
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 SWEEP_EVERY_S = 60
 TRANSCRIPT_TURNS = 10
 
@@ -56,7 +56,7 @@ async def human_command(update: Update, context: Context) -> None:
 
 
 async def open_handoff(context: Context, message: Message, user: User) -> None:
-    kefu, chat_id = services(context), message.chat.id
+    kefu, chat_id = context.kefu, message.chat.id
     t = texts(language(None, user.language_code))
     operators = kefu.settings.operator_chat_id
     if operators is None:
@@ -103,7 +103,7 @@ async def relay_to_operators(kefu: Services, context: Context, message: Message)
 
 async def operator_reply(update: Update, context: Context) -> None:
     """An operator's reply in the operators' group: to the user, into the history and the training log."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None:
         await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
@@ -133,7 +133,7 @@ async def operator_reply(update: Update, context: Context) -> None:
 
 async def done_command(update: Update, context: Context) -> None:
     """/done as a reply in the operators' group: close that handoff."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None or not await kefu.handoffs.close(chat_id):
         await message.reply_text("No open handoff belongs to that message.")
@@ -144,7 +144,7 @@ async def done_command(update: Update, context: Context) -> None:
 
 async def end_command(update: Update, context: Context) -> None:
     """/end by the user: back to the bot."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     t = texts(language(None, update.effective_user.language_code if update.effective_user else None))
     if await kefu.handoffs.close(message.chat.id):
         if kefu.settings.operator_chat_id is not None:
@@ -154,7 +154,7 @@ async def end_command(update: Update, context: Context) -> None:
 
 async def close_idle(context: Context) -> None:
     """Every minute: handoffs quiet for HANDOFF_IDLE_S close, and the user is told."""
-    kefu = services(context)
+    kefu = context.kefu
     try:
         for chat_id in await kefu.handoffs.idle():
             if await kefu.handoffs.close(chat_id):
