@@ -96,20 +96,16 @@ async def retrain(update: Update, context: Context) -> None:
     except ValueError as exc:
         await message.reply_text(f"{exc}\nUsage: /retrain [lstm|transformer] [minutes]")
         return
-    try:
-        running = await kefu.admin.job()
-        if running is not None and running["status"] == "running":
-            await message.reply_text("A training job is already running:\n" + job_text(running))
-            return
-        conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
-        if len(conversations) < kefu.settings.min_training_conversations:
-            await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
-                                     f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
-            return
-        job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
-    except AdminError as exc:
-        await message.reply_text(f"Training did not start: {exc}")
+    running = await kefu.admin.job()
+    if running is not None and running["status"] == "running":
+        await message.reply_text("A training job is already running:\n" + job_text(running))
         return
+    conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
+    if len(conversations) < kefu.settings.min_training_conversations:
+        await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
+                                 f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
+        return
+    job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
     progress = await message.reply_text(job_text(job))
     watched = {"job_id": job["id"], "chat_id": progress.chat_id, "message_id": progress.message_id}
     await kefu.redis.set(kefu.settings.redis_prefix + JOB_KEY, json.dumps(watched))
@@ -132,13 +128,10 @@ def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:
 
 
 async def watch_job(context: Context) -> None:
-    """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision."""
+    """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision.
+    llmcore away (restarting): bot.errors logs it, and the next tick asks again."""
     kefu, watched = context.kefu, context.job.data
-    try:
-        job = await kefu.admin.job()
-    except AdminError as exc:
-        logger.warning("training job watch: %s", exc)
-        return  # llmcore restarting: try again at the next tick
+    job = await kefu.admin.job()
     if job is None or job["id"] != watched["job_id"]:
         return
     text = job_text(job)
@@ -214,11 +207,7 @@ async def decide(update: Update, context: Context) -> None:
     if not await _admin_pressed(query, kefu):
         return
     _, decision, job_id = query.data.split(":", 2)
-    try:
-        result = await kefu.admin.decide(job_id, decision)
-    except AdminError as exc:
-        await query.answer(str(exc)[:190], show_alert=True)
-        return
+    result = await kefu.admin.decide(job_id, decision)
     await query.answer()
     with contextlib.suppress(TelegramError):
         await query.edit_message_reply_markup(None)
@@ -228,21 +217,13 @@ async def decide(update: Update, context: Context) -> None:
 
 async def train_status(update: Update, context: Context) -> None:
     """The latest training job."""
-    try:
-        job = await context.kefu.admin.job()
-    except AdminError as exc:
-        await update.effective_message.reply_text(str(exc))
-        return
+    job = await context.kefu.admin.job()
     await update.effective_message.reply_text(job_text(job) if job else "No training job yet.")
 
 
 async def models(update: Update, context: Context) -> None:
     """Versions with their metrics; which one serves."""
-    try:
-        listing = await context.kefu.admin.versions()
-    except AdminError as exc:
-        await update.effective_message.reply_text(str(exc))
-        return
+    listing = await context.kefu.admin.versions()
     lines = []
     for v in listing["versions"][-15:]:
         m, mark = v["metrics"], " ← current" if v["version"] == listing["current"] else ""
@@ -257,21 +238,13 @@ async def promote(update: Update, context: Context) -> None:
     if len(args) != 1 or not VERSION.fullmatch(args[0]):
         await update.effective_message.reply_text("Usage: /promote v0003 (see /models)")
         return
-    try:
-        result = await context.kefu.admin.promote(args[0])
-    except AdminError as exc:
-        await update.effective_message.reply_text(f"Not promoted: {exc}")
-        return
+    result = await context.kefu.admin.promote(args[0])
     await update.effective_message.reply_text(f"✅ {result['current']} now serves.")
 
 
 async def rollback(update: Update, context: Context) -> None:
     """Back to the version that served before."""
-    try:
-        result = await context.kefu.admin.rollback()
-    except AdminError as exc:
-        await update.effective_message.reply_text(f"No rollback: {exc}")
-        return
+    result = await context.kefu.admin.rollback()
     await update.effective_message.reply_text(f"↩️ Rolled back: {result['current']} now serves.")
 
 

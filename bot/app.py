@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator, Awaitable
 
 from redis.exceptions import RedisError
 from telegram import Update
-from telegram.constants import ChatType
 from telegram.error import InvalidToken, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
 from bot import admin, handlers
 from bot.context import CONTEXT_TYPES
+from bot.errors import on_error, tell_unavailable
 from bot.metrics import BotMetrics
 from bot.outbound import AnswersFirst
 from bot.services import Services
@@ -37,7 +37,6 @@ CONNECTION_POOL_SIZE = 32
 POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
 POLL_RETRY_S = (0.5, 10.0)  # back-off after a failed getUpdates, or while updates cannot be stored: first, last
-MAX_TOLD = 10_000
 
 
 class PerChatOrder(BaseUpdateProcessor):
@@ -93,6 +92,7 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
     application.bot_data.metrics = metrics or BotMetrics()
     admin.register(application, settings.admin_ids)  # first: admin commands must not reach "unknown command"
     handlers.register(application, settings.operator_chat_id)
+    application.add_error_handler(on_error)  # the one error path: bot/errors.py
     return application
 
 
@@ -191,20 +191,8 @@ async def receive(application: Application, update: Update, payload: str) -> boo
         return True
     except RedisError as exc:
         logger.warning("update %s not stored (Redis: %s); left to Telegram to deliver again", update.update_id, exc)
-        await _tell_unavailable(application, update)
+        await tell_unavailable(application, update)
         return False
-
-
-async def _tell_unavailable(application: Application, update: Update) -> None:
-    told = application.bot_data.told_unavailable
-    message = update.effective_message
-    if update.update_id in told or message is None or message.chat.type != ChatType.PRIVATE or update.callback_query:
-        return
-    told[update.update_id] = True
-    while len(told) > MAX_TOLD:
-        told.popitem(last=False)
-    with contextlib.suppress(TelegramError):
-        await application.bot.send_message(message.chat_id, handlers.texts_for(update).unavailable)
 
 
 async def handle_update(application: Application, data: dict) -> None:

@@ -77,9 +77,6 @@ async def open_handoff(context: Context, message: Message, user: User) -> None:
         await kefu.handoffs.close(chat_id)
         await message.reply_text(t.human_unavailable)
         return
-    except RedisError:
-        await message.reply_text(t.unavailable)
-        return
     logger.info("handoff opened for chat %s", chat_id)
     await message.reply_text(t.human_requested)
 
@@ -153,16 +150,14 @@ async def end_command(update: Update, context: Context) -> None:
 
 
 async def close_idle(context: Context) -> None:
-    """Every minute: handoffs quiet for HANDOFF_IDLE_S close, and the user is told."""
+    """Every minute: handoffs quiet for HANDOFF_IDLE_S close, and the user is told (Redis or Telegram away: bot.errors
+    logs it, and the next sweep tries again)."""
     kefu = context.kefu
-    try:
-        for chat_id in await kefu.handoffs.idle():
-            if await kefu.handoffs.close(chat_id):
-                await context.bot.send_message(chat_id, texts("zh").handoff_idle)
-                quiet = kefu.settings.handoff_idle_s
-                await _tell_operators(context, kefu, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
-    except (RedisError, TelegramError) as exc:
-        logger.warning("closing idle handoffs: %s", exc)
+    for chat_id in await kefu.handoffs.idle():
+        if await kefu.handoffs.close(chat_id):
+            await context.bot.send_message(chat_id, texts("zh").handoff_idle)
+            quiet = kefu.settings.handoff_idle_s
+            await _tell_operators(context, kefu, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
 
 
 async def _tell_operators(context: Context, kefu: Services, text: str) -> None:
