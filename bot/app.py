@@ -98,9 +98,10 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
 
 @contextlib.asynccontextmanager
 async def running(application: Application) -> AsyncIterator[Services]:
-    """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands; undo on exit."""
+    """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands, start PTB and the
+    update stream's consumer; undo all of it on exit, however it comes (a failure after start-up included)."""
     data = application.bot_data
-    async with application:
+    async with application:  # initialize; shutdown on the way out
         kefu = await Services.open(data.settings, data.metrics)
         data.services = kefu
         try:
@@ -108,18 +109,27 @@ async def running(application: Application) -> AsyncIterator[Services]:
             await handlers.set_commands(application)
             await admin.set_commands(application, data.settings.admin_ids)
             await application.start()
-            await admin.resume(application, kefu)
-            stop = asyncio.Event()
-            consumer = asyncio.create_task(kefu.intake.consume(lambda data: handle_update(application, data), stop))
             try:
-                yield kefu
-            finally:
-                stop.set()  # what was read is finished (answered, logged, acknowledged) before PTB stops
-                await consumer
-            await application.stop()
+                await admin.resume(application, kefu)
+                async with _consuming(application, kefu):
+                    yield kefu
+            finally:  # stopped before the shutdown, or it fails with "This Application is still running!"
+                await application.stop()
         finally:
             data.services = None
             await kefu.close()
+
+
+@contextlib.asynccontextmanager
+async def _consuming(application: Application, kefu: Services) -> AsyncIterator[None]:
+    """The update stream's entries handed to PTB; on exit, what was read is finished (answered, logged, acknowledged)."""
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(kefu.intake.consume(lambda data: handle_update(application, data), stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await consumer
 
 
 async def _seed_faq(kefu: Services) -> None:
@@ -144,11 +154,11 @@ async def run_polling(application: Application, stop: asyncio.Event | None = Non
         logger.info("polling as @%s", application.bot.username)
         poller = asyncio.create_task(_poll(application))
         try:
-            await _until_signal(stop)
+            await _until_signal(stop, poller)
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await poller  # raises what ended it early (InvalidToken: the token was revoked)
 
 
 async def _poll(application: Application) -> None:
@@ -214,27 +224,28 @@ async def run_webhook(application: Application, settings: BotSettings, stop: asy
     async with running(application):
         runner = web.AppRunner(create_webhook_app(application, settings))
         await runner.setup()
-        host, port = settings.listen_host_port
-        await web.TCPSite(runner, host, port).start()
-        await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
-                                          allowed_updates=Update.ALL_TYPES)
-        logger.info("webhook for @%s on %s:%d%s", application.bot.username, host, port, settings.webhook_path)
         try:
+            host, port = settings.listen_host_port
+            await web.TCPSite(runner, host, port).start()
+            await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
+                                              allowed_updates=Update.ALL_TYPES)
+            logger.info("webhook for @%s on %s:%d%s", application.bot.username, host, port, settings.webhook_path)
             await _until_signal(stop)
         finally:
             await runner.cleanup()
 
 
-async def _until_signal(stop: asyncio.Event | None) -> None:
-    if stop is not None:
-        await stop.wait()
-        return
-    stop = asyncio.Event()
+async def _until_signal(stop: asyncio.Event | None, worker: asyncio.Task | None = None) -> None:
+    """Until SIGINT/SIGTERM (or until `stop` is set), or until `worker` ends."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = () if stop is not None else (signal.SIGINT, signal.SIGTERM)
+    stop = stop or asyncio.Event()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait([stopped] + ([worker] if worker else []), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        stopped.cancel()
+        for sig in signals:
             loop.remove_signal_handler(sig)

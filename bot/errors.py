@@ -6,7 +6,7 @@ lands in `on_error`, which logs it, tells the user or the admin what it means, a
     Redis away (RedisError)      a message is handled again once Redis answers (bot.intake) and its sender, in a private
                                  chat, is told "temporarily unavailable" once; a button gets that as an alert
     llmcore's admin API          the admin who asked reads llmcore's reason (AdminError)
-    Telegram refused or away     logged: the user cannot be reached anyway
+    Telegram refused or away     logged: the user cannot be reached anyway (blocked the bot, token revoked, network)
     anything else (a bug)        logged with the traceback; "something went wrong" in a private chat
 
 Admins (ADMIN_IDS) hear of Redis outages and bugs: at most one notice per kind every ADMIN_NOTICE_EVERY_S, with no
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 from telegram import Update
 from telegram.constants import ChatType
-from telegram.error import Forbidden, NetworkError, TelegramError
+from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationHandlerStop
 
 from bot.context import Context
@@ -52,7 +52,7 @@ async def on_error(update: object, context: Context) -> None:
     elif isinstance(error, AdminError):
         logger.warning("llmcore admin API while handling %s: %s", _source(update, context), error)
         await _tell(update, f"Not done: {error}", anywhere=True)
-    elif isinstance(error, (Forbidden, NetworkError)):
+    elif isinstance(error, (Forbidden, InvalidToken, NetworkError)):
         logger.warning("Telegram while handling %s: %s", _source(update, context), error)
     else:
         logger.error("error while handling %s", _source(update, context), exc_info=error)

@@ -3,6 +3,8 @@ polling or webhook mode, asking and reading buttons."""
 import asyncio
 import contextlib
 
+from telegram.ext import Application
+
 from bot.app import build_application, run_polling, run_webhook
 from bot.llm import LlmClient
 from bot.settings import BotSettings
@@ -26,8 +28,8 @@ def settings_for(telegram: BotApiServer, redis_url: str, llmcore_url: str, prefi
 
 
 @contextlib.asynccontextmanager
-async def running_bot(settings: BotSettings, telegram: BotApiServer):
-    application = build_application(settings)
+async def running_bot(settings: BotSettings, telegram: BotApiServer, application: Application | None = None):
+    application = application or build_application(settings)
     stop = asyncio.Event()
     runner = run_webhook(application, settings, stop) if settings.webhook_url else run_polling(application, stop)
     mark = len(telegram.calls)

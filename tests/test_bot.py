@@ -3,8 +3,12 @@ service on a tiny model — in polling and in webhook mode."""
 import asyncio
 import json
 import logging
+import socket
 
 import pytest
+from telegram.error import InvalidToken
+
+from bot.app import build_application, run_polling, run_webhook
 
 from .botapi import GROUP_ID, USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, MODEL_ONLY, SECRET, ask, buttons, model_answer, running_bot, settings_for
@@ -229,3 +233,32 @@ async def test_a_burst_of_many_chats_all_get_real_answers(telegram, redis_url, l
         assert set(statuses) == {200}
         await telegram.wait_for(lambda m, p: sum(1 for mm, _ in telegram.calls if mm == "sendMessage") >= len(chats), timeout=60)
         assert [telegram.sent_texts(c) for c in chats] == [[IN_FAQ[i % 3][1]] for i in range(len(chats))]
+
+
+async def test_a_failure_after_start_up_stops_everything_and_the_bot_starts_again(telegram, redis_url, llmcore_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "webhook")
+    application = build_application(settings)
+    with socket.socket() as taken:  # the webhook's port is taken: found only once PTB has started
+        taken.bind(settings.listen_host_port)
+        taken.listen()
+        with pytest.raises(OSError):  # that error, not "This Application is still running!"
+            await run_webhook(application, settings, asyncio.Event())
+    assert not application.running and application.bot_data.services is None
+    async with running_bot(settings, telegram, application):
+        assert (await ask(telegram, IN_FAQ[0][0]))["text"] == IN_FAQ[0][1]
+
+
+async def test_a_token_revoked_while_polling_ends_the_run_cleanly(telegram, redis_url, llmcore_url, prefix, seeded):
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
+    application = build_application(settings)
+    run = asyncio.create_task(run_polling(application, asyncio.Event()))
+    await telegram.wait_for("getUpdates", timeout=20)
+    assert (await ask(telegram, IN_FAQ[0][0]))["text"] == IN_FAQ[0][1]
+    token, telegram.token = telegram.token, "123456:REVOKED"  # what @BotFather's /revoke does
+    await telegram.push(text_update("大家好", chat_type="supergroup", chat_id=GROUP_ID))  # ends the long poll in flight
+    with pytest.raises(InvalidToken):  # the run ends (it used to poll on, answering nothing)
+        await asyncio.wait_for(run, 30)
+    assert not application.running and application.bot_data.services is None
+    telegram.token = token
+    async with running_bot(settings, telegram, application):
+        assert (await ask(telegram, IN_FAQ[1][0]))["text"] == IN_FAQ[1][1]
