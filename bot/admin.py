@@ -10,6 +10,7 @@ A /retrain's job id and progress message live in Redis, so a restarted bot picks
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import io
@@ -25,7 +26,7 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
 from bot.context import Context
-from bot.faq import DataError, read_faq_file
+from bot.faq import DataError
 from bot.handlers import COMMANDS
 from bot.llm import AdminError
 from bot.services import Services
@@ -257,7 +258,7 @@ async def stats(update: Update, context: Context) -> None:
     except AdminError:
         version = None
     await update.effective_message.reply_text(format_stats(numbers, version))
-    picture = chart(numbers)
+    picture = await asyncio.to_thread(chart, numbers)  # matplotlib takes a while: not on the event loop
     if picture:
         await update.effective_message.reply_photo(InputFile(io.BytesIO(picture), filename="stats.png"), caption="answers per day")
 
@@ -343,14 +344,13 @@ async def faq_document(update: Update, context: Context) -> None:
     data = bytes(await (await document.get_file()).download_as_bytearray())
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"faq{suffix}"
-        path.write_bytes(data[: MAX_DOCUMENT_BYTES + 1])
+        await asyncio.to_thread(path.write_bytes, data[: MAX_DOCUMENT_BYTES + 1])
         try:
-            entries = read_faq_file(path)
+            count = await context.kefu.faq.import_file(path)  # parsed and indexed in a thread: other chats go on
         except DataError as exc:
             await update.effective_message.reply_text(f"Nothing was imported: {str(exc).replace(str(path), document.file_name or 'file')}")
             return
-    await context.kefu.faq.add_many(entries)
-    await update.effective_message.reply_text(f"Imported {len(entries)} FAQ entries.")
+    await update.effective_message.reply_text(f"Imported {count} FAQ entries.")
 
 
 async def export(update: Update, context: Context) -> None:
