@@ -10,7 +10,7 @@ from bot.llm import LlmClient
 from bot.settings import BotSettings
 
 from .botapi import USER_ID, BotApiServer, text_update
-from .conftest import FAQ_PAIRS, free_port
+from .conftest import FAQ_PAIRS, free_port, serve_app
 
 SECRET = "webhook-s3cret"
 IN_FAQ = FAQ_PAIRS[:3]  # the FAQ store holds these; the model learned all of FAQ_PAIRS
@@ -64,3 +64,23 @@ def buttons(params: dict) -> dict[str, str]:
     return {b["text"]: b.get("callback_data") for row in rows for b in row}
 
 
+
+
+SLOW_ANSWER = "慢回答"
+
+
+async def slow_model():
+    """An llmcore that answers SLOW_ANSWER (confident) once `release` is set: (runner, url, release)."""
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": SLOW_ANSWER}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": -0.1, "model_version": "v0001"}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner, url = await serve_app(app)
+    return runner, url, release

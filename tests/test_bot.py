@@ -11,8 +11,8 @@ from telegram.error import InvalidToken
 from bot.app import build_application, run_polling, run_webhook
 
 from .botapi import GROUP_ID, USER_ID, callback_update, message_update, text_update
-from .botkit import IN_FAQ, MODEL_ONLY, SECRET, ask, buttons, model_answer, running_bot, settings_for
-from .conftest import free_port, keys_with, serve_app, shared_file, start_redis
+from .botkit import IN_FAQ, MODEL_ONLY, SECRET, SLOW_ANSWER, ask, buttons, model_answer, running_bot, settings_for, slow_model
+from .conftest import free_port, keys_with, shared_file, start_redis
 
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])
@@ -173,18 +173,7 @@ async def test_redis_down_answers_politely_and_recovers(telegram, llmcore_url, p
 
 
 async def test_chats_run_concurrently_and_each_keeps_its_order(telegram, redis_url, prefix, seeded):
-    from aiohttp import web
-
-    release = asyncio.Event()
-
-    async def slow_model(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "慢回答"}, "finish_reason": "stop"}],
-                                  "kefu": {"confidence": -0.1, "model_version": "v0001"}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", slow_model)
-    runner, url = await serve_app(app)
+    runner, url, release = await slow_model()
     settings = settings_for(telegram, redis_url, url, prefix, "polling")
     try:
         async with running_bot(settings, telegram):
@@ -195,7 +184,7 @@ async def test_chats_run_concurrently_and_each_keeps_its_order(telegram, redis_u
             assert fast["text"] == IN_FAQ[0][1] and telegram.sent_texts(USER_ID) == []
             release.set()
             await telegram.wait_for(lambda m, p: m == "sendMessage" and p["text"] == IN_FAQ[1][1])
-            assert telegram.sent_texts(USER_ID) == ["慢回答", IN_FAQ[1][1]]
+            assert telegram.sent_texts(USER_ID) == [SLOW_ANSWER, IN_FAQ[1][1]]
     finally:
         await runner.cleanup()
 

@@ -2,34 +2,16 @@
 the middle of an answer: the customer hears "temporarily unavailable" once and gets the real answer once Redis is back;
 a bug: "something went wrong"; llmcore's admin API away: the admin reads why. Admins get one notice per kind, with
 the question scrubbed and no secret."""
-import asyncio
-
-from aiohttp import web
 
 from bot.pipeline import Pipeline
 
 from .botapi import USER_ID, callback_update, text_update
-from .botkit import ask, running_bot, settings_for
-from .conftest import free_port, serve_app, start_redis
+from .botkit import SLOW_ANSWER, ask, running_bot, settings_for, slow_model
+from .conftest import free_port, start_redis
 
 ADMIN = 777
 UNAVAILABLE = "服务暂时不可用，请稍后再试。"
 PHONES = ("13812345678", "13987654321")
-
-
-async def slow_model():
-    """An llmcore that answers "慢回答" once `release` is set: (runner, url, release)."""
-    release = asyncio.Event()
-
-    async def answer(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "慢回答"}, "finish_reason": "stop"}],
-                                  "kefu": {"confidence": -0.1, "model_version": "v0001"}})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner, url = await serve_app(app)
-    return runner, url, release
 
 
 def texts_to(telegram, chat_id: int) -> list[str]:
@@ -63,11 +45,11 @@ async def test_redis_lost_mid_answer_is_told_once_and_answered_when_back(telegra
 
             redis_proc = start_redis(port, tmp_path, persist=True)  # its AOF kept the updates, still pending
             for chat in chats:
-                await telegram.wait_for(lambda m, p, c=chat: m == "sendMessage" and p["chat_id"] == c and p["text"].startswith("慢回答"),
+                await telegram.wait_for(lambda m, p, c=chat: m == "sendMessage" and p["chat_id"] == c and p["text"].startswith(SLOW_ANSWER),
                                         since=mark, timeout=30)
             follow_up = await ask(telegram, "/help")  # handled after everything before it in this chat
-            assert texts_to(telegram, USER_ID) == [UNAVAILABLE, "慢回答", follow_up["text"].split("\n")[0]]  # told once, answered once
-            assert texts_to(telegram, USER_ID + 1) == [UNAVAILABLE, "慢回答"]
+            assert texts_to(telegram, USER_ID) == [UNAVAILABLE, SLOW_ANSWER, follow_up["text"].split("\n")[0]]  # told once, answered once
+            assert texts_to(telegram, USER_ID + 1) == [UNAVAILABLE, SLOW_ANSWER]
     finally:
         await model.cleanup()
         redis_proc.terminate()
