@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import traceback
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
@@ -123,8 +124,8 @@ async def _tell(update: Update | None, text: str, anywhere: bool = False) -> Non
 
 def _describe(error: BaseException) -> str:
     """The error's type, message (scrubbed, short) and the innermost line of Kefu's code it came through."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/bot/" in f.filename.replace("\\", "/")]
-    where = f" at bot/{frames[-1].filename.replace(chr(92), '/').rsplit('/bot/', 1)[1]}:{frames[-1].lineno}" if frames else ""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).parent.name == "bot"]
+    where = f" at bot/{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     return f"{type(error).__name__}: {scrub(str(error))[:MAX_QUOTED_CHARS]}{where}"
 
 
