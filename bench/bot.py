@@ -143,7 +143,7 @@ async def bench_kefu(server: TimedBotApi, redis_url: str, questions: list[str], 
     task = asyncio.create_task(run_webhook(application, settings, stop))
     await server.wait_for("setWebhook", timeout=60)
     result = await load(server, questions, args)
-    kefu = application.bot_data["kefu"]
+    kefu = application.bot_data.services
     source_ms = [int(e["latency_ms"]) async for _, e in kefu.log.entries()][-args.latency_updates:]  # the one-at-a-time phase
     stop.set()
     await task

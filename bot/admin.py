@@ -10,6 +10,7 @@ A /retrain's job id and progress message live in Redis, so a restarted bot picks
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import io
@@ -22,18 +23,18 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
-from bot.faq import DataError, read_faq_file
+from bot.context import Context
+from bot.faq import DataError
 from bot.handlers import COMMANDS
 from bot.llm import AdminError
-from bot.services import Services, services
+from bot.services import Services
 from bot.split import split_message
 from bot.stats import chart, collect, format_stats
 from bot.trainingset import build_training_set
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transformer] [minutes]"),
                   ("train_status", "the training job's progress"), ("models", "model versions and their metrics"),
                   ("promote", "serve version V"), ("rollback", "back to the previous version"), ("stats", "usage numbers"),
@@ -90,26 +91,22 @@ async def not_allowed(update: Update, context: Context) -> None:
 
 async def retrain(update: Update, context: Context) -> None:
     """/retrain [lstm|transformer] [minutes]: one job at a time, progress edited in place."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     try:
         arch, minutes = _retrain_args(context.args or [], kefu.settings.retrain_minutes)
     except ValueError as exc:
         await message.reply_text(f"{exc}\nUsage: /retrain [lstm|transformer] [minutes]")
         return
-    try:
-        running = await kefu.admin.job()
-        if running is not None and running["status"] == "running":
-            await message.reply_text("A training job is already running:\n" + job_text(running))
-            return
-        conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
-        if len(conversations) < kefu.settings.min_training_conversations:
-            await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
-                                     f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
-            return
-        job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
-    except AdminError as exc:
-        await message.reply_text(f"Training did not start: {exc}")
+    running = await kefu.admin.job()
+    if running is not None and running["status"] == "running":
+        await message.reply_text("A training job is already running:\n" + job_text(running))
         return
+    conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
+    if len(conversations) < kefu.settings.min_training_conversations:
+        await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
+                                 f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
+        return
+    job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
     progress = await message.reply_text(job_text(job))
     watched = {"job_id": job["id"], "chat_id": progress.chat_id, "message_id": progress.message_id}
     await kefu.redis.set(kefu.settings.redis_prefix + JOB_KEY, json.dumps(watched))
@@ -132,13 +129,10 @@ def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:
 
 
 async def watch_job(context: Context) -> None:
-    """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision."""
-    kefu, watched = services(context), context.job.data
-    try:
-        job = await kefu.admin.job()
-    except AdminError as exc:
-        logger.warning("training job watch: %s", exc)
-        return  # llmcore restarting: try again at the next tick
+    """Every few seconds: edit the progress message; at the end the curve, the comparison, the decision.
+    llmcore away (restarting): bot.errors logs it, and the next tick asks again."""
+    kefu, watched = context.kefu, context.job.data
+    job = await kefu.admin.job()
     if job is None or job["id"] != watched["job_id"]:
         return
     text = job_text(job)
@@ -210,15 +204,11 @@ async def _admin_pressed(query: CallbackQuery, kefu: Services) -> bool:
 
 async def decide(update: Update, context: Context) -> None:
     """[Promote] / [Discard] under a retrained version that was not better."""
-    query, kefu = update.callback_query, services(context)
+    query, kefu = update.callback_query, context.kefu
     if not await _admin_pressed(query, kefu):
         return
     _, decision, job_id = query.data.split(":", 2)
-    try:
-        result = await kefu.admin.decide(job_id, decision)
-    except AdminError as exc:
-        await query.answer(str(exc)[:190], show_alert=True)
-        return
+    result = await kefu.admin.decide(job_id, decision)
     await query.answer()
     with contextlib.suppress(TelegramError):
         await query.edit_message_reply_markup(None)
@@ -228,21 +218,13 @@ async def decide(update: Update, context: Context) -> None:
 
 async def train_status(update: Update, context: Context) -> None:
     """The latest training job."""
-    try:
-        job = await services(context).admin.job()
-    except AdminError as exc:
-        await update.effective_message.reply_text(str(exc))
-        return
+    job = await context.kefu.admin.job()
     await update.effective_message.reply_text(job_text(job) if job else "No training job yet.")
 
 
 async def models(update: Update, context: Context) -> None:
     """Versions with their metrics; which one serves."""
-    try:
-        listing = await services(context).admin.versions()
-    except AdminError as exc:
-        await update.effective_message.reply_text(str(exc))
-        return
+    listing = await context.kefu.admin.versions()
     lines = []
     for v in listing["versions"][-15:]:
         m, mark = v["metrics"], " ← current" if v["version"] == listing["current"] else ""
@@ -257,34 +239,26 @@ async def promote(update: Update, context: Context) -> None:
     if len(args) != 1 or not VERSION.fullmatch(args[0]):
         await update.effective_message.reply_text("Usage: /promote v0003 (see /models)")
         return
-    try:
-        result = await services(context).admin.promote(args[0])
-    except AdminError as exc:
-        await update.effective_message.reply_text(f"Not promoted: {exc}")
-        return
+    result = await context.kefu.admin.promote(args[0])
     await update.effective_message.reply_text(f"✅ {result['current']} now serves.")
 
 
 async def rollback(update: Update, context: Context) -> None:
     """Back to the version that served before."""
-    try:
-        result = await services(context).admin.rollback()
-    except AdminError as exc:
-        await update.effective_message.reply_text(f"No rollback: {exc}")
-        return
+    result = await context.kefu.admin.rollback()
     await update.effective_message.reply_text(f"↩️ Rolled back: {result['current']} now serves.")
 
 
 async def stats(update: Update, context: Context) -> None:
     """Usage numbers and a chart."""
-    kefu = services(context)
+    kefu = context.kefu
     numbers = await collect(kefu.log)
     try:
         version = (await kefu.admin.versions()).get("served")
     except AdminError:
         version = None
     await update.effective_message.reply_text(format_stats(numbers, version))
-    picture = chart(numbers)
+    picture = await asyncio.to_thread(chart, numbers)  # matplotlib takes a while: not on the event loop
     if picture:
         await update.effective_message.reply_photo(InputFile(io.BytesIO(picture), filename="stats.png"), caption="answers per day")
 
@@ -297,7 +271,7 @@ async def faq_add(update: Update, context: Context) -> None:
         await update.effective_message.reply_text("Usage: /faq_add question || answer")
         return
     try:
-        entry_id = await services(context).faq.add(question.strip(), answer.strip())
+        entry_id = await context.kefu.faq.add(question.strip(), answer.strip())
     except ValueError as exc:
         await update.effective_message.reply_text(f"Not added: {exc}")
         return
@@ -309,7 +283,7 @@ MAX_PENDING_SHOWN = 10
 
 async def faq_pending(update: Update, context: Context) -> None:
     """/faq_pending: customers' wordings that led to an entry (by a "did you mean" tap), to approve or reject."""
-    kefu = services(context)
+    kefu = context.kefu
     proposals = await kefu.paraphrases.pending()
     if not proposals:
         await update.effective_message.reply_text("No proposed wordings.")
@@ -326,7 +300,7 @@ async def faq_pending(update: Update, context: Context) -> None:
 
 async def decide_wording(update: Update, context: Context) -> None:
     """✅ / ❌ under a proposed wording: admins only."""
-    query, kefu = update.callback_query, services(context)
+    query, kefu = update.callback_query, context.kefu
     if not await _admin_pressed(query, kefu):
         return
     _, decision, key = query.data.split(":", 2)
@@ -345,13 +319,13 @@ async def faq_del(update: Update, context: Context) -> None:
     if len(args) != 1 or not args[0].isdigit():
         await update.effective_message.reply_text("Usage: /faq_del ID (see /faq_list)")
         return
-    removed = await services(context).faq.delete(args[0])
+    removed = await context.kefu.faq.delete(args[0])
     await update.effective_message.reply_text(f"Removed FAQ entry {args[0]}." if removed else f"No FAQ entry {args[0]}.")
 
 
 async def faq_list(update: Update, context: Context) -> None:
     """Every entry: id, question, the start of the answer."""
-    entries = await services(context).faq.entries()
+    entries = await context.kefu.faq.entries()
     text = "\n".join(f"{e.id}. {e.question} → {e.answer[:40]}{'…' if len(e.answer) > 40 else ''}" for e in entries)
     for part in split_message(text or "The FAQ is empty."):
         await update.effective_message.reply_text(part)
@@ -370,19 +344,18 @@ async def faq_document(update: Update, context: Context) -> None:
     data = bytes(await (await document.get_file()).download_as_bytearray())
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"faq{suffix}"
-        path.write_bytes(data[: MAX_DOCUMENT_BYTES + 1])
+        await asyncio.to_thread(path.write_bytes, data[: MAX_DOCUMENT_BYTES + 1])
         try:
-            entries = read_faq_file(path)
+            count = await context.kefu.faq.import_file(path)  # parsed and indexed in a thread: other chats go on
         except DataError as exc:
             await update.effective_message.reply_text(f"Nothing was imported: {str(exc).replace(str(path), document.file_name or 'file')}")
             return
-    await services(context).faq.add_many(entries)
-    await update.effective_message.reply_text(f"Imported {len(entries)} FAQ entries.")
+    await update.effective_message.reply_text(f"Imported {count} FAQ entries.")
 
 
 async def export(update: Update, context: Context) -> None:
     """The training data (what /retrain would use) as a JSONL document."""
-    kefu = services(context)
+    kefu = context.kefu
     conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
     body = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode()
     await update.effective_message.reply_document(InputFile(io.BytesIO(body), filename="kefu-training.jsonl"),
@@ -391,7 +364,7 @@ async def export(update: Update, context: Context) -> None:
 
 async def why(update: Update, context: Context) -> None:
     """As a reply to a bot answer: where it came from, and the FAQ entries that competed."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     target = message.reply_to_message
     found = await kefu.log.entry_for_message(message.chat_id, target.message_id) if isinstance(target, Message) else None
     if found is None:

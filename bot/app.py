@@ -15,20 +15,20 @@ import contextlib
 import json
 import logging
 import signal
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 
 from redis.exceptions import RedisError
 from telegram import Update
-from telegram.constants import ChatType
 from telegram.error import InvalidToken, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
 from bot import admin, handlers
+from bot.context import CONTEXT_TYPES
+from bot.errors import on_error, tell_unavailable
 from bot.metrics import BotMetrics
 from bot.outbound import AnswersFirst
-from bot.services import KEY, METRICS, SETTINGS, Services
+from bot.services import Services
 from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,6 @@ CONNECTION_POOL_SIZE = 32
 POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
 POLL_RETRY_S = (0.5, 10.0)  # back-off after a failed getUpdates, or while updates cannot be stored: first, last
-TOLD_UNAVAILABLE = "told_unavailable"  # bot_data: update ids whose sender heard "temporarily unavailable"
-MAX_TOLD = 10_000
 
 
 class PerChatOrder(BaseUpdateProcessor):
@@ -81,7 +79,7 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
 
     builder = (ApplicationBuilder().token(token).base_url(f"{settings.telegram_api_base}/bot")
                .base_file_url(f"{settings.telegram_api_base}/file/bot")
-               .concurrent_updates(PerChatOrder()))
+               .concurrent_updates(PerChatOrder()).context_types(CONTEXT_TYPES))
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
     else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), retries on retry_after, answers first
@@ -90,37 +88,48 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
         # (bench/bot.py); a request waits for a free connection instead of failing after PTB's 1 s
         builder = builder.connection_pool_size(CONNECTION_POOL_SIZE).pool_timeout(POOL_TIMEOUT_S)
     application = builder.build()
-    application.bot_data[SETTINGS] = settings
-    application.bot_data[METRICS] = metrics or BotMetrics()
+    application.bot_data.settings = settings
+    application.bot_data.metrics = metrics or BotMetrics()
     admin.register(application, settings.admin_ids)  # first: admin commands must not reach "unknown command"
     handlers.register(application, settings.operator_chat_id)
+    application.add_error_handler(on_error)  # the one error path: bot/errors.py
     return application
 
 
 @contextlib.asynccontextmanager
 async def running(application: Application) -> AsyncIterator[Services]:
-    """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands; undo on exit."""
-    settings = application.bot_data[SETTINGS]
-    async with application:
-        kefu = await Services.open(settings, application.bot_data[METRICS])
-        application.bot_data[KEY] = kefu
+    """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands, start PTB and the
+    update stream's consumer; undo all of it on exit, however it comes (a failure after start-up included)."""
+    data = application.bot_data
+    async with application:  # initialize; shutdown on the way out
+        kefu = await Services.open(data.settings, data.metrics)
+        data.services = kefu
         try:
             await _seed_faq(kefu)
             await handlers.set_commands(application)
-            await admin.set_commands(application, settings.admin_ids)
+            await admin.set_commands(application, data.settings.admin_ids)
             await application.start()
-            await admin.resume(application, kefu)
-            stop = asyncio.Event()
-            consumer = asyncio.create_task(kefu.intake.consume(lambda data: handle_update(application, data), stop))
             try:
-                yield kefu
-            finally:
-                stop.set()  # what was read is finished (answered, logged, acknowledged) before PTB stops
-                await consumer
-            await application.stop()
+                await admin.resume(application, kefu)
+                async with _consuming(application, kefu):
+                    yield kefu
+            finally:  # stopped before the shutdown, or it fails with "This Application is still running!"
+                await application.stop()
         finally:
-            application.bot_data.pop(KEY, None)
+            data.services = None
             await kefu.close()
+
+
+@contextlib.asynccontextmanager
+async def _consuming(application: Application, kefu: Services) -> AsyncIterator[None]:
+    """The update stream's entries handed to PTB; on exit, what was read is finished (answered, logged, acknowledged)."""
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(kefu.intake.consume(lambda data: handle_update(application, data), stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await consumer
 
 
 async def _seed_faq(kefu: Services) -> None:
@@ -145,11 +154,11 @@ async def run_polling(application: Application, stop: asyncio.Event | None = Non
         logger.info("polling as @%s", application.bot.username)
         poller = asyncio.create_task(_poll(application))
         try:
-            await _until_signal(stop)
+            await _until_signal(stop, poller)
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await poller  # raises what ended it early (InvalidToken: the token was revoked)
 
 
 async def _poll(application: Application) -> None:
@@ -183,7 +192,7 @@ async def receive(application: Application, update: Update, payload: str) -> boo
     """Store one update in the stream; True once it is there (or was before). If Redis is away, False, and the sender
     of a private message is told once that the service is temporarily unavailable (the update is kept by
     Telegram and answered when Redis is back)."""
-    kefu = application.bot_data.get(KEY)
+    kefu = application.bot_data.services
     try:
         if kefu is None:
             raise RedisError("the bot is still starting")
@@ -192,20 +201,8 @@ async def receive(application: Application, update: Update, payload: str) -> boo
         return True
     except RedisError as exc:
         logger.warning("update %s not stored (Redis: %s); left to Telegram to deliver again", update.update_id, exc)
-        await _tell_unavailable(application, update)
+        await tell_unavailable(application, update)
         return False
-
-
-async def _tell_unavailable(application: Application, update: Update) -> None:
-    told: OrderedDict = application.bot_data.setdefault(TOLD_UNAVAILABLE, OrderedDict())
-    message = update.effective_message
-    if update.update_id in told or message is None or message.chat.type != ChatType.PRIVATE or update.callback_query:
-        return
-    told[update.update_id] = True
-    while len(told) > MAX_TOLD:
-        told.popitem(last=False)
-    with contextlib.suppress(TelegramError):
-        await application.bot.send_message(message.chat_id, handlers.texts_for(update).unavailable)
 
 
 async def handle_update(application: Application, data: dict) -> None:
@@ -227,27 +224,28 @@ async def run_webhook(application: Application, settings: BotSettings, stop: asy
     async with running(application):
         runner = web.AppRunner(create_webhook_app(application, settings))
         await runner.setup()
-        host, port = settings.listen_host_port
-        await web.TCPSite(runner, host, port).start()
-        await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
-                                          allowed_updates=Update.ALL_TYPES)
-        logger.info("webhook for @%s on %s:%d%s", application.bot.username, host, port, settings.webhook_path)
         try:
+            host, port = settings.listen_host_port
+            await web.TCPSite(runner, host, port).start()
+            await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
+                                              allowed_updates=Update.ALL_TYPES)
+            logger.info("webhook for @%s on %s:%d%s", application.bot.username, host, port, settings.webhook_path)
             await _until_signal(stop)
         finally:
             await runner.cleanup()
 
 
-async def _until_signal(stop: asyncio.Event | None) -> None:
-    if stop is not None:
-        await stop.wait()
-        return
-    stop = asyncio.Event()
+async def _until_signal(stop: asyncio.Event | None, worker: asyncio.Task | None = None) -> None:
+    """Until SIGINT/SIGTERM (or until `stop` is set), or until `worker` ends."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = () if stop is not None else (signal.SIGINT, signal.SIGTERM)
+    stop = stop or asyncio.Event()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait([stopped] + ([worker] if worker else []), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        stopped.cancel()
+        for sig in signals:
             loop.remove_signal_handler(sig)

@@ -7,7 +7,9 @@
     await faq.import_file("faq.csv")             # question,answer  — or chat JSONL two-message conversations
 
 Every change bumps a version counter in Redis; `match` compares it with the version its index was
-built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ. The encoder's vector of
+built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ. The CPU work — parsing a file,
+building the index (jieba over every question), matching a long text — runs in a worker thread, so the event loop
+keeps answering other chats meanwhile. The encoder's vector of
 each question is kept in Redis (`faq:vectors:<encoder>`, by the text's SHA-1): a rebuild encodes only new
 questions, in a thread, and a restarted or another replica encodes none.
 """
@@ -31,6 +33,7 @@ from bot.search import FaqEntry, FaqIndex, Match, documents
 from llmcore.chats import DEMO_DATA, DataError, read_conversations
 
 MAX_FAQ_TEXT = 8000  # characters of a question or an answer (a long policy text: the reply is split in two)
+INLINE_MATCH_CHARS = 200  # a longer text is segmented (jieba) and matched in a thread, off the event loop
 
 
 class FaqStore:
@@ -46,7 +49,10 @@ class FaqStore:
         self._building = asyncio.Lock()
 
     async def match(self, text: str, k: int = 3) -> list[Match]:
-        return (await self.index()).match(text, k=k)
+        index = await self.index()
+        if len(text) > INLINE_MATCH_CHARS:
+            return await asyncio.to_thread(index.match, text, k)
+        return index.match(text, k=k)
 
     async def index(self) -> FaqIndex:
         version = await self.redis.get(self.version_key) or "0"
@@ -55,7 +61,7 @@ class FaqStore:
                 if self._index is None or version != self._index_version:
                     entries = await self.entries()
                     vectors = await self._vectors(entries) if self.encoder else None
-                    self._index = FaqIndex(entries, self.encoder, vectors)
+                    self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors)  # jieba on every question
                     self._index_version = version
         return self._index
 
@@ -85,7 +91,7 @@ class FaqStore:
 
     async def entries(self) -> list[FaqEntry]:
         raw = await self.redis.hgetall(self.entries_key)
-        return sorted((_entry(entry_id, value) for entry_id, value in raw.items()), key=lambda e: int(e.id))
+        return await asyncio.to_thread(_entries, raw)  # tens of thousands of JSON values after a large import
 
     async def get(self, entry_id: str) -> FaqEntry | None:
         value = await self.redis.hget(self.entries_key, entry_id)
@@ -95,17 +101,12 @@ class FaqStore:
         return (await self.add_many([FaqEntry("", question, answer, tuple(similar))]))[0]
 
     async def add_many(self, entries: list[FaqEntry]) -> list[str]:
-        for e in entries:
-            _check(e)
+        values = await asyncio.to_thread(_encoded, entries)  # checked, as JSON: a large import is CPU work
         first = await self.redis.incrby(self.next_key, len(entries)) - len(entries) + 1
         ids = [str(first + i) for i in range(len(entries))]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for entry_id, e in zip(ids, entries):
-                pipe.hset(self.entries_key, entry_id, json.dumps(
-                    {"question": e.question.strip(), "answer": e.answer.strip(), "similar": [s.strip() for s in e.similar]},
-                    ensure_ascii=False))
-            pipe.incr(self.version_key)
-            await pipe.execute()
+        values = dict(zip(ids, values))
+        async with self.redis.pipeline(transaction=True) as pipe:  # one HSET: a large import is one command, not one each
+            await pipe.hset(self.entries_key, mapping=values).incr(self.version_key).execute()
         return ids
 
     async def add_similar(self, entry_id: str, wording: str) -> bool:
@@ -138,8 +139,10 @@ class FaqStore:
         return await self.redis.hlen(self.entries_key)
 
     async def import_file(self, path: str | Path) -> int:
-        entries = read_faq_file(path)
+        """Read (in a thread), store, and index (in a thread) a FAQ file: searchable when this returns."""
+        entries = await asyncio.to_thread(read_faq_file, path)
         await self.add_many(entries)
+        await self.index()
         return len(entries)
 
     async def load_demo_if_empty(self) -> int:
@@ -209,6 +212,17 @@ def _check(entry: FaqEntry) -> None:
             raise ValueError("empty question or answer")
         if len(text) > MAX_FAQ_TEXT:
             raise ValueError(f"a question or answer over {MAX_FAQ_TEXT} characters")
+
+
+def _encoded(entries: list[FaqEntry]) -> list[str]:
+    for e in entries:
+        _check(e)
+    return [json.dumps({"question": e.question.strip(), "answer": e.answer.strip(), "similar": [s.strip() for s in e.similar]},
+                       ensure_ascii=False) for e in entries]
+
+
+def _entries(raw: dict[str, str]) -> list[FaqEntry]:
+    return sorted((_entry(entry_id, value) for entry_id, value in raw.items()), key=lambda e: int(e.id))
 
 
 def _entry(entry_id: str, value: str) -> FaqEntry:

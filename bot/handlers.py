@@ -21,20 +21,19 @@ from telegram.ext import (
     ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
-    ContextTypes,
     MessageHandler,
     TypeHandler,
     filters,
 )
 
 from bot import operators
+from bot.context import Context
 from bot.pipeline import Reply
-from bot.services import Services, services
+from bot.services import Services
 from bot.split import split_message, telegram_length
-from bot.texts import Texts, language, texts
+from bot.texts import Texts, language, texts, texts_for
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 TYPING_EVERY_S = 4.0  # Telegram shows a chat action for ~5 s
 DRAFT_EVERY_S = 0.3  # drafts are animated; more often only costs requests
 MAX_BUTTON_CHARS = 40
@@ -74,7 +73,6 @@ def register(application: Application, operator_chat_id: int | None = None) -> N
     application.add_handler(CallbackQueryHandler(suggestion, pattern=r"^faq:"))
     application.add_handler(CallbackQueryHandler(forget_answer, pattern=r"^forget:"))
     application.add_handler(CallbackQueryHandler(stale_button))
-    application.add_error_handler(on_error)
 
 
 async def set_commands(application: Application) -> None:
@@ -83,15 +81,10 @@ async def set_commands(application: Application) -> None:
 
 async def screen(update: Update, context: Context) -> None:
     """Rate-limit what users send (a notice once, then silence)."""
-    kefu = services(context)
-    try:
-        message, user = update.message, update.effective_user
-        if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
-            return
-        verdict = await kefu.guard.admit(user.id)
-    except RedisError as exc:  # the handlers answer "temporarily unavailable" if they need Redis
-        logger.warning("screening skipped, Redis unavailable: %s", exc)
+    kefu, message, user = context.kefu, update.message, update.effective_user
+    if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
         return
+    verdict = await kefu.guard.admit(user.id)
     if verdict != "ok":
         kefu.metrics.updates.labels("rate_limited").inc()
         if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
@@ -113,13 +106,8 @@ async def help_command(update: Update, context: Context) -> None:
 
 async def reset(update: Update, context: Context) -> None:
     """Forget this chat's context; the training log keeps the exchanges."""
-    t = texts_for(update)
-    try:
-        await services(context).history.clear(update.effective_chat.id)
-    except RedisError:
-        await update.effective_message.reply_text(t.unavailable)
-        return
-    await update.effective_message.reply_text(t.reset_done)
+    await context.kefu.history.clear(update.effective_chat.id)
+    await update.effective_message.reply_text(texts_for(update).reset_done)
 
 
 async def forget(update: Update, context: Context) -> None:
@@ -138,11 +126,7 @@ async def forget_answer(update: Update, context: Context) -> None:
         await query.answer(t.stale_button)
         return
     if choice == "yes":
-        try:
-            await services(context).forget_user(query.from_user.id)
-        except RedisError:
-            await query.answer(t.unavailable, show_alert=True)
-            return
+        await context.kefu.forget_user(query.from_user.id)
     await query.answer()
     await _edit(query, t.forget_done if choice == "yes" else t.forget_cancelled)
 
@@ -159,7 +143,7 @@ async def text_only(update: Update, context: Context) -> None:
 
 async def question(update: Update, context: Context) -> None:
     """Answer from the FAQ, the model, or say honestly that a human should."""
-    kefu, message, user = services(context), update.effective_message, update.effective_user
+    kefu, message, user = context.kefu, update.effective_message, update.effective_user
     text = _strip_mention(message, context.bot.username)
     lang = language(text, user.language_code if user else None)
     t = texts(lang)
@@ -169,25 +153,14 @@ async def question(update: Update, context: Context) -> None:
     if len(text) > kefu.settings.max_message_chars:
         await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
         return
-    try:
-        if await operators.relay_to_operators(kefu, context, message):
-            return  # a human has this chat: the bot keeps quiet
-    except RedisError:
-        kefu.intake.retry_later(update.update_id)  # answered for real once Redis is back
-        await message.reply_text(t.unavailable)
-        return
+    if await operators.relay_to_operators(kefu, context, message):
+        return  # a human has this chat: the bot keeps quiet
     private = message.chat.type == ChatType.PRIVATE
     drafts = Drafts(context, message.chat_id, message.message_id) if private else None
     try:
         async with typing(context, message.chat_id):
             reply = await kefu.pipeline.answer(message.chat_id, user.id, text, lang, on_text=drafts.show if drafts else None)
-    except RedisError as exc:
-        logger.warning("answer failed, Redis unavailable: %s", exc)
-        kefu.metrics.errors.labels("redis").inc()
-        kefu.intake.retry_later(update.update_id)  # answered for real once Redis is back
-        await message.reply_text(t.unavailable)
-        return
-    finally:
+    finally:  # also when it raised: Redis away is bot.errors' to answer
         if drafts is not None:
             await drafts.close()
     kefu.metrics.answers.labels(reply.source).inc()
@@ -226,13 +199,9 @@ def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
 
 async def feedback(update: Update, context: Context) -> None:
     """👍 / 👎 on an answer: stored with its logged exchange; a forged or stale button changes nothing."""
-    query, t, kefu = update.callback_query, texts_for(update), services(context)
+    query, t, kefu = update.callback_query, texts_for(update), context.kefu
     _, entry_id, rating = (query.data.split(":", 2) + ["", ""])[:3]
-    try:
-        stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
-    except RedisError:
-        await query.answer(t.unavailable)
-        return
+    stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
     if stored:
         kefu.metrics.feedback.labels(rating).inc()
     await query.answer(t.thanks_feedback if stored else t.stale_button)
@@ -245,17 +214,13 @@ async def suggestion(update: Update, context: Context) -> None:
     if message is None:  # a button on an inline message: no chat to answer in
         await query.answer(t.stale_button)
         return
-    kefu, entry_id = services(context), query.data.removeprefix("faq:")
-    try:
-        reply = await kefu.pipeline.answer_from_faq(message.chat.id, query.from_user.id, entry_id)
-        if reply is not None:  # the customer's wording, proposed for that entry (only if the bot offered it there)
-            await kefu.paraphrases.tapped(message.chat.id, message.message_id, entry_id, query.from_user.id)
-    except RedisError:
-        await query.answer(t.unavailable)
-        return
+    kefu, entry_id = context.kefu, query.data.removeprefix("faq:")
+    reply = await kefu.pipeline.answer_from_faq(message.chat.id, query.from_user.id, entry_id)
     if reply is None:
         await query.answer(t.stale_button)
         return
+    # the customer's wording, proposed for that entry (only if the bot offered it there)
+    await kefu.paraphrases.tapped(message.chat.id, message.message_id, entry_id, query.from_user.id)
     await query.answer()
     await send_reply(message, reply, t, kefu)
 
@@ -263,14 +228,6 @@ async def suggestion(update: Update, context: Context) -> None:
 async def stale_button(update: Update, context: Context) -> None:
     """Any other callback: an old or forged button."""
     await update.callback_query.answer(texts_for(update).stale_button)
-
-
-async def on_error(update: object, context: Context) -> None:
-    """Log with the traceback and tell the user, never the traceback itself."""
-    logger.error("error while handling an update", exc_info=context.error)
-    if isinstance(update, Update) and update.effective_message and update.effective_chat.type == ChatType.PRIVATE:
-        with contextlib.suppress(TelegramError):
-            await update.effective_message.reply_text(texts_for(update).error)
 
 
 class Drafts:
@@ -327,12 +284,6 @@ def _strip_mention(message: Message, username: str | None) -> str:
     if username:
         text = text.replace(f"@{username}", " ")
     return text.strip()
-
-
-def texts_for(update: Update) -> Texts:
-    user = update.effective_user
-    message = update.effective_message
-    return texts(language(message.text if message else None, user.language_code if user else None))
 
 
 def _short(text: str) -> str:

@@ -13,14 +13,14 @@ import logging
 from redis.exceptions import RedisError
 from telegram import Message, Update, User
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
+from bot.context import Context
 from bot.exchanges import Exchange
-from bot.services import Services, services
+from bot.services import Services
 from bot.texts import language, texts
 
 logger = logging.getLogger(__name__)
-Context = ContextTypes.DEFAULT_TYPE
 SWEEP_EVERY_S = 60
 TRANSCRIPT_TURNS = 10
 
@@ -56,7 +56,7 @@ async def human_command(update: Update, context: Context) -> None:
 
 
 async def open_handoff(context: Context, message: Message, user: User) -> None:
-    kefu, chat_id = services(context), message.chat.id
+    kefu, chat_id = context.kefu, message.chat.id
     t = texts(language(None, user.language_code))
     operators = kefu.settings.operator_chat_id
     if operators is None:
@@ -76,9 +76,6 @@ async def open_handoff(context: Context, message: Message, user: User) -> None:
         logger.warning("handoff for chat %s not possible: operators' chat %s: %s", chat_id, operators, exc)
         await kefu.handoffs.close(chat_id)
         await message.reply_text(t.human_unavailable)
-        return
-    except RedisError:
-        await message.reply_text(t.unavailable)
         return
     logger.info("handoff opened for chat %s", chat_id)
     await message.reply_text(t.human_requested)
@@ -103,7 +100,7 @@ async def relay_to_operators(kefu: Services, context: Context, message: Message)
 
 async def operator_reply(update: Update, context: Context) -> None:
     """An operator's reply in the operators' group: to the user, into the history and the training log."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None:
         await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
@@ -133,7 +130,7 @@ async def operator_reply(update: Update, context: Context) -> None:
 
 async def done_command(update: Update, context: Context) -> None:
     """/done as a reply in the operators' group: close that handoff."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None or not await kefu.handoffs.close(chat_id):
         await message.reply_text("No open handoff belongs to that message.")
@@ -144,7 +141,7 @@ async def done_command(update: Update, context: Context) -> None:
 
 async def end_command(update: Update, context: Context) -> None:
     """/end by the user: back to the bot."""
-    kefu, message = services(context), update.effective_message
+    kefu, message = context.kefu, update.effective_message
     t = texts(language(None, update.effective_user.language_code if update.effective_user else None))
     if await kefu.handoffs.close(message.chat.id):
         if kefu.settings.operator_chat_id is not None:
@@ -153,16 +150,14 @@ async def end_command(update: Update, context: Context) -> None:
 
 
 async def close_idle(context: Context) -> None:
-    """Every minute: handoffs quiet for HANDOFF_IDLE_S close, and the user is told."""
-    kefu = services(context)
-    try:
-        for chat_id in await kefu.handoffs.idle():
-            if await kefu.handoffs.close(chat_id):
-                await context.bot.send_message(chat_id, texts("zh").handoff_idle)
-                quiet = kefu.settings.handoff_idle_s
-                await _tell_operators(context, kefu, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
-    except (RedisError, TelegramError) as exc:
-        logger.warning("closing idle handoffs: %s", exc)
+    """Every minute: handoffs quiet for HANDOFF_IDLE_S close, and the user is told (Redis or Telegram away: bot.errors
+    logs it, and the next sweep tries again)."""
+    kefu = context.kefu
+    for chat_id in await kefu.handoffs.idle():
+        if await kefu.handoffs.close(chat_id):
+            await context.bot.send_message(chat_id, texts("zh").handoff_idle)
+            quiet = kefu.settings.handoff_idle_s
+            await _tell_operators(context, kefu, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
 
 
 async def _tell_operators(context: Context, kefu: Services, text: str) -> None:

@@ -1,5 +1,6 @@
 """Everything a handler needs, opened once per process: Redis, the stores over it, the llmcore client,
-the answer pipeline and the metrics. Stored in `application.bot_data`; handlers reach it with `services(context)`.
+the answer pipeline and the metrics. Kept in `application.bot_data.services`; handlers reach it as `context.kefu`
+(bot/context.py).
 
     kefu = await Services.open(settings)      # bot.app.running() does this around PTB's start/stop
     ...
@@ -13,7 +14,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from telegram.ext import CallbackContext
 
 from bot.encoder import load_encoder
 from bot.exchanges import ExchangeLog
@@ -29,7 +29,6 @@ from bot.pipeline import Pipeline
 from bot.settings import BotSettings
 
 REDIS_CONNECTIONS = 64
-KEY, SETTINGS, METRICS = "kefu", "kefu_settings", "kefu_metrics"  # bot_data keys
 
 
 def redis_client(url: str) -> Redis:
@@ -83,7 +82,3 @@ class Services:
         await self.log.forget_user(user_id)
         await self.guard.forget_user(user_id)
         await self.handoffs.forget_chat(user_id)  # a private chat's id is the user's id
-
-
-def services(context: CallbackContext) -> Services:
-    return context.bot_data[KEY]

@@ -67,13 +67,11 @@ def chart(stats: Stats) -> bytes | None:
     """Answers per day by source, as a PNG; None when there is nothing to draw."""
     if not stats.per_day:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, so it may draw in a worker thread
 
     days = sorted(stats.per_day)
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    fig = Figure(figsize=(6, 3), dpi=100)
+    ax = fig.subplots()
     bottom = [0] * len(days)
     for source in SOURCES:
         counts = [stats.per_day[d][source] for d in days]
@@ -84,7 +82,6 @@ def chart(stats: Stats) -> bytes | None:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

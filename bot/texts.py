@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from telegram import Update
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
@@ -117,3 +121,9 @@ def language(text: str | None, language_code: str | None) -> str:
 
 def texts(lang: str) -> Texts:
     return EN if lang == "en" else ZH
+
+
+def texts_for(update: Update) -> Texts:
+    """The texts for a Telegram update: its message's script decides, else the user's Telegram setting."""
+    user, message = update.effective_user, update.effective_message
+    return texts(language(message.text if message else None, user.language_code if user else None))

@@ -19,7 +19,6 @@ from telegram import Update
 from telegram.ext import Application
 
 from bot.app import receive
-from bot.services import KEY
 from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ async def receive_update(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """Ready when Redis answers; llmcore's state is reported (the bot still answers from the FAQ without it)."""
-    kefu = request.app[APPLICATION].bot_data.get(KEY)
+    kefu = request.app[APPLICATION].bot_data.services
     if kefu is None:
         return web.json_response({"ready": False, "reason": "starting"}, status=503)
     try:
@@ -81,7 +80,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    kefu = request.app[APPLICATION].bot_data.get(KEY)
+    kefu = request.app[APPLICATION].bot_data.services
     body = kefu.metrics.render() if kefu else b""
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -91,6 +90,6 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _count(application: Application, outcome: str) -> None:
-    kefu = application.bot_data.get(KEY)
+    kefu = application.bot_data.services
     if kefu is not None:
         kefu.metrics.updates.labels(outcome).inc()

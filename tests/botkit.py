@@ -3,12 +3,14 @@ polling or webhook mode, asking and reading buttons."""
 import asyncio
 import contextlib
 
+from telegram.ext import Application
+
 from bot.app import build_application, run_polling, run_webhook
 from bot.llm import LlmClient
 from bot.settings import BotSettings
 
 from .botapi import USER_ID, BotApiServer, text_update
-from .conftest import FAQ_PAIRS, free_port
+from .conftest import FAQ_PAIRS, free_port, serve_app
 
 SECRET = "webhook-s3cret"
 IN_FAQ = FAQ_PAIRS[:3]  # the FAQ store holds these; the model learned all of FAQ_PAIRS
@@ -26,8 +28,8 @@ def settings_for(telegram: BotApiServer, redis_url: str, llmcore_url: str, prefi
 
 
 @contextlib.asynccontextmanager
-async def running_bot(settings: BotSettings, telegram: BotApiServer):
-    application = build_application(settings)
+async def running_bot(settings: BotSettings, telegram: BotApiServer, application: Application | None = None):
+    application = application or build_application(settings)
     stop = asyncio.Event()
     runner = run_webhook(application, settings, stop) if settings.webhook_url else run_polling(application, stop)
     mark = len(telegram.calls)
@@ -62,3 +64,23 @@ def buttons(params: dict) -> dict[str, str]:
     return {b["text"]: b.get("callback_data") for row in rows for b in row}
 
 
+
+
+SLOW_ANSWER = "慢回答"
+
+
+async def slow_model():
+    """An llmcore that answers SLOW_ANSWER (confident) once `release` is set: (runner, url, release)."""
+    from aiohttp import web
+
+    release = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": SLOW_ANSWER}, "finish_reason": "stop"}],
+                                  "kefu": {"confidence": -0.1, "model_version": "v0001"}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner, url = await serve_app(app)
+    return runner, url, release

@@ -1,5 +1,7 @@
 """Admin commands end to end: only ADMIN_IDS get in (an audit line for the others), malformed arguments get
 a usage line, FAQ management, /models /promote /rollback, /why, /stats, /export, FAQ documents."""
+import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -11,7 +13,7 @@ from llmcore.train import TrainOptions, train
 
 from .botapi import USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, ask, running_bot, settings_for
-from .conftest import FAQ_PAIRS, TINY_MODEL, serve_models
+from .conftest import FAQ_PAIRS, TINY_MODEL, free_port, serve_models
 
 ADMIN = 777
 TOKEN = "bot-admin-token"
@@ -190,3 +192,64 @@ async def test_a_tapped_wording_is_approved_by_an_admin_and_then_answered(telegr
 
         again = await ask(telegram, wording, chat_id=USER_ID + 1, user_id=USER_ID + 1)
         assert again["text"] == IN_FAQ[0][1]  # answered directly now: the wording is a question of the entry
+
+
+async def test_a_large_faq_import_does_not_hold_up_other_chats(telegram, redis_url, redis, prefix):
+    """5 MB of FAQ is parsed and indexed (jieba over 50,000 questions: seconds of CPU) in a worker thread: the event
+    loop (the bot's, shared with this test) never stalls for long, and another chat is greeted meanwhile."""
+    lines, size = [], 0
+    while size < (5 << 20) - 1000:
+        n = len(lines)
+        lines.append(json.dumps({"messages": [{"role": "user", "content": f"问题{n}"}, {"role": "assistant", "content": f"答案{n}"}]},
+                                ensure_ascii=False) + "\n")
+        size += len(lines[-1].encode())
+    rows = (5 << 20) // 4 - 2
+    broken = telegram.add_file(b"q,a\n" * rows + b"q,a,b\n", "broken.csv")  # a million rows, a bad one at the end
+    good = telegram.add_file("".join(lines).encode(), "big.jsonl")
+    settings = settings_for(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, "polling", admin_ids=str(ADMIN),
+                            faq_encoder="none")
+    other = USER_ID + 5
+    async with running_bot(settings, telegram):
+        for document, outcome in ((broken, f"Nothing was imported: broken.csv:{rows + 1}"),  # parsing alone
+                                  (good, f"Imported {len(lines)} FAQ entries.")):  # parsing, storing, indexing
+            mark = len(telegram.calls)
+            async with loop_stalls() as stalls:
+                await telegram.push(message_update(chat_id=ADMIN, user_id=ADMIN, document=document))
+                await telegram.wait_for("getFile", since=mark)
+                greeting = await ask(telegram, "/start", chat_id=other, user_id=other)
+                _, reply = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == ADMIN, since=mark, timeout=120)
+            assert "Kefu" in greeting["text"] and reply["text"].startswith(outcome)
+            assert telegram.calls.index(("sendMessage", greeting)) < telegram.calls.index(("sendMessage", reply))
+            assert stalls.longest < stalls.elapsed / 3, stalls  # blocking, the CPU work would be one stall of most of it
+        assert (await ask(telegram, f"问题{len(lines) - 1}", chat_id=other, user_id=other))["text"] == f"答案{len(lines) - 1}"
+
+
+class Stalls:
+    """The longest time the event loop did not come back to a task that only sleeps STALL_TICK_S."""
+
+    def __init__(self) -> None:
+        self.longest = self.elapsed = 0.0
+
+    def __repr__(self) -> str:
+        return f"Stalls(longest={self.longest:.3f} s of {self.elapsed:.3f} s)"
+
+
+STALL_TICK_S = 0.005
+
+
+@contextlib.asynccontextmanager
+async def loop_stalls():
+    loop, stalls = asyncio.get_running_loop(), Stalls()
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(STALL_TICK_S)
+            stalls.longest, last = max(stalls.longest, loop.time() - last - STALL_TICK_S), loop.time()
+
+    started, ticker = loop.time(), asyncio.create_task(tick())
+    try:
+        yield stalls
+    finally:
+        ticker.cancel()
+        stalls.elapsed = loop.time() - started

@@ -39,7 +39,8 @@ async def test_handoff_both_ways_and_the_answer_becomes_training_data(telegram, 
         await telegram.push(text_update("还在吗？", chat_id=alice, user_id=alice))  # while open: relayed, the bot is quiet
         _, relayed = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS, since=mark)
         assert "还在吗？" in relayed["text"]
-        await asyncio.sleep(0.3)
+        await telegram.push(callback_update("x:stale", user_id=alice))  # handled after the relayed text (one chat, in order)
+        await telegram.wait_for("answerCallbackQuery", since=mark)
         assert not [p for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == alice]
 
         mark = len(telegram.calls)

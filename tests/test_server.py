@@ -209,20 +209,32 @@ async def test_admin_disabled_without_a_configured_token(models):
         await client.close()
 
 
-async def test_promote_under_load_fails_no_request(client, models):
+async def test_promote_under_load_finishes_requests_in_flight_on_the_old_version(client, models):
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    requests = [asyncio.create_task(client.post("/v1/chat/completions", json=ask(q, max_tokens=40, temperature=0.8, seed=i)))
-                for i, (q, _) in enumerate(FAQ_PAIRS * 4)]
-    await asyncio.sleep(0.05)
+    long = {"max_tokens": 80, "ignore_eos": True}  # greedy, and long enough to be generating when the promote comes
+    questions = [q for q, _ in FAQ_PAIRS] * 3
+    old = {q: (await (await client.post("/v1/chat/completions", json=ask(q, **long))).json())["choices"][0]["message"]["content"]
+           for q in set(questions)}  # what v0001 says
+    streams = [await client.post("/v1/chat/completions", json=ask(q, stream=True, **long)) for q in questions]
+    read = []
+    for stream in streams:  # each one has produced text: it is in the engine, on v0001
+        while not (line := await stream.content.readline()).startswith(b"data: ") or '"content": ""' in line.decode():
+            pass
+        read.append(line.decode())
+    in_flight = (await (await client.get("/healthz")).json())["active"]
     promoted = await client.post("/admin/promote", json={"version": "v0002"}, headers=auth)
-    more = [asyncio.create_task(client.post("/v1/chat/completions", json=ask(q, max_tokens=20))) for q, _ in FAQ_PAIRS]
-    responses = await asyncio.gather(*requests, *more)
     assert promoted.status == 200 and (await promoted.json())["served"] == "v0002"
-    assert [r.status for r in responses] == [200] * len(responses)
-    versions = {(await r.json())["kefu"]["model_version"] for r in responses[len(requests):]}
-    assert versions == {"v0002"}
-    assert (await (await client.get("/healthz")).json())["version"] == "v0002"
-    assert Registry(models).current() == "v0002"
+    after = [await client.post("/v1/chat/completions", json=ask(q, max_tokens=20)) for q, _ in FAQ_PAIRS]
+    assert in_flight == len(streams)  # all were still generating when the promote was asked for
+    for question, stream, first in zip(questions, streams, read):
+        raw = first + (await stream.read()).decode()
+        events = [e[len("data: "):] for e in raw.split("\n\n") if e.startswith("data: ") and e != "data: [DONE]"]
+        chunks = [json.loads(e) for e in events]
+        assert stream.status == 200 and chunks[-1]["kefu"]["model_version"] == "v0001"  # finished on the old version
+        assert old[question].endswith("".join(c["choices"][0]["delta"].get("content", "") for c in chunks))  # its weights
+    assert [r.status for r in after] == [200] * len(after)
+    assert {(await r.json())["kefu"]["model_version"] for r in after} == {"v0002"}  # new requests: the new version
+    assert (await (await client.get("/healthz")).json())["version"] == "v0002" and Registry(models).current() == "v0002"
 
 
 async def test_server_follows_current_moved_by_another_process(client, models):

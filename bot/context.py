@@ -1,0 +1,43 @@
+"""What every handler, job and error handler gets: a typed context (PTB's ContextTypes, as in its contexttypesbot
+example) whose `kefu` is the process's Services, and typed `bot_data` instead of string keys.
+
+    application = ApplicationBuilder().context_types(CONTEXT_TYPES)...build()   # bot.app.build_application
+
+    async def reset(update: Update, context: Context) -> None:
+        await context.kefu.history.clear(update.effective_chat.id)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from telegram.ext import CallbackContext, ContextTypes, ExtBot
+
+from bot.metrics import BotMetrics
+from bot.services import Services
+from bot.settings import BotSettings
+
+
+@dataclass
+class BotData:
+    """`application.bot_data`: settings and metrics from build_application; services while running (bot.app.running)."""
+
+    settings: BotSettings | None = None
+    metrics: BotMetrics = field(default_factory=BotMetrics)
+    services: Services | None = None
+    told_unavailable: OrderedDict[int, bool] = field(default_factory=OrderedDict)  # update ids (bot.errors)
+    notified: dict[str, float] = field(default_factory=dict)  # admin notice kind -> when last sent (bot.errors)
+
+
+class Context(CallbackContext[ExtBot[None], dict, dict, BotData]):
+    """PTB's CallbackContext with Kefu's services on it."""
+
+    @property
+    def kefu(self) -> Services:
+        services = self.bot_data.services
+        if services is None:
+            raise RuntimeError("Kefu's services are not open: handlers run inside bot.app.running()")
+        return services
+
+
+CONTEXT_TYPES = ContextTypes(context=Context, bot_data=BotData)
