@@ -9,10 +9,10 @@ from llmcore.sampling import (
     CANDIDATES,
     Sampler,
     SamplingParams,
-    _filter_batch,
     choose_token,
     filter_top_k_top_p,
     generate,
+    kept_candidates,
     penalize_repeats,
 )
 
@@ -148,7 +148,9 @@ def test_batched_filters_keep_what_the_reference_keeps():
     logits[7] = torch.randn(vocab) * 0.01  # nearly flat: the 0.9 nucleus holds most of the vocabulary
     top_k = torch.tensor([vocab, 3, 4, 1, vocab, 10, 200, vocab])
     top_p = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.6, 0.8, 1.0, 0.9])
-    kept = torch.isfinite(_filter_batch(logits, top_k, top_p))
+    kept = torch.zeros_like(logits, dtype=torch.bool)
+    for rows, values, order in kept_candidates(logits, top_k, top_p):
+        kept[rows[:, None], order] = torch.isfinite(values)
     for row in range(8):
         k = int(top_k[row])
         reference = filter_top_k_top_p(logits[row], 0 if k == vocab else k, float(top_p[row]))
