@@ -254,10 +254,10 @@ async def stats(update: Update, context: Context) -> None:
     kefu = context.kefu
     numbers = await collect(kefu.log)
     try:
-        version = (await kefu.admin.versions()).get("served")
+        served = await kefu.admin.versions()
     except AdminError:
-        version = None
-    await update.effective_message.reply_text(format_stats(numbers, version))
+        served = {}
+    await update.effective_message.reply_text(format_stats(numbers, served.get("served"), served.get("cost")))
     picture = await asyncio.to_thread(chart, numbers)  # matplotlib takes a while: not on the event loop
     if picture:
         await update.effective_message.reply_photo(InputFile(io.BytesIO(picture), filename="stats.png"), caption="answers per day")

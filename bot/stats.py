@@ -51,7 +51,7 @@ async def collect(log: ExchangeLog, now: float | None = None) -> Stats:
     return stats
 
 
-def format_stats(stats: Stats, model_version: str | None) -> str:
+def format_stats(stats: Stats, model_version: str | None, cost: dict | None = None) -> str:
     up, down = stats.ratings["up"], stats.ratings["down"]
     lines = [f"Today: {stats.today['conversations']} conversations, {stats.today['messages']} messages",
              f"7 days: {stats.week['conversations']} conversations, {stats.week['messages']} messages",
@@ -60,7 +60,18 @@ def format_stats(stats: Stats, model_version: str | None) -> str:
              "Answer latency: " + (f"p50 {_pct(stats.latencies_ms, 50)} ms, p95 {_pct(stats.latencies_ms, 95)} ms"
                                    if stats.latencies_ms else "no answers yet"),
              f"Model: {model_version or 'unknown (llmcore unreachable)'}"]
+    if cost is not None:
+        lines.append(format_cost(cost))
     return "\n".join(lines)
+
+
+def format_cost(cost: dict) -> str:
+    """llmcore's /admin/versions "cost": model FLOPs and energy per generated token, or why there is no figure."""
+    if not cost.get("flops_per_token"):
+        return "Cost per answer: no model answers since llmcore started"
+    energy = (f"{cost['joules_per_1k_tokens']:.1f} J per 1,000 tokens" if cost.get("joules_per_1k_tokens") is not None
+              else f"energy n/a ({cost.get('energy_unavailable') or 'not measured'})")
+    return f"Cost per answer: {cost['flops_per_token'] / 1e6:.1f} MFLOP per generated token; {energy}"
 
 
 def chart(stats: Stats) -> bytes | None:

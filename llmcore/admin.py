@@ -1,7 +1,7 @@
 """The admin API of the inference service, behind `Authorization: Bearer $LLMCORE_ADMIN_TOKEN`
 (compared in constant time; no token configured: every admin route answers 403, a wrong one 401).
 
-    GET  /admin/versions                      every version with its metrics; current and served
+    GET  /admin/versions                      every version with its metrics; current and served; what an answer costs
     POST /admin/promote {"version": V}        move `current` and hot-reload
     POST /admin/rollback                      promote the previous current
     POST /admin/reload                        load whatever `current` names now
@@ -73,7 +73,8 @@ class AdminApi:
             except RegistryError:
                 metrics = {}
             versions.append({"version": version, "metrics": metrics})
-        return web.json_response({"current": registry.current(), "served": self.worker.version, "versions": versions})
+        return web.json_response({"current": registry.current(), "served": self.worker.version, "versions": versions,
+                                  "cost": self.worker.metrics.cost()})
 
     async def promote(self, request: web.Request) -> web.Response:
         body = await read_json(request)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmcore.costs import step_flops
 from llmcore.model import LanguageModel
 from llmcore.sampling import Sampler, SamplingParams
 from llmcore.scheduler import EngineError, Plan, QueueFull, Scheduler, Sequence
@@ -54,6 +55,8 @@ class Engine:
         self.cache = model.new_cache(max_batch, max_len=self.max_len)
         self.last_tokens = torch.zeros((max_batch, 1), dtype=torch.long, device=self.device)  # the decode input
         self.last_batch_size = 0
+        self.last_step_flops = 0.0  # the model's work in the last step (llmcore/costs.py)
+        self.last_step_tokens = 0
 
     # --- called from any thread -------------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams, ignore_stop: bool = False) -> Sequence:
@@ -96,12 +99,15 @@ class Engine:
         for seq in plan.prefill:
             self.cache.reset(seq.slot)
             self.sampler.assign(seq.slot, seq.params, seq.generator)
+        self.last_step_flops = step_flops(self.model.config, [len(s.prompt) for s in plan.prefill],
+                                          [len(s.prompt) + len(s.output.token_ids) - 1 for s in plan.decode])
         if plan:
             logits = self._forward(plan)
             batch = plan.decode + plan.prefill
             tokens, logprobs = self.sampler.sample(logits, [s.slot for s in batch])
             events += self._postprocess(plan, tokens, logprobs)
         self.last_batch_size = len(plan.decode) + len(plan.prefill)
+        self.last_step_tokens = sum(e.token is not None for e in events)
         for event in events:
             if event.finished and event.seq.slot is not None:
                 self._release(event.seq)

@@ -232,7 +232,7 @@ def _record(worker: Worker, submission: Submission, outcome: str) -> None:
     n = len(seq.output.token_ids)
     ttft = seq.first_token_at - seq.arrived if seq.first_token_at else None
     tpot = (time.monotonic() - seq.first_token_at) / (n - 1) if seq.first_token_at and n > 1 else None
-    worker.metrics.request_done(outcome, n, ttft, tpot)
+    worker.metrics.request_done(outcome, ttft, tpot)
 
 
 async def _send(response: web.StreamResponse, body: dict) -> None:

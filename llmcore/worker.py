@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmcore.costs import EnergyMeter
 from llmcore.engine import Engine, Sequence, StepEvent
 from llmcore.metrics import ServerMetrics
 from llmcore.registry import LoadedModel, Registry
@@ -68,6 +69,8 @@ class Worker:
         self.device = device
         self.engine_options = {"max_batch": max_batch, "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens}
         self.metrics = metrics or ServerMetrics()
+        self.energy = EnergyMeter.for_device(device)
+        self.metrics.energy_source("nvml" if device.type == "cuda" else "rapl", self.energy.unavailable)
         self.served: Served | None = None
         self.draining: list[Served] = []
         self.submissions: dict[int, Submission] = {}
@@ -167,10 +170,14 @@ class Worker:
             busy = [s for s in self._all_served() if s.engine.has_work()]
             if not busy:
                 return
-            started = time.monotonic()
+            started, joules = time.monotonic(), self.energy.joules()
             events = _step_all([s.engine for s in busy])
-            self.metrics.step_done(sum(s.engine.last_batch_size for s in busy), time.monotonic() - started,
-                                   sum(s.engine.num_waiting for s in busy), sum(s.engine.num_running for s in busy))
+            used = None if joules is None or (now := self.energy.joules()) is None else now - joules
+            engines = [s.engine for s in busy]
+            self.metrics.step_done(sum(e.last_batch_size for e in engines), time.monotonic() - started,
+                                   sum(e.num_waiting for e in engines), sum(e.num_running for e in engines),
+                                   tokens=sum(e.last_step_tokens for e in engines),
+                                   flops=sum(e.last_step_flops for e in engines), joules=used)
             loop.call_soon_threadsafe(self._deliver, events)
 
     def _deliver(self, events: list[StepEvent]) -> None:

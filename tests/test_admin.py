@@ -117,6 +117,7 @@ async def test_models_promote_rollback_why_stats_export(telegram, redis_url, llm
         await telegram.push(text_update("/stats", chat_id=ADMIN, user_id=ADMIN))
         _, text = await telegram.wait_for("sendMessage", since=mark)
         assert "Today: 1 conversations, 1 messages" in text["text"] and "faq 1" in text["text"] and "v0001" in text["text"]
+        assert "Cost per answer: no model answers since llmcore started" in text["text"]  # the FAQ answered, not the model
         await telegram.wait_for("sendPhoto", since=mark)
 
         mark = len(telegram.calls)

@@ -190,6 +190,27 @@ async def test_health_models_and_metrics(client):
     assert 'kefu_llm_model_info{device="cpu",version="v0001"} 1.0' in metrics
 
 
+async def test_what_answers_cost_is_counted_per_generated_token(client, models):
+    from llmcore.costs import step_flops
+
+    loaded = Registry(models).load("v0001")
+    messages = [{"role": "user", "content": FAQ_PAIRS[0][0]}]
+    prompt, _ = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, messages, 96 - 6)
+    response = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 6, "ignore_eos": True})
+    assert (await response.json())["usage"]["completion_tokens"] == 6
+    expected = step_flops(loaded.model.config, [len(prompt)], list(range(len(prompt), len(prompt) + 5))) / 6
+    cost = (await (await client.get("/admin/versions", headers={"Authorization": f"Bearer {TOKEN}"})).json())["cost"]
+    assert cost["generated_tokens"] == 6 and cost["flops_per_token"] == pytest.approx(expected)
+    metrics = await (await client.get("/metrics")).text()
+    gauge = next(line for line in metrics.splitlines() if line.startswith("kefu_llm_flops_per_generated_token "))
+    assert float(gauge.split()[1]) == pytest.approx(expected)
+    assert "kefu_llm_generated_tokens_total 6.0" in metrics
+    if cost["energy_unavailable"]:  # a VM without RAPL (like CI): the reason is given, and no figure is made up
+        assert cost["joules_per_1k_tokens"] is None and 'kefu_llm_energy_info{reason="' in metrics
+    else:
+        assert cost["joules_per_1k_tokens"] > 0
+
+
 @pytest.mark.parametrize("headers, status", [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
                                              ({"Authorization": f"Bearer {TOKEN}"}, 200)])
 async def test_admin_routes_need_the_token(client, headers, status):
