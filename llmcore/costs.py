@@ -36,8 +36,10 @@ def step_flops(config: ModelConfig, prefill_lengths: list[int], decode_positions
     """One engine step: prompts prefilled (each token once, the output layer once) and tokens decoded."""
     head = 2 * config.n_embd * config.vocab_size
     flops = sum(token_flops(config, p) + head for p in decode_positions)
-    for length in prefill_lengths:
-        flops += sum(token_flops(config, p) for p in range(length)) + head
+    for length in prefill_lengths:  # positions 0..length-1: the attention term summed in closed form
+        flops += length * token_flops(config, 0) + head
+        if config.arch == "transformer":
+            flops += config.n_layer * 4 * config.n_embd * (length - 1) * length // 2
     return float(flops)
 
 

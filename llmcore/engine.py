@@ -7,10 +7,11 @@
             ...
 
 A step is schedule → forward → sample → post-process, each a small method: the `Scheduler` says which
-running sequences decode and which waiting ones are admitted (llmcore/scheduler.py); the forward runs
-the decode rows in one batched call over the cache and prefills the admitted prompts (together, padded,
-when the model allows it); the `Sampler` chooses every row's token at once with its own parameters
-(llmcore/sampling.py); post-processing appends tokens, ends sequences and frees their slots.
+running sequences decode (llmcore/scheduler.py), and they run in one batched forward over the cache;
+then it admits waiting ones into free slots (after the decode forward: a request that arrived during it
+is served in this step), whose prompts are prefilled (together, padded, when the model allows it); the
+`Sampler` chooses every row's token at once with its own parameters (llmcore/sampling.py);
+post-processing appends tokens, ends sequences and frees their slots.
 
 Requests are checked when they are added (length, token ids), so a forward either serves the whole batch
 or fails because of a bug, and then `fail_all` ends what was in flight. Synchronous; `add` / `cancel`
@@ -28,7 +29,7 @@ import torch
 from llmcore.costs import step_flops
 from llmcore.model import LanguageModel
 from llmcore.sampling import Sampler, SamplingParams
-from llmcore.scheduler import EngineError, Plan, QueueFull, Scheduler, Sequence
+from llmcore.scheduler import EngineError, QueueFull, Scheduler, Sequence
 
 __all__ = ["Engine", "EngineError", "QueueFull", "Sequence", "StepEvent"]
 
@@ -95,18 +96,20 @@ class Engine:
     def step(self) -> list[StepEvent]:
         """Retire cancelled sequences; then schedule → forward → sample → post-process."""
         events = [StepEvent(seq, None, None, True) for seq in self.scheduler.retire_cancelled()]
-        plan = self.scheduler.schedule()
-        for seq in plan.prefill:
+        decode = self.scheduler.decoding()
+        fed_at = [len(s.prompt) + len(s.output.token_ids) - 1 for s in decode]  # the position each decode row feeds
+        logits = [self._decode(decode)] if decode else []
+        prefill = self.scheduler.admit()
+        for seq in prefill:
             self.cache.reset(seq.slot)
             self.sampler.assign(seq.slot, seq.params, seq.generator)
-        self.last_step_flops = step_flops(self.model.config, [len(s.prompt) for s in plan.prefill],
-                                          [len(s.prompt) + len(s.output.token_ids) - 1 for s in plan.decode])
-        if plan:
-            logits = self._forward(plan)
-            batch = plan.decode + plan.prefill
-            tokens, logprobs = self.sampler.sample(logits, [s.slot for s in batch])
-            events += self._postprocess(plan, tokens, logprobs)
-        self.last_batch_size = len(plan.decode) + len(plan.prefill)
+        logits += self._prefill(prefill)
+        batch = decode + prefill
+        if batch:
+            tokens, logprobs = self.sampler.sample(logits[0] if len(logits) == 1 else torch.cat(logits), [s.slot for s in batch])
+            events += self._postprocess(decode, prefill, tokens, logprobs)
+        self.last_step_flops = step_flops(self.model.config, [len(s.prompt) for s in prefill], fed_at)
+        self.last_batch_size = len(batch)
         self.last_step_tokens = sum(e.token is not None for e in events)
         for event in events:
             if event.finished and event.seq.slot is not None:
@@ -126,17 +129,6 @@ class Engine:
                 self._release(seq)
         return events
 
-    def _forward(self, plan: Plan) -> torch.Tensor:
-        """Logits (B, V) for the plan's decode rows, then its prefill rows."""
-        parts = []
-        if plan.decode:
-            parts.append(self._decode(plan.decode))
-        if len(plan.prefill) > 1 and self.model.pads_safely:
-            parts.append(self._prefill_together(plan.prefill))
-        else:
-            parts += [self._prefill(seq) for seq in plan.prefill]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
     def _decode(self, batch: list[Sequence]) -> torch.Tensor:
         """One token for every running sequence. The rows in use are nearly dense (lowest slots first): the
         step runs over rows 0..top-1 without gathering cache rows, and idle rows in between (free, or just
@@ -148,9 +140,12 @@ class Engine:
             self.cache.reset(slot)
         return logits if slots == list(range(top)) else logits[slots]
 
-    def _prefill(self, seq: Sequence) -> torch.Tensor:
-        ids = torch.tensor([seq.prompt], device=self.device)
-        return self.model.step(ids, self.cache, rows=torch.tensor([seq.slot]))  # (1, V)
+    def _prefill(self, seqs: list[Sequence]) -> list[torch.Tensor]:
+        """Logits (n, V) of the admitted prompts: in one forward when the model pads safely, else one by one."""
+        if len(seqs) > 1 and self.model.pads_safely:
+            return [self._prefill_together(seqs)]
+        return [self.model.step(torch.tensor([s.prompt], device=self.device), self.cache, rows=torch.tensor([s.slot]))
+                for s in seqs]
 
     def _prefill_together(self, seqs: list[Sequence]) -> torch.Tensor:
         """Several prompts in one forward, padded on the right to the longest."""
@@ -161,13 +156,13 @@ class Engine:
         return self.model.step(ids.to(self.device), self.cache, rows=torch.tensor([s.slot for s in seqs]),
                                lengths=torch.tensor([len(s.prompt) for s in seqs]))  # (n, V)
 
-    def _postprocess(self, plan: Plan, tokens: list[int], logprobs: list[float]) -> list[StepEvent]:
-        batch = plan.decode + plan.prefill
+    def _postprocess(self, decode: list[Sequence], prefill: list[Sequence], tokens: list[int],
+                     logprobs: list[float]) -> list[StepEvent]:
+        batch = decode + prefill
         self.last_tokens[[s.slot for s in batch], 0] = self.sampler.chosen
-        if plan.prefill:
-            now = time.monotonic()
-            for seq in plan.prefill:
-                seq.first_token_at = now
+        now = time.monotonic()
+        for seq in prefill:
+            seq.first_token_at = now
         return [self._advance(seq, token, logprob) for seq, token, logprob in zip(batch, tokens, logprobs)]
 
     def _advance(self, seq: Sequence, token: int, logprob: float) -> StepEvent:

@@ -2,7 +2,8 @@
 
     scheduler = Scheduler(max_batch=32, max_queue=256, max_prefill_tokens=512)
     scheduler.add(seq)                         # QueueFull when max_queue are waiting
-    plan = scheduler.schedule()                # Plan(decode=[...running], prefill=[...admitted into free slots])
+    decode = scheduler.decoding()              # the running sequences, one token each this step
+    prefill = scheduler.admit()                # waiting ones into free slots, within the prompt budget
     scheduler.release(seq)                     # a finished sequence gives its slot back
 
 Iteration-level scheduling (Orca; as in vLLM and nano-vllm): between steps, waiting sequences are admitted
@@ -55,17 +56,6 @@ class Sequence:
         return self.output.finish_reason is not None
 
 
-@dataclass
-class Plan:
-    """One step's work: the running sequences that decode a token, then the admitted ones to prefill."""
-
-    decode: list[Sequence]
-    prefill: list[Sequence]
-
-    def __bool__(self) -> bool:
-        return bool(self.decode or self.prefill)
-
-
 class Scheduler:
     def __init__(self, max_batch: int, max_queue: int, max_prefill_tokens: int) -> None:
         self.max_batch = max_batch
@@ -98,10 +88,14 @@ class Scheduler:
             seq.output.finish_reason = "cancelled"
         return gone
 
-    def schedule(self) -> Plan:
-        """Every unfinished running sequence decodes; waiting ones take free slots within the prefill budget
-        (the first always fits, so a long prompt cannot wait forever)."""
-        decode = [s for s in self.running if not s.finished]
+    def decoding(self) -> list[Sequence]:
+        """The running sequences that decode a token this step."""
+        return [s for s in self.running if not s.finished]
+
+    def admit(self) -> list[Sequence]:
+        """Waiting sequences into free slots, lowest first, within the prompt-token budget (the first always fits,
+        so a long prompt cannot wait forever). The engine admits after its decode forward, so that a request
+        that arrived meanwhile is prefilled in the same step."""
         admitted, budget = [], self.max_prefill_tokens
         with self._lock:
             while self.waiting and self.free_slots:
@@ -113,7 +107,7 @@ class Scheduler:
                 budget -= len(seq.prompt)
                 admitted.append(seq)
         self.running += admitted
-        return Plan(decode, admitted)
+        return admitted
 
     def release(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -14,18 +14,16 @@ def test_waiting_sequences_are_admitted_within_the_budget_and_running_ones_decod
     a, b, c = seq(60), seq(30), seq(20)
     for s in (a, b, c):
         scheduler.add(s)
-    plan = scheduler.schedule()
-    assert plan.decode == [] and plan.prefill == [a, b]  # 60 + 30 fit; 20 more would not
+    assert scheduler.decoding() == [] and scheduler.admit() == [a, b]  # 60 + 30 fit; 20 more would not
     assert [a.slot, b.slot] == [0, 1]
-    plan = scheduler.schedule()
-    assert plan.decode == [a, b] and plan.prefill == [c] and c.slot == 2
+    assert scheduler.decoding() == [a, b] and scheduler.admit() == [c] and c.slot == 2
 
 
 def test_a_prompt_longer_than_the_budget_is_still_admitted_alone():
     scheduler = Scheduler(max_batch=2, max_queue=4, max_prefill_tokens=10)
     big = seq(50)
     scheduler.add(big)
-    assert scheduler.schedule().prefill == [big]
+    assert scheduler.admit() == [big]
 
 
 def test_released_slots_are_reused_lowest_first():
@@ -33,13 +31,13 @@ def test_released_slots_are_reused_lowest_first():
     seqs = [seq(2) for _ in range(3)]
     for s in seqs:
         scheduler.add(s)
-    scheduler.schedule()
+    scheduler.admit()
     scheduler.release(seqs[1])
     scheduler.release(seqs[0])
     assert scheduler.free_slots == [0, 1]
     late = seq(2)
     scheduler.add(late)
-    assert scheduler.schedule().prefill == [late] and late.slot == 0
+    assert scheduler.admit() == [late] and late.slot == 0
 
 
 def test_cancelled_sequences_finish_whether_waiting_or_running():
@@ -47,11 +45,11 @@ def test_cancelled_sequences_finish_whether_waiting_or_running():
     running, waiting = seq(3), seq(3)
     scheduler.add(running)
     scheduler.add(waiting)
-    scheduler.schedule()
+    scheduler.admit()
     running.cancelled = waiting.cancelled = True
     assert set(scheduler.retire_cancelled()) == {running, waiting}
     assert running.output.finish_reason == waiting.output.finish_reason == "cancelled"
-    assert not scheduler.waiting and scheduler.schedule().decode == []  # a finished sequence does not decode
+    assert not scheduler.waiting and scheduler.decoding() == []  # a finished sequence does not decode
 
 
 def test_the_queue_limit_and_drain():
@@ -61,5 +59,5 @@ def test_the_queue_limit_and_drain():
     scheduler.add(second)
     with pytest.raises(QueueFull):
         scheduler.add(seq(3))
-    scheduler.schedule()
+    scheduler.admit()
     assert scheduler.drain() == [second, first] and not scheduler.waiting
