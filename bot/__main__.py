@@ -2,7 +2,7 @@
 
     python -m bot up                          # everything on this machine (what `make run` runs)
     python -m bot run                         # long polling; a webhook when WEBHOOK_URL is set
-    python -m bot shell                       # chat in the terminal (no Telegram needed)
+    python -m bot shell [--var var]           # chat in the terminal (no Telegram needed; log in var/log/bot.log)
     python -m bot faq import FILE             # chat JSONL two-message conversations, or CSV question,answer
     python -m bot faq export [--out FILE]     # the FAQ as chat JSONL
     python -m bot faq match TEXT              # top matches with scores, as JSON (why an answer was chosen)
@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run the bot: long polling, or a webhook when WEBHOOK_URL is set")
-    sub.add_parser("shell", help="chat in the terminal through the same handlers (no Telegram needed)")
+    shell = sub.add_parser("shell", help="chat in the terminal through the same handlers (no Telegram needed)")
+    shell.add_argument("--var", default="var", help="the log goes to VAR/log/bot.log (warnings and errors also show in the terminal)")
     stack = sub.add_parser("up", help="everything on this machine: Redis, the model, llmcore serve, the bot (what `make run` runs)")
     stack.add_argument("--models", default="models", help="model registry folder (the demo model is trained into it if empty)")
     stack.add_argument("--var", default="var", help="folder for Redis data (AOF) and logs")
@@ -115,15 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run(settings)
         elif args.command == "up":
-            from pathlib import Path
-
             from bot.stack import up
 
             return up(Path(args.models), Path(args.var))
         elif args.command == "shell":
             from bot.shell import main as shell_main
 
-            shell_main(settings)
+            shell_main(settings, Path(args.var) / "log")
         elif args.command == "faq":
             return asyncio.run(with_redis(settings, lambda r: faq_command(args, settings, r)))
         else:

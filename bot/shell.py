@@ -1,10 +1,11 @@
 """Chat with Kefu in the terminal through the same handlers and pipeline as Telegram, with real Redis and
 llmcore: the Bot API calls the handlers make are answered here (a PTB request class) instead of by Telegram.
 
-    python -m bot shell          # type a question; "#2" presses the second button under the last answer
+    python -m bot shell [--var var]   # type a question; "#2" presses the second button under the last answer
 
 Nothing else differs from Telegram: updates are built as Telegram would send them and go through
-`Application.process_update`.
+`Application.process_update`. Log lines go to `var/log/bot.log`; the terminal shows only warnings and errors
+between the messages.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import html
 import inspect
 import itertools
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
 from telegram import Update
 from telegram.request import BaseRequest, RequestData
@@ -25,6 +29,8 @@ from bot.settings import BotSettings
 
 BOT_USER = {"id": 1, "is_bot": True, "first_name": "Kefu", "username": "kefu_shell_bot"}
 SHELL_USER = {"id": 10_000, "is_bot": False, "first_name": "You", "language_code": "zh-hans"}
+LOG_MAX_BYTES = 10 * 2**20
+LOG_BACKUPS = 3
 
 
 class TerminalRequest(BaseRequest):
@@ -143,7 +149,23 @@ async def _count(kefu) -> str:
         return f"unknown ({exc.__class__.__name__})"
 
 
-def main(settings: BotSettings) -> None:
+def log_to_file(folder: Path) -> Path:
+    """Every log line to FOLDER/bot.log; the terminal keeps warnings and errors only (the job queue's INFO lines
+    every minute would land in the middle of the prompt). Returns the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bot.log"
+    root = logging.getLogger()
+    consoles = list(root.handlers)  # basicConfig's stderr handler
+    for console in consoles:
+        console.setLevel(max(console.level, logging.WARNING))
+    handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+    handler.setFormatter(consoles[0].formatter if consoles else None)
+    root.addHandler(handler)
+    return path
+
+
+def main(settings: BotSettings, logs: Path) -> None:
+    print(f"Log: {log_to_file(logs)} (warnings and errors also show here).", flush=True)
     try:
         asyncio.run(run_shell(settings))
     except KeyboardInterrupt:

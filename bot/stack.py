@@ -7,8 +7,9 @@
 2. The model: when the registry has no current version, the demo model is trained first (progress bar,
    about 3 minutes on 2 CPU cores) and promoted.
 3. `llmcore serve` as a child on a free loopback port (or LLMCORE_URL when it is set).
-4. The bot: with TELEGRAM_BOT_TOKEN the real one (polling, or a webhook with WEBHOOK_URL); without it the
-   terminal chat on the same stack.
+4. The bot: with TELEGRAM_BOT_TOKEN the real one (polling, or a webhook with WEBHOOK_URL), logging to stderr;
+   without it the terminal chat on the same stack, logging to `var/log/bot.log` (warnings and errors also on the
+   terminal). llmcore logs to `var/log/llmcore.log`, Redis to `var/redis/redis.log`.
 
 Ctrl-C or SIGTERM stops every child (Redis writes its AOF and exits); children also die with this
 process if it is killed outright (PR_SET_PDEATHSIG), so nothing is left behind.
@@ -126,7 +127,7 @@ def up(models: Path, var: Path) -> int:
                 token = base.llmcore_admin_token.get_secret_value() if base.llmcore_admin_token else secrets.token_urlsafe(24)
                 overrides.update(llmcore_url=stack.start_llmcore(token), llmcore_admin_token=token)
             settings = BotSettings(**{**base.model_dump(exclude_unset=False), **overrides})
-            _run_bot(settings)
+            _run_bot(settings, var / "log")
     except KeyboardInterrupt:
         pass
     finally:
@@ -134,11 +135,13 @@ def up(models: Path, var: Path) -> int:
     return 0
 
 
-def _run_bot(settings: BotSettings) -> None:
+def _run_bot(settings: BotSettings, logs: Path) -> None:
     if settings.telegram_bot_token is None:
+        from bot.shell import log_to_file, run_shell, stdin_reader
+
         print("No TELEGRAM_BOT_TOKEN: chatting in the terminal on the same stack. To connect Telegram, put "
-              "TELEGRAM_BOT_TOKEN=<token from @BotFather> in .env and run `make run` again.", flush=True)
-        from bot.shell import run_shell, stdin_reader
+              "TELEGRAM_BOT_TOKEN=<token from @BotFather> in .env and run `make run` again.\n"
+              f"Log: {log_to_file(logs)} (warnings and errors also show here).", flush=True)
 
         asyncio.run(_shell(settings, run_shell, stdin_reader))
         return

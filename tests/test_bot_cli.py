@@ -10,9 +10,10 @@ from bot.shell import run_shell
 from .conftest import FAQ_PAIRS, REPO, free_port
 
 
-def cli(*args: str, redis_url: str, prefix: str) -> subprocess.CompletedProcess:
+def cli(*args: str, redis_url: str, prefix: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "HOME": "/tmp"}
-    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=REPO, env=env, input=stdin, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_faq_import_match_and_export(redis_url, prefix, faq_file, tmp_path):
@@ -70,3 +71,13 @@ async def test_shell_answers_through_the_same_handlers(redis_url, llmcore_url, p
     assert "(no such button)" in text
     sources = [e["source"] for _, e in await redis.xrange(f"{prefix}log")]
     assert sources[0] == "faq" and sources[1] in ("model", "fallback")
+
+
+def test_shell_logs_to_var_log_and_shows_only_warnings(redis_url, prefix, tmp_path):
+    done = cli("shell", "--var", str(tmp_path), redis_url=redis_url, prefix=prefix, stdin="/retrain\n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"Log: {tmp_path / 'log' / 'bot.log'} (warnings and errors also show here).\n")
+    assert "Kefu shell" in done.stdout and "kefu> Not allowed" in done.stdout
+    assert "WARNING bot.admin: audit: user 10000" in done.stderr and " INFO " not in done.stderr
+    log = (tmp_path / "log" / "bot.log").read_text(encoding="utf-8")
+    assert "INFO bot.app: the FAQ was empty: loaded" in log and "WARNING bot.admin: audit: user 10000" in log

@@ -5,7 +5,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
+
+import pytest
 
 from .conftest import REPO
 
@@ -16,41 +18,66 @@ def up(models, var, stdin=subprocess.PIPE) -> subprocess.Popen:
                             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def chat(models, var, lines: str) -> str:
+    """The terminal's output of one `bot up` that reads LINES and stops at their end."""
+    process = up(models, var)
+    out, _ = process.communicate(lines, timeout=120)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture
+def stack_dirs(tiny_models, tmp_path) -> tuple[Path, Path]:
+    """A models folder holding the tiny model, and an empty var folder."""
+    models, var = tmp_path / "models", tmp_path / "var"
+    shutil.copytree(tiny_models, models, symlinks=True)
+    return models, var
+
+
+def bot_log(var) -> str:
+    return (var / "log" / "bot.log").read_text(encoding="utf-8")
+
+
 def children_of(var) -> list[str]:
     found = subprocess.run(["pgrep", "-af", str(var)], capture_output=True, text=True).stdout.splitlines()
     return [line for line in found if "pgrep" not in line]
 
 
-def test_up_answers_in_the_terminal_and_a_second_run_finds_its_data(tiny_models, tmp_path):
-    models, var = tmp_path / "models", tmp_path / "var"
-    shutil.copytree(tiny_models, models, symlinks=True)
-    first = up(models, var)
-    out, _ = first.communicate("怎么退货\n" + "客服电话是多少？\n", timeout=120)
-    assert first.returncode == 0, out[-3000:]
-    assert "No TELEGRAM_BOT_TOKEN" in out and "loaded" in out and "demo entries" in out
+def test_up_answers_in_the_terminal_and_a_second_run_finds_its_data(stack_dirs):
+    models, var = stack_dirs
+    out = chat(models, var, "怎么退货\n" + "客服电话是多少？\n")
+    assert "No TELEGRAM_BOT_TOKEN" in out and "loaded" in bot_log(var) and "demo entries" in bot_log(var)
     answers = [line for line in out.splitlines() if "kefu> " in line]
     assert any("申请售后" in a for a in answers), out[-3000:]  # the demo FAQ's answer about returns
     assert len(answers) >= 2
     assert (var / "redis" / "appendonlydir").is_dir() and children_of(var) == []
-    second = up(models, var)
-    out, _ = second.communicate("怎么退货\n", timeout=120)
-    assert second.returncode == 0 and "demo entries" not in out  # the FAQ came back from the AOF: not seeded again
+    assert "申请售后" in chat(models, var, "怎么退货\n")
+    assert bot_log(var).count("demo entries") == 1  # the FAQ came back from the AOF: not seeded again
     assert children_of(var) == []
 
 
-def test_sigterm_stops_every_child(tiny_models, tmp_path):
-    models, var = tmp_path / "models", tmp_path / "var"
-    shutil.copytree(tiny_models, models, symlinks=True)
+def test_the_terminal_chat_shows_the_conversation_and_logs_go_to_var_log(stack_dirs):
+    models, var = stack_dirs
+    out = chat(models, var, "怎么退货\n" + "/retrain\n")
+    assert out.count("Log: ") == 1
+    shown = out.split(f"Log: {var / 'log' / 'bot.log'} (warnings and errors also show here).", 1)[1]
+    assert "kefu> " in shown and "申请售后" in shown and "Not allowed" in shown, out[-3000:]
+    assert " INFO " not in shown, shown  # e.g. "the FAQ was empty: loaded ... demo entries", "redis stopped"
+    assert "WARNING bot.admin: audit: user 10000" in shown  # the /retrain of a non-admin
+    log = bot_log(var)
+    assert "INFO bot.app: the FAQ was empty: loaded" in log and "INFO bot.stack: redis stopped" in log
+    assert "WARNING bot.admin: audit: user 10000" in log
+
+
+def test_sigterm_stops_every_child(stack_dirs):
+    models, var = stack_dirs
     process = up(models, var)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not (var / "log" / "llmcore.log").exists():
-        time.sleep(0.2)
-    time.sleep(3)
-    assert len(children_of(var)) >= 1  # redis-server runs with var/ on its command line
+    started = next((line for line in iter(process.stdout.readline, "") if "Kefu shell" in line), None)  # the chat is up
+    assert started and len(children_of(var)) >= 1  # redis-server runs with var/ on its command line
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0, out[-2000:]
-    assert "redis stopped" in out and children_of(var) == []
+    assert "redis stopped" in bot_log(var) and children_of(var) == []
 
 
 def test_bad_settings_get_one_line(tmp_path):
