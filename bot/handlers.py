@@ -165,11 +165,13 @@ async def question(update: Update, context: Context) -> None:
             await drafts.close()
     kefu.metrics.answers.labels(reply.source).inc()
     kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
-    await send_reply(message, reply, t, kefu)
+    await send_reply(message, reply, t, kefu, update.update_id)
 
 
-async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | None = None) -> None:
-    """The answer, split at 4096 characters on sentence boundaries, with the buttons under the last part."""
+async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | None = None,
+                     update_id: int | None = None) -> None:
+    """The answer, split at 4096 characters on sentence boundaries, with the buttons under the last part; once it
+    is out, the update is marked answered (a redelivery after a crash is not answered twice)."""
     text = reply.text
     if reply.suggestions:
         text += "\n\n" + t.did_you_mean
@@ -179,6 +181,8 @@ async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | 
     sent = await message.reply_text(html.escape(parts[-1], quote=False), parse_mode=ParseMode.HTML, reply_markup=_buttons(reply, t))
     if kefu is not None:
         try:  # for /why as a reply to this message, and what a tap on a button proposes; the answer is out already
+            if update_id is not None:
+                await kefu.intake.mark_answered(update_id)
             if reply.entry_id:
                 await kefu.log.link_message(sent.chat_id, sent.message_id, reply.entry_id)
             if reply.suggestions and message.text:
@@ -222,7 +226,7 @@ async def suggestion(update: Update, context: Context) -> None:
     # the customer's wording, proposed for that entry (only if the bot offered it there)
     await kefu.paraphrases.tapped(message.chat.id, message.message_id, entry_id, query.from_user.id)
     await query.answer()
-    await send_reply(message, reply, t, kefu)
+    await send_reply(message, reply, t, kefu, update.update_id)
 
 
 async def stale_button(update: Update, context: Context) -> None:

@@ -13,9 +13,10 @@ marked done. So:
 - a crash loses nothing: what the dead process had read stays pending; a restarted process (same consumer
   name) reads its own pending entries first, and any other replica takes over entries idle for CLAIM_IDLE_MS
   (XAUTOCLAIM). Live consumers touch their entries in flight every HEARTBEAT_S, so a slow answer is not stolen;
-- a redelivery of a stored update is dropped at intake, and a pending entry whose update is marked done (the
-  crash came between the two) is acknowledged without being handled again: answers go out once (at least once
-  only for a crash in the milliseconds between the answer and the mark).
+- a redelivery of a stored update is dropped at intake, and a pending entry whose update is marked done, or
+  marked answered (`answered`: set by the reply the moment Telegram has taken the answer, before the rest of
+  the handling), is acknowledged without being handled again: answers go out once (at least once only for a
+  crash between Telegram taking the answer and that mark, one Redis round trip).
 
 Per-chat order is kept by the caller (PerChatOrder) as long as entries are handed over in stream order.
 """
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 logger = logging.getLogger(__name__)
 
 GROUP = "bots"
+ANSWERED = "answered"  # the value of update:<id> once its answer is out (then "done" once handled)
 DEDUPE_TTL_S = 24 * 3600  # Telegram redelivers for at most a day
 READ_COUNT = 64
 # Updates being handled at once. Fewer means less event-loop lag under a burst, so a shorter window in which a
@@ -71,6 +73,11 @@ class UpdateStream:
 
     def seen_key(self, update_id: int) -> str:
         return f"{self.prefix}update:{update_id}"
+
+    async def mark_answered(self, update_id: int) -> None:
+        """The update's answer went out: a redelivery after a crash must not send it again. Only for an update this
+        stream holds (XX; the terminal chat's have no key), keeping its time to live."""
+        await self.redis.set(self.seen_key(update_id), ANSWERED, xx=True, keepttl=True)
 
     async def add(self, update_id: int, payload: str) -> bool:
         """Store one update (its JSON); False if this update id was stored before. Raises RedisError if Redis is away:
@@ -169,7 +176,7 @@ class UpdateStream:
         keys = [self.seen_key(i) for i in ids if i is not None]
         done = dict(zip(keys, await self.redis.mget(keys))) if keys else {}
         for (entry_id, _), update, update_id in zip(entries, updates, ids):
-            again = update_id is not None and done.get(self.seen_key(update_id)) == "done"
+            again = update_id is not None and done.get(self.seen_key(update_id)) in ("done", ANSWERED)
             if again:
                 logger.info("update %s was handled before a crash; not again", update_id)
             work = handle(update) if update is not None and not again else None

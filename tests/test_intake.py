@@ -98,6 +98,22 @@ async def test_an_update_marked_done_before_a_crash_is_not_handled_again(redis, 
     assert handled == [8] and await stream.pending() == 0
 
 
+async def test_an_update_whose_answer_went_out_before_a_crash_is_not_answered_again(redis, prefix):
+    stream = UpdateStream(redis, prefix, "a")
+    for i in (7, 8):
+        await stream.add(i, payload(i))
+    ttl = await redis.ttl(stream.seen_key(7))
+    await stream.mark_answered(7)  # the reply is out; the process died before the rest of the handling
+    assert await redis.get(stream.seen_key(7)) == intake.ANSWERED and 0 < await redis.ttl(stream.seen_key(7)) <= ttl
+    await stream.mark_answered(99)  # an update the stream never held (the terminal chat's): no key made
+    assert not await redis.exists(stream.seen_key(99))
+    handled: list[int] = []
+    await consume_until(stream, handled, 1)
+    assert handled == [8] and await stream.pending() == 0
+    assert await redis.get(stream.seen_key(7)) == "done"  # acknowledged and marked done like any other
+    assert not await stream.add(7, payload(7))  # and a redelivery from Telegram is dropped
+
+
 async def test_garbage_in_the_stream_is_dropped_and_a_failing_handler_does_not_loop(redis, prefix):
     stream = UpdateStream(redis, prefix, "a")
     await redis.xadd(f"{prefix}updates", {"update": "{not json"})
