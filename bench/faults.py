@@ -10,7 +10,8 @@ private Redis (append-only file, fsync always) and, for the mixed burst, `llmcor
   heard the 200s). Reported: chats answered, chats answered twice.
 - redis-kill: the same burst; Redis killed with -9 once a third are answered and restarted 1 s later from its AOF.
   Updates the webhook refused meanwhile (503) are POSTed again until accepted, as Telegram does.
-- mixed: `--mixed` questions, half FAQ and half for the model, at the default outbound limit (30/s), llmcore up.
+- mixed: `--mixed` questions, half FAQ and half for the model, at the default outbound limit (30/s), llmcore up;
+  then the bot's RSS after idling, after a second burst of as many new chats, and after idling again.
   Reported: fallbacks because the model was unavailable, FAQ answers' p50 from POST to answer, next to the p50 the
   outbound limit alone imposes (answer i of n cannot leave before i/30 s).
 
@@ -41,6 +42,7 @@ from llmcore.chats import DEMO_DATA  # noqa: E402
 from tests.botapi import BotApiServer, text_update  # noqa: E402
 from tests.conftest import free_port, start_redis  # noqa: E402
 
+IDLE_S = 15  # idling between the bursts of the memory check
 SECRET = "faults-secret"
 MODEL_QUESTIONS = ["北京有什么好玩的景点？", "推荐一家附近的餐厅", "明天天气怎么样", "怎么去天安门", "酒店有免费wifi吗",
                    "这个景点门票多少钱", "有没有适合带孩子去的地方", "地铁几点停运"]
@@ -199,6 +201,7 @@ async def mixed(server: Recorder, faq: list[str], n: int, models: str, workdir: 
                     pass
                 await asyncio.sleep(0.5)
         await stack.start_bot()
+        rss_start = rss_mb(stack.bot.pid)
         questions = [q for pair in zip(faq, MODEL_QUESTIONS * (len(faq) // len(MODEL_QUESTIONS) + 1)) for q in pair]
         updates = burst(questions, n, 300_000)
         chats = [u["message"]["chat"]["id"] for u in updates]
@@ -211,13 +214,36 @@ async def mixed(server: Recorder, faq: list[str], n: int, models: str, workdir: 
         ideal = sorted(max(0.0, (i + 1) / 30 - (sent[u["update_id"]] - first))
                        for i, u in enumerate(updates) if u["message"]["text"] in faq_set)
         log = (workdir / "mixed" / "bot.log").read_text(errors="replace")
-        return {**outcome(server, chats), "model_unavailable_fallbacks": log.count("model unavailable"),
-                "faq_p50_s": round(statistics.median(faq_latency), 2), "faq_p50_limit_alone_s": round(statistics.median(ideal), 2),
-                "decorations_sent": sum(1 for m, _ in server.calls if m in ("sendChatAction", "sendMessageDraft"))}
+        result = {**outcome(server, chats), "model_unavailable_fallbacks": log.count("model unavailable"),
+                  "faq_p50_s": round(statistics.median(faq_latency), 2), "faq_p50_limit_alone_s": round(statistics.median(ideal), 2),
+                  "decorations_sent": sum(1 for m, _ in server.calls if m in ("sendChatAction", "sendMessageDraft"))}
+        return {**result, **await memory_after_bursts(stack, server, questions, n, rss_start)}
     finally:
         stack.close()
         llmcore.terminate()
         llmcore.wait(timeout=30)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+async def memory_after_bursts(stack: Stack, server: Recorder, questions: list[str], n: int, rss_start: float) -> dict:
+    """The bot's RSS at start, after the burst, after idling, and after a second burst of as many new chats: memory
+    that grew without bound would grow again with the second."""
+    pid, figures = stack.bot.pid, {"rss_mb_start": rss_start, "rss_mb_after_burst": rss_mb(stack.bot.pid)}
+    await asyncio.sleep(IDLE_S)
+    figures["rss_mb_after_idle"] = rss_mb(pid)
+    updates = burst(questions, n, 400_000)
+    await deliver(stack.env["WEBHOOK_URL"], updates, concurrency=32)
+    await wait_answered(server, [u["message"]["chat"]["id"] for u in updates], 600)
+    figures["rss_mb_after_second_burst"] = rss_mb(pid)
+    await asyncio.sleep(IDLE_S)
+    figures["rss_mb_after_second_idle"] = rss_mb(pid)
+    return figures
 
 
 async def main() -> None:
