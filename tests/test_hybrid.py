@@ -68,10 +68,48 @@ def test_exact_questions_still_score_one_and_scores_stay_in_the_unit_interval(en
         assert all(0 < m.score <= 1 for m in best) and [m.score for m in best] == sorted((m.score for m in best), reverse=True)
 
 
-def test_none_is_bm25_alone():
+def test_none_is_bm25_alone_and_so_is_a_model_that_cannot_be_loaded(tmp_path, caplog):
     assert load_encoder("none") is None
-    with pytest.raises(ValueError, match="unknown FAQ encoder"):
-        load_encoder("word2vec")
+    missing = str(tmp_path / "no-such-model")
+    assert load_encoder(missing) is None  # a misconfigured path: the bot still matches, with BM25
+    assert "could not be loaded" in caplog.text and missing in caplog.text
+
+
+@pytest.fixture(scope="module")
+def tiny_st_model(tmp_path_factory):
+    """A sentence-transformers model built here (a 1-layer, 16-wide BERT over a few characters): nothing downloaded."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("st")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set("退款多久到账钱什么时候给我怎么开发票寄出来"))]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=64))
+    bert.save_pretrained(root / "hf")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt"), tokenize_chinese_chars=True).save_pretrained(root / "hf")
+    model = SentenceTransformer(modules=[models.Transformer(str(root / "hf"), max_seq_length=32), models.Pooling(16, "mean")])
+    model.save(str(root / "model"))
+    return str(root / "model")
+
+
+async def test_a_sentence_transformers_model_named_by_path_is_the_encoder(tiny_st_model, redis, prefix):
+    settings = BotSettings(_env_file=None, faq_encoder=tiny_st_model)
+    encoder = load_encoder(settings.faq_encoder)
+    assert encoder is not None and encoder.name.startswith("st-") and encoder.name != "use"
+    vectors = encoder.encode(["退款多久到账", "怎么开发票"])
+    assert vectors.shape == (2, 16) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 16)
+    faq = FaqStore(redis, prefix, encoder)
+    refund = await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
+    await faq.add("怎么开发票？", "下单时选择电子发票即可。")
+    matches = await faq.match("钱多久到账", k=2)
+    expected = {m.entry.id: float(encoder.encode(["钱多久到账"])[0] @ encoder.encode([m.entry.question])[0]) for m in matches}
+    assert refund in expected and all(m.semantic == pytest.approx(expected[m.entry.id], abs=2e-3) for m in matches)
+    assert await redis.hlen(f"{prefix}faq:vectors:{encoder.name}") == 2  # its vectors cached apart from the bundled one's
+    assert not await redis.exists(f"{prefix}faq:vectors:use")
 
 
 async def test_vectors_are_made_once_per_question_and_follow_the_faq(redis, prefix):
