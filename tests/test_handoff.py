@@ -103,7 +103,7 @@ async def test_a_late_message_does_not_bring_a_closed_handoff_back(redis, prefix
     handoffs = Handoffs(redis, prefix, idle_s=60)
     assert await handoffs.open(7, 7, "我的手机是13812345678")
     assert (await handoffs.get(7))["question"] == "我的手机是[PHONE]"  # scrubbed like the training log
-    assert await handoffs.close(7)
+    assert await handoffs.close(7, "done")
     await handoffs.touch(7, question="还在吗？")  # relayed while /done closed it
     assert await handoffs.get(7) is None and not await redis.exists(f"{prefix}handoff:7") and await handoffs.idle() == []
     assert await handoffs.open(7, 7, "again")  # and it can be opened anew
