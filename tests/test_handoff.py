@@ -138,14 +138,15 @@ async def test_two_misses_in_a_row_bring_one_offer_of_a_colleague(telegram, redi
     down = "http://127.0.0.1:9"
     async with running_bot(operator_settings(telegram, redis_url, down, prefix, llmcore_timeout_s=2), telegram):
         alice, bob = USER_ID, USER_ID + 1
-        mark = len(telegram.calls)
+        start = len(telegram.calls)
         await ask(telegram, "我的包裹三天没动了", chat_id=alice, user_id=alice)  # one fallback: no offer yet
         await ask(telegram, IN_FAQ[0][0], chat_id=alice, user_id=alice)  # an answer: the count starts again
         await ask(telegram, "还是没动", chat_id=alice, user_id=alice)
-        assert not [p for m, p in telegram.calls[mark:] if m == "sendMessage" and offer_of(p)]
         mark = len(telegram.calls)
         await ask(telegram, "到底在哪", chat_id=alice, user_id=alice)  # the second fallback in a row
         _, offer = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == alice and offer_of(p), since=mark)
+        to_alice = [p for m, p in telegram.calls[start:] if m == "sendMessage" and p["chat_id"] == alice]
+        assert [bool(offer_of(p)) for p in to_alice] == [False] * 4 + [True]  # asked once, after the second fallback in a row
         assert offer["text"].startswith("看来我没能帮上忙") and await Handoffs(redis, prefix, 60).get(alice) is None
 
         mark = len(telegram.calls)
@@ -168,6 +169,10 @@ async def test_two_misses_in_a_row_bring_one_offer_of_a_colleague(telegram, redi
         _, declined = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == bob, since=mark)
         assert declined["text"].startswith("好的，您可以继续问我")
         assert await Handoffs(redis, prefix, 60).get(bob) is None
+        await ask(telegram, "还是没动", chat_id=bob, user_id=bob)  # one more fallback: the count started again after the offer
+        await ask(telegram, IN_FAQ[0][0], chat_id=bob, user_id=bob)  # a follow-up: anything the fallback brought came before
+        to_bob = [p for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == bob]
+        assert [bool(offer_of(p)) for p in to_bob] == [False] * 3
         assert not [p for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == OPERATORS]
 
 
