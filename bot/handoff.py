@@ -8,6 +8,7 @@ counts its fallbacks and 👎 in a row (the bot offers a colleague after HANDOFF
     await handoffs.link(operator_message_id, chat_id)          # a reply to that message goes to chat_id
     chat_id = await handoffs.chat_for(operator_message_id)
     await handoffs.touch(chat_id, replied=True)                # an operator answered (the first time is kept)
+    await handoffs.position(chat_id)                           # 3: two opened earlier wait for their first answer too
     for chat_id in await handoffs.idle(): ...                  # open with no message for idle_s
     record_id = await handoffs.close(chat_id, "done")          # None when none was open
     await handoffs.rate(record_id, user_id, "5")               # False (nothing changes) unless it is the customer's to rate
@@ -32,12 +33,16 @@ OPEN_SCRIPT = """
 if redis.call('hsetnx', KEYS[1], 'user_id', ARGV[1]) == 0 then return 0 end
 redis.call('hset', KEYS[1], 'question', ARGV[2], 'opened', ARGV[3], 'lang', ARGV[5])
 redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
 TOUCH_SCRIPT = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
 if ARGV[1] ~= '' then redis.call('hset', KEYS[1], 'question', ARGV[1]) end
-if ARGV[4] == '1' then redis.call('hsetnx', KEYS[1], 'first_reply', ARGV[2]) end
+if ARGV[4] == '1' then
+  redis.call('hsetnx', KEYS[1], 'first_reply', ARGV[2])
+  redis.call('zrem', KEYS[3], ARGV[3])
+end
 redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
 return 1
 """
@@ -56,6 +61,7 @@ redis.call('sadd', KEYS[4], id)
 redis.call('expire', KEYS[4], ARGV[5])
 redis.call('del', KEYS[1])
 redis.call('zrem', KEYS[2], ARGV[1])
+redis.call('zrem', KEYS[6], ARGV[1])
 return id
 """
 RATE_SCRIPT = """
@@ -73,6 +79,7 @@ class Handoffs:
         self.idle_s = idle_s
         self.active = f"{prefix}handoffs"  # sorted set: chat id -> time of the last message
         self.closed = f"{prefix}handoffs:closed"  # sorted set: record id -> time it closed
+        self.waiting = f"{prefix}handoffs:waiting"  # sorted set: chat id -> time opened, until an operator answers
 
     def _key(self, chat_id: int) -> str:
         return f"{self.prefix}handoff:{chat_id}"
@@ -80,7 +87,7 @@ class Handoffs:
     async def open(self, chat_id: int, user_id: int, question: str, lang: str = "zh") -> bool:
         """Open a handoff (`lang`: the customer's, for what the bot tells them when it closes); False (and nothing
         changes) when one is open already."""
-        opened = await self.redis.eval(OPEN_SCRIPT, 2, self._key(chat_id), self.active, user_id, scrub(question), time.time(),
+        opened = await self.redis.eval(OPEN_SCRIPT, 3, self._key(chat_id), self.active, self.waiting, user_id, scrub(question), time.time(),
                                        chat_id, lang)
         return bool(opened)
 
@@ -94,7 +101,7 @@ class Handoffs:
     async def touch(self, chat_id: int, question: str | None = None, replied: bool = False) -> None:
         """A message in an open handoff: its time (for the idle close), the user's latest question, and when an operator
         first answered (`replied`); nothing if closed."""
-        await self.redis.eval(TOUCH_SCRIPT, 2, self._key(chat_id), self.active, "" if question is None else scrub(question),
+        await self.redis.eval(TOUCH_SCRIPT, 3, self._key(chat_id), self.active, self.waiting, "" if question is None else scrub(question),
                               time.time(), chat_id, "1" if replied else "")
 
     async def link(self, operator_message_id: int, chat_id: int) -> None:
@@ -109,13 +116,19 @@ class Handoffs:
 
     async def close(self, chat_id: int, how: str) -> str | None:
         """Close and record the open handoff (`how`: done, end, idle); its record id, or None when none was open."""
-        keys = (self._key(chat_id), self.active, self.closed, f"{self._key(chat_id)}:records", f"{self.prefix}handoff:next")
+        keys = (self._key(chat_id), self.active, self.closed, f"{self._key(chat_id)}:records", f"{self.prefix}handoff:next",
+                self.waiting)
         return await self.redis.eval(CLOSE_SCRIPT, len(keys), *keys, chat_id, time.time(), how, self._record(""), RECORD_TTL_S)
 
     async def discard(self, chat_id: int) -> None:
         """Drop the open handoff without a record: it never reached the operators."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.delete(self._key(chat_id)).zrem(self.active, str(chat_id)).execute()
+            await pipe.delete(self._key(chat_id)).zrem(self.active, str(chat_id)).zrem(self.waiting, str(chat_id)).execute()
+
+    async def position(self, chat_id: int) -> int | None:
+        """Where this chat stands among the handoffs no operator has answered yet (1: next); None when not waiting."""
+        rank = await self.redis.zrank(self.waiting, str(chat_id))
+        return None if rank is None else rank + 1
 
     async def rate(self, record_id: str, user_id: int, rating: str) -> bool:
         """The customer's 1-5 rating of a handoff closed by /done; False (nothing changes) for another user's, an unknown

@@ -89,7 +89,7 @@ async def open_handoff(context: Context, message: Message, user: User, said: str
         turns = await kefu.history.recent(chat_id, TRANSCRIPT_TURNS)
         question = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")  # "转人工" is not one to answer
         if not await kefu.handoffs.open(chat_id, user.id, question, lang):
-            await message.reply_text(t.handoff_waiting)
+            await message.reply_text(await _with_position(kefu, chat_id, t.handoff_waiting, t))
             return
         turns += [{"role": "user", "content": said}] if said else []
         transcript = "\n".join(f"{'👤' if m['role'] == 'user' else '🤖'} {m['content']}" for m in turns) or "(no history)"
@@ -102,7 +102,13 @@ async def open_handoff(context: Context, message: Message, user: User, said: str
         await message.reply_text(t.human_unavailable)
         return
     logger.info("handoff opened for chat %s", chat_id)
-    await message.reply_text(t.human_requested)
+    await message.reply_text(await _with_position(kefu, chat_id, t.human_requested, t))
+
+
+async def _with_position(kefu: Services, chat_id: int, text: str, t: Texts) -> str:
+    """The text, and the chat's place in the queue while no operator has answered it."""
+    position = await kefu.handoffs.position(chat_id)
+    return text if position is None else f"{text}\n{t.queue_position.format(n=position)}"
 
 
 async def missed(context: Context, message: Message, user: User, t: Texts) -> None:

@@ -226,3 +226,23 @@ async def test_done_asks_for_a_rating_stored_once_and_shown_in_stats(telegram, r
         _, stats = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == admin, since=mark)
         assert "Handoffs (7 days): 2" in stats["text"] and "CSAT: 100% rated 4-5, mean 4.0 (1 ratings)" in stats["text"]
         assert "First operator reply: median " in stats["text"] and "Resolved without a handoff: 33% of 3 conversations" in stats["text"]
+
+
+async def test_waiting_customers_hear_their_place_in_the_queue(telegram, redis_url, prefix, redis, seeded):
+    async with running_bot(operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix), telegram):
+        alice, bob, carol = USER_ID, USER_ID + 1, USER_ID + 2
+        assert (await ask(telegram, "/human", chat_id=alice, user_id=alice))["text"].endswith("您目前排在第 1 位，人工同事会尽快回复您。")
+        alice_request = telegram.messages[OPERATORS][-1]["message"]
+        reply = await ask(telegram, "/human", chat_id=bob, user_id=bob, language_code="en")
+        assert reply["text"].endswith("You are number 2 in the queue; a colleague will answer shortly.")
+
+        mark = len(telegram.calls)
+        await operator_says(telegram, "您好！", alice_request)  # alice is answered: out of the queue
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == alice, since=mark)
+        assert (await ask(telegram, "/human", chat_id=carol, user_id=carol))["text"].endswith("排在第 2 位，人工同事会尽快回复您。")
+        reply = await ask(telegram, "/human", chat_id=bob, user_id=bob, language_code="en")
+        assert reply["text"].endswith("You are number 1 in the queue; a colleague will answer shortly.")
+        assert (await ask(telegram, "/human", chat_id=alice, user_id=alice))["text"] == "已经在为您转接人工客服了，请稍候；" \
+            "您的消息会转给客服人员。发送 /end 结束人工服务。"  # answered already: no place in a queue
+        await ask(telegram, "/end", chat_id=bob, user_id=bob)
+        assert (await ask(telegram, "/human", chat_id=carol, user_id=carol))["text"].endswith("排在第 1 位，人工同事会尽快回复您。")
