@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import Iterable
 
 from redis.exceptions import RedisError
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
@@ -32,6 +34,13 @@ logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60
 TRANSCRIPT_TURNS = 10
 INLINE_WORDS_CHARS = 200  # a longer message is segmented in a thread, off the event loop
+CLAUSE = re.compile(r"[，。！？；：、,.!?;:\n]+")
+# what may stand beside a HANDOFF_WORDS word in a request for a person: asking, wanting, connecting, politeness, particles
+REQUEST_WORDS = frozenset(
+    "我 我们 你们 要 想 想要 找 转 转接 接 请 请问 麻烦 帮 帮我 给 联系 需要 和 跟 与 一下 个 一个 位 在 有 没有 有没有 能 能不能 "
+    "可以 可不可以 吗 么 呢 吧 啊 呀 了 的 聊 聊聊 说话 对话 沟通 服务 在线 马上 快 快点 赶紧 直接 真的 哪里 哪儿 "
+    "i d we want need would like to talk speak chat with a an the please pls can could may get me us connect transfer "
+    "put through real live let now".split())
 
 
 def register(application: Application, operator_chat_id: int | None) -> None:
@@ -67,13 +76,27 @@ async def human_command(update: Update, context: Context) -> None:
 
 
 async def asks_for_human(kefu: Services, text: str) -> bool:
-    """The customer asks for a person in their own words: one of HANDOFF_WORDS (a word, or words in a row) among the
-    message's whole jieba words, so 人工 in 转人工 but not in 人工智能. "你是人工客服吗？" asks what the bot is: small talk."""
-    phrases = [p for p in map(words, kefu.settings.handoff_words) if p]
-    if kefu.settings.operator_chat_id is None or not phrases or smalltalk.classify(text) is not None:
+    """`requests_human` with HANDOFF_WORDS, when there are operators; "你是人工客服吗？" asks what the bot is: small talk."""
+    handoff_words = kefu.settings.handoff_words
+    if kefu.settings.operator_chat_id is None or not handoff_words or smalltalk.classify(text) is not None:
         return False
-    said = words(text) if len(text) <= INLINE_WORDS_CHARS else await asyncio.to_thread(words, text)
-    return any(said[i:i + len(p)] == p for p in phrases for i in range(len(said) - len(p) + 1))
+    if len(text) <= INLINE_WORDS_CHARS:
+        return requests_human(text, handoff_words)
+    return await asyncio.to_thread(requests_human, text, handoff_words)
+
+
+def requests_human(text: str, handoff_words: Iterable[str]) -> bool:
+    """A clause of the message (between punctuation) holds one of `handoff_words` (a word, or words in a row) among its
+    whole jieba words, and nothing else but ways of asking: "包裹还没到，我要转人工", "talk to a human agent please".
+    人工 is not in 人工智能 (one word); "客服电话是多少" and "你们招聘客服吗" ask about something else."""
+    phrases = [p for p in map(words, handoff_words) if p]
+    for clause in CLAUSE.split(text):
+        said = words(clause)
+        spans = [(i, i + len(p)) for p in phrases for i in range(len(said) - len(p) + 1) if said[i:i + len(p)] == p]
+        covered = {i for start, end in spans for i in range(start, end)}
+        if spans and all(i in covered or w in REQUEST_WORDS for i, w in enumerate(said)):
+            return True
+    return False
 
 
 async def open_handoff(context: Context, message: Message, user: User, said: str | None = None) -> None:

@@ -55,7 +55,7 @@ class BotSettings(BaseSettings):
     handoff_idle_s: int = Field(default=30 * 60, ge=10, description="an open handoff with no message for this long closes")
     handoff_words: Annotated[tuple[str, ...], NoDecode] = Field(
         default=("人工", "转人工", "客服", "真人", "human", "agent", "operator"),
-        description="comma-separated words that open a handoff when a message holds one as a whole jieba word")
+        description="comma-separated words that open a handoff when a clause of a message asks for one (bot/operators.py)")
     handoff_after_fallbacks: int = Field(default=2, ge=0, description="fallbacks or 👎 in a row in one chat after which the bot "
                                          "offers a colleague (0: never)")
     retrain_minutes: float = Field(default=5.0, gt=0, le=120, description="/retrain's default training time")

@@ -3,7 +3,10 @@ user and the training log, the bot keeps quiet meanwhile, several handoffs stay 
 import asyncio
 import time
 
+import pytest
+
 from bot.handoff import Handoffs
+from bot.operators import requests_human
 
 from .botapi import USER_ID, callback_update, text_update
 from .botkit import IN_FAQ, ask, buttons, running_bot, settings_for
@@ -246,3 +249,18 @@ async def test_waiting_customers_hear_their_place_in_the_queue(telegram, redis_u
             "您的消息会转给客服人员。发送 /end 结束人工服务。"  # answered already: no place in a queue
         await ask(telegram, "/end", chat_id=bob, user_id=bob)
         assert (await ask(telegram, "/human", chat_id=carol, user_id=carol))["text"].endswith("排在第 1 位，人工同事会尽快回复您。")
+
+
+WORDS = ("人工", "转人工", "客服", "真人", "human", "agent", "operator")
+
+
+@pytest.mark.parametrize("text", ["转人工", "人工客服", "包裹还没到，我要转人工", "有没有真人", "找个真人聊聊", "联系客服",
+                                  "在线客服在哪里？", "Can I talk to a human agent please?", "I'd like to speak with an operator now"])
+def test_a_request_for_a_person_in_words(text):
+    assert requests_human(text, WORDS)
+
+
+@pytest.mark.parametrize("text", ["人工智能是什么", "人工智能客服", "你们招聘客服吗？", "客服电话是多少？", "请问客服几点上班",
+                                  "human resources department", "agent smith", "我要退货"])
+def test_a_question_that_holds_such_a_word_is_not_a_request(text):
+    assert not requests_human(text, WORDS)
