@@ -252,7 +252,7 @@ async def rollback(update: Update, context: Context) -> None:
 async def stats(update: Update, context: Context) -> None:
     """Usage numbers and a chart."""
     kefu = context.kefu
-    numbers = await collect(kefu.log)
+    numbers = await collect(kefu.log, handoffs=kefu.handoffs)
     try:
         served = await kefu.admin.versions()
     except AdminError:

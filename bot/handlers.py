@@ -155,6 +155,9 @@ async def question(update: Update, context: Context) -> None:
         return
     if await operators.relay_to_operators(kefu, context, message):
         return  # a human has this chat: the bot keeps quiet
+    if await operators.asks_for_human(kefu, text):
+        await operators.open_handoff(context, message, user, said=text)
+        return
     private = message.chat.type == ChatType.PRIVATE
     drafts = Drafts(context, message.chat_id, message.message_id) if private else None
     try:
@@ -166,6 +169,10 @@ async def question(update: Update, context: Context) -> None:
     kefu.metrics.answers.labels(reply.source).inc()
     kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
     await send_reply(message, reply, t, kefu, update.update_id)
+    if reply.source == "fallback":
+        await operators.missed(context, message, user, t)
+    elif reply.source in ("faq", "model"):
+        await operators.answered(kefu, message.chat_id)
 
 
 async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | None = None,
@@ -209,6 +216,8 @@ async def feedback(update: Update, context: Context) -> None:
     if stored:
         kefu.metrics.feedback.labels(rating).inc()
     await query.answer(t.thanks_feedback if stored else t.stale_button)
+    if stored and rating == "down" and isinstance(query.message, Message):
+        await operators.missed(context, query.message, query.from_user, t)
 
 
 async def suggestion(update: Update, context: Context) -> None:

@@ -4,6 +4,7 @@ with a sentence encoder's cosine when there is one (FAQ_ENCODER, bot/encoder.py)
     index = FaqIndex([FaqEntry("1", "怎么退货？", "七天内可以在订单页申请退货。", ("能退货吗",))])
     matches = index.match("请问怎么退货", k=3)   # [Match(entry, score=1.0, matched="怎么退货？")], best first
     tokenize("How do I return my order?")      # ["return", "order"]
+    words("人工智能是什么")                     # ["人工智能", "是", "什么"]: whole words, no search-mode pieces
 
 Each question and each similar question is a document. A query's BM25 score against a document is
 divided by the score the query gets against itself as a document (same idf, same average length), so
@@ -30,16 +31,18 @@ encoder one sentence encoding (~3 ms) and one matrix-vector product.
 """
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import jieba
 import numpy as np
 
 from bot.encoder import Encoder
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "cosine_score", "documents", "normalize", "tokenize"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "cosine_score", "documents", "normalize", "tokenize", "words"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,12 @@ class Match:
 
 LEXICAL_WEIGHT = 0.3
 COS_FLOOR, COS_CEIL = 0.3, 0.8
+
+
+def words(text: str) -> list[str]:
+    """Whole jieba words (precise mode) of the NFKC lower-cased text, without spaces and punctuation. Search tokens
+    (`tokenize`) also hold the pieces of a long word, 人工 and 智能 of 人工智能: right for matching, wrong for spotting a word."""
+    return [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower(), HMM=False) if any(ch.isalnum() for ch in w)]
 
 
 def documents(entries: Sequence[FaqEntry]) -> list[str]:

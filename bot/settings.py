@@ -54,6 +54,11 @@ class BotSettings(BaseSettings):
     rate_limit_per_minute: int = Field(default=20, ge=1, description="messages a user may send per minute")
     outbound_per_second: float = Field(default=30, ge=0, description="Bot API calls per second (Telegram's limit); 0: no overall limit")
     handoff_idle_s: int = Field(default=30 * 60, ge=10, description="an open handoff with no message for this long closes")
+    handoff_words: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("人工", "转人工", "客服", "真人", "human", "agent", "operator"),
+        description="comma-separated words that open a handoff when a clause of a message asks for one (bot/operators.py)")
+    handoff_after_fallbacks: int = Field(default=2, ge=0, description="fallbacks or 👎 in a row in one chat after which the bot "
+                                         "offers a colleague (0: never)")
     retrain_minutes: float = Field(default=5.0, gt=0, le=120, description="/retrain's default training time")
     retrain_shape: dict[str, int] = Field(default_factory=dict, description='model shape for /retrain, e.g. {"n_layer": 2}')
     min_training_conversations: int = Field(default=10, ge=1, description="/retrain refuses with less data")
@@ -66,6 +71,13 @@ class BotSettings(BaseSettings):
     def _parse_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        return value
+
+    @field_validator("handoff_words", mode="before")
+    @classmethod
+    def _parse_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(word.strip() for word in value.split(",") if word.strip())
         return value
 
     @field_validator("redis_url")

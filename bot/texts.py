@@ -44,6 +44,13 @@ class Texts:
     handoff_closed: str
     handoff_idle: str
     operator_says: str
+    queue_position: str
+    offer_colleague: str
+    offer_yes: str
+    offer_no: str
+    offer_declined: str
+    rate_handoff: str
+    rated_handoff: str
 
 
 ZH = Texts(
@@ -74,6 +81,13 @@ ZH = Texts(
     handoff_closed="人工客服会话已结束，接下来由我继续为您服务。",
     handoff_idle="人工客服会话因长时间无消息已结束；如还需要人工帮助，请再次点击“人工客服”。",
     operator_says="👩‍💼 人工客服：{text}",
+    queue_position="您目前排在第 {n} 位，人工同事会尽快回复您。",
+    offer_colleague="看来我没能帮上忙。要我请一位人工同事来为您解答吗？",
+    offer_yes="好的，请转人工",
+    offer_no="不用了",
+    offer_declined="好的，您可以继续问我；需要时发送 /human 即可转接人工客服。",
+    rate_handoff="请为刚才的人工服务打分：1 = 很不满意，5 = 非常满意。",
+    rated_handoff="感谢您的评价！",
 )
 
 EN = Texts(
@@ -104,6 +118,13 @@ EN = Texts(
     handoff_closed="The conversation with the operator has ended; I'm back to help you.",
     handoff_idle="The conversation with the operator closed after a long silence; tap \"Talk to a human\" again if you need one.",
     operator_says="👩‍💼 Operator: {text}",
+    queue_position="You are number {n} in the queue; a colleague will answer shortly.",
+    offer_colleague="It looks like I couldn't help. Shall I get a colleague to answer you?",
+    offer_yes="Yes, get a colleague",
+    offer_no="No, thanks",
+    offer_declined="OK, keep asking me; send /human whenever you'd like a colleague.",
+    rate_handoff="How satisfied were you with the operator's help? 1 = not at all, 5 = very.",
+    rated_handoff="Thanks for rating!",
 )
 
 
