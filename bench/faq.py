@@ -44,7 +44,7 @@ def semantic_only(index: FaqIndex, text: str, k: int) -> list[Match]:
     """The encoder's ranking alone, its cosine mapped as in the fusion (so the bot's thresholds apply)."""
     fused = index.match(text, k=len(index.entries))
     ranked = sorted(fused, key=lambda m: -(m.semantic or 0.0))[:k]
-    return [Match(m.entry, index.cosine_score(m.semantic or 0.0), m.matched, m.lexical, m.semantic) for m in ranked]
+    return [Match(m.entry, float(index.cosine_score(m.semantic or 0.0)), m.matched, m.lexical, m.semantic) for m in ranked]
 
 
 class Memo:

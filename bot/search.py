@@ -128,10 +128,10 @@ class FaqIndex:
         """The Match of one ranked entry: the question that matched it best (by words if any, else by meaning)."""
         lex, _, neg_doc = best.get(entry, (0.0, False, 0))
         if per_entry is None:
-            return Match(self.entries[entry], score, self.doc_text[-neg_doc], lex, None)
+            return Match(self.entries[entry], float(score), self.doc_text[-neg_doc], float(lex), None)
         start = self.starts[entry]
         doc = -neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))
-        return Match(self.entries[entry], score, self.doc_text[doc], lex, float(per_entry[entry]))
+        return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(per_entry[entry]))
 
     def _nearest(self, per_entry: np.ndarray | None, k: int) -> set[int]:
         """The k entries of highest cosine above the encoder's floor. An entry that shares no word with the question

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -85,6 +86,16 @@ def test_the_default_joins_both_bundled_encoders_and_its_cosine_is_their_mean():
     assert vectors.shape == (3, u.shape[1] + e.shape[1]) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.allclose(vectors @ vectors[0], (u @ u[0] + e @ e[0]) / 2, atol=1e-5)
     assert joint.encode([]).shape == (0, vectors.shape[1])
+
+
+def test_e5_leaves_the_process_environment_as_it_found_it(monkeypatch):
+    """E5 runs one OpenMP thread; llmcore, started later from the same process (`bot up`), must keep its threads."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    encoders.E5Encoder()
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    encoders.E5Encoder()
+    assert os.environ["OMP_NUM_THREADS"] == "2"
 
 
 def test_a_joint_encoder_whose_part_cannot_be_loaded_is_the_other_part(monkeypatch, caplog):
