@@ -156,7 +156,7 @@ async def test_a_sentence_transformers_model_named_by_path_is_the_encoder(tiny_s
     assert not await redis.exists(f"{prefix}faq:vectors:use")
 
 
-async def test_vectors_are_made_once_per_question_and_follow_the_faq(redis, prefix):
+async def test_vectors_are_made_once_per_question_and_follow_the_faq(redis, prefix, tmp_path):
     encoder = Counting()
     faq = FaqStore(redis, prefix, encoder)
     refund = await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
@@ -174,6 +174,15 @@ async def test_vectors_are_made_once_per_question_and_follow_the_faq(redis, pref
     assert await faq.delete(refund)
     await faq.match("随便问问", k=1)
     assert hashlib.sha1("退款多久到账？".encode()).hexdigest() not in await redis.hkeys(key)  # its vector went with it
+
+    encoder.texts.clear()
+    imported = tmp_path / "more.jsonl"
+    imported.write_text('{"messages": [{"role": "user", "content": "支持货到付款吗？"}, '
+                        '{"role": "assistant", "content": "支持，签收时付款。"}]}\n', encoding="utf-8")
+    assert await faq.import_file(imported) == 1
+    assert encoder.texts[:1] == ["支持货到付款吗？"]  # an import encodes its own questions, nothing else
+    assert (await faq.match("能不能收到东西再给钱", k=1))[0].entry.answer == "支持，签收时付款。"
+    assert await redis.hlen(key) == 4
 
     encoder.texts.clear()
     again = FaqStore(redis, prefix, encoder)  # a restart, or another replica
