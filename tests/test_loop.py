@@ -26,7 +26,7 @@ async def test_operators_answers_come_back_from_the_retrained_model(telegram, re
     shape = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
     settings = settings_for(telegram, redis_url, url, prefix, "polling", admin_ids=str(ADMIN), operator_chat_id=OPERATORS,
                             llmcore_admin_token=TOKEN, retrain_shape=shape, min_confidence=-2.0, min_training_conversations=5)
-    result = await run_loop(telegram, settings, minutes=0.5)
+    result = await run_loop(telegram, settings, minutes=0.75)  # 0.5 left the gate refusing every answer on a busy machine
     assert result["version"] == "v0002" and registry.current() == "v0002"
     assert result["before_char_f1"] < 0.5, result["before"]
     assert result["after_char_f1"] >= 0.8, result["after"]
