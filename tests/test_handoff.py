@@ -329,6 +329,10 @@ def to(chat_id: int):
     return lambda m, p: m == "sendMessage" and p["chat_id"] == chat_id
 
 
+def with_buttons(chat_id: int):
+    return lambda m, p: to(chat_id)(m, p) and bool(buttons(p))
+
+
 def run_job(application, name: str):
     """Run one of the bot's JobQueue jobs now (what its schedule would do a minute later)."""
     return application.job_queue.get_jobs_by_name(name)[0].run(application)
@@ -445,3 +449,78 @@ async def test_outside_business_hours_the_customer_may_leave_a_message_delivered
         await operator_says(telegram, "可以重开，请提供正确抬头。", alice_request)
         _, answer = await telegram.wait_for(to(alice), since=mark)
         assert answer["text"] == "👩‍💼 人工客服：可以重开，请提供正确抬头。"
+
+
+async def test_a_comment_after_the_rating_and_the_ratings_in_the_export(telegram, redis_url, prefix, redis, seeded):
+    import json
+
+    from bot.app import build_application
+    from bot.handoff import COMMENT_WINDOW_S
+
+    admin = 4242
+    clock = Clock(time.time())
+    settings = operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix, admin_ids=frozenset({admin}))
+    application = build_application(settings)
+    application.bot_data.clock = clock
+    async with running_bot(settings, telegram, application):
+        alice, bob, carol = USER_ID, USER_ID + 1, USER_ID + 2
+        records = {}
+        for customer in (alice, bob, carol):
+            await ask(telegram, "/human", chat_id=customer, user_id=customer)
+            request = telegram.messages[OPERATORS][-1]["message"]
+            mark = len(telegram.calls)
+            await telegram.push(text_update("/done", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
+            _, prompt = await telegram.wait_for(with_buttons(customer), since=mark)
+            records[customer] = buttons(prompt)["5"].split(":")[1]
+            mark = len(telegram.calls)
+            await telegram.push(callback_update(buttons(prompt)["4"], user_id=customer, message=telegram.messages[customer][-1]))
+            _, asked = await telegram.wait_for(with_buttons(customer), since=mark)
+            assert asked["text"].startswith("如果愿意，可以直接发一条消息告诉我们原因") and list(buttons(asked)) == ["跳过"]
+
+        assert (await ask(telegram, "回复很快，谢谢小王", chat_id=alice, user_id=alice))["text"] == "谢谢您的留言，我们会认真看。"
+        assert (await ask(telegram, IN_FAQ[0][0], chat_id=alice, user_id=alice))["text"] == IN_FAQ[0][1]  # once: a question again
+        mark = len(telegram.calls)
+        await telegram.push(callback_update("csat_skip", user_id=bob, message=telegram.messages[bob][-1]))
+        await telegram.wait_for("answerCallbackQuery", since=mark)
+        assert (await ask(telegram, IN_FAQ[0][0], chat_id=bob, user_id=bob))["text"] == IN_FAQ[0][1]  # skipped
+        clock.now += COMMENT_WINDOW_S + 1
+        assert (await ask(telegram, IN_FAQ[1][0], chat_id=carol, user_id=carol))["text"] == IN_FAQ[1][1]  # too late for one
+        comments = {c: (await redis.hgetall(f"{prefix}handoff:record:{r}")).get("comment") for c, r in records.items()}
+        assert comments == {alice: "回复很快，谢谢小王", bob: None, carol: None}
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/export", chat_id=admin, user_id=admin))
+        await telegram.wait_for(lambda m, p: m == "sendDocument" and p["caption"] == "3 handoffs, 3 rated", since=mark)
+        exported = next(f["content"] for f in telegram.files if f["filename"] == "kefu-handoffs.jsonl")
+        rows = [json.loads(line) for line in exported.decode().splitlines()]
+        assert sorted((r["user_id"], r["rating"], r.get("comment")) for r in rows) == [
+            (str(alice), "4", "回复很快，谢谢小王"), (str(bob), "4", None), (str(carol), "4", None)]
+
+
+async def test_an_operators_answer_the_faq_lacks_is_approved_and_then_the_bot_answers_it(
+        telegram, redis_url, prefix, redis, seeded):
+    admin, question, answer = 4242, "你们周末有人上班吗？", "周末也有客服值班，时间是 10:00-16:00。"
+    settings = operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix, llmcore_timeout_s=2, admin_ids=frozenset({admin}))
+    async with running_bot(settings, telegram):
+        assert (await ask(telegram, question))["text"].startswith("抱歉")  # the FAQ lacks it, the model is away
+        await ask(telegram, "/human")
+        request = telegram.messages[OPERATORS][-1]["message"]
+        mark = len(telegram.calls)
+        await operator_says(telegram, answer, request)
+        await telegram.wait_for(to(USER_ID), since=mark)
+        # the operators' chat is handled in order: once /claim is answered, the reply before it is logged and proposed
+        await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
+        await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "yours" in p["text"], since=mark)
+
+        listed = await ask(telegram, "/faq_pending", chat_id=admin, user_id=admin)
+        assert listed["text"] == f"New entry (an operator's answer): “{question}” → {answer}"
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(buttons(listed)["✅ Add"], user_id=admin, chat_id=admin, message=telegram.messages[admin][-1]))
+        _, added = await telegram.wait_for(lambda m, p: to(admin)(m, p) and "new FAQ entry" in p["text"], since=mark)
+        assert added["text"].startswith(f"“{question}”: new FAQ entry #")
+
+        await ask(telegram, "/end")
+        reply = await ask(telegram, question, chat_id=USER_ID + 1, user_id=USER_ID + 1)
+        assert reply["text"] == answer and buttons(reply).get("👍", "").startswith("fb:")  # from the FAQ, at once
+        entry = next(e for _, e in await redis.xrange(f"{prefix}log") if e["chat_id"] == str(USER_ID + 1))
+        assert entry["source"] == "faq"
