@@ -31,7 +31,7 @@ from bot import smalltalk
 from bot.briefing import Case, briefing
 from bot.context import Context
 from bot.exchanges import Exchange
-from bot.handoff import RATINGS
+from bot.handoff import RATINGS, Claim
 from bot.search import words
 from bot.services import Services
 from bot.split import split_message
@@ -40,6 +40,7 @@ from bot.texts import Texts, language, texts, texts_for
 logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60
 IDLE_JOB, HOURS_JOB = "handoff_idle", "handoff_hours"  # JobQueue names
+CLOSED = "The handoff for chat {chat_id} is closed; nothing was sent."
 TRANSCRIPT_TURNS = 10
 INLINE_WORDS_CHARS = 200  # a longer message is segmented in a thread, off the event loop
 CLAUSE = re.compile(r"[，。！？；：、,.!?;:\n]+")
@@ -271,25 +272,25 @@ async def claim_command(update: Update, context: Context) -> None:
     chat_id = await kefu.handoffs.chat_for(replied.message_id) if replied is not None else None
     if chat_id is None:
         await message.reply_text("Reply with /claim to a handoff message to take that chat.")
-    elif await _claim(context, message, chat_id):
-        await message.reply_text(f"Chat {chat_id} is yours.")
+    elif (claim := await _claim(context, message, chat_id)) is not None and not claim.first:
+        await message.reply_text(f"Chat {chat_id} is yours already.")
 
 
-async def _claim(context: Context, message: Message, chat_id: int) -> bool:
-    """The operator who sent `message` has the chat: the first to claim it (the others are told who), or it is theirs
-    already; otherwise they hear whose it is (or that it closed) and False."""
+async def _claim(context: Context, message: Message, chat_id: int) -> Claim | None:
+    """The operator who sent `message` has the chat: the first to claim it (the group is told who), or it is theirs
+    already; otherwise None, and they hear whose it is (or that it closed)."""
     kefu, operator = context.kefu, message.from_user
     claim = await kefu.handoffs.claim(chat_id, operator.id, operator.full_name)
     if claim is None:
-        await message.reply_text(f"The handoff for chat {chat_id} is closed; nothing was sent.")
-        return False
+        await message.reply_text(CLOSED.format(chat_id=chat_id))
+        return None
     if claim.operator_id != operator.id:
         await message.reply_text(f"{claim.name} has chat {chat_id} (they took it first); your message was not sent.")
-        return False
+        return None
     if claim.first:
         sent = await message.reply_text(f"✋ {claim.name} has chat {chat_id}: only they answer it now.")
         await kefu.handoffs.link(sent.message_id, chat_id)
-    return True
+    return claim
 
 
 async def operator_reply(update: Update, context: Context) -> None:
@@ -300,11 +301,11 @@ async def operator_reply(update: Update, context: Context) -> None:
     if chat_id is None:
         await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
         return
-    if not await _claim(context, message, chat_id):
+    if await _claim(context, message, chat_id) is None:
         return
     state = await kefu.handoffs.get(chat_id)
-    if state is None:
-        await message.reply_text(f"The handoff for chat {chat_id} is closed; nothing was sent.")
+    if state is None:  # closed since the claim
+        await message.reply_text(CLOSED.format(chat_id=chat_id))
         return
     t = texts(language(message.text, None))
     try:

@@ -383,14 +383,16 @@ async def test_the_first_of_two_operators_to_answer_has_the_chat(telegram, redis
         await operator_says(telegram, "我来吧。", alice_request, operator_id=bo)  # too late: Ann has it
         _, refused = await telegram.wait_for(to(OPERATORS), since=mark)
         assert refused["text"] == f"Test has chat {alice} (they took it first); your message was not sent."
+        after = len(telegram.calls)
         await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=bo, chat_type="supergroup", reply_to=alice_request))
-        _, refused = await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "took it first" in p["text"], since=mark + 1)
+        _, refused = await telegram.wait_for(to(OPERATORS), since=after)
+        assert refused["text"] == f"Test has chat {alice} (they took it first); your message was not sent."
         assert not [p for m, p in telegram.calls[mark:] if to(alice)(m, p)]
 
         mark = len(telegram.calls)
         await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=bo, chat_type="supergroup", reply_to=bob_request))
-        _, mine = await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "yours" in p["text"], since=mark)
-        assert mine["text"] == f"Chat {bob} is yours."
+        _, mine = await telegram.wait_for(to(OPERATORS), since=mark)
+        assert mine["text"] == f"✋ Test has chat {bob}: only they answer it now."
         await operator_says(telegram, "抢一下", bob_request, operator_id=ann)
         _, refused = await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "took it first" in p["text"], since=mark)
         await operator_says(telegram, "您好，我是博。", bob_request, operator_id=bo)
@@ -510,7 +512,7 @@ async def test_an_operators_answer_the_faq_lacks_is_approved_and_then_the_bot_an
         await telegram.wait_for(to(USER_ID), since=mark)
         # the operators' chat is handled in order: once /claim is answered, the reply before it is logged and proposed
         await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
-        await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "yours" in p["text"], since=mark)
+        await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "yours already" in p["text"], since=mark)
 
         listed = await ask(telegram, "/faq_pending", chat_id=admin, user_id=admin)
         assert listed["text"] == f"New entry (an operator's answer): “{question}” → {answer}"
