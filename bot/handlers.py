@@ -153,13 +153,13 @@ async def question(update: Update, context: Context) -> None:
     if len(text) > kefu.settings.max_message_chars:
         await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
         return
-    if await operators.took_comment(kefu, message, t):
-        return  # the customer's comment on the handoff they just rated
     if await operators.relay_to_operators(kefu, context, message):
         return  # a human has this chat: the bot keeps quiet
     if await operators.asks_for_human(kefu, text):
         await operators.open_handoff(context, message, user, said=text)
         return
+    if await operators.took_comment(kefu, message, t):
+        return  # the customer's comment on the handoff they just rated
     private = message.chat.type == ChatType.PRIVATE
     drafts = Drafts(context, message.chat_id, message.message_id) if private else None
     try:

@@ -56,3 +56,13 @@ def test_empty_means_always_open():
     assert BotSettings(_env_file=None, handoff_hours="").business_hours is None
     saturdays = BotSettings(_env_file=None, handoff_hours=" Sat 10:00-14:00 UTC ").business_hours
     assert saturdays.is_open(at(2026, 12, 5, 12, 0, zone=ZoneInfo("UTC")))
+
+
+def test_the_bot_does_not_start_with_a_bad_value(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "HANDOFF_HOURS": "Mon-Fri 9-18 Asia/Shanghai", "TELEGRAM_BOT_TOKEN": "1:x"}
+    done = subprocess.run([sys.executable, "-m", "bot", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: invalid settings: HANDOFF_HOURS: Value error, expected HH:MM-HH:MM, got '9-18'"
