@@ -115,7 +115,7 @@ local sep = string.find(pending, ':', 1, true)
 local record = ARGV[3] .. string.sub(pending, 1, sep - 1)
 if redis.call('hget', record, 'user_id') ~= ARGV[2] then return 0 end
 redis.call('del', KEYS[1])
-if tonumber(string.sub(pending, sep + 1)) < tonumber(ARGV[1]) or redis.call('exists', record) == 0 then return 0 end
+if tonumber(string.sub(pending, sep + 1)) < tonumber(ARGV[1]) then return 0 end
 redis.call('hset', record, 'comment', ARGV[4])
 return 1
 """
