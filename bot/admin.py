@@ -3,7 +3,7 @@ line, and nothing runs.
 
     /retrain [lstm|transformer] [minutes]   train on the logged conversations; progress edited in place
     /train_status  /models  /promote V  /rollback
-    /stats  /faq_add question || answer  /faq_del ID  /faq_list  /export  /why (as a reply to an answer)
+    /stats  /faq_add question || answer  /faq_del ID  /faq_list  /faq_pending  /export  /why (as a reply to an answer)
     a .jsonl or .csv document sent to the bot: imported into the FAQ
 
 A /retrain's job id and progress message live in Redis, so a restarted bot picks the watch up again.
@@ -282,15 +282,18 @@ MAX_PENDING_SHOWN = 10
 
 
 async def faq_pending(update: Update, context: Context) -> None:
-    """/faq_pending: customers' wordings that led to an entry (by a "did you mean" tap), to approve or reject."""
+    """/faq_pending: customers' wordings that led to an entry, and operators' answers the FAQ lacks, to approve or reject."""
     kefu = context.kefu
     proposals = await kefu.paraphrases.pending()
     if not proposals:
-        await update.effective_message.reply_text("No proposed wordings.")
+        await update.effective_message.reply_text("No proposed wordings or entries.")
         return
     for p in proposals[:MAX_PENDING_SHOWN]:
-        entry = await kefu.faq.get(p.entry_id)
-        text = f"“{p.wording}” → #{p.entry_id} {entry.question if entry else '(entry deleted)'} ({p.users} customer(s))"
+        if p.is_new_entry:
+            text = f"New entry (an operator's answer): “{p.wording}” → {p.answer}"
+        else:
+            entry = await kefu.faq.get(p.entry_id)
+            text = f"“{p.wording}” → #{p.entry_id} {entry.question if entry else '(entry deleted)'} ({p.users} customer(s))"
         buttons = InlineKeyboardMarkup([[InlineKeyboardButton("✅ Add", callback_data=f"fp:ok:{p.key}"),
                                          InlineKeyboardButton("❌ Reject", callback_data=f"fp:no:{p.key}")]])
         await update.effective_message.reply_text(text, reply_markup=buttons)
@@ -309,7 +312,8 @@ async def decide_wording(update: Update, context: Context) -> None:
     with contextlib.suppress(TelegramError):
         await query.edit_message_reply_markup(None)
     if proposal:
-        verdict = f"added to #{proposal.entry_id}" if decision == "ok" else "rejected"
+        verdict = ("rejected" if decision != "ok" else f"new FAQ entry #{proposal.entry_id}" if proposal.is_new_entry
+                   else f"added to #{proposal.entry_id}")
         await query.message.reply_text(f"“{proposal.wording}”: {verdict}.")
 
 
@@ -354,12 +358,18 @@ async def faq_document(update: Update, context: Context) -> None:
 
 
 async def export(update: Update, context: Context) -> None:
-    """The training data (what /retrain would use) as a JSONL document."""
-    kefu = context.kefu
+    """The training data (what /retrain would use), and the handoffs' records with their ratings, as JSONL documents."""
+    kefu, message = context.kefu, update.effective_message
     conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
-    body = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode()
-    await update.effective_message.reply_document(InputFile(io.BytesIO(body), filename="kefu-training.jsonl"),
-                                                  caption=f"{len(conversations)} conversations")
+    await _send_jsonl(message, conversations, "kefu-training.jsonl", f"{len(conversations)} conversations")
+    records = await kefu.handoffs.records(0)
+    rated = sum("rating" in r for r in records)
+    await _send_jsonl(message, records, "kefu-handoffs.jsonl", f"{len(records)} handoffs, {rated} rated")
+
+
+async def _send_jsonl(message: Message, rows: list[dict], filename: str, caption: str) -> None:
+    body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    await message.reply_document(InputFile(io.BytesIO(body), filename=filename), caption=caption)
 
 
 async def why(update: Update, context: Context) -> None:

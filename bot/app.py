@@ -102,7 +102,7 @@ async def running(application: Application) -> AsyncIterator[Services]:
     update stream's consumer; undo all of it on exit, however it comes (a failure after start-up included)."""
     data = application.bot_data
     async with application:  # initialize; shutdown on the way out
-        kefu = await Services.open(data.settings, data.metrics)
+        kefu = await Services.open(data.settings, data.metrics, data.clock)
         data.services = kefu
         try:
             await _seed_faq(kefu)

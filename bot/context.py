@@ -8,7 +8,9 @@ example) whose `kefu` is the process's Services, and typed `bot_data` instead of
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from telegram.ext import CallbackContext, ContextTypes, ExtBot
@@ -25,6 +27,7 @@ class BotData:
     settings: BotSettings | None = None
     metrics: BotMetrics = field(default_factory=BotMetrics)
     services: Services | None = None
+    clock: Callable[[], float] = time.time  # what the services tell time by (a test sets its own before starting)
     told_unavailable: OrderedDict[int, bool] = field(default_factory=OrderedDict)  # update ids (bot.errors)
     notified: dict[str, float] = field(default_factory=dict)  # admin notice kind -> when last sent (bot.errors)
 

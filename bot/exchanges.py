@@ -4,6 +4,7 @@ stream, scrubbed of personal data before it is written; 👍/👎 ratings attach
     log = ExchangeLog(redis, prefix="kefu:", retention_days=90)
     entry_id = await log.append(Exchange(chat_id, user_id, question, answer, "faq", 0.93, None, 12))
     await log.rate(entry_id, user_id, "down")          # False when the entry is gone or not this user's
+    await log.latest(user_id, chat_id)                # the user's last exchange in that chat, with its id and rating
     async for conversation in log.conversations():    # chat JSONL records, the llmcore training format
         ...
 
@@ -25,6 +26,7 @@ from bot.pii import scrub
 RATINGS = ("up", "down")
 SOURCES = ("faq", "smalltalk", "model", "fallback", "operator")
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+LATEST_LOOKBACK = 20  # a user's latest exchanges searched for one in a given chat
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ class ExchangeLog:
             return False
         await self.redis.hset(self.ratings, entry_id, rating)
         return True
+
+    async def latest(self, user_id: int, chat_id: int) -> dict[str, str] | None:
+        """The user's most recent exchange in that chat, with its "id", its "at" (Unix time) and its "rating" ("" unrated)."""
+        ids = sorted(await self.redis.smembers(self._user_key(user_id)), key=lambda i: tuple(map(int, i.split("-"))), reverse=True)
+        for entry_id in ids[:LATEST_LOOKBACK]:
+            entry = await self.get(entry_id)
+            if entry is not None and entry["chat_id"] == str(chat_id):
+                rating = await self.redis.hget(self.ratings, entry_id)
+                return {**entry, "id": entry_id, "at": str(int(entry_id.split("-")[0]) / 1000), "rating": rating or ""}
+        return None
 
     async def link_message(self, chat_id: int, message_id: int, entry_id: str) -> None:
         """Remember which entry a bot message shows (for /why), as long as the entry may live."""

@@ -158,6 +158,8 @@ async def question(update: Update, context: Context) -> None:
     if await operators.asks_for_human(kefu, text):
         await operators.open_handoff(context, message, user, said=text)
         return
+    if await operators.took_comment(kefu, message, t):
+        return  # the customer's comment on the handoff they just rated
     private = message.chat.type == ChatType.PRIVATE
     drafts = Drafts(context, message.chat_id, message.message_id) if private else None
     try:

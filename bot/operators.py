@@ -1,13 +1,18 @@
 """Human handoff in Telegram: a user asks for a person (the button, /human, or in their own words: HANDOFF_WORDS),
 or accepts the bot's offer of a colleague after HANDOFF_AFTER_FALLBACKS fallbacks or 👎 in a row; the operators' group
-(OPERATOR_CHAT_ID) gets the transcript, an operator answers by replying to it, and the answer reaches the user and
-the training log (source "operator": the best training data there is). `/done` (operator, as a reply) or `/end`
-(user) closes it, and so does silence for HANDOFF_IDLE_S; after /done the customer is asked for a 1-5 rating.
-While it is open the bot keeps quiet in that chat and relays what the user writes.
+(OPERATOR_CHAT_ID) gets a briefing (summary, language, wait, transcript: bot/briefing.py), an operator answers by
+replying to it, and the answer reaches the user and the training log (source "operator": the best training data
+there is) and, for a question the FAQ lacks, /faq_pending (bot/paraphrases.py). The first operator to answer or to
+/claim the chat has it: the others are told who, and their replies are not relayed. Outside HANDOFF_HOURS the
+customer hears when someone will answer and may leave messages; the handoff waits, and a sweep hands it to the
+operators when the hours start. `/done` (operator, as a reply) or `/end` (user) closes it, and so does silence for
+HANDOFF_IDLE_S; after /done the customer is asked for a 1-5 rating and then, optionally, a comment. While it is open
+the bot keeps quiet in that chat and relays what the user writes.
 
     register(application)     # wired by bot.handlers.register
     if await asks_for_human(kefu, text): await open_handoff(context, message, user, said=text)
     await missed(context, message, user, t)     # a fallback or a 👎: after enough in a row, the offer
+    if await took_comment(kefu, message, t): ...  # the customer's message right after their rating
 """
 from __future__ import annotations
 
@@ -23,15 +28,19 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
 from bot import smalltalk
+from bot.briefing import Case, briefing
 from bot.context import Context
 from bot.exchanges import Exchange
-from bot.handoff import RATINGS
+from bot.handoff import RATINGS, Claim
 from bot.search import words
 from bot.services import Services
+from bot.split import split_message
 from bot.texts import Texts, language, texts, texts_for
 
 logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60
+IDLE_JOB, HOURS_JOB = "handoff_idle", "handoff_hours"  # JobQueue names
+CLOSED = "The handoff for chat {chat_id} is closed; nothing was sent."
 TRANSCRIPT_TURNS = 10
 INLINE_WORDS_CHARS = 200  # a longer message is segmented in a thread, off the event loop
 CLAUSE = re.compile(r"[，。！？；：、,.!?;:\n]+")
@@ -48,14 +57,17 @@ def register(application: Application, operator_chat_id: int | None) -> None:
     application.add_handler(CallbackQueryHandler(human_button, pattern=r"^human$"))
     application.add_handler(CallbackQueryHandler(offer_answer, pattern=r"^offer:"))
     application.add_handler(CallbackQueryHandler(rate_handoff, pattern=r"^csat:"))
+    application.add_handler(CallbackQueryHandler(skip_comment, pattern=r"^csat_skip$"))
     application.add_handler(CommandHandler("human", human_command, filters=new & ~_operators(operator_chat_id)))
     application.add_handler(CommandHandler("end", end_command, filters=new & ~_operators(operator_chat_id)))
     if operator_chat_id is not None:
         operators = new & filters.Chat(operator_chat_id)
         application.add_handler(CommandHandler("done", done_command, filters=operators & filters.REPLY))
+        application.add_handler(CommandHandler("claim", claim_command, filters=operators))
         application.add_handler(MessageHandler(operators & filters.REPLY & filters.TEXT & ~filters.COMMAND, operator_reply))
     if application.job_queue is not None:
-        application.job_queue.run_repeating(close_idle, interval=SWEEP_EVERY_S, first=SWEEP_EVERY_S)
+        application.job_queue.run_repeating(close_idle, interval=SWEEP_EVERY_S, first=SWEEP_EVERY_S, name=IDLE_JOB)
+        application.job_queue.run_repeating(deliver_held, interval=SWEEP_EVERY_S, first=SWEEP_EVERY_S, name=HOURS_JOB)
 
 
 def _operators(chat_id: int | None) -> filters.BaseFilter:
@@ -100,32 +112,89 @@ def requests_human(text: str, handoff_words: Iterable[str]) -> bool:
 
 
 async def open_handoff(context: Context, message: Message, user: User, said: str | None = None) -> None:
-    """Hand the chat to the operators; `said`: the customer's request in their own words, not yet in the history."""
+    """Hand the chat to the operators, or outside business hours hold it for them; `said`: the customer's request in
+    their own words, not yet in the history."""
     kefu, chat_id = context.kefu, message.chat.id
     lang = language(said, user.language_code)
     t = texts(lang)
-    operators = kefu.settings.operator_chat_id
-    if operators is None:
+    if kefu.settings.operator_chat_id is None:
         await message.reply_text(t.human_unavailable)
         return
+    turns = await kefu.history.recent(chat_id, TRANSCRIPT_TURNS)
+    question = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")  # "转人工" is not one to answer
+    held = not _in_hours(kefu)
+    if not await kefu.handoffs.open(chat_id, user.id, question, lang, held=held, who=_who(user)):
+        state = await kefu.handoffs.get(chat_id) or {}
+        text = _after_hours(kefu, t) if "held" in state else await _with_position(kefu, chat_id, t.handoff_waiting, t)
+        await message.reply_text(text)
+        return
+    if said:
+        await kefu.handoffs.leave_note(chat_id, said)
+    if held:
+        logger.info("handoff for chat %s held until business hours", chat_id)
+        await message.reply_text(_after_hours(kefu, t))
+    elif await deliver(context, chat_id):
+        await message.reply_text(await _with_position(kefu, chat_id, t.human_requested, t))
+
+
+async def deliver(context: Context, chat_id: int) -> bool:
+    """The handoff's briefing to the operators' group, each part linked to the chat; False when it cannot get there (the
+    bot was removed from the group, or it is gone): the handoff is dropped and the customer told."""
+    kefu = context.kefu
+    state = await kefu.handoffs.get(chat_id)
+    if state is None:
+        return False
     try:
-        turns = await kefu.history.recent(chat_id, TRANSCRIPT_TURNS)
-        question = next((m["content"] for m in reversed(turns) if m["role"] == "user"), "")  # "转人工" is not one to answer
-        if not await kefu.handoffs.open(chat_id, user.id, question, lang):
-            await message.reply_text(await _with_position(kefu, chat_id, t.handoff_waiting, t))
-            return
-        turns += [{"role": "user", "content": said}] if said else []
-        transcript = "\n".join(f"{'👤' if m['role'] == 'user' else '🤖'} {m['content']}" for m in turns) or "(no history)"
-        sent = await context.bot.send_message(operators, f"🙋 {_who(user)} asks for a human — chat {chat_id}.\n"
-                                                         f"Reply to this message to answer; /done as a reply closes.\n\n{transcript}")
-        await kefu.handoffs.link(sent.message_id, chat_id)
-    except TelegramError as exc:  # the bot was removed from the operators' group, or it no longer exists
-        logger.warning("handoff for chat %s not possible: operators' chat %s: %s", chat_id, operators, exc)
+        for part in split_message(await _briefing(kefu, chat_id, state)):
+            sent = await context.bot.send_message(kefu.settings.operator_chat_id, part)
+            await kefu.handoffs.link(sent.message_id, chat_id)
+    except TelegramError as exc:
+        logger.warning("handoff for chat %s not possible: operators' chat %s: %s", chat_id, kefu.settings.operator_chat_id, exc)
         await kefu.handoffs.discard(chat_id)
-        await message.reply_text(t.human_unavailable)
+        await context.bot.send_message(chat_id, texts(state.get("lang", "zh")).human_unavailable)
+        return False
+    logger.info("handoff for chat %s with the operators", chat_id)
+    return True
+
+
+async def _briefing(kefu: Services, chat_id: int, state: dict[str, str]) -> str:
+    """What the operators see (bot/briefing.py), from the history, the chat's last logged exchange and the FAQ."""
+    last = await kefu.log.latest(int(state["user_id"]), chat_id)
+    since = float(state["opened"])
+    if last is not None and 0 <= since - float(last["at"]) <= kefu.settings.handoff_idle_s:
+        since = float(last["at"])  # they have waited since the question the bot could not answer
+    matches = await kefu.faq.match(last["question"], k=1) if last is not None else []
+    case = Case(state.get("who", "someone"), chat_id, state.get("lang", "zh"), kefu.clock() - since, last,
+                matches[0] if matches else None, await kefu.history.recent(chat_id, TRANSCRIPT_TURNS),
+                await kefu.handoffs.notes(chat_id))
+    return briefing(case, kefu.settings.faq_best, kefu.settings.faq_suggest)
+
+
+def _in_hours(kefu: Services) -> bool:
+    hours = kefu.settings.business_hours
+    return hours is None or hours.is_open(kefu.clock())
+
+
+def _after_hours(kefu: Services, t: Texts, text: str | None = None) -> str:
+    """`text` (the after-hours notice by default) with the time the operators are next in."""
+    hours = kefu.settings.business_hours
+    if hours is None:  # HANDOFF_HOURS was unset since: the next sweep hands it over
+        return t.handoff_waiting
+    at = hours.next_open(kefu.clock())
+    return (text or t.after_hours).format(when=t.opens_at.format(at=at, zone=at.tzinfo.key))
+
+
+async def deliver_held(context: Context) -> None:
+    """Every minute: in business hours, the handoffs held outside them go to the operators, the earliest first, and
+    their customers are told (one replica releases each: bot.handoff)."""
+    kefu = context.kefu
+    if not _in_hours(kefu):
         return
-    logger.info("handoff opened for chat %s", chat_id)
-    await message.reply_text(await _with_position(kefu, chat_id, t.human_requested, t))
+    for chat_id in await kefu.handoffs.held():
+        if await kefu.handoffs.release(chat_id) and await deliver(context, chat_id):
+            state = await kefu.handoffs.get(chat_id) or {}
+            t = texts(state.get("lang", "zh"))
+            await context.bot.send_message(chat_id, await _with_position(kefu, chat_id, t.handoff_delivered, t))
 
 
 async def _with_position(kefu: Services, chat_id: int, text: str, t: Texts) -> str:
@@ -172,14 +241,22 @@ async def offer_answer(update: Update, context: Context) -> None:
 
 
 async def relay_to_operators(kefu: Services, context: Context, message: Message) -> bool:
-    """While a handoff is open the user's messages go to the operators; True when this one did."""
+    """While a handoff is open the user's messages go to the operators (kept for them while it is held outside
+    business hours); True when this one did."""
     state = await kefu.handoffs.get(message.chat.id)
     if state is None or kefu.settings.operator_chat_id is None:
         return False
     text = message.text or "(non-text message)"
+    if "held" in state:
+        await kefu.handoffs.leave_note(message.chat.id, text)
+        await kefu.handoffs.touch(message.chat.id, question=message.text)
+        t = texts(state.get("lang", "zh"))
+        await message.reply_text(_after_hours(kefu, t, t.note_kept))
+        return True
+    whose = f" ({state['operator_name']} has it)" if state.get("operator_name") else ""
     try:
         sent = await context.bot.send_message(kefu.settings.operator_chat_id,
-                                              f"💬 {_who(message.from_user)} — chat {message.chat.id}:\n{text}")
+                                              f"💬 {_who(message.from_user)} — chat {message.chat.id}{whose}:\n{text}")
     except TelegramError as exc:
         logger.warning("could not relay to the operators: %s", exc)
         return False
@@ -188,16 +265,47 @@ async def relay_to_operators(kefu: Services, context: Context, message: Message)
     return True
 
 
+async def claim_command(update: Update, context: Context) -> None:
+    """/claim as a reply to a handoff message: this operator has that chat; the others are told."""
+    kefu, message = context.kefu, update.effective_message
+    replied = message.reply_to_message
+    chat_id = await kefu.handoffs.chat_for(replied.message_id) if replied is not None else None
+    if chat_id is None:
+        await message.reply_text("Reply with /claim to a handoff message to take that chat.")
+    elif (claim := await _claim(context, message, chat_id)) is not None and not claim.first:
+        await message.reply_text(f"Chat {chat_id} is yours already.")
+
+
+async def _claim(context: Context, message: Message, chat_id: int) -> Claim | None:
+    """The operator who sent `message` has the chat: the first to claim it (the group is told who), or it is theirs
+    already; otherwise None, and they hear whose it is (or that it closed)."""
+    kefu, operator = context.kefu, message.from_user
+    claim = await kefu.handoffs.claim(chat_id, operator.id, operator.full_name)
+    if claim is None:
+        await message.reply_text(CLOSED.format(chat_id=chat_id))
+        return None
+    if claim.operator_id != operator.id:
+        await message.reply_text(f"{claim.name} has chat {chat_id} (they took it first); your message was not sent.")
+        return None
+    if claim.first:
+        sent = await message.reply_text(f"✋ {claim.name} has chat {chat_id}: only they answer it now.")
+        await kefu.handoffs.link(sent.message_id, chat_id)
+    return claim
+
+
 async def operator_reply(update: Update, context: Context) -> None:
-    """An operator's reply in the operators' group: to the user, into the history and the training log."""
+    """An operator's reply in the operators' group: the first to answer claims the chat; to the user, into the history,
+    the training log and the FAQ's proposals."""
     kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None:
         await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
         return
+    if await _claim(context, message, chat_id) is None:
+        return
     state = await kefu.handoffs.get(chat_id)
-    if state is None:
-        await message.reply_text(f"The handoff for chat {chat_id} is closed; nothing was sent.")
+    if state is None:  # closed since the claim
+        await message.reply_text(CLOSED.format(chat_id=chat_id))
         return
     t = texts(language(message.text, None))
     try:
@@ -210,7 +318,7 @@ async def operator_reply(update: Update, context: Context) -> None:
         if question:
             await kefu.history.append(chat_id, user_id, question, message.text)
             await kefu.log.append(Exchange(chat_id, user_id, question, message.text, "operator", None, None, 0))
-            await kefu.paraphrases.operator_answered(question, message.text, user_id)  # an FAQ answer: a wording to learn
+            await kefu.paraphrases.operator_answered(question, message.text, user_id)  # a wording, or an entry the FAQ lacks
         await kefu.handoffs.touch(chat_id, replied=True)
     except RedisError as exc:
         await message.reply_text(f"Delivered to chat {chat_id}, but not logged (Redis: {exc}).")
@@ -244,6 +352,27 @@ async def rate_handoff(update: Update, context: Context) -> None:
     await query.answer(t.rated_handoff)
     with contextlib.suppress(TelegramError):
         await query.edit_message_text(f"{t.rated_handoff} {'★' * int(rating)}")
+    skip = InlineKeyboardMarkup([[InlineKeyboardButton(t.comment_skip, callback_data="csat_skip")]])
+    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+    await context.bot.send_message(chat_id, t.comment_prompt, reply_markup=skip)
+
+
+async def took_comment(kefu: Services, message: Message, t: Texts) -> bool:
+    """The customer's message right after their rating is its comment (bot.handoff): stored, thanked, not answered."""
+    if message.from_user is None or not await kefu.handoffs.comment(message.chat.id, message.from_user.id, message.text or ""):
+        return False
+    await message.reply_text(t.comment_thanks)
+    return True
+
+
+async def skip_comment(update: Update, context: Context) -> None:
+    """"Skip" under the request for a comment: the next message is a question again."""
+    query = update.callback_query
+    await query.answer()
+    if isinstance(query.message, Message):
+        await context.kefu.handoffs.skip_comment(query.message.chat.id)
+        with contextlib.suppress(TelegramError):
+            await query.edit_message_reply_markup(None)
 
 
 async def end_command(update: Update, context: Context) -> None:

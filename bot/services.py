@@ -8,6 +8,8 @@ the answer pipeline and the metrics. Kept in `application.bot_data.services`; ha
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -57,9 +59,11 @@ class Services:
     admin: LlmAdmin
     intake: UpdateStream
     paraphrases: Paraphrases
+    clock: Callable[[], float] = time.time  # the handoffs' and business hours' time (tests move it)
 
     @classmethod
-    async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None) -> Services:
+    async def open(cls, settings: BotSettings, metrics: BotMetrics | None = None,
+                   clock: Callable[[], float] = time.time) -> Services:
         redis = redis_client(settings.redis_url)
         p = settings.redis_prefix
         history = History(redis, p, settings.history_turns, settings.history_ttl_s)
@@ -68,9 +72,10 @@ class Services:
         await llm.start()
         token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else None
         return cls(settings, redis, history, faq, log, Guard(redis, p, settings.rate_limit_per_minute), llm,
-                   Pipeline(settings, history, faq, llm, log), metrics or BotMetrics(), Handoffs(redis, p, settings.handoff_idle_s),
-                   LlmAdmin(settings.llmcore_url, token), UpdateStream(redis, p, settings.replica_name),
-                   Paraphrases(redis, p, faq, settings.faq_auto_approve_taps))
+                   Pipeline(settings, history, faq, llm, log), metrics or BotMetrics(),
+                   Handoffs(redis, p, settings.handoff_idle_s, clock), LlmAdmin(settings.llmcore_url, token),
+                   UpdateStream(redis, p, settings.replica_name),
+                   Paraphrases(redis, p, faq, settings.faq_auto_approve_taps, settings.faq_suggest), clock)
 
     async def close(self) -> None:
         await self.llm.close()

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.hours import BusinessHours
+
 TELEGRAM_API = "https://api.telegram.org"
 
 
@@ -59,6 +61,8 @@ class BotSettings(BaseSettings):
         description="comma-separated words that open a handoff when a clause of a message asks for one (bot/operators.py)")
     handoff_after_fallbacks: int = Field(default=2, ge=0, description="fallbacks or 👎 in a row in one chat after which the bot "
                                          "offers a colleague (0: never)")
+    handoff_hours: str = Field(default="", description="when operators answer, e.g. 'Mon-Fri 09:00-18:00 Asia/Shanghai' "
+                               "(bot/hours.py); outside them a handoff waits for the next opening (empty: always)")
     retrain_minutes: float = Field(default=5.0, gt=0, le=120, description="/retrain's default training time")
     retrain_shape: dict[str, int] = Field(default_factory=dict, description='model shape for /retrain, e.g. {"n_layer": 2}')
     min_training_conversations: int = Field(default=10, ge=1, description="/retrain refuses with less data")
@@ -79,6 +83,13 @@ class BotSettings(BaseSettings):
         if isinstance(value, str):
             return tuple(word.strip() for word in value.split(",") if word.strip())
         return value
+
+    @field_validator("handoff_hours")
+    @classmethod
+    def _check_hours(cls, value: str) -> str:
+        if value.strip():
+            BusinessHours.parse(value)
+        return value.strip()
 
     @field_validator("redis_url")
     @classmethod
@@ -104,6 +115,11 @@ class BotSettings(BaseSettings):
         if self.faq_suggest > self.faq_best:
             raise ValueError("FAQ_SUGGEST must not be above FAQ_BEST")
         return self
+
+    @property
+    def business_hours(self) -> BusinessHours | None:
+        """HANDOFF_HOURS parsed (checked when the settings were made); None: operators answer at any time."""
+        return BusinessHours.parse(self.handoff_hours) if self.handoff_hours else None
 
     @property
     def webhook_path(self) -> str:

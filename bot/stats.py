@@ -92,15 +92,19 @@ def format_handoffs(stats: Stats) -> list[str]:
     lines = [f"Handoffs (7 days): {sum(stats.handoffs_per_day.values())}" + (f" ({per_day})" if per_day else ""),
              f"CSAT: {satisfied / len(ratings):.0%} rated 4-5, mean {statistics.mean(ratings):.1f} ({len(ratings)} ratings)"
              if ratings else "CSAT: no ratings yet",
-             f"First operator reply: median {_duration(statistics.median(waits))}" if waits else "First operator reply: none yet"]
+             f"First operator reply: median {duration(statistics.median(waits))}" if waits else "First operator reply: none yet"]
     if conversations:
         alone = len(conversations - stats.handoff_chats)
         lines.append(f"Resolved without a handoff: {alone / len(conversations):.0%} of {len(conversations)} conversations")
     return lines
 
 
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
+def duration(seconds: float) -> str:
+    """'45 s', '2 min 5 s', '3 h 5 min'."""
+    minutes, seconds = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 

@@ -51,6 +51,13 @@ class Texts:
     offer_declined: str
     rate_handoff: str
     rated_handoff: str
+    comment_prompt: str
+    comment_skip: str
+    comment_thanks: str
+    after_hours: str
+    note_kept: str
+    opens_at: str  # str.format with at (a datetime in the hours' zone) and zone
+    handoff_delivered: str
 
 
 ZH = Texts(
@@ -88,6 +95,13 @@ ZH = Texts(
     offer_declined="好的，您可以继续问我；需要时发送 /human 即可转接人工客服。",
     rate_handoff="请为刚才的人工服务打分：1 = 很不满意，5 = 非常满意。",
     rated_handoff="感谢您的评价！",
+    comment_prompt="如果愿意，可以直接发一条消息告诉我们原因（5 分钟内）；不想写请点“跳过”。",
+    comment_skip="跳过",
+    comment_thanks="谢谢您的留言，我们会认真看。",
+    after_hours="现在是人工客服的非工作时间，客服人员将于 {when} 上线并在这里回复您。您可以现在留言，留言会一并转给他们。发送 /end 取消。",
+    note_kept="已记下您的留言，客服人员 {when} 上线后会看到。",
+    opens_at="{at:%m}月{at:%d}日 {at:%H:%M}（{zone}）",
+    handoff_delivered="人工客服已上线，您的问题和留言已转给他们，请稍候。",
 )
 
 EN = Texts(
@@ -125,6 +139,14 @@ EN = Texts(
     offer_declined="OK, keep asking me; send /human whenever you'd like a colleague.",
     rate_handoff="How satisfied were you with the operator's help? 1 = not at all, 5 = very.",
     rated_handoff="Thanks for rating!",
+    comment_prompt="If you like, tell us why in one message (within 5 minutes), or tap Skip.",
+    comment_skip="Skip",
+    comment_thanks="Thanks, your comment reaches the team.",
+    after_hours="Our colleagues are out of office now; someone will answer you here from {when}. You can leave a message "
+                "now and they will get it. Send /end to cancel.",
+    note_kept="Noted: a colleague will read it from {when}.",
+    opens_at="{at:%a %d %b %H:%M} ({zone})",
+    handoff_delivered="Our colleagues are in now: your question and messages are with them. Please wait a moment.",
 )
 
 

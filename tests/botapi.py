@@ -626,7 +626,8 @@ async def _read_params(request: web.Request) -> dict:
         files: dict[str, dict] = {}
         for key, value in (await request.post()).items():
             if isinstance(value, web.FileField):
-                files[key] = {"filename": value.filename, "size": len(value.file.read()), "content_type": value.content_type}
+                content = value.file.read()
+                files[key] = {"filename": value.filename, "size": len(content), "content_type": value.content_type, "content": content}
             else:
                 params[key] = _coerce(key, value)
         for key, value in list(params.items()):  # attach://name references, then plain file fields

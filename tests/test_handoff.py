@@ -2,11 +2,14 @@
 user and the training log, the bot keeps quiet meanwhile, several handoffs stay apart, and the faults."""
 import asyncio
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from bot.handoff import Handoffs
 from bot.operators import requests_human
+from bot.texts import texts
 
 from .botapi import USER_ID, callback_update, text_update
 from .botkit import IN_FAQ, ask, buttons, running_bot, settings_for
@@ -264,3 +267,262 @@ def test_a_request_for_a_person_in_words(text):
                                   "human resources department", "agent smith", "我要退货"])
 def test_a_question_that_holds_such_a_word_is_not_a_request(text):
     assert not requests_human(text, WORDS)
+
+
+class Clock:
+    """The time the bot reads (Services.clock): moved by the test, never slept for."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_two_operators_racing_for_a_chat_exactly_one_gets_it(redis, prefix):
+    handoffs = Handoffs(redis, prefix, idle_s=60)
+    assert await handoffs.claim(5, 9001, "Ann") is None  # nothing open
+    await handoffs.open(5, 5, "q")
+    claims = await asyncio.gather(*(handoffs.claim(5, operator, f"op{operator}") for operator in range(9001, 9011)))
+    winners = [c for c in claims if c.first]
+    assert len(winners) == 1 and {c.operator_id for c in claims} == {winners[0].operator_id}
+    again = await handoffs.claim(5, winners[0].operator_id, "whoever")
+    assert not again.first and again.name == winners[0].name  # theirs already; the name stays
+    record = await handoffs.close(5, "done")
+    assert (await redis.hgetall(f"{prefix}handoff:record:{record}"))["operator"] == winners[0].name
+
+
+async def test_a_held_handoff_waits_out_of_the_idle_sweep_and_is_released_once(redis, prefix):
+    clock = Clock(1_000_000.0)
+    handoffs = Handoffs(redis, prefix, idle_s=60, clock=clock)
+    assert await handoffs.open(6, 6, "q", held=True, who="Bo") and await handoffs.held() == [6]
+    await handoffs.leave_note(6, "我的发票开错了")
+    await handoffs.touch(6, question="我的发票开错了")
+    clock.now += 12 * 3600
+    assert await handoffs.idle() == [] and await handoffs.position(6) == 1  # waiting all night, not idle
+    assert [await handoffs.release(6), await handoffs.release(6)] == [True, False]
+    assert await handoffs.held() == [] and "held" not in await handoffs.get(6) and await handoffs.notes(6) == ["我的发票开错了"]
+    clock.now += 61
+    assert await handoffs.idle() == [6]  # released: the idle sweep counts from then
+    await handoffs.close(6, "idle")
+    assert await handoffs.notes(6) == [] and await handoffs.get(6) is None
+
+
+async def test_a_comment_counts_once_from_the_customer_within_the_window(redis, prefix):
+    clock = Clock(1_000_000.0)
+    handoffs = Handoffs(redis, prefix, idle_s=60, clock=clock)
+    records = []
+    for chat in (7, 8):
+        await handoffs.open(chat, chat, "q")
+        records.append(await handoffs.close(chat, "done"))
+    assert not await handoffs.comment(7, 7, "before any rating")
+    assert await handoffs.rate(records[0], 7, "2") and await handoffs.rate(records[1], 8, "5")
+    assert not await handoffs.comment(7, 8, "not my chat")  # someone else: no comment, the window stays
+    assert await handoffs.comment(7, 7, "等了太久，我的电话13812345678") and not await handoffs.comment(7, 7, "a second one")
+    assert (await redis.hgetall(f"{prefix}handoff:record:{records[0]}"))["comment"] == "等了太久，我的电话[PHONE]"
+    clock.now += 5 * 60 + 1
+    assert not await handoffs.comment(8, 8, "too late")  # past the window: a question for the bot
+    assert "comment" not in await redis.hgetall(f"{prefix}handoff:record:{records[1]}")
+
+
+def to(chat_id: int):
+    return lambda m, p: m == "sendMessage" and p["chat_id"] == chat_id
+
+
+def with_buttons(chat_id: int):
+    return lambda m, p: to(chat_id)(m, p) and bool(buttons(p))
+
+
+def run_job(application, name: str):
+    """Run one of the bot's JobQueue jobs now (what its schedule would do a minute later)."""
+    return application.job_queue.get_jobs_by_name(name)[0].run(application)
+
+
+async def test_operators_see_a_summary_the_language_and_how_long_the_customer_waited(
+        telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    from bot.app import build_application
+
+    settings = operator_settings(telegram, redis_url, llmcore_url, prefix, min_confidence=0.0)  # every model answer is unsure
+    application = build_application(settings)
+    application.bot_data.clock = lambda: time.time() + 125  # the request comes 2 min after the question
+    async with running_bot(settings, telegram, application):
+        assert (await ask(telegram, "我的包裹三天没动了"))["text"].startswith("抱歉")
+        mark = len(telegram.calls)
+        await ask(telegram, "我要转人工")
+        _, request = await telegram.wait_for(to(OPERATORS), since=mark)
+        text = request["text"]
+        assert f"id {USER_ID}" in text and "Language: Chinese. Waiting: 2 min" in text
+        assert "Summary: asked “我的包裹三天没动了”; the bot gave up: model v0001, confidence -" in text
+        assert "the FAQ has nothing like it" in text or "the FAQ's best match scored 0." in text
+        assert "it answers from 0.75 and suggests from 0.40" in text and "Then they asked for a person." in text
+        assert text.endswith(f"👤 我的包裹三天没动了\n🤖 {texts('zh').fallback}\n👤 我要转人工")
+
+        mark = len(telegram.calls)
+        reply = await ask(telegram, "Can I talk to a human agent?", chat_id=USER_ID + 1, user_id=USER_ID + 1, language_code="en")
+        _, request = await telegram.wait_for(to(OPERATORS), since=mark)
+        assert "Language: English" in request["text"] and "before asking the bot anything" in request["text"]
+        assert reply["text"].endswith("You are number 2 in the queue; a colleague will answer shortly.")
+
+
+async def test_the_first_of_two_operators_to_answer_has_the_chat(telegram, redis_url, prefix, redis, seeded):
+    ann, bo = 9001, 9002
+    async with running_bot(operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix), telegram):
+        alice, bob = USER_ID, USER_ID + 1
+        await ask(telegram, "/human", chat_id=alice, user_id=alice)
+        alice_request = telegram.messages[OPERATORS][-1]["message"]
+        await ask(telegram, "/human", chat_id=bob, user_id=bob)
+        bob_request = telegram.messages[OPERATORS][-1]["message"]
+
+        mark = len(telegram.calls)
+        await operator_says(telegram, "您好，我是安。", alice_request, operator_id=ann)
+        _, to_alice = await telegram.wait_for(to(alice), since=mark)
+        _, taken = await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "✋" in p["text"], since=mark)
+        assert to_alice["text"] == "👩‍💼 人工客服：您好，我是安。" and taken["text"].startswith(f"✋ Test has chat {alice}")
+
+        mark = len(telegram.calls)
+        await operator_says(telegram, "我来吧。", alice_request, operator_id=bo)  # too late: Ann has it
+        _, refused = await telegram.wait_for(to(OPERATORS), since=mark)
+        assert refused["text"] == f"Test has chat {alice} (they took it first); your message was not sent."
+        after = len(telegram.calls)
+        await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=bo, chat_type="supergroup", reply_to=alice_request))
+        _, refused = await telegram.wait_for(to(OPERATORS), since=after)
+        assert refused["text"] == f"Test has chat {alice} (they took it first); your message was not sent."
+        assert not [p for m, p in telegram.calls[mark:] if to(alice)(m, p)]
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=bo, chat_type="supergroup", reply_to=bob_request))
+        _, mine = await telegram.wait_for(to(OPERATORS), since=mark)
+        assert mine["text"] == f"✋ Test has chat {bob}: only they answer it now."
+        await operator_says(telegram, "抢一下", bob_request, operator_id=ann)
+        _, refused = await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "took it first" in p["text"], since=mark)
+        await operator_says(telegram, "您好，我是博。", bob_request, operator_id=bo)
+        _, to_bob = await telegram.wait_for(to(bob), since=mark)
+        assert to_bob["text"] == "👩‍💼 人工客服：您好，我是博。"
+        assert [p["text"] for m, p in telegram.calls[mark:] if to(bob)(m, p)] == [to_bob["text"]]
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("还在吗？", chat_id=alice, user_id=alice))
+        _, relayed = await telegram.wait_for(to(OPERATORS), since=mark)
+        assert relayed["text"].startswith(f"💬 Test (@tester, id {alice}) — chat {alice} (Test has it):")
+
+
+async def test_outside_business_hours_the_customer_may_leave_a_message_delivered_when_hours_start(
+        telegram, redis_url, prefix, redis, seeded):
+    from bot.app import build_application
+    from bot.operators import HOURS_JOB, IDLE_JOB
+
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = Clock(datetime(2026, 12, 1, 20, 0, tzinfo=shanghai).timestamp())  # a Tuesday evening
+    settings = operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix, handoff_hours="Mon-Fri 09:00-18:00 Asia/Shanghai")
+    application = build_application(settings)
+    application.bot_data.clock = clock
+    async with running_bot(settings, telegram, application):
+        alice, bob = USER_ID, USER_ID + 1
+        mark = len(telegram.calls)
+        told = (await ask(telegram, "/human", chat_id=alice, user_id=alice))["text"]
+        assert told.startswith("现在是人工客服的非工作时间，客服人员将于 12月02日 09:00（Asia/Shanghai） 上线")
+        left = await ask(telegram, "我的发票抬头开错了，能重开吗？", chat_id=alice, user_id=alice)
+        assert left["text"] == "已记下您的留言，客服人员 12月02日 09:00（Asia/Shanghai） 上线后会看到。"
+        assert (await ask(telegram, "/human", chat_id=alice, user_id=alice))["text"] == told  # asked again: the same
+        reply = await ask(telegram, "/human", chat_id=bob, user_id=bob, language_code="en")
+        assert "someone will answer you here from Wed 02 Dec 09:00 (Asia/Shanghai)" in reply["text"]
+        await run_job(application, HOURS_JOB)  # still closed: nothing moves
+        clock.now += 12 * 3600 + 59 * 60  # 08:59 the next morning
+        await run_job(application, HOURS_JOB)
+        await run_job(application, IDLE_JOB)  # a night's silence does not close a held handoff
+        assert not [p for m, p in telegram.calls[mark:] if to(OPERATORS)(m, p)]
+        assert await Handoffs(redis, prefix, 60).held() == [alice, bob]
+
+        clock.now += 60  # 09:00: the hours start
+        mark = len(telegram.calls)
+        await run_job(application, HOURS_JOB)
+        _, to_alice = await telegram.wait_for(to(alice), since=mark)
+        _, to_bob = await telegram.wait_for(to(bob), since=mark)
+        assert to_alice["text"] == "人工客服已上线，您的问题和留言已转给他们，请稍候。\n您目前排在第 1 位，人工同事会尽快回复您。"
+        assert to_bob["text"].endswith("You are number 2 in the queue; a colleague will answer shortly.")
+        requests = [p["text"] for m, p in telegram.calls[mark:] if to(OPERATORS)(m, p)]
+        assert len(requests) == 2 and f"chat {alice}. Language: Chinese. Waiting: 13 h 0 min." in requests[0]
+        assert requests[0].endswith("👤 我的发票抬头开错了，能重开吗？") and f"chat {bob}. Language: English" in requests[1]
+        await run_job(application, HOURS_JOB)  # delivered once
+        assert len([p for m, p in telegram.calls[mark:] if to(OPERATORS)(m, p)]) == 2
+
+        mark = len(telegram.calls)
+        alice_request = next(r["message"] for r in telegram.messages[OPERATORS] if f"chat {alice}." in r["message"]["text"])
+        await operator_says(telegram, "可以重开，请提供正确抬头。", alice_request)
+        _, answer = await telegram.wait_for(to(alice), since=mark)
+        assert answer["text"] == "👩‍💼 人工客服：可以重开，请提供正确抬头。"
+
+
+async def test_a_comment_after_the_rating_and_the_ratings_in_the_export(telegram, redis_url, prefix, redis, seeded):
+    import json
+
+    from bot.app import build_application
+    from bot.handoff import COMMENT_WINDOW_S
+
+    admin = 4242
+    clock = Clock(time.time())
+    settings = operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix, admin_ids=frozenset({admin}))
+    application = build_application(settings)
+    application.bot_data.clock = clock
+    async with running_bot(settings, telegram, application):
+        alice, bob, carol = USER_ID, USER_ID + 1, USER_ID + 2
+        records = {}
+        for customer in (alice, bob, carol):
+            await ask(telegram, "/human", chat_id=customer, user_id=customer)
+            request = telegram.messages[OPERATORS][-1]["message"]
+            mark = len(telegram.calls)
+            await telegram.push(text_update("/done", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
+            _, prompt = await telegram.wait_for(with_buttons(customer), since=mark)
+            records[customer] = buttons(prompt)["5"].split(":")[1]
+            mark = len(telegram.calls)
+            await telegram.push(callback_update(buttons(prompt)["4"], user_id=customer, message=telegram.messages[customer][-1]))
+            _, asked = await telegram.wait_for(with_buttons(customer), since=mark)
+            assert asked["text"].startswith("如果愿意，可以直接发一条消息告诉我们原因") and list(buttons(asked)) == ["跳过"]
+
+        assert (await ask(telegram, "回复很快，谢谢小王", chat_id=alice, user_id=alice))["text"] == "谢谢您的留言，我们会认真看。"
+        assert (await ask(telegram, IN_FAQ[0][0], chat_id=alice, user_id=alice))["text"] == IN_FAQ[0][1]  # once: a question again
+        mark = len(telegram.calls)
+        await telegram.push(callback_update("csat_skip", user_id=bob, message=telegram.messages[bob][-1]))
+        await telegram.wait_for("answerCallbackQuery", since=mark)
+        assert (await ask(telegram, IN_FAQ[0][0], chat_id=bob, user_id=bob))["text"] == IN_FAQ[0][1]  # skipped
+        clock.now += COMMENT_WINDOW_S + 1
+        assert (await ask(telegram, IN_FAQ[1][0], chat_id=carol, user_id=carol))["text"] == IN_FAQ[1][1]  # too late for one
+        comments = {c: (await redis.hgetall(f"{prefix}handoff:record:{r}")).get("comment") for c, r in records.items()}
+        assert comments == {alice: "回复很快，谢谢小王", bob: None, carol: None}
+
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/export", chat_id=admin, user_id=admin))
+        await telegram.wait_for(lambda m, p: m == "sendDocument" and p["caption"] == "3 handoffs, 3 rated", since=mark)
+        exported = next(f["content"] for f in telegram.files if f["filename"] == "kefu-handoffs.jsonl")
+        rows = [json.loads(line) for line in exported.decode().splitlines()]
+        assert sorted((r["user_id"], r["rating"], r.get("comment")) for r in rows) == [
+            (str(alice), "4", "回复很快，谢谢小王"), (str(bob), "4", None), (str(carol), "4", None)]
+
+
+async def test_an_operators_answer_the_faq_lacks_is_approved_and_then_the_bot_answers_it(
+        telegram, redis_url, prefix, redis, seeded):
+    admin, question, answer = 4242, "你们周末有人上班吗？", "周末也有客服值班，时间是 10:00-16:00。"
+    settings = operator_settings(telegram, redis_url, "http://127.0.0.1:9", prefix, llmcore_timeout_s=2, admin_ids=frozenset({admin}))
+    async with running_bot(settings, telegram):
+        assert (await ask(telegram, question))["text"].startswith("抱歉")  # the FAQ lacks it, the model is away
+        await ask(telegram, "/human")
+        request = telegram.messages[OPERATORS][-1]["message"]
+        mark = len(telegram.calls)
+        await operator_says(telegram, answer, request)
+        await telegram.wait_for(to(USER_ID), since=mark)
+        # the operators' chat is handled in order: once /claim is answered, the reply before it is logged and proposed
+        await telegram.push(text_update("/claim", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
+        await telegram.wait_for(lambda m, p: to(OPERATORS)(m, p) and "yours already" in p["text"], since=mark)
+
+        listed = await ask(telegram, "/faq_pending", chat_id=admin, user_id=admin)
+        assert listed["text"] == f"New entry (an operator's answer): “{question}” → {answer}"
+        mark = len(telegram.calls)
+        await telegram.push(callback_update(buttons(listed)["✅ Add"], user_id=admin, chat_id=admin, message=telegram.messages[admin][-1]))
+        _, added = await telegram.wait_for(lambda m, p: to(admin)(m, p) and "new FAQ entry" in p["text"], since=mark)
+        assert added["text"].startswith(f"“{question}”: new FAQ entry #")
+
+        await ask(telegram, "/end")
+        reply = await ask(telegram, question, chat_id=USER_ID + 1, user_id=USER_ID + 1)
+        assert reply["text"] == answer and buttons(reply).get("👍", "").startswith("fb:")  # from the FAQ, at once
+        entry = next(e for _, e in await redis.xrange(f"{prefix}log") if e["chat_id"] == str(USER_ID + 1))
+        assert entry["source"] == "faq"

@@ -74,5 +74,19 @@ async def test_an_operator_answering_with_an_faq_answer_proposes_the_customers_q
     faq, learned, refund, _ = await store(redis, prefix)
     proposal = await learned.operator_answered("钱到底啥时候退回来", "原路退回，1-3个工作日到账。", user_id=5)
     assert proposal and proposal.entry_id == refund and proposal.wording == "钱到底啥时候退回来"
-    assert await learned.operator_answered("你们招聘吗", "请在官网的加入我们页面投递简历。", user_id=5) is None  # no FAQ answer
     assert await learned.operator_answered("我电话13812345678，钱呢", "原路退回，1-3个工作日到账。", user_id=6) is None
+
+
+async def test_an_operators_answer_to_a_question_the_faq_lacks_proposes_a_new_entry(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix, auto_approve=1)  # taps vouch for wordings, never for answers
+    assert (await faq.match("你们招聘吗", k=1) or [None])[0] is None  # the FAQ lacks it
+    proposal = await learned.operator_answered("你们招聘吗", "请在官网的“加入我们”页面投递简历。", user_id=5)
+    assert proposal and proposal.is_new_entry and proposal.entry_id == "" and proposal.answer == "请在官网的“加入我们”页面投递简历。"
+    assert [p.key for p in await learned.pending()] == [proposal.key] and await faq.count() == 2
+    assert await learned.operator_answered("退款多久能到账？", "一般很快。", user_id=6) is None  # the FAQ has it (near)
+    assert await learned.operator_answered("你们招不招人", "打13812345678找我。", user_id=7) is None  # personal data in the answer
+    approved = await learned.approve(proposal.key)
+    assert approved.entry_id and approved.entry_id not in (refund, "")
+    best = (await faq.match("你们招聘吗", k=1))[0]
+    assert best.entry.id == approved.entry_id and best.entry.answer == proposal.answer and best.score == 1.0
+    assert await learned.pending() == [] and await learned.approve(proposal.key) is None
