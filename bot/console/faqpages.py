@@ -1,0 +1,85 @@
+"""The FAQ, for admins: search, add, edit, delete, and "try a question" (the ranking the bot would see, with scores).
+
+    GET  /faq?q=&try=              entries (those holding q), and the ranking of `try`
+    POST /faq/add                  question, answer, similar (one a line)
+    GET  /faq/{id}                 the edit form
+    POST /faq/{id}                 save
+    POST /faq/{id}/delete
+"""
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.console.base import admin, console, form, page, see_other, session
+from bot.search import FaqEntry
+
+MAX_LISTED = 200
+NUM_TRIED = 5
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/faq", faq)
+    router.add_post("/faq/add", add)
+    router.add_get("/faq/{id:\\d+}", edit_form)
+    router.add_post("/faq/{id:\\d+}", edit)
+    router.add_post("/faq/{id:\\d+}/delete", delete)
+
+
+@admin
+async def faq(request: web.Request) -> web.Response:
+    c, query, tried = console(request), request.query.get("q", "").strip(), request.query.get("try", "").strip()
+    entries = [e for e in await c.kefu.faq.entries() if _holds(e, query)]
+    ranking = await c.kefu.faq.match(tried[:2000], k=NUM_TRIED) if tried else []
+    return page(request, "faq.html", entries=entries[:MAX_LISTED], total=len(entries), q=query, tried=tried, ranking=ranking,
+                done=request.query.get("done", ""), error=request.query.get("error", ""))
+
+
+@admin
+async def add(request: web.Request) -> web.StreamResponse:
+    c, fields = console(request), await form(request)
+    try:
+        entry_id = await c.kefu.faq.add(fields.get("question", ""), fields.get("answer", ""), _lines(fields.get("similar", "")))
+    except ValueError:
+        return see_other("/faq?error=empty")
+    await c.audit.record(session(request).person, "faq.add", f"#{entry_id}", fields.get("question", ""))
+    return see_other(f"/faq?done=add&q={entry_id}")
+
+
+@admin
+async def edit_form(request: web.Request) -> web.Response:
+    entry = await console(request).kefu.faq.get(request.match_info["id"])
+    if entry is None:
+        raise web.HTTPNotFound(text="no such FAQ entry")
+    return page(request, "faq_edit.html", entry=entry, error=request.query.get("error", ""))
+
+
+@admin
+async def edit(request: web.Request) -> web.StreamResponse:
+    c, fields, entry_id = console(request), await form(request), request.match_info["id"]
+    try:
+        changed = await c.kefu.faq.update(entry_id, fields.get("question", ""), fields.get("answer", ""), _lines(fields.get("similar", "")))
+    except ValueError:
+        return see_other(f"/faq/{entry_id}?error=empty")
+    if not changed:
+        raise web.HTTPNotFound(text="no such FAQ entry")
+    await c.audit.record(session(request).person, "faq.edit", f"#{entry_id}", fields.get("question", ""))
+    return see_other("/faq?done=edit")
+
+
+@admin
+async def delete(request: web.Request) -> web.StreamResponse:
+    c, entry_id = console(request), request.match_info["id"]
+    if await c.kefu.faq.delete(entry_id):
+        await c.audit.record(session(request).person, "faq.delete", f"#{entry_id}")
+    return see_other("/faq?done=delete")
+
+
+def _holds(entry: FaqEntry, query: str) -> bool:
+    if not query:
+        return True
+    needle = query.casefold()
+    return query == entry.id or any(needle in text.casefold() for text in (entry.question, entry.answer, *entry.similar))
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
