@@ -22,8 +22,19 @@ import tempfile
 from pathlib import Path
 
 from redis.exceptions import RedisError
-from telegram import (BotCommand, BotCommandScopeChat, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, InputFile,
-                      LinkPreviewOptions, MenuButtonWebApp, Message, Update, WebAppInfo)
+from telegram import (
+    BotCommand,
+    BotCommandScopeChat,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    MenuButtonWebApp,
+    Message,
+    Update,
+    WebAppInfo,
+)
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 

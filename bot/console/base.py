@@ -39,7 +39,7 @@ class Console:
 
 CONSOLE = web.AppKey("console", Console)
 SETTINGS = web.AppKey("settings", BotSettings)
-SESSION_KEY = "console_session"
+SESSION_KEY = web.RequestKey("console_session", Session)
 
 
 def _role(role: str) -> Callable[[Handler], Handler]:
