@@ -48,7 +48,7 @@ def create_app(settings: BotSettings) -> web.Application:
     app.cleanup_ctx.append(_open_console)
     app.router.add_get("/static/{name}", static)
     for module in (login, inbox, faqpages, modelpages, pages):
-        module.add_routes(app.router)
+        app.router.add_routes(module.routes)
     return app
 
 

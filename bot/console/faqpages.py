@@ -17,14 +17,10 @@ MAX_LISTED = 200
 NUM_TRIED = 5
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/faq", faq)
-    router.add_post("/faq/add", add)
-    router.add_get("/faq/{id:\\d+}", edit_form)
-    router.add_post("/faq/{id:\\d+}", edit)
-    router.add_post("/faq/{id:\\d+}/delete", delete)
+routes = web.RouteTableDef()
 
 
+@routes.get("/faq")
 @admin
 async def faq(request: web.Request) -> web.Response:
     c, query, tried = console(request), request.query.get("q", "").strip(), request.query.get("try", "").strip()
@@ -34,6 +30,7 @@ async def faq(request: web.Request) -> web.Response:
                 done=request.query.get("done", ""), error=request.query.get("error", ""))
 
 
+@routes.post("/faq/add")
 @admin
 async def add(request: web.Request) -> web.StreamResponse:
     c, fields = console(request), await form(request)
@@ -45,6 +42,7 @@ async def add(request: web.Request) -> web.StreamResponse:
     return see_other(f"/faq?done=add&q={entry_id}")
 
 
+@routes.get("/faq/{id:\\d+}")
 @admin
 async def edit_form(request: web.Request) -> web.Response:
     entry = await console(request).kefu.faq.get(request.match_info["id"])
@@ -53,6 +51,7 @@ async def edit_form(request: web.Request) -> web.Response:
     return page(request, "faq_edit.html", entry=entry, error=request.query.get("error", ""))
 
 
+@routes.post("/faq/{id:\\d+}")
 @admin
 async def edit(request: web.Request) -> web.StreamResponse:
     c, fields, entry_id = console(request), await form(request), request.match_info["id"]
@@ -66,6 +65,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
     return see_other("/faq?done=edit")
 
 
+@routes.post("/faq/{id:\\d+}/delete")
 @admin
 async def delete(request: web.Request) -> web.StreamResponse:
     c, entry_id = console(request), request.match_info["id"]

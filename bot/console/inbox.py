@@ -18,14 +18,10 @@ from bot.faq import MAX_FAQ_TEXT
 NUM_CANDIDATES = 5
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/", inbox)
-    router.add_get("/exchange/{id}", exchange)
-    router.add_post("/exchange/{id}/correct", correct)
-    router.add_post("/exchange/{id}/faq", add_to_faq)
-    router.add_post("/exchange/{id}/reviewed", reviewed)
+routes = web.RouteTableDef()
 
 
+@routes.get("/")
 @operator
 async def inbox(request: web.Request) -> web.Response:
     """Exchanges newest first, filtered, with counts per filter."""
@@ -34,6 +30,7 @@ async def inbox(request: web.Request) -> web.Response:
     return page(request, "inbox.html", inbox=found, filters=filters, shows=SHOWS, sources=SOURCES, ratings=RATINGS)
 
 
+@routes.get("/exchange/{id}")
 @operator
 async def exchange(request: web.Request) -> web.Response:
     c, row = console(request), await _row(request)
@@ -42,6 +39,7 @@ async def exchange(request: web.Request) -> web.Response:
                 done=request.query.get("done", ""), error=request.query.get("error", ""))
 
 
+@routes.post("/exchange/{id}/correct")
 @operator
 async def correct(request: web.Request) -> web.StreamResponse:
     c, row, fields = console(request), await _row(request), await form(request)
@@ -54,6 +52,7 @@ async def correct(request: web.Request) -> web.StreamResponse:
     return see_other(f"/exchange/{row.id}?done=correct")
 
 
+@routes.post("/exchange/{id}/faq")
 @admin
 async def add_to_faq(request: web.Request) -> web.StreamResponse:
     c, row, fields = console(request), await _row(request), await form(request)
@@ -72,6 +71,7 @@ async def add_to_faq(request: web.Request) -> web.StreamResponse:
     return see_other(f"/exchange/{row.id}?done=faq")
 
 
+@routes.post("/exchange/{id}/reviewed")
 @operator
 async def reviewed(request: web.Request) -> web.StreamResponse:
     c, row = console(request), await _row(request)

@@ -16,28 +16,24 @@ from bot.console.auth import Person
 from bot.console.base import COOKIE, console, operator, page, public, see_other, session
 from bot.console.people import role_for
 
-
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/login", login_help)
-    router.add_get("/login/{token}", confirm_link)
-    router.add_post("/login/{token}", use_link)
-    router.add_get("/app", miniapp)
-    router.add_post("/app/login", miniapp_login)
-    router.add_post("/logout", logout)
+routes = web.RouteTableDef()
 
 
+@routes.get("/login")
 @public
 async def login_help(request: web.Request) -> web.Response:
     """How to get a login link."""
     return page(request, "login.html", token=None, refused=False)
 
 
+@routes.get("/login/{token}")
 @public
 async def confirm_link(request: web.Request) -> web.Response:
     """The link's landing page: nothing is used up until the button is pressed."""
     return page(request, "login.html", token=request.match_info["token"], refused=False)
 
 
+@routes.post("/login/{token}")
 @public
 async def use_link(request: web.Request) -> web.StreamResponse:
     """The button: the link is used up; a session starts when it was valid."""
@@ -52,12 +48,14 @@ async def use_link(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.get("/app")
 @public
 async def miniapp(request: web.Request) -> web.Response:
     """Opened by Telegram as a Mini App: the script sends the initData it finds in the URL fragment."""
     return page(request, "miniapp.html")
 
 
+@routes.post("/app/login")
 @public
 async def miniapp_login(request: web.Request) -> web.Response:
     c = console(request)
@@ -72,6 +70,7 @@ async def miniapp_login(request: web.Request) -> web.Response:
     return response
 
 
+@routes.post("/logout")
 @operator
 async def logout(request: web.Request) -> web.StreamResponse:
     c = console(request)

@@ -24,16 +24,10 @@ ARCHS = ("transformer", "lstm")
 JOB_ID = r"[A-Za-z0-9_-]{1,64}"
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/models", models)
-    router.add_get("/models/{version:v\\d{4,}}/loss.png", loss_curve)
-    router.add_post("/models/promote", promote)
-    router.add_post("/models/rollback", rollback)
-    router.add_post("/models/retrain", retrain)
-    router.add_get("/models/events", events)
-    router.add_post(f"/models/jobs/{{job_id:{JOB_ID}}}/{{decision:promote|discard}}", decide)
+routes = web.RouteTableDef()
 
 
+@routes.get("/models")
 @admin
 async def models(request: web.Request) -> web.Response:
     kefu = console(request).kefu
@@ -48,6 +42,7 @@ async def models(request: web.Request) -> web.Response:
                 problem=problem, done=request.query.get("done", ""))
 
 
+@routes.get("/models/{version:v\\d{4,}}/loss.png")
 @admin
 async def loss_curve(request: web.Request) -> web.Response:
     try:
@@ -57,6 +52,7 @@ async def loss_curve(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png")
 
 
+@routes.post("/models/promote")
 @admin
 async def promote(request: web.Request) -> web.StreamResponse:
     version = (await form(request)).get("version", "")
@@ -65,17 +61,20 @@ async def promote(request: web.Request) -> web.StreamResponse:
     return await _act(request, "model.promote", version, lambda admin_api: admin_api.promote(version))
 
 
+@routes.post("/models/rollback")
 @admin
 async def rollback(request: web.Request) -> web.StreamResponse:
     return await _act(request, "model.rollback", "", lambda admin_api: admin_api.rollback())
 
 
+@routes.post(f"/models/jobs/{{job_id:{JOB_ID}}}/{{decision:promote|discard}}")
 @admin
 async def decide(request: web.Request) -> web.StreamResponse:
     job_id, decision = request.match_info["job_id"], request.match_info["decision"]
     return await _act(request, f"job.{decision}", job_id, lambda admin_api: admin_api.decide(job_id, decision))
 
 
+@routes.post("/models/retrain")
 @admin
 async def retrain(request: web.Request) -> web.StreamResponse:
     c, fields = console(request), await form(request)
@@ -94,6 +93,7 @@ async def retrain(request: web.Request) -> web.StreamResponse:
     return see_other("/models?done=retrain")
 
 
+@routes.get("/models/events")
 @admin
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the training job every second while it runs, then once more, and the stream ends."""

@@ -29,13 +29,10 @@ class OpenHandoff:
     position: int | None  # in the queue for a first operator answer; None once answered
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/handoffs", handoffs)
-    router.add_get("/stats", stats)
-    router.add_get("/stats/chart.png", stats_chart)
-    router.add_get("/audit", audit)
+routes = web.RouteTableDef()
 
 
+@routes.get("/handoffs")
 @operator
 async def handoffs(request: web.Request) -> web.Response:
     kefu = console(request).kefu
@@ -49,6 +46,7 @@ async def handoffs(request: web.Request) -> web.Response:
     return page(request, "handoffs.html", rows=sorted(rows, key=lambda r: r.opened), now=time.time())
 
 
+@routes.get("/stats")
 @admin
 async def stats(request: web.Request) -> web.Response:
     kefu = console(request).kefu
@@ -61,6 +59,7 @@ async def stats(request: web.Request) -> web.Response:
     return page(request, "stats.html", lines=lines, has_chart=bool(numbers.per_day))
 
 
+@routes.get("/stats/chart.png")
 @admin
 async def stats_chart(request: web.Request) -> web.Response:
     numbers = await collect(console(request).kefu.log)
@@ -70,6 +69,7 @@ async def stats_chart(request: web.Request) -> web.Response:
     return web.Response(body=png, content_type="image/png")
 
 
+@routes.get("/audit")
 @admin
 async def audit(request: web.Request) -> web.Response:
     return page(request, "audit.html", rows=await console(request).audit.latest())
