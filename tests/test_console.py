@@ -221,3 +221,30 @@ async def test_headers_and_escaping(console):
         assert tags(body, "script") in ([], [{"src": "/static/console.js", "defer": None}])  # our one script file, nothing inline
         assert not [name for attrs in tags(body) for name in attrs if name.startswith("on")]  # no inline event handlers
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in await (await client.get(f"/exchange/{entry_id}")).text()
+
+
+async def test_the_faq_imports_a_file_whole_or_not_at_all_and_exports_it(console):
+    from aiohttp import FormData
+
+    client, c = console
+    token = await login(client, c)
+
+    def upload(content: bytes, name: str) -> FormData:
+        data = FormData()
+        data.add_field("csrf", token)
+        data.add_field("file", content, filename=name, content_type="text/csv")
+        return data
+
+    bad = await client.post("/faq/import", data=upload("question,answer\n几点发货？,下午四点前\n只有一列\n".encode(), "faq.csv"))
+    assert bad.status == 400 and "faq.csv:3" in await bad.text() and await c.kefu.faq.count() == 0
+    assert (await client.post("/faq/import", data=upload(b"%PDF", "faq.pdf"))).status == 400
+    good = await client.post("/faq/import", data=upload("question,answer\n几点发货？,下午四点前\n".encode(), "faq.csv"))
+    assert good.status == 200 and 'id="imported"' in await good.text()
+    assert (await c.kefu.faq.match("几点发货？"))[0].entry.answer == "下午四点前"
+    exported = await client.get("/faq/export.jsonl")
+    assert "attachment" in exported.headers["Content-Disposition"]
+    assert '"content": "下午四点前"' in await exported.text()
+    no_csrf = FormData()
+    no_csrf.add_field("file", b"question,answer\na,b\n", filename="faq.csv")
+    assert (await client.post("/faq/import", data=no_csrf)).status == 403 and await c.kefu.faq.count() == 1
+    assert "faq.import faq.csv" in await (await client.get("/audit")).text()

@@ -24,7 +24,7 @@ from bot.settings import BotSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COOKIE = "kefu_console"
-MAX_FORM_BYTES = 256 << 10
+MAX_FORM_BYTES = 6 << 20  # a FAQ file of 5 MB, as the bot takes one
 
 
 @dataclass

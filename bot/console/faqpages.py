@@ -5,12 +5,19 @@
     GET  /faq/{id}                 the edit form
     POST /faq/{id}                 save
     POST /faq/{id}/delete
+    GET  /faq/export.jsonl         the FAQ as chat JSONL (what `python -m bot faq export` writes)
+    POST /faq/import               a .jsonl or .csv file, as `python -m bot faq import` and documents sent to the bot read it
 """
 from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
 
 from aiohttp import web
 
 from bot.console.base import admin, console, form, page, see_other, session
+from bot.faq import DataError
 from bot.search import FaqEntry
 
 MAX_LISTED = 200
@@ -72,6 +79,34 @@ async def delete(request: web.Request) -> web.StreamResponse:
     if await c.kefu.faq.delete(entry_id):
         await c.audit.record(session(request).person, "faq.delete", f"#{entry_id}")
     return see_other("/faq?done=delete")
+
+
+@routes.get("/faq/export.jsonl")
+@admin
+async def export(request: web.Request) -> web.Response:
+    lines = await console(request).kefu.faq.export_lines()
+    return web.Response(text="".join(line + "\n" for line in lines), content_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="kefu-faq.jsonl"'})
+
+
+@routes.post("/faq/import")
+@admin
+async def import_file(request: web.Request) -> web.Response:
+    """Every entry of the file, or none: a bad line is named and nothing is imported."""
+    c, upload = console(request), (await request.post()).get("file")
+    suffix = Path(getattr(upload, "filename", "") or "").suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        return page(request, "faq_import.html", status=400, count=0, problem="a .jsonl or .csv file")
+    data = upload.file.read()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"faq{suffix}"
+        await asyncio.to_thread(path.write_bytes, data)
+        try:
+            count = await c.kefu.faq.import_file(path)  # parsed and indexed in a thread
+        except DataError as exc:
+            return page(request, "faq_import.html", status=400, count=0, problem=str(exc).replace(str(path), upload.filename))
+    await c.audit.record(session(request).person, "faq.import", upload.filename, f"{count} entries")
+    return page(request, "faq_import.html", count=count, problem="")
 
 
 def _holds(entry: FaqEntry, query: str) -> bool:
