@@ -248,3 +248,19 @@ async def test_the_faq_imports_a_file_whole_or_not_at_all_and_exports_it(console
     no_csrf.add_field("file", b"question,answer\na,b\n", filename="faq.csv")
     assert (await client.post("/faq/import", data=no_csrf)).status == 403 and await c.kefu.faq.count() == 1
     assert "faq.import faq.csv" in await (await client.get("/audit")).text()
+
+
+async def test_handoffs_show_open_chats_and_operators_answers_the_faq_lacks(console):
+    client, c = console
+    token = await login(client, c, OPERATOR)
+    await c.kefu.faq.add("怎么退货？", "七天内可以在订单页申请退货。")
+    assert await c.kefu.handoffs.open(777, 777, "我的包裹丢了，电话13812345678")
+    await log_exchange(c, "退货怎么弄", "七天内可以在订单页申请退货。", "operator", chat_id=777)  # the FAQ says it already
+    lacking = await log_exchange(c, "能开专票吗？", "可以，在发票页选择增值税专用发票。", "operator", chat_id=778)
+    page = await (await client.get("/handoffs")).text()
+    opened = re.search(r'id="handoffs">(.*?)</ul>', page, re.S).group(1)
+    assert "chat 777" in opened and "我的包裹丢了" in opened and "13812345678" not in page  # scrubbed when stored
+    proposed = re.search(r'id="proposed">(.*?)</ul>', page, re.S).group(1)
+    assert f"/exchange/{lacking}" in proposed and "退货怎么弄" not in proposed
+    await client.post(f"/exchange/{lacking}/reviewed", data={"csrf": token})
+    assert "能开专票吗？" not in await (await client.get("/handoffs")).text()

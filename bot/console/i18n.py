@@ -71,6 +71,8 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "open_handoffs": ("进行中的人工会话", "Open handoffs"),
     "waiting": ("等待", "Waiting"),
     "queue": ("排队", "Queue"),
+    "proposed": ("常见问题缺少的人工回答", "Operators' answers the FAQ lacks"),
+    "proposed_help": ("打开一条，把它加入 FAQ（管理员），或标记为已审。", "Open one to add it to the FAQ (admins) or mark it reviewed."),
     "who": ("谁", "Who"),
     "what": ("做了什么", "What"),
     "error": ("出错了：", "Something went wrong: "),

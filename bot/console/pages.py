@@ -1,6 +1,7 @@
 """The read-only pages: open handoffs (operators too), the numbers of /stats with their chart, and the audit log.
 
-    GET /handoffs          open handoffs: the customer's last question, since when, waiting for a first answer or not
+    GET /handoffs          open handoffs: the customer's last question, since when, waiting for a first answer or not;
+                           and operators' answers the FAQ lacks, proposed as FAQ pairs (an admin adds one from its exchange)
     GET /stats             what /stats says, and /stats/chart.png
     GET /audit             every change made in the console: who, what, when
 """
@@ -43,7 +44,8 @@ async def handoffs(request: web.Request) -> web.Response:
         if state is not None:
             rows.append(OpenHandoff(chat_id, state["user_id"], state.get("question", ""), float(state.get("opened") or last), last,
                                     await kefu.handoffs.position(int(chat_id))))
-    return page(request, "handoffs.html", rows=sorted(rows, key=lambda r: r.opened), now=time.time())
+    proposed = await console(request).review.answers_the_faq_lacks()
+    return page(request, "handoffs.html", rows=sorted(rows, key=lambda r: r.opened), now=time.time(), proposed=proposed)
 
 
 @routes.get("/stats")

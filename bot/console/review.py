@@ -6,12 +6,14 @@ answers), the conversation around one, corrections and "reviewed" marks.
     rows = await review.around(entry_id, entry)                                      # the same chat, before and after
     await review.correct(entry, "签收后7天内可退货。")                                 # an operator answer in the log
     await review.mark(entry_id, person)
+    rows = await review.answers_the_faq_lacks()                                      # operators' answers to make FAQ pairs of
 
 Corrections go into the training log as operators' answers to handed-off customers do (source "operator"): the
 training set pins them, repeats them and lets them replace the bot's own answers to that question (bot/trainingset.py).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 
 from bot.console.auth import Person
 from bot.exchanges import SOURCES, Exchange
+from bot.paraphrases import OPERATOR_MATCH
 from bot.services import Services
 
 MAX_SCAN = 5000  # the inbox looks at the newest this many exchanges
 PAGE_SIZE = 50
+MAX_PROPOSED = 20  # operators' answers proposed as FAQ pairs on the handoffs page
 AROUND = 4  # exchanges of the same chat shown before and after the one reviewed
 AROUND_SCAN = 2000
 SHOWS = ("todo", "reviewed", "all")
@@ -84,6 +88,14 @@ class Review:
             if _admits(filters, row) and len(inbox.rows) < PAGE_SIZE:
                 inbox.rows.append(row)
         return inbox
+
+    async def answers_the_faq_lacks(self, limit: int = MAX_PROPOSED) -> list[Row]:
+        """Operators' answers, newest first, not reviewed yet and unlike every FAQ answer: proposed FAQ pairs."""
+        entries = [(i, e) for i, e in await self.kefu.log.latest(MAX_SCAN) if e["source"] == "operator"]
+        rows = [row for row in await self._rows(entries) if not row.reviewed]
+        index = await self.kefu.faq.index()
+        lacking = await asyncio.to_thread(lambda: [r for r in rows if index.nearest_answer(r.answer)[1] < OPERATOR_MATCH])
+        return lacking[:limit]
 
     async def row(self, entry_id: str) -> Row | None:
         entry = await self.kefu.log.get(entry_id)
