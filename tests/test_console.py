@@ -2,6 +2,7 @@
 a used link, a missing CSRF token), the inbox and an exchange (correct, add to FAQ, mark reviewed), the FAQ pages, the
 audit page, the security headers, and hostile customer text."""
 import re
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -137,6 +138,10 @@ async def test_the_mini_app_logs_in_with_init_data_once(console):
 async def test_the_inbox_shows_what_needs_review_with_counts_and_filters(console):
     client, c = console
     await login(client, c, OPERATOR)
+    three_days_ago = int((time.time() - 3 * 86_400) * 1000)
+    old = {"chat_id": "1", "user_id": "1", "question": "上周的问题", "answer": "抱歉", "source": "fallback", "score": "", "version": "",
+           "latency_ms": "1"}
+    await c.kefu.redis.xadd(c.kefu.log.stream, old, id=f"{three_days_ago}-0")  # the log's first entry: an older id is refused later
     await log_exchange(c, "怎么退货？", "七天内可以在订单页申请退货。", "faq", 0.98)
     await log_exchange(c, "发票抬头能改吗？", "抱歉，这个问题我还不能确定地回答。", "fallback", -2.1)
     await log_exchange(c, "运费多少？", "满69元包邮。", "model", -0.9)  # low confidence
@@ -144,10 +149,13 @@ async def test_the_inbox_shows_what_needs_review_with_counts_and_filters(console
     await log_exchange(c, "how long is delivery?", "2-3 days.", "model", -0.1, rating="up")
     page = await (await client.get("/")).text()
     shown = re.findall(r'<span class="q">([^<]+)</span>', page)
-    assert shown == ["会员有什么权益？", "运费多少？", "发票抬头能改吗？"]  # newest first; not the FAQ answer nor the 👍 one
-    assert re.search(r'value="todo"[^>]*>\s*\S+ <span class="count">3</span>', page)
+    assert shown == ["会员有什么权益？", "运费多少？", "发票抬头能改吗？", "上周的问题"]  # newest first; not the FAQ answer nor the 👍 one
+    assert re.search(r'value="todo"[^>]*>\s*\S+ <span class="count">4</span>', page)
+    today = await (await client.get("/", params={"days": "1"})).text()
+    assert "上周的问题" not in today and re.search(r'value="todo"[^>]*>\s*\S+ <span class="count">3</span>', today)
+    assert "上周的问题" in await (await client.get("/", params={"days": "7"})).text()
     fallbacks = await (await client.get("/", params={"show": "all", "source": "fallback"})).text()
-    assert re.findall(r'<span class="q">([^<]+)</span>', fallbacks) == ["发票抬头能改吗？"]
+    assert re.findall(r'<span class="q">([^<]+)</span>', fallbacks) == ["发票抬头能改吗？", "上周的问题"]
     ups = await (await client.get("/", params={"show": "all", "rating": "up"})).text()
     assert re.findall(r'<span class="q">([^<]+)</span>', ups) == ["how long is delivery?"]
     searched = await (await client.get("/", params={"show": "all", "q": "包邮"})).text()

@@ -33,6 +33,7 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "source": ("来源", "Source"),
     "rating": ("评价", "Rating"),
     "any": ("任意", "any"),
+    "last_days": ("最近 {n} 天", "last {n} days"),
     "search": ("搜索", "Search"),
     "filter": ("筛选", "Filter"),
     "question": ("问题", "Question"),

@@ -1,6 +1,6 @@
 """The inbox and one exchange: what waits for review, the conversation around it, and what a person does about it.
 
-    GET  /                          the inbox (?show=todo|reviewed|all&source=&rating=&q=)
+    GET  /                          the inbox (?show=todo|reviewed|all&source=&rating=&q=&days=1|7|30)
     GET  /exchange/{id}             the exchange, its chat around it, the FAQ candidates (as /why shows them)
     POST /exchange/{id}/correct     the right answer: an operator's answer in the training log; marked reviewed
     POST /exchange/{id}/faq         (admins) the question as a new FAQ entry, or as a similar question of an entry
@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.console.base import admin, console, form, operator, page, see_other, session
-from bot.console.review import RATINGS, SHOWS, Filters, Row
+from bot.console.review import DAYS, RATINGS, SHOWS, Filters, Row
 from bot.exchanges import ENTRY_ID, SOURCES
 from bot.faq import MAX_FAQ_TEXT
 
@@ -27,7 +27,8 @@ async def inbox(request: web.Request) -> web.Response:
     """Exchanges newest first, filtered, with counts per filter."""
     filters = Filters.parse(dict(request.query))
     found = await console(request).review.inbox(filters)
-    return page(request, "inbox.html", inbox=found, filters=filters, shows=SHOWS, sources=SOURCES, ratings=RATINGS)
+    return page(request, "inbox.html", inbox=found, filters=filters, shows=SHOWS, sources=SOURCES, ratings=RATINGS,
+                days=DAYS)
 
 
 @routes.get("/exchange/{id}")

@@ -31,6 +31,7 @@ AROUND = 4  # exchanges of the same chat shown before and after the one reviewed
 AROUND_SCAN = 2000
 SHOWS = ("todo", "reviewed", "all")
 RATINGS = ("up", "down", "none")
+DAYS = (1, 7, 30)  # "the last N days" filters (0: any time)
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,14 @@ class Filters:
     source: str = ""  # "" or one of SOURCES
     rating: str = ""  # "" or one of RATINGS
     text: str = ""
+    days: int = 0  # 0 or one of DAYS: only the last so many days
 
     @classmethod
     def parse(cls, query: dict[str, str]) -> Filters:
         """From a query string; anything unknown falls back to the default."""
-        show, source, rating = query.get("show", "todo"), query.get("source", ""), query.get("rating", "")
+        show, source, rating, days = query.get("show", "todo"), query.get("source", ""), query.get("rating", ""), query.get("days", "")
         return cls(show if show in SHOWS else "todo", source if source in SOURCES else "", rating if rating in RATINGS else "",
-                   query.get("q", "").strip()[:200])
+                   query.get("q", "").strip()[:200], int(days) if days.isdigit() and int(days) in DAYS else 0)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Row:
 @dataclass
 class Inbox:
     rows: list[Row]
-    counts: Counter = field(default_factory=Counter)  # "todo", "reviewed", sources, ratings: over the rows the filter's text admits
+    counts: Counter = field(default_factory=Counter)  # "todo", "reviewed", sources, ratings: over the rows the text and days admit
     scanned: int = 0
 
 
@@ -80,9 +82,9 @@ class Review:
 
     async def inbox(self, filters: Filters) -> Inbox:
         rows = await self._rows(await self.kefu.log.latest(MAX_SCAN))
-        inbox = Inbox([], scanned=len(rows))
+        inbox, since = Inbox([], scanned=len(rows)), time.time() - filters.days * 86_400
         for row in rows:
-            if filters.text and not _contains(row, filters.text):
+            if (filters.text and not _contains(row, filters.text)) or (filters.days and row.at < since):
                 continue
             _count(inbox.counts, row)
             if _admits(filters, row) and len(inbox.rows) < PAGE_SIZE:
