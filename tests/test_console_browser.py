@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import FAQ_PAIRS, REPO, serve_app, serve_models
-from .consolekit import ADMIN, console_settings, log_exchange
+from .consolekit import ADMIN, ADMIN_ID, console_settings, init_data, log_exchange
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -152,3 +152,31 @@ async def test_a_hostile_question_is_text_and_opens_no_dialog(browser, served, s
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert  # noqa: B018 (the property raises when no dialog is open)
     assert browser.find_elements(By.CSS_SELECTOR, "main img, main script") == []
+
+
+async def test_the_mini_app_logs_in_with_telegrams_init_data(browser, served):
+    """As Telegram opens it: initData in the URL fragment; the page's script sends it, and the inbox opens."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+
+    base, _ = served
+    signed = init_data({"id": ADMIN_ID, "first_name": "Ann", "language_code": "zh-hans"})
+
+    def open_app(data: str) -> None:
+        browser.delete_all_cookies()
+        browser.get(f"{base}/app#tgWebAppData={quote(data, safe='')}&tgWebAppVersion=8.0&tgWebAppPlatform=ios")
+
+    await asyncio.to_thread(open_app, signed)
+    assert await asyncio.to_thread(lambda: wait_for(browser, "#inbox") and browser.find_element(By.TAG_NAME, "h1").text) == "待审"
+    await asyncio.to_thread(open_app, signed)  # the same data again: a replay
+    error = await asyncio.to_thread(wait_for_visible, browser, "#miniapp-error")
+    assert error.text in ("无权限。", "Not allowed.") and browser.get_cookie("kefu_console") is None
+
+
+def wait_for_visible(driver, css: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(ready.visibility_of_element_located((By.CSS_SELECTOR, css)))
