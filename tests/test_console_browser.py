@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAQ_PAIRS, REPO, serve_app, serve_models
+from .conftest import FAQ_PAIRS, REPO, TINY_MODEL, serve_app, serve_models
 from .consolekit import ADMIN, ADMIN_ID, console_settings, init_data, log_exchange
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -58,6 +58,7 @@ async def served(redis_url, prefix, tiny_models, tmp_path):
 
     root = tmp_path / "reg"
     shutil.copytree(tiny_models, root, symlinks=True)
+    shutil.copytree(root / "v0001", root / "v0002")  # a second version to list (and promote), at no training cost
     llm_runner, llm_url = await serve_models(root, TOKEN, max_batch=2)
     app = create_app(console_settings(redis_url, prefix, llmcore_url=llm_url, llmcore_admin_token=TOKEN))
     runner, url = await serve_app(app)
@@ -180,3 +181,78 @@ def wait_for_visible(driver, css: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, WAIT_S).until(ready.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
+@pytest.mark.slow
+async def test_the_loop_in_the_browser(browser, telegram, redis_url, prefix, tiny_models, tmp_path, seeded, shots):
+    """Customers get fallbacks → an admin corrects each in the inbox → starts a retrain on the Models page and watches it
+    → promotes the new version → the bot (through the local Bot API server) answers those questions from it."""
+    from bot.console.app import create_app
+    from bot.console.base import CONSOLE
+    from llmcore.evaluate import char_f1
+    from llmcore.registry import Registry
+
+    from .botkit import running_bot, settings_for
+    from .loopflow import NEW_QA, ask_all
+
+    root = tmp_path / "loop-reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    llm_runner, llm_url = await serve_models(root, TOKEN, max_batch=8)
+    shape = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
+    settings = settings_for(telegram, redis_url, llm_url, prefix, "polling", admin_ids=str(ADMIN.user_id), llmcore_admin_token=TOKEN,
+                            retrain_shape=shape, min_confidence=-2.0, min_training_conversations=5, faq_encoder="none")
+    app = create_app(settings)
+    runner, base = await serve_app(app)
+    try:
+        async with running_bot(settings, telegram):
+            before = await ask_all(telegram, NEW_QA, first_user=5000)
+        token = await app[CONSOLE].auth.issue_link(ADMIN)
+        await asyncio.to_thread(log_in, browser, base, token, shots)
+        for question, answer in NEW_QA:  # fallbacks, or model answers of any confidence: all of them
+            await asyncio.to_thread(browser.get, base + "/?show=all")
+            await asyncio.to_thread(find_and_correct, browser, question, answer, shots)
+        await asyncio.to_thread(retrain_and_promote, browser, base, shots)
+        assert Registry(root).current() == "v0002"
+        await served_version(llm_url, "v0002")
+        async with running_bot(settings, telegram):
+            after = await ask_all(telegram, NEW_QA, first_user=6000)
+    finally:
+        await runner.cleanup()
+        await llm_runner.cleanup()
+    references = [a for _, a in NEW_QA]
+    assert sum(map(char_f1, before, references)) / len(references) < 0.5, before
+    assert sum(map(char_f1, after, references)) / len(references) >= 0.8, after
+
+
+def retrain_and_promote(driver, base: str, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(base + "/models")
+    form = wait_for(driver, "#retrain-form")
+    minutes = form.find_element(By.NAME, "minutes")
+    minutes.clear()
+    minutes.send_keys("1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    bar = wait_for(driver, "#job-text[data-events]")  # running: the page listens to the job's events
+    WebDriverWait(driver, 120).until(lambda d: "training" in bar.text)  # the events moved it on
+    driver.save_screenshot(str(shots / "retrain.png"))
+    WebDriverWait(driver, 300).until(lambda d: d.find_elements(By.ID, "compare"))  # ended: the page reloaded itself
+    driver.save_screenshot(str(shots / "retrained.png"))
+    promote = driver.find_elements(By.CSS_SELECTOR, "form[action$='/promote'] button")
+    if promote and "/models/jobs/" in promote[0].find_element(By.XPATH, "..").get_attribute("action"):
+        promote[0].click()  # llmcore did not promote it by itself: the admin does
+        wait_for(driver, "#versions")
+
+
+async def served_version(llm_url: str, version: str) -> None:
+    """Until llmcore serves `version` (it hot-reloads between model steps)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.get(llm_url + "/healthz") as response:
+                if (await response.json()).get("version") == version:
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"llmcore did not start serving {version}")

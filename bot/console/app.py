@@ -45,6 +45,7 @@ def create_app(settings: BotSettings) -> web.Application:
     env = aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bot.console", "templates"), autoescape=True,
                                undefined=jinja2.StrictUndefined, context_processors=[_template_context])
     env.filters["when"] = lambda at: time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(at))) + " UTC"
+    env.filters["num"] = _number
     app.cleanup_ctx.append(_open_console)
     app.router.add_get("/static/{name}", static)
     for module in (login, inbox, faqpages, modelpages, pages):
@@ -105,6 +106,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     request[SESSION_KEY] = session
     return await handler(request)
+
+
+def _number(value: object, digits: int = 3) -> str:
+    """A metric for a table: rounded, or "—" when there is none."""
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "—"
 
 
 async def _template_context(request: web.Request) -> dict:
