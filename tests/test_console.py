@@ -111,6 +111,15 @@ async def test_a_link_logs_in_once_with_a_safe_cookie(console):
     assert (await client.get("/", allow_redirects=False)).status == 303
 
 
+async def test_posts_from_another_site_are_refused(console):
+    client, c = console
+    token = await c.auth.issue_link(ADMIN)
+    forged = await client.post(f"/login/{token}", headers={"Origin": "https://evil.example"}, allow_redirects=False)
+    assert forged.status == 403 and COOKIE not in forged.cookies
+    same = await client.post(f"/login/{token}", headers={"Origin": str(client.make_url("")).rstrip("/")}, allow_redirects=False)
+    assert same.status == 303  # the link was not used up by the refused request
+
+
 async def test_login_attempts_are_rate_limited(console):
     client, c = console
     statuses = [(await client.post(f"/login/guess{i}", allow_redirects=False)).status for i in range(LOGIN_ATTEMPTS_PER_MINUTE + 1)]

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 import jinja2
@@ -91,6 +92,9 @@ async def _secure(request: web.Request, response: web.StreamResponse) -> None:
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session, role and CSRF checks before any view runs; a route without a role mark is for admins."""
     needed = getattr(request.match_info.handler, "role", "admin")
+    if request.method == "POST" and not _same_origin(request):
+        logger.warning("console: POST %s from another origin (%s) refused", request.path, request.headers.get("Origin"))
+        raise web.HTTPForbidden(text="cross-origin request refused")
     if needed == "public":
         return await handler(request)
     c = request.app[CONSOLE]
@@ -106,6 +110,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     request[SESSION_KEY] = session
     return await handler(request)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser names the page a POST comes from (Origin); one from another site is refused, logins included, so that no
+    page elsewhere can post a login link of its own into someone's browser."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
 
 
 def _number(value: object, digits: int = 3) -> str:

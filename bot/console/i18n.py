@@ -54,6 +54,7 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "mark_reviewed": ("标记为已审", "Mark reviewed"),
     "reviewed_by": ("已审：", "Reviewed by"),
     "done": ("已完成。", "Done."),
+    "entries": ("{n} 条", "{n} entries"),
     "import": ("导入", "Import"),
     "export": ("导出", "Export"),
     "imported": ("已导入 {n} 条。", "Imported {n} entries."),
