@@ -232,7 +232,7 @@ async def test_headers_and_escaping(console):
         response = await client.get(path)
         csp = response.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and response.headers["X-Content-Type-Options"] == "nosniff"
-        assert response.headers["Referrer-Policy"] == "no-referrer"  # a login link never leaves in a Referer
+        assert response.headers["Referrer-Policy"] == "same-origin"  # a login link never leaves in a Referer
         body = await response.text()
         assert "<script>alert" not in body and "<img src=x" not in body and "<b>bold" not in body
         assert tags(body, "script") in ([], [{"src": "/static/console.js", "defer": None}])  # our one script file, nothing inline
