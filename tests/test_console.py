@@ -11,6 +11,7 @@ from bot.console.auth import LOGIN_ATTEMPTS_PER_MINUTE
 from bot.console.base import COOKIE
 from bot.trainingset import build_training_set
 
+from .conftest import keys_with
 from .consolekit import ADMIN, ADMIN_ID, OPERATOR, console_client, console_settings, init_data, log_exchange, login
 
 PUBLIC = {"/login", "/login/{token}", "/app", "/app/login", "/static/{name}"}
@@ -186,6 +187,9 @@ async def test_correcting_an_exchange_teaches_the_training_set(console):
     assert "发票抬头能改吗？" not in await (await client.get("/")).text()  # reviewed: gone from the inbox
     assert (await client.post(f"/exchange/{entry_id}/correct", data={"csrf": token, "answer": ""}, allow_redirects=False)).status == 303
     assert (await client.get("/exchange/1-0")).status == 404 and (await client.get("/exchange/nonsense")).status == 404
+    await c.kefu.forget_user(555)  # the customer's /forget: their words leave the console with the log, audit included
+    assert "发票抬头能改吗？" not in await (await client.get("/", params={"show": "all"})).text()
+    assert await keys_with(c.kefu.redis, c.settings.redis_prefix, "发票抬头") == []
 
 
 async def test_an_admin_adds_an_exchange_to_the_faq_and_the_audit_shows_it(console):

@@ -10,7 +10,7 @@ from bot.search import FaqEntry
 from .botapi import USER_ID
 from .botkit import ask, running_bot, settings_for
 from .conftest import FAQ_PAIRS, TINY_MODEL
-from .consolekit import ADMIN, ADMIN_ID, console_client, console_settings, login
+from .consolekit import ADMIN, ADMIN_ID, console_client, console_settings, init_data, login
 from .test_admin import TOKEN, llmcore_admin  # noqa: F401 (a fixture: a real llmcore with v0001 current and v0002)
 
 SHAPE = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
@@ -83,3 +83,22 @@ async def test_the_console_command_sends_admins_a_link_that_logs_in(telegram, re
         response = await client.post(link, allow_redirects=False)
         assert response.status == 303 and response.cookies[COOKIE]
         assert f"Test ({ADMIN_ID}, admin)" in await (await client.get("/audit")).text()  # the name Telegram gave
+
+
+async def test_members_of_the_operators_chat_are_operators(telegram, redis_url, prefix, llmcore_url):
+    """Neither ADMIN_IDS nor OPERATOR_IDS: Telegram says who is in OPERATOR_CHAT_ID, at /console and in the Mini App."""
+    operators, member, outsider = -100555, 4201, 4202
+    telegram.members[operators] = {member}
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", admin_ids=str(ADMIN_ID), faq_encoder="none",
+                            operator_chat_id=operators)
+    async with running_bot(settings, telegram):
+        assert (await ask(telegram, "/console", chat_id=outsider, user_id=outsider))["text"] == "Not allowed. / 无权限。"
+        sent = await ask(telegram, "/console", chat_id=member, user_id=member)
+    link = re.search(r"http://\S+(/login/\S+)", sent["text"]).group(1)
+    async with console_client(settings) as (client, _):
+        assert (await client.post(link, allow_redirects=False)).status == 303
+        assert (await client.get("/handoffs")).status == 200 and (await client.get("/faq", allow_redirects=False)).status == 403
+        client.session.cookie_jar.clear()
+        for user_id, status in ((outsider, 403), (member, 200)):
+            data = init_data({"id": user_id, "first_name": "Op"}, token=telegram.token)
+            assert (await client.post("/app/login", data={"init_data": data})).status == status

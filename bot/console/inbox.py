@@ -49,7 +49,8 @@ async def correct(request: web.Request) -> web.StreamResponse:
         return see_other(f"/exchange/{row.id}?error=answer")
     entry_id = await c.review.correct(row, answer)
     await c.review.mark(row.id, session(request).person)
-    await c.audit.record(session(request).person, "exchange.correct", row.id, f"{row.question} → {answer} (log {entry_id})")
+    # the customer's words stay out of the audit log: /forget erases them from the training log, and nothing else holds them
+    await c.audit.record(session(request).person, "exchange.correct", row.id, f"answer: {answer} (log {entry_id})")
     return see_other(f"/exchange/{row.id}?done=correct")
 
 
