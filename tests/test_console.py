@@ -177,7 +177,12 @@ async def test_correcting_an_exchange_teaches_the_training_set(console):
     token = await login(client, c, OPERATOR)
     await log_exchange(c, "之前的问题", "之前的回答", "faq", 0.9)
     entry_id = await log_exchange(c, "发票抬头能改吗？", "抱歉，这个问题我还不能确定地回答。", "fallback", -2.1)
+    await log_exchange(c, "那怎么办", "您可以联系客服。", "model", -0.3, rating="down")
+    await log_exchange(c, "别的聊天", "别的回答", "faq", 0.9, chat_id=556)
     page = await (await client.get(f"/exchange/{entry_id}")).text()
+    chat = re.search(r'<ol class="chat">(.*?)</ol>', page, re.S).group(1)
+    assert re.findall(r'<p class="user">([^<]+)</p>', chat) == ["之前的问题", "发票抬头能改吗？", "那怎么办"]  # this chat's only
+    assert "👎 您可以联系客服。" in chat
     assert "之前的问题" in page and 'id="correct-form"' in page and 'action="/exchange/' + entry_id + '/faq"' not in page
     response = await client.post(f"/exchange/{entry_id}/correct", data={"csrf": token, "answer": "开票后30天内可在订单页修改抬头。"})
     assert response.status == 200 and 'id="done"' in await response.text()

@@ -111,7 +111,9 @@ class Review:
         log = self.kefu.log
         before = [(i, e) for i, e in await log.latest(AROUND_SCAN, before=row.id) if e["chat_id"] == row.chat_id][:AROUND]
         later = await log.redis.xrange(log.stream, f"({row.id}", "+", count=AROUND_SCAN)
-        after = [(i, {**e, "rating": ""}) for i, e in later if e["chat_id"] == row.chat_id][:AROUND]
+        after = [(i, e) for i, e in later if e["chat_id"] == row.chat_id][:AROUND]
+        ratings = await log.redis.hmget(log.ratings, [i for i, _ in after]) if after else []
+        after = [(i, {**e, "rating": rating or ""}) for (i, e), rating in zip(after, ratings)]
         return [*await self._rows(before[::-1]), row, *await self._rows(after)]
 
     async def correct(self, row: Row, answer: str) -> str:
