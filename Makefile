@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check -e '.[llmcore,dev]'
 	@command -v redis-server >/dev/null || bash .ci/install-redis
 	@bash .ci/install-nginx
+	@bash .ci/install-chromium
 	@touch $(STAMP)
 
 test: install

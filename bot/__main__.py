@@ -3,6 +3,7 @@
     python -m bot up                          # everything on this machine (what `make run` runs)
     python -m bot run                         # long polling; a webhook when WEBHOOK_URL is set
     python -m bot shell [--var var]           # chat in the terminal (no Telegram needed; log in var/log/bot.log)
+    python -m bot console [--link]            # the web console on CONSOLE_LISTEN; --link: a one-time login link, then exit
     python -m bot faq import FILE             # chat JSONL two-message conversations, or CSV question,answer
     python -m bot faq export [--out FILE]     # the FAQ as chat JSONL
     python -m bot faq match TEXT              # top matches with scores, as JSON (why an answer was chosen)
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("up", help="everything on this machine: Redis, the model, llmcore serve, the bot (what `make run` runs)")
     stack.add_argument("--models", default="models", help="model registry folder (the demo model is trained into it if empty)")
     stack.add_argument("--var", default="var", help="folder for Redis data (AOF) and logs")
+    console = sub.add_parser("console", help="the web console for admins and operators, on CONSOLE_LISTEN (docs/console.md)")
+    console.add_argument("--link", action="store_true", help="print a one-time login link for the local admin (5 minutes) and exit")
     faq = sub.add_parser("faq", help="manage the FAQ").add_subparsers(dest="faq_command", required=True)
     faq_import = faq.add_parser("import", help="add entries from chat JSONL or CSV question,answer")
     faq_import.add_argument("file", help="a .jsonl or .csv file")
@@ -101,6 +104,16 @@ def _write_lines(lines: list[str], out: str | None) -> None:
         sys.stdout.write(text)
 
 
+def console_command(args: argparse.Namespace, settings: BotSettings) -> int:
+    from bot.console.serve import local_admin_link, serve
+
+    if args.link:
+        print(asyncio.run(local_admin_link(settings)))
+    else:
+        serve(settings)
+    return 0
+
+
 def run(settings: BotSettings) -> None:
     from bot.app import build_application, run_polling, run_webhook
 
@@ -124,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             from bot.shell import main as shell_main
 
             shell_main(settings, Path(args.var) / "log")
+        elif args.command == "console":
+            return console_command(args, settings)
         elif args.command == "faq":
             return asyncio.run(with_redis(settings, lambda r: faq_command(args, settings, r)))
         else:

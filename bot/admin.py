@@ -4,6 +4,7 @@ line, and nothing runs.
     /retrain [lstm|transformer] [minutes]   train on the logged conversations; progress edited in place
     /train_status  /models  /promote V  /rollback
     /stats  /faq_add question || answer  /faq_del ID  /faq_list  /faq_pending  /export  /why (as a reply to an answer)
+    /console (admins and operators, in a private chat): a one-time login link to the web console
     a .jsonl or .csv document sent to the bot: imported into the FAQ
 
 A /retrain's job id and progress message live in Redis, so a restarted bot picks the watch up again.
@@ -21,10 +22,24 @@ import tempfile
 from pathlib import Path
 
 from redis.exceptions import RedisError
-from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Message, Update
+from telegram import (
+    BotCommand,
+    BotCommandScopeChat,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    LinkPreviewOptions,
+    MenuButtonWebApp,
+    Message,
+    Update,
+    WebAppInfo,
+)
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
+from bot.console.auth import LINK_TTL_S, ConsoleAuth, Person
+from bot.console.people import role_for
 from bot.context import Context
 from bot.faq import DataError
 from bot.handlers import COMMANDS
@@ -32,6 +47,7 @@ from bot.llm import AdminError
 from bot.services import Services
 from bot.split import split_message
 from bot.stats import chart, collect, format_stats
+from bot.texts import language
 from bot.trainingset import build_training_set
 
 logger = logging.getLogger(__name__)
@@ -41,6 +57,7 @@ ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transf
                   ("faq_add", "question || answer"), ("faq_del", "remove FAQ entry ID"), ("faq_list", "the FAQ entries"),
                   ("faq_pending", "customers' wordings proposed as FAQ questions"),
                   ("export", "the training data as JSONL"), ("why", "reply to an answer: where it came from")]
+CONSOLE_COMMAND = [("console", "a one-time login link to the web console")]  # operators may use it too: not in ADMIN_COMMANDS
 MAX_DOCUMENT_BYTES = 5 << 20
 WATCH_EVERY_S = 2.0
 BAR_WIDTH = 20
@@ -56,17 +73,22 @@ def register(application: Application, admin_ids: frozenset[int]) -> None:
                           ("faq_list", faq_list), ("faq_pending", faq_pending), ("export", export), ("why", why)):
         application.add_handler(CommandHandler(name, handler, filters=new & admins))
     application.add_handler(CommandHandler([name for name, _ in ADMIN_COMMANDS], not_allowed, filters=new))
+    application.add_handler(CommandHandler("console", console_login, filters=new & filters.ChatType.PRIVATE))
     application.add_handler(MessageHandler(new & admins & filters.ChatType.PRIVATE & filters.Document.ALL, faq_document))
     application.add_handler(CallbackQueryHandler(decide, pattern=r"^job:(promote|discard):"))
     application.add_handler(CallbackQueryHandler(decide_wording, pattern=r"^fp:(ok|no):"))
 
 
-async def set_commands(application: Application, admin_ids: frozenset[int]) -> None:
-    """Admins see their commands too (a chat scope each); an admin who never opened the bot is skipped."""
-    commands = [BotCommand(n, d) for n, d in COMMANDS + ADMIN_COMMANDS]
+async def set_commands(application: Application, admin_ids: frozenset[int], console_url: str | None = None) -> None:
+    """Admins see their commands too (a chat scope each), and the console as a Mini App menu button when it has an https
+    CONSOLE_URL (Telegram opens only https); an admin who never opened the bot is skipped."""
+    commands = [BotCommand(n, d) for n, d in COMMANDS + ADMIN_COMMANDS + CONSOLE_COMMAND]
     for admin_id in admin_ids:
         try:
             await application.bot.set_my_commands(commands, scope=BotCommandScopeChat(admin_id))
+            if console_url and console_url.startswith("https://"):
+                button = MenuButtonWebApp("Console", WebAppInfo(console_url.rstrip("/") + "/app"))
+                await application.bot.set_chat_menu_button(chat_id=admin_id, menu_button=button)
         except TelegramError as exc:
             logger.info("admin commands not set for %s: %s", admin_id, exc)
 
@@ -89,6 +111,23 @@ async def not_allowed(update: Update, context: Context) -> None:
     await update.effective_message.reply_text("Not allowed. / 无权限。")
 
 
+async def console_login(update: Update, context: Context) -> None:
+    """/console in a private chat: a one-time login link to the web console, for admins and operators only."""
+    kefu, user, message = context.kefu, update.effective_user, update.effective_message
+    role = await role_for(kefu.settings, context.bot, user.id)
+    if role is None:
+        await not_allowed(update, context)
+        return
+    auth = ConsoleAuth(kefu.redis, kefu.settings.redis_prefix, None, kefu.settings.console_session_hours * 3600)
+    lang = language(None, user.language_code)
+    token = await auth.issue_link(Person(user.id, user.first_name[:64], role, lang))
+    logger.info("audit: console login link for user %s (%s)", user.id, role)
+    url = f"{kefu.settings.console_base}/login/{token}"
+    note = (f"一次性登录链接，{LINK_TTL_S // 60} 分钟内有效：\n{url}" if lang == "zh"
+            else f"Your one-time console login link (valid for {LINK_TTL_S // 60} minutes):\n{url}")
+    await message.reply_text(note, link_preview_options=LinkPreviewOptions(is_disabled=True))  # a preview would open it
+
+
 async def retrain(update: Update, context: Context) -> None:
     """/retrain [lstm|transformer] [minutes]: one job at a time, progress edited in place."""
     kefu, message = context.kefu, update.effective_message
@@ -97,20 +136,32 @@ async def retrain(update: Update, context: Context) -> None:
     except ValueError as exc:
         await message.reply_text(f"{exc}\nUsage: /retrain [lstm|transformer] [minutes]")
         return
-    running = await kefu.admin.job()
-    if running is not None and running["status"] == "running":
-        await message.reply_text("A training job is already running:\n" + job_text(running))
+    try:
+        job = await start_retrain(kefu, arch, minutes)
+    except RetrainRefused as exc:
+        await message.reply_text(str(exc))
         return
-    conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
-    if len(conversations) < kefu.settings.min_training_conversations:
-        await message.reply_text(f"Too little data to retrain: {len(conversations)} conversations "
-                                 f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
-        return
-    job = await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
     progress = await message.reply_text(job_text(job))
     watched = {"job_id": job["id"], "chat_id": progress.chat_id, "message_id": progress.message_id}
     await kefu.redis.set(kefu.settings.redis_prefix + JOB_KEY, json.dumps(watched))
     context.job_queue.run_repeating(watch_job, interval=WATCH_EVERY_S, first=WATCH_EVERY_S, data=watched, name="retrain")
+
+
+class RetrainRefused(Exception):
+    """No job was started; the message says why, for the admin."""
+
+
+async def start_retrain(kefu: Services, arch: str, minutes: float) -> dict:
+    """A training job on llmcore over the training set (one at a time; enough data): the job as llmcore reports it.
+    /retrain and the console's Models page both start jobs here."""
+    running = await kefu.admin.job()
+    if running is not None and running["status"] == "running":
+        raise RetrainRefused("A training job is already running:\n" + job_text(running))
+    conversations = await build_training_set(kefu.log, kefu.faq, kefu.settings.model_history)
+    if len(conversations) < kefu.settings.min_training_conversations:
+        raise RetrainRefused(f"Too little data to retrain: {len(conversations)} conversations "
+                             f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
+    return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
 
 
 def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:

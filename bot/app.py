@@ -107,7 +107,7 @@ async def running(application: Application) -> AsyncIterator[Services]:
         try:
             await _seed_faq(kefu)
             await handlers.set_commands(application)
-            await admin.set_commands(application, data.settings.admin_ids)
+            await admin.set_commands(application, data.settings.admin_ids, data.settings.console_url)
             await application.start()
             try:
                 await admin.resume(application, kefu)

@@ -21,7 +21,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,20 @@ class FaqStore:
 
     async def add_similar(self, entry_id: str, wording: str) -> bool:
         """One more similar question for an entry (searched at once); False if the entry is gone."""
+        def change(entry: FaqEntry) -> FaqEntry:
+            known = wording.strip() in entry.similar
+            return entry if known else FaqEntry(entry.id, entry.question, entry.answer, (*entry.similar, wording.strip()))
+
+        return await self._rewrite(entry_id, change)
+
+    async def update(self, entry_id: str, question: str, answer: str, similar: Iterable[str] = ()) -> bool:
+        """Replace an entry's question, answer and similar questions (searched at once); False if the entry is gone.
+        ValueError (and nothing changes) for an empty or too long text."""
+        texts = tuple(dict.fromkeys(s.strip() for s in similar if s.strip()))
+        return await self._rewrite(entry_id, lambda entry: FaqEntry(entry.id, question.strip(), answer.strip(), texts))
+
+    async def _rewrite(self, entry_id: str, change: Callable[[FaqEntry], FaqEntry]) -> bool:
+        """Read, change and write one entry as a unit (WATCH: a concurrent change makes this one start again)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -118,12 +132,9 @@ class FaqStore:
                     raw = await pipe.hget(self.entries_key, entry_id)
                     if not raw:
                         return False
-                    data = json.loads(raw)
-                    if wording.strip() not in data["similar"]:
-                        data["similar"].append(wording.strip())
-                    _check(FaqEntry(entry_id, data["question"], data["answer"], tuple(data["similar"])))
+                    value = _encoded([change(_entry(entry_id, raw))])[0]
                     pipe.multi()
-                    pipe.hset(self.entries_key, entry_id, json.dumps(data, ensure_ascii=False)).incr(self.version_key)
+                    pipe.hset(self.entries_key, entry_id, value).incr(self.version_key)
                     await pipe.execute()
                     return True
                 except WatchError:

@@ -31,6 +31,14 @@ class BotSettings(BaseSettings):
     llmcore_admin_token: SecretStr | None = Field(default=None, description="LLMCORE_ADMIN_TOKEN, for the admin commands")
     admin_ids: Annotated[frozenset[int], NoDecode] = Field(default=frozenset(), description="comma-separated Telegram user ids")
     operator_chat_id: int | None = None
+    operator_ids: Annotated[frozenset[int], NoDecode] = Field(default=frozenset(), description="operators by Telegram user id "
+                                                             "(comma-separated), beside the members of OPERATOR_CHAT_ID")
+    console_listen: str = Field(default="127.0.0.1:8480", description="host:port the console (python -m bot console) binds")
+    console_url: str | None = Field(default=None, description="the console's public URL (https for the Telegram Mini App); "
+                                                              "default http://CONSOLE_LISTEN")
+    console_session_hours: float = Field(default=12, gt=0, le=24 * 30, description="a console login lasts this long")
+    console_low_confidence: float = Field(default=-0.5, le=0, description="model answers under this mean log-probability "
+                                                                         "wait for review in the console's inbox")
     webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
     webhook_listen: str = Field(default="127.0.0.1:8443", description="host:port the webhook server binds")
     webhook_secret: SecretStr | None = Field(default=None, description="X-Telegram-Bot-Api-Secret-Token; required with a webhook")
@@ -70,7 +78,7 @@ class BotSettings(BaseSettings):
     replica_name: str = Field(default_factory=socket.gethostname, min_length=1,
                          description="this process among the bot's replicas (its name in the update stream); stable across restarts")
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("admin_ids", "operator_ids", mode="before")
     @classmethod
     def _parse_ids(cls, value: object) -> object:
         if isinstance(value, str):
@@ -96,6 +104,13 @@ class BotSettings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value!r})")
+        return value
+
+    @field_validator("console_url")
+    @classmethod
+    def _check_console_url(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise ValueError(f"CONSOLE_URL must be an http(s) URL, got {value!r}")
         return value
 
     @field_validator("telegram_api_base", "llmcore_url")
@@ -127,5 +142,18 @@ class BotSettings(BaseSettings):
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.webhook_listen.rpartition(":")
-        return host or "0.0.0.0", int(port)
+        return _host_port(self.webhook_listen)
+
+    @property
+    def console_host_port(self) -> tuple[str, int]:
+        return _host_port(self.console_listen)
+
+    @property
+    def console_base(self) -> str:
+        """Where the console is reached: CONSOLE_URL, or the address it listens on."""
+        return (self.console_url or f"http://{self.console_listen}").rstrip("/")
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "0.0.0.0", int(port)

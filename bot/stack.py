@@ -7,7 +7,9 @@
 2. The model: when the registry has no current version, the demo model is trained first (progress bar,
    about 3 minutes on 2 CPU cores) and promoted.
 3. `llmcore serve` as a child on a free loopback port (or LLMCORE_URL when it is set).
-4. The bot: with TELEGRAM_BOT_TOKEN the real one (polling, or a webhook with WEBHOOK_URL), logging to stderr;
+4. The console (`python -m bot console`) as a child on CONSOLE_LISTEN (a free port when 8480 is taken and none was
+   set), logging to `var/log/console.log`; its URL and a one-time login link for the local admin are printed.
+5. The bot: with TELEGRAM_BOT_TOKEN the real one (polling, or a webhook with WEBHOOK_URL), logging to stderr;
    without it the terminal chat on the same stack, logging to `var/log/bot.log` (warnings and errors also on the
    terminal). llmcore logs to `var/log/llmcore.log`, Redis to `var/redis/redis.log`.
 
@@ -96,6 +98,20 @@ class Stack:
         logger.info("llmcore: serving %s at %s (log: %s)", self.models, url, folder / "llmcore.log")
         return url
 
+    def start_console(self, settings: BotSettings) -> None:
+        folder = self.var / "log"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "console.log", "ab")
+        token = settings.llmcore_admin_token.get_secret_value() if settings.llmcore_admin_token else ""
+        env = {**os.environ, "REDIS_URL": settings.redis_url, "LLMCORE_URL": settings.llmcore_url, "LLMCORE_ADMIN_TOKEN": token,
+               "CONSOLE_LISTEN": settings.console_listen}
+        process = subprocess.Popen([sys.executable, "-m", "bot", "console"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   preexec_fn=_die_with_parent)
+        self.children.append(("console", process))
+        host, port = settings.console_host_port
+        _wait_for(lambda: _http_ok(f"http://{_loopback(host)}:{port}/login"), process, "the console", folder / "console.log")
+        logger.info("console: %s (log: %s)", settings.console_base, folder / "console.log")
+
     def stop(self) -> None:
         """Children in reverse order: llmcore, then Redis (which writes its AOF on SIGTERM)."""
         for name, process in reversed(self.children):
@@ -112,6 +128,8 @@ class Stack:
 
 
 def up(models: Path, var: Path) -> int:
+    from bot.console.serve import local_admin_link  # the console's web stack, only when the whole product starts
+
     base = BotSettings()  # bad settings stop here, with one line naming the variable
     stack = Stack(models, var)
     overrides: dict = {}
@@ -126,7 +144,12 @@ def up(models: Path, var: Path) -> int:
                 stack.ensure_model()
                 token = base.llmcore_admin_token.get_secret_value() if base.llmcore_admin_token else secrets.token_urlsafe(24)
                 overrides.update(llmcore_url=stack.start_llmcore(token), llmcore_admin_token=token)
+            if "console_listen" not in base.model_fields_set and not _port_free(base.console_host_port):
+                overrides["console_listen"] = f"127.0.0.1:{_free_port()}"
             settings = BotSettings(**{**base.model_dump(exclude_unset=False), **overrides})
+            stack.start_console(settings)
+            print(f"Console: {settings.console_base}\nLog in to it (a one-time link, valid for 5 minutes; "
+                  f"`python -m bot console --link` makes another): {asyncio.run(local_admin_link(settings))}", flush=True)
             _run_bot(settings, var / "log")
     except KeyboardInterrupt:
         pass
@@ -197,6 +220,20 @@ def _http_ok(url: str) -> bool:
             return response.status == 200
     except (OSError, ValueError):
         return False
+
+
+def _port_free(host_port: tuple[str, int]) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(host_port)
+        except OSError:
+            return False
+    return True
+
+
+def _loopback(host: str) -> str:
+    """Where to reach a server bound to `host` from this machine."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
 
 
 def _free_port() -> int:

@@ -224,10 +224,11 @@ class BotApiServer:
         self._methods: dict[str, tuple[str, Callable]] = {}
         self.uploads: dict[str, bytes] = {}
         self.forbidden: set[int] = set()
+        self.members: dict[int, set[int]] = {}  # group chat id -> its members' user ids (getChatMember)
         for name in ("getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "sendMessage", "editMessageText",
                      "editMessageReplyMarkup", "deleteMessage", "sendChatAction", "answerCallbackQuery", "sendMessageDraft",
                      "setMyCommands", "getMyCommands", "deleteMyCommands", "sendDocument", "sendPhoto", "setMessageReaction",
-                     "getChat", "getFile"):
+                     "getChat", "getFile", "getChatMember"):
             self._methods[name.lower()] = (name, getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower()))
 
     # ---- lifecycle
@@ -558,6 +559,11 @@ class BotApiServer:
         self._chat(params)
         self.reactions.append(params)
         return True
+
+    def _get_chat_member(self, params: dict) -> dict:
+        user_id = int(params["user_id"])
+        status = "member" if user_id in self.members.get(int(params["chat_id"]), set()) else "left"
+        return {"status": status, "user": user_dict(user_id, username=None)}
 
     def _get_chat(self, params: dict) -> dict:
         gifts = dict.fromkeys(("unlimited_gifts", "limited_gifts", "unique_gifts", "premium_subscription", "gifts_from_channels"), False)

@@ -69,6 +69,32 @@ def test_the_terminal_chat_shows_the_conversation_and_logs_go_to_var_log(stack_d
     assert "WARNING bot.admin: audit: user 10000" in log
 
 
+def test_up_starts_the_console_and_prints_a_login_link_that_works(stack_dirs):
+    import re
+    import urllib.error
+    import urllib.request
+
+    models, var = stack_dirs
+    process = up(models, var)
+    lines = []
+    for line in iter(process.stdout.readline, ""):
+        lines.append(line)
+        if "Kefu shell" in line:
+            break
+    out = "".join(lines)
+    base = re.search(r"Console: (http://\S+)", out).group(1)
+    link = re.search(r"Log in to it .*: (http://\S+/login/\S+)", out).group(1)
+    assert link.startswith(base + "/login/")
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    inbox = opener.open(urllib.request.Request(link, data=b"", method="POST"), timeout=10)  # the login button; then the inbox
+    assert inbox.status == 200 and "local admin" in inbox.read().decode()
+    process.communicate("", timeout=60)  # the end of the input stops everything
+    assert process.returncode == 0
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(base + "/login", timeout=2)
+    assert (var / "log" / "console.log").exists()
+
+
 def test_sigterm_stops_every_child(stack_dirs):
     models, var = stack_dirs
     process = up(models, var)

@@ -1,0 +1,76 @@
+"""What every console view shares: the process's state (`Console`), who may open a route (`public`, `operator`,
+`admin`; a route without a mark is for admins), and small helpers to read a form and render a page.
+
+    @operator
+    async def inbox(request: web.Request) -> web.Response:
+        c = console(request)
+        return page(request, "inbox.html", rows=...)
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from telegram import Bot
+
+from bot.console.audit import AuditLog
+from bot.console.auth import ConsoleAuth, Session
+from bot.console.review import Review
+from bot.services import Services
+from bot.settings import BotSettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COOKIE = "kefu_console"
+MAX_FORM_BYTES = 6 << 20  # a FAQ file of 5 MB, as the bot takes one
+
+
+@dataclass
+class Console:
+    settings: BotSettings
+    kefu: Services
+    auth: ConsoleAuth
+    audit: AuditLog
+    review: Review
+    bot: Bot | None  # for operators' chat membership; None without a token
+
+
+CONSOLE = web.AppKey("console", Console)
+SETTINGS = web.AppKey("settings", BotSettings)
+SESSION_KEY = web.RequestKey("console_session", Session)
+
+
+def _role(role: str) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.role = role  # read by app.guard before the handler runs
+        return handler
+
+    return mark
+
+
+public, operator, admin = _role("public"), _role("operator"), _role("admin")
+
+
+def console(request: web.Request) -> Console:
+    return request.app[CONSOLE]
+
+
+def session(request: web.Request) -> Session:
+    return request[SESSION_KEY]
+
+
+async def form(request: web.Request) -> dict[str, str]:
+    """The posted fields as text (files are not accepted)."""
+    data = await request.post()
+    return {k: v.strip() if isinstance(v, str) else "" for k, v in data.items()}
+
+
+def page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    return aiohttp_jinja2.render_template(template, request, context, status=status)
+
+
+def see_other(location: str) -> web.Response:
+    """Post/redirect/get: a reload does not post again."""
+    return web.Response(status=303, headers={"Location": location})

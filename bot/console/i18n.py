@@ -1,0 +1,97 @@
+"""The console's words in Chinese and English; the language is the signed-in person's (their Telegram setting), or
+the browser's before sign-in.
+
+    t = translator("en")
+    t("inbox")            # "Inbox"; an unknown key shows as itself
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
+    "console": ("Kefu 控制台", "Kefu console"),
+    "inbox": ("待审", "Inbox"),
+    "faq": ("常见问题", "FAQ"),
+    "models": ("模型", "Models"),
+    "handoffs": ("人工", "Handoffs"),
+    "stats": ("统计", "Stats"),
+    "audit": ("审计", "Audit"),
+    "logout": ("退出", "Log out"),
+    "login": ("登录", "Log in"),
+    "login_how": ("在 Telegram 私聊机器人发送 /console 获取一次性登录链接（5 分钟内有效，只能用一次）；"
+                  "本机 make run 会在终端打印一个。",
+                  "Send /console to the bot in a private chat for a one-time login link (valid for 5 minutes, once); "
+                  "`make run` prints one on this machine."),
+    "login_confirm": ("点击按钮登录控制台。", "Press the button to log in to the console."),
+    "login_refused": ("链接无效：已用过或已过期。请重新获取。", "This link does not work: it was used or it expired. Ask for a new one."),
+    "too_many": ("尝试次数过多，请一分钟后再试。", "Too many attempts: try again in a minute."),
+    "miniapp_wait": ("正在通过 Telegram 登录……", "Logging in through Telegram…"),
+    "forbidden": ("无权限。", "Not allowed."),
+    "show_todo": ("待审", "To review"),
+    "show_reviewed": ("已审", "Reviewed"),
+    "show_all": ("全部", "All"),
+    "source": ("来源", "Source"),
+    "rating": ("评价", "Rating"),
+    "any": ("任意", "any"),
+    "last_days": ("最近 {n} 天", "last {n} days"),
+    "search": ("搜索", "Search"),
+    "filter": ("筛选", "Filter"),
+    "question": ("问题", "Question"),
+    "answer": ("回答", "Answer"),
+    "score": ("分数", "Score"),
+    "version": ("版本", "Version"),
+    "when": ("时间", "When"),
+    "nothing": ("没有内容。", "Nothing here."),
+    "newest_of": ("最近 {n} 条对话中", "among the newest {n} exchanges"),
+    "conversation": ("上下文", "Conversation"),
+    "candidates": ("FAQ 候选", "FAQ candidates"),
+    "correct": ("修正回答", "Correct the answer"),
+    "correct_help": ("保存为人工回答的训练样本（与转人工的回答相同）。",
+                     "Stored as an operator's answer for training, as handoff answers are."),
+    "save": ("保存", "Save"),
+    "add_faq_new": ("加入 FAQ（新条目）", "Add to the FAQ as a new entry"),
+    "add_faq_similar": ("作为相似问题加入条目", "Add as a similar question of entry"),
+    "mark_reviewed": ("标记为已审", "Mark reviewed"),
+    "reviewed_by": ("已审：", "Reviewed by"),
+    "done": ("已完成。", "Done."),
+    "entries": ("{n} 条", "{n} entries"),
+    "import": ("导入", "Import"),
+    "export": ("导出", "Export"),
+    "imported": ("已导入 {n} 条。", "Imported {n} entries."),
+    "try_question": ("试一个问题", "Try a question"),
+    "add": ("添加", "Add"),
+    "edit": ("编辑", "Edit"),
+    "delete": ("删除", "Delete"),
+    "similar": ("相似问题（每行一个）", "Similar questions (one a line)"),
+    "current": ("当前", "current"),
+    "promote": ("上线", "Promote"),
+    "rollback": ("回滚", "Roll back"),
+    "discard": ("丢弃", "Discard"),
+    "retrain": ("重新训练", "Retrain"),
+    "minutes": ("分钟", "minutes"),
+    "job": ("训练任务", "Training job"),
+    "open_handoffs": ("进行中的人工会话", "Open handoffs"),
+    "waiting": ("等待", "Waiting"),
+    "queue": ("排队", "Queue"),
+    "proposed": ("常见问题缺少的人工回答", "Operators' answers the FAQ lacks"),
+    "proposed_help": ("打开一条，把它加入 FAQ（管理员），或标记为已审。", "Open one to add it to the FAQ (admins) or mark it reviewed."),
+    "who": ("谁", "Who"),
+    "what": ("做了什么", "What"),
+    "error": ("出错了：", "Something went wrong: "),
+}
+
+
+def translator(lang: str) -> Callable[..., str]:
+    column = 1 if lang == "en" else 0
+
+    def t(key: str, **values: object) -> str:
+        text = STRINGS[key][column] if key in STRINGS else key
+        return text.format(**values) if values else text
+
+    return t
+
+
+def browser_language(accept_language: str) -> str:
+    """'en' unless the browser prefers Chinese."""
+    first = accept_language.split(",")[0].strip().lower()
+    return "zh" if first.startswith("zh") or not first else "en"
