@@ -34,7 +34,9 @@ if [ -s "$HOST_CA" ]; then
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$ROOTFS/etc/pip.conf"
 fi
 chroot "$ROOTFS" apt-get clean
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/*
+# what python:3.11-slim leaves out too: apt's lists and caches, documentation, translations (~35 MB)
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* \
+    "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/locale/*
 tar -C "$ROOTFS" -c . | "$ENGINE" import \
     --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' - "$IMAGE" >/dev/null
 echo "$IMAGE: $("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE") bytes"
