@@ -258,6 +258,17 @@ def test_bot_shell_answers_a_faq_question_through_redis_and_llmcore(llmcore: str
 # ----------------------------------------------------------------------------------------------------------- compose
 
 
+class Override(list):
+    """A list that replaces the compose file's list instead of adding to it (the Compose specification's !override)."""
+
+
+class OverrideDumper(yaml.SafeDumper):
+    pass
+
+
+OverrideDumper.add_representer(Override, lambda dumper, value: dumper.represent_sequence("!override", list(value)))
+
+
 def compose_command() -> list[str]:
     if ENGINE == "docker" and run("docker", "compose", "version", check=False).returncode == 0:
         return ["docker", "compose"]
@@ -301,20 +312,17 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         image = stock_or_standin(service)
         if image != spec["services"][service]["image"]:
             services[service] = {"image": image}
-    services["train-demo"] = {"command": [*train[:-1], train[-1].replace("--max-minutes 3", "--max-minutes 0.3")]}
+    services["train-demo"] = {"command": Override([*train[:-1], train[-1].replace("--max-minutes 3", "--max-minutes 0.3")])}
     for service in ("llmcore", "bot"):
-        services[service] = {"env_file": [str(tmp / ".env")]}
+        services[service] = {"env_file": Override([str(tmp / ".env")])}
     services["bot"]["depends_on"] = {"botapi": {"condition": "service_started"}}
     services["botapi"] = {"image": need_image(BOT_IMAGE), "working_dir": "/srv", "volumes": [f"{REPO / 'tests'}:/srv/tests:ro"],
                           "command": ["python", "-c", BOTAPI_MAIN, BOT_TOKEN], "ports": [f"127.0.0.1:{botapi_port}:8081"],
                           "healthcheck": {"disable": True}}
     services.setdefault("nginx", {}).update({
-        "ports": [f"127.0.0.1:{https_port}:8443"],
-        "volumes": [f"{tmp / 'kefu.conf'}:/etc/nginx/conf.d/default.conf:ro", f"{tmp / 'certs'}:/etc/nginx/certs:ro"]})
-    text = yaml.safe_dump(override, allow_unicode=True, sort_keys=False)
-    for key in ("env_file", "ports", "volumes", "command"):  # replace the compose file's lists instead of adding to them
-        text = re.sub(rf"^(\s+{key}):", r"\1: !override", text, flags=re.M)
-    (tmp / "override.yml").write_text(text, encoding="utf-8")
+        "ports": Override([f"127.0.0.1:{https_port}:8443"]),
+        "volumes": Override([f"{tmp / 'kefu.conf'}:/etc/nginx/conf.d/default.conf:ro", f"{tmp / 'certs'}:/etc/nginx/certs:ro"])})
+    (tmp / "override.yml").write_text(yaml.dump(override, Dumper=OverrideDumper, allow_unicode=True, sort_keys=False))
     command = [*compose_command(), "-p", project, "-f", str(COMPOSE), "-f", str(tmp / "override.yml")]
     stack = {"command": command, "https": https_port, "botapi": botapi_port, "project": project}
     try:
@@ -352,7 +360,7 @@ def test_compose_stack_answers_a_webhook_through_nginx(compose_stack: dict):
     webhook = next(params for method, params in bot_calls(stack) if method == "setWebhook")
     assert webhook["url"] == "https://localhost/telegram/webhook" and webhook["secret_token"] == WEBHOOK_SECRET
 
-    update = text_update(FAQ_QUESTION)
+    update = {"update_id": int(time.time()), **text_update(FAQ_QUESTION)}
     assert http(url, update)[0] == 403, "a webhook POST without the secret must be refused"
     status, body = wait_http(url, timeout=60, container=container_of(stack, "nginx"), body=update,
                              headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET})
