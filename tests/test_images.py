@@ -318,7 +318,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     services["bot"]["depends_on"] = {"botapi": {"condition": "service_started"}}
     services["botapi"] = {"image": need_image(BOT_IMAGE), "working_dir": "/srv", "volumes": [f"{REPO / 'tests'}:/srv/tests:ro"],
                           "command": ["python", "-c", BOTAPI_MAIN, BOT_TOKEN], "ports": [f"127.0.0.1:{botapi_port}:8081"],
-                          "healthcheck": {"disable": True}}
+                          "healthcheck": {"disable": True}, "init": True}
     services.setdefault("nginx", {}).update({
         "ports": Override([f"127.0.0.1:{https_port}:8443"]),
         "volumes": Override([f"{tmp / 'kefu.conf'}:/etc/nginx/conf.d/default.conf:ro", f"{tmp / 'certs'}:/etc/nginx/certs:ro"])})
