@@ -9,6 +9,7 @@ deploy/standins/ take their place. Every container, volume and network is named 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -67,27 +68,26 @@ asyncio.run(main())
 # ------------------------------------------------------------------------------------------------------------ engine
 
 
-def docker_daemon() -> bool:
+@functools.cache
+def engine_name() -> str:
+    """docker where its daemon answers, else podman (as deploy/scripts/images.sh decides)."""
     docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
-
-
-ENGINE = "docker" if docker_daemon() else "podman"
-if ENGINE == "podman":
-    os.environ.setdefault("CONTAINERS_CONF", str(DEPLOY / "podman" / "containers.conf"))
+    return "docker" if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0 else "podman"
 
 
 def run(*args: str, timeout: float = 300, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kwargs)
+    """A command (podman with the project's containers.conf); with `check`, a failure fails the test with its output."""
+    env = {"CONTAINERS_CONF": str(DEPLOY / "podman" / "containers.conf"), **os.environ}
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
     if check:
         assert result.returncode == 0, f"{' '.join(args)[:300]}: exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result
 
 
 def engine(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    if not shutil.which(ENGINE):
-        pytest.fail(f"{ENGINE} is not installed: `make test-images` installs it (.ci/install-podman)")
-    return run(ENGINE, *args, **kwargs)
+    if not shutil.which(engine_name()):
+        pytest.fail(f"{engine_name()} is not installed: `make test-images` installs it (.ci/install-podman)")
+    return run(engine_name(), *args, **kwargs)
 
 
 def has_image(image: str) -> bool:
@@ -116,7 +116,7 @@ def healthcheck(container: str, timeout: float = 120) -> None:
     """The image's HEALTHCHECK passes: `podman healthcheck run` (podman runs it only when asked), Docker's own status."""
     deadline = time.monotonic() + timeout
     while True:
-        if ENGINE == "podman":
+        if engine_name() == "podman":
             result = engine("healthcheck", "run", container, check=False)
             ok, detail = result.returncode == 0, result.stdout + result.stderr
         else:
@@ -270,7 +270,7 @@ OverrideDumper.add_representer(Override, lambda dumper, value: dumper.represent_
 
 
 def compose_command() -> list[str]:
-    if ENGINE == "docker" and run("docker", "compose", "version", check=False).returncode == 0:
+    if engine_name() == "docker" and run("docker", "compose", "version", check=False).returncode == 0:
         return ["docker", "compose"]
     found = Path(sys.executable).parent / "podman-compose"
     if not found.exists():
@@ -297,7 +297,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     site = (DEPLOY / "nginx" / "kefu.conf").read_text(encoding="utf-8")
     override: dict = {"services": {}}
     services = override["services"]
-    if ENGINE == "podman":
+    if engine_name() == "podman":
         # kefu.conf's resolver is Docker's embedded DNS (127.0.0.11); podman's is on the network's gateway
         network = f"{project}-net"
         engine("network", "create", network)
@@ -332,7 +332,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if os.environ.get("KEFU_KEEP_STACK") != "1":
             run(*command, "down", "-v", timeout=300, check=False)
-            if ENGINE == "podman":
+            if engine_name() == "podman":
                 engine("network", "rm", "-f", f"{project}-net", check=False)
 
 
