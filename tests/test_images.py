@@ -282,9 +282,11 @@ def compose_command() -> list[str]:
 def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """deploy/docker-compose.yml as it is, plus an override for the test: settings of its own (.env), a self-signed
     certificate, loopback ports, the Bot API server of tests/botapi.py as a service, a shorter demo training, stand-ins
-    for stock images that are not here. Yields the ports and the compose command."""
+    for stock images that are not here. Yields the ports and the compose command. KEFU_KEEP_STACK=1 leaves it running
+    (then `<compose command> down -v` by hand, with the same two files)."""
     tmp = tmp_path_factory.mktemp("compose")
     spec = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    images = {service: stock_or_standin(service) for service in ("redis", "nginx")} | {"botapi": need_image(BOT_IMAGE)}
     project = f"{RUN}-compose"
     https_port, botapi_port = free_port(), free_port()
     (tmp / "certs").mkdir()
@@ -309,14 +311,13 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     train = spec["services"]["train-demo"]["command"]
     assert "--max-minutes 3" in train[-1]
     for service in ("redis", "nginx"):
-        image = stock_or_standin(service)
-        if image != spec["services"][service]["image"]:
-            services[service] = {"image": image}
+        if images[service] != spec["services"][service]["image"]:
+            services[service] = {"image": images[service]}
     services["train-demo"] = {"command": Override([*train[:-1], train[-1].replace("--max-minutes 3", "--max-minutes 0.3")])}
     for service in ("llmcore", "bot"):
         services[service] = {"env_file": Override([str(tmp / ".env")])}
     services["bot"]["depends_on"] = {"botapi": {"condition": "service_started"}}
-    services["botapi"] = {"image": need_image(BOT_IMAGE), "working_dir": "/srv", "volumes": [f"{REPO / 'tests'}:/srv/tests:ro"],
+    services["botapi"] = {"image": images["botapi"], "working_dir": "/srv", "volumes": [f"{REPO / 'tests'}:/srv/tests:ro"],
                           "command": ["python", "-c", BOTAPI_MAIN, BOT_TOKEN], "ports": [f"127.0.0.1:{botapi_port}:8081"],
                           "healthcheck": {"disable": True}, "init": True}
     services.setdefault("nginx", {}).update({
