@@ -52,6 +52,7 @@ PROMETHEUS = DEPLOY / "prometheus"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
 K8S_FILES = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile*"))
+STANDIN_DOCKERFILES = sorted((DEPLOY / "standins").glob("Dockerfile*"))  # redis and nginx for the images smoke test
 SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 OLDEST_KUBERNETES = "1.29.0"  # the manifests validate against this Kubernetes and the newest one kubernetes-validate bundles
@@ -511,7 +512,7 @@ def test_dockerfile_healthcheck_passes_on_200_and_fails_on_503(path: Path):
         assert [(m, p) for m, p, *_ in stub.requests] == [("GET", "/healthz")]
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=rel)
+@pytest.mark.parametrize("path", DOCKERFILES + STANDIN_DOCKERFILES, ids=rel)
 def test_dockerfile_passes_hadolint(path: Path):
     hadolint = dev_binary("hadolint")
     result = run([hadolint, "--no-color", "--failure-threshold", "info", str(path)])
