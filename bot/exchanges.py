@@ -7,7 +7,7 @@ stream, scrubbed of personal data before it is written; 👍/👎 ratings attach
     await log.latest(user_id, chat_id)                # the user's last exchange in that chat, with its id and rating
     async for conversation in log.conversations():    # chat JSONL records, the llmcore training format
         ...
-    page = await log.latest(50, before=entry_id)        # newest first, for the console's inbox
+    page = await log.newest(50, before=entry_id)        # newest first, for the console's inbox
 
 The Redis client decodes responses (`decode_responses=True`).
 Entries older than the retention leave the stream as new ones arrive (XADD MINID).
@@ -116,7 +116,7 @@ class ExchangeLog:
                 yield entry_id, {**fields, "rating": rating or ""}
             start = "(" + chunk[-1][0]
 
-    async def latest(self, count: int, before: str = "+") -> list[tuple[str, dict[str, str]]]:
+    async def newest(self, count: int, before: str = "+") -> list[tuple[str, dict[str, str]]]:
         """Up to `count` entries older than `before` (an entry id, or "+" for the newest), newest first, rated like entries()."""
         end = "+" if before == "+" else f"({before}"
         chunk = await self.redis.xrevrange(self.stream, end, "-", count=count)

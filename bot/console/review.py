@@ -81,7 +81,7 @@ class Review:
         self.marks = f"{kefu.settings.redis_prefix}console:reviewed"
 
     async def inbox(self, filters: Filters) -> Inbox:
-        rows = await self._rows(await self.kefu.log.latest(MAX_SCAN))
+        rows = await self._rows(await self.kefu.log.newest(MAX_SCAN))
         inbox, since = Inbox([], scanned=len(rows)), time.time() - filters.days * 86_400
         for row in rows:
             if (filters.text and not _contains(row, filters.text)) or (filters.days and row.at < since):
@@ -93,7 +93,7 @@ class Review:
 
     async def answers_the_faq_lacks(self, limit: int = MAX_PROPOSED) -> list[Row]:
         """Operators' answers, newest first, not reviewed yet and unlike every FAQ answer: proposed FAQ pairs."""
-        entries = [(i, e) for i, e in await self.kefu.log.latest(MAX_SCAN) if e["source"] == "operator"]
+        entries = [(i, e) for i, e in await self.kefu.log.newest(MAX_SCAN) if e["source"] == "operator"]
         rows = [row for row in await self._rows(entries) if not row.reviewed]
         index = await self.kefu.faq.index()
         lacking = await asyncio.to_thread(lambda: [r for r in rows if index.nearest_answer(r.answer)[1] < OPERATOR_MATCH])
@@ -109,7 +109,7 @@ class Review:
     async def around(self, row: Row) -> list[Row]:
         """Up to AROUND exchanges of the same chat before this one, this one, and up to AROUND after, oldest first."""
         log = self.kefu.log
-        before = [(i, e) for i, e in await log.latest(AROUND_SCAN, before=row.id) if e["chat_id"] == row.chat_id][:AROUND]
+        before = [(i, e) for i, e in await log.newest(AROUND_SCAN, before=row.id) if e["chat_id"] == row.chat_id][:AROUND]
         later = await log.redis.xrange(log.stream, f"({row.id}", "+", count=AROUND_SCAN)
         after = [(i, e) for i, e in later if e["chat_id"] == row.chat_id][:AROUND]
         ratings = await log.redis.hmget(log.ratings, [i for i, _ in after]) if after else []
