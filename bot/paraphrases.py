@@ -126,6 +126,15 @@ class Paraphrases:
     async def reject(self, key: str) -> Proposal | None:
         return await self._take(key)
 
+    async def forget_user(self, user_id: int) -> None:
+        """A customer's /forget: their vote leaves every proposal, and a proposal no one else made goes with it."""
+        for key in await self.redis.hkeys(self.pending_key):
+            users_key = f"{self.prefix}faq:pending:{key}:users"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                removed, left = await pipe.srem(users_key, user_id).scard(users_key).execute()
+            if removed and not left:
+                await self.redis.hdel(self.pending_key, key)
+
     async def _take(self, key: str) -> Proposal | None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(self.pending_key, key).hdel(self.pending_key, key).scard(f"{self.prefix}faq:pending:{key}:users")

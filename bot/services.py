@@ -87,3 +87,4 @@ class Services:
         await self.log.forget_user(user_id)
         await self.guard.forget_user(user_id)
         await self.handoffs.forget_chat(user_id)  # a private chat's id is the user's id
+        await self.paraphrases.forget_user(user_id)  # their wordings proposed to the FAQ

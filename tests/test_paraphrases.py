@@ -90,3 +90,16 @@ async def test_an_operators_answer_to_a_question_the_faq_lacks_proposes_a_new_en
     best = (await faq.match("你们招聘吗", k=1))[0]
     assert best.entry.id == approved.entry_id and best.entry.answer == proposal.answer and best.score == 1.0
     assert await learned.pending() == [] and await learned.approve(proposal.key) is None
+
+
+async def test_a_customers_forget_takes_their_wordings_out_of_the_proposals(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix)
+    await learned.offered(CHAT, MESSAGE, "钱啥时候退", [refund])
+    await learned.offered(CHAT + 1, MESSAGE, "钱啥时候退", [refund])
+    shared = await learned.tapped(CHAT, MESSAGE, refund, user_id=1)
+    assert await learned.tapped(CHAT + 1, MESSAGE, refund, user_id=2)  # the same wording, a second customer
+    own = await learned.operator_answered("发票抬头能改吗？", "开票后30天内可在订单页修改抬头。", user_id=1)
+    assert own and own.is_new_entry
+    await learned.forget_user(1)
+    assert [(p.key, p.users) for p in await learned.pending()] == [(shared.key, 1)]  # the other customer's vote stays
+    assert "发票抬头" not in str(await redis.hgetall(f"{prefix}faq:pending"))
