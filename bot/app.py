@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable
 
 from redis.exceptions import RedisError
 from telegram import Update
-from telegram.error import InvalidToken, RetryAfter, TelegramError, TimedOut
+from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
 
@@ -37,6 +37,7 @@ CONNECTION_POOL_SIZE = 32
 POOL_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 30  # long-polling: Telegram holds getUpdates open this long when there is nothing
 POLL_RETRY_S = (0.5, 10.0)  # back-off after a failed getUpdates, or while updates cannot be stored: first, last
+START_RETRY_S = (0.5, 30.0)  # back-off while the Bot API cannot be reached at start: first, last
 
 
 class PerChatOrder(BaseUpdateProcessor):
@@ -101,7 +102,8 @@ async def running(application: Application) -> AsyncIterator[Services]:
     """Initialize PTB, open Redis and the llmcore session, seed the FAQ, register the commands, start PTB and the
     update stream's consumer; undo all of it on exit, however it comes (a failure after start-up included)."""
     data = application.bot_data
-    async with application:  # initialize; shutdown on the way out
+    await _reach_telegram(application)
+    async with application:  # (initialized by now); shutdown on the way out
         kefu = await Services.open(data.settings, data.metrics, data.clock)
         data.services = kefu
         try:
@@ -118,6 +120,21 @@ async def running(application: Application) -> AsyncIterator[Services]:
         finally:
             data.services = None
             await kefu.close()
+
+
+async def _reach_telegram(application: Application) -> None:
+    """PTB's initialize (getMe), again and again while the Bot API cannot be reached: a bot started beside it (compose, a
+    reboot, a network that is not up yet) waits for it rather than exiting. A wrong token still ends it at once."""
+    delay = START_RETRY_S[0]
+    while True:
+        try:
+            await application.initialize()
+            return
+        except NetworkError as exc:  # TimedOut included; InvalidToken is not one
+            logger.warning("the Bot API at %s cannot be reached (%s); trying again in %.1f s",
+                           application.bot_data.settings.telegram_api_base, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, START_RETRY_S[1])
 
 
 @contextlib.asynccontextmanager

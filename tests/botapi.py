@@ -214,6 +214,7 @@ class BotApiServer:
         self._next_update_id = 1
         self._flood_left = 0
         self._flood_retry = 1
+        self.unreachable = 0  # the next this many calls answer 502, as a proxy in front of a Bot API that is not up yet
         self.delay_s: dict[str, float] = {}  # a slow Telegram: a method takes this long, and counts as done when it returns
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -353,6 +354,10 @@ class BotApiServer:
         if m.group(1) != self.token:
             return _reply(ApiError(401, "Unauthorized"))
         method, handler = self._methods.get(m.group(2).lower(), ("", None))
+        if self.unreachable > 0:
+            self.unreachable -= 1
+            self.calls.append(("unreachable:" + method, {}))
+            return web.Response(status=502, text="Bad Gateway")
         try:
             params = await _read_params(request)
             if handler is None:

@@ -2,6 +2,9 @@
 the middle of an answer: the customer hears "temporarily unavailable" once and gets the real answer once Redis is back;
 a bug: "something went wrong"; llmcore's admin API away: the admin reads why. Admins get one notice per kind, with
 the question scrubbed and no secret."""
+import asyncio
+
+import pytest
 
 from bot.pipeline import Pipeline
 
@@ -89,3 +92,20 @@ async def test_llmcore_admin_api_away_the_admin_reads_why(telegram, redis_url, p
         _, alert = await telegram.wait_for("answerCallbackQuery", since=mark)
         assert alert["text"].startswith("Not done: llmcore unreachable") and alert["show_alert"] is True
         assert texts_to(telegram, ADMIN) == [models["text"]]  # no notice: the admin who asked was told
+
+
+async def test_a_bot_api_not_up_yet_is_waited_for_and_a_wrong_token_is_not(telegram, redis_url, prefix, seeded):
+    """Started before its Bot API (compose, a reboot): the bot retries getMe instead of exiting, then answers."""
+    from telegram.error import InvalidToken
+
+    from bot.app import build_application, run_polling
+
+    from .conftest import FAQ_PAIRS
+
+    settings = settings_for(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, "polling")
+    telegram.unreachable = 3  # 502 Bad Gateway, three times
+    async with running_bot(settings, telegram):
+        assert [m for m, _ in telegram.calls[:4]] == ["unreachable:getMe"] * 3 + ["getMe"]
+        assert (await ask(telegram, FAQ_PAIRS[0][0]))["text"] == FAQ_PAIRS[0][1]
+    with pytest.raises(InvalidToken):  # a wrong token ends the bot at once, it is not retried
+        await asyncio.wait_for(run_polling(build_application(settings, token="999:WRONG")), 10)
