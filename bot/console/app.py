@@ -4,7 +4,8 @@ for its lifetime (the bot's Redis, FAQ, training log and llmcore's admin API, th
     app = create_app(settings)                        # python -m bot console serves it on CONSOLE_LISTEN
     web.run_app(app, host=..., port=...)
 
-Every request but the login pages and the static files needs a session cookie (a GET without one is sent to /login,
+GET /healthz answers the deployment's probes (200 while Redis answers). Every request but the login pages, the static
+files and /healthz needs a session cookie (a GET without one is sent to /login,
 anything else gets 401); admin pages answer 403 to operators; every POST needs the session's CSRF token.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from redis.exceptions import RedisError
 from telegram import Bot
 from telegram.error import TelegramError
 
@@ -51,6 +53,7 @@ def create_app(settings: BotSettings, clock: Callable[[], float] = time.time) ->
     env.filters["num"] = _number
     app.cleanup_ctx.append(_open_console)
     app.router.add_get("/static/{name}", static)
+    app.router.add_get("/healthz", healthz)
     for module in (login, inbox, faqpages, modelpages, handoffpages, pages):
         app.router.add_routes(module.routes)
     return app
@@ -140,3 +143,13 @@ async def static(request: web.Request) -> web.StreamResponse:
     if name not in STATIC_FILES:
         raise web.HTTPNotFound()
     return web.FileResponse(STATIC / name, headers={"Content-Type": STATIC_FILES[name]})
+
+
+@public
+async def healthz(request: web.Request) -> web.Response:
+    """For the deployment's probes: ready while Redis answers (the pages need nothing else)."""
+    try:
+        await request.app[CONSOLE].kefu.redis.ping()
+    except RedisError:
+        return web.json_response({"ready": False, "redis": False}, status=503)
+    return web.json_response({"ready": True, "redis": True})
