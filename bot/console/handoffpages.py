@@ -12,13 +12,16 @@ The operators' group is told what was done from the console, so those answering 
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from telegram import Bot
 
 from bot import desk
 from bot.console.auth import Person
-from bot.console.base import Console, console, form, operator, page, see_other, session
+from bot.console.base import Console, Handler, console, form, operator, page, see_other, session
 from bot.operators import TRANSCRIPT_TURNS
 
 MAX_HANDOFFS = 200
@@ -60,57 +63,67 @@ async def handoff(request: web.Request) -> web.Response:
     return await _detail(request, done=request.query.get("done", ""))
 
 
-@routes.post(ROUTE + "/answer")
-@operator
+def _action(name: str) -> Callable[[Handler], Handler]:
+    """POST /handoffs/{chat_id}/<name>, for operators; a refusal (another operator has the chat, it closed, Telegram out
+    of reach) shows on the handoff's page."""
+    def register(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def showing(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except desk.Refused as refused:
+                return await _detail(request, error=str(refused), status=409)
+
+        routes.post(f"{ROUTE}/{name}")(operator(showing))
+        return handler
+
+    return register
+
+
+@_action("answer")
 async def answer(request: web.Request) -> web.StreamResponse:
     """The operator's answer, delivered as a reply in the operators' group is (bot/desk.py)."""
-    c, chat_id, person = console(request), _chat_id(request), session(request).person
+    c, bot, chat_id, person = _acting(request)
     text = (await form(request)).get("answer", "")
     if not text or len(text) > MAX_ANSWER_CHARS:
         return await _detail(request, error=f"1-{MAX_ANSWER_CHARS} characters", status=400)
-    if c.bot is None:
-        return await _no_telegram(request)
     try:
-        await desk.answer(c.kefu, c.bot, chat_id, _operator(person), text)
-    except desk.Refused as refused:
-        return await _detail(request, error=str(refused), status=409)
+        await desk.answer(c.kefu, bot, chat_id, _operator(person), text)
     except desk.NotLogged as failed:
         await c.audit.record(person, "handoff.answer", f"chat {chat_id}", f"{text} (not logged)")
         return await _detail(request, error=str(failed), status=503)
     await c.audit.record(person, "handoff.answer", f"chat {chat_id}", text)
-    await desk.tell_operators(c.kefu, c.bot, f"🖥 {person.name} answered chat {chat_id} from the console:\n{text}", chat_id)
+    await desk.tell_operators(c.kefu, bot, f"🖥 {person.name} answered chat {chat_id} from the console:\n{text}", chat_id)
     return see_other(f"/handoffs/{chat_id}?done=answer")
 
 
-@routes.post(ROUTE + "/claim")
-@operator
+@_action("claim")
 async def claim(request: web.Request) -> web.StreamResponse:
     """This operator has the chat, as /claim in the group (the group is told who)."""
-    c, chat_id, person = console(request), _chat_id(request), session(request).person
-    if c.bot is None:
-        return await _no_telegram(request)
-    try:
-        taken = await desk.claim_chat(c.kefu, c.bot, chat_id, _operator(person))
-    except desk.Refused as refused:
-        return await _detail(request, error=str(refused), status=409)
-    if taken.first:
+    c, bot, chat_id, person = _acting(request)
+    if (await desk.claim_chat(c.kefu, bot, chat_id, _operator(person))).first:
         await c.audit.record(person, "handoff.claim", f"chat {chat_id}")
     return see_other(f"/handoffs/{chat_id}?done=claim")
 
 
-@routes.post(ROUTE + "/done")
-@operator
+@_action("done")
 async def done(request: web.Request) -> web.StreamResponse:
     """Closed as /done: the customer hears the bot is back and is asked for a rating."""
-    c, chat_id, person = console(request), _chat_id(request), session(request).person
-    if c.bot is None:
-        return await _no_telegram(request)
-    if await desk.close_done(c.kefu, c.bot, chat_id) is None:
-        return await _detail(request, error=desk.CLOSED.format(chat_id=chat_id), status=409)
+    c, bot, chat_id, person = _acting(request)
+    if await desk.close_done(c.kefu, bot, chat_id) is None:
+        raise desk.Refused(desk.CLOSED.format(chat_id=chat_id))
     await c.audit.record(person, "handoff.done", f"chat {chat_id}")
-    await desk.tell_operators(c.kefu, c.bot, f"🖥 {person.name} closed chat {chat_id} from the console; the customer is asked "
-                                             "for a rating.")
+    await desk.tell_operators(c.kefu, bot, f"🖥 {person.name} closed chat {chat_id} from the console; the customer is asked "
+                                           "for a rating.")
     return see_other("/handoffs?done=closed")
+
+
+def _acting(request: web.Request) -> tuple[Console, Bot, int, Person]:
+    """Who acts on which chat, and the Bot API client to act with; Refused without one (Telegram out of reach)."""
+    c = console(request)
+    if c.bot is None:
+        raise desk.Refused("Telegram is out of the console's reach: answer in the operators' group.")
+    return c, c.bot, _chat_id(request), session(request).person
 
 
 def _chat_id(request: web.Request) -> int:
@@ -139,7 +152,3 @@ async def _detail(request: web.Request, done: str = "", error: str = "", status:
     notes = await c.kefu.handoffs.notes(chat_id) if h else []
     return page(request, "handoff.html", status=status if h or error else 404, chat_id=chat_id, h=h, turns=turns, notes=notes,
                 done=done, error=error, max_answer=MAX_ANSWER_CHARS)
-
-
-async def _no_telegram(request: web.Request) -> web.Response:
-    return await _detail(request, error="Telegram is out of the console's reach: answer in the operators' group.", status=503)
