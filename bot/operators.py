@@ -22,16 +22,14 @@ import logging
 import re
 from collections.abc import Iterable
 
-from redis.exceptions import RedisError
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update, User
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, MessageHandler, filters
 
-from bot import smalltalk
+from bot import desk, smalltalk
 from bot.briefing import Case, briefing
 from bot.context import Context
-from bot.exchanges import Exchange
-from bot.handoff import RATINGS, Claim
+from bot.handoff import Claim
 from bot.search import words
 from bot.services import Services
 from bot.split import split_message
@@ -40,7 +38,6 @@ from bot.texts import Texts, language, texts, texts_for
 logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60
 IDLE_JOB, HOURS_JOB = "handoff_idle", "handoff_hours"  # JobQueue names
-CLOSED = "The handoff for chat {chat_id} is closed; nothing was sent."
 TRANSCRIPT_TURNS = 10
 INLINE_WORDS_CHARS = 200  # a longer message is segmented in a thread, off the event loop
 CLAUSE = re.compile(r"[，。！？；：、,.!?;:\n]+")
@@ -277,68 +274,40 @@ async def claim_command(update: Update, context: Context) -> None:
 
 
 async def _claim(context: Context, message: Message, chat_id: int) -> Claim | None:
-    """The operator who sent `message` has the chat: the first to claim it (the group is told who), or it is theirs
-    already; otherwise None, and they hear whose it is (or that it closed)."""
-    kefu, operator = context.kefu, message.from_user
-    claim = await kefu.handoffs.claim(chat_id, operator.id, operator.full_name)
-    if claim is None:
-        await message.reply_text(CLOSED.format(chat_id=chat_id))
+    """The operator who sent `message` has the chat (bot/desk.py); otherwise None, and they hear whose it is (or that it
+    closed)."""
+    try:
+        return await desk.claim_chat(context.kefu, context.bot, chat_id, _operator(message))
+    except desk.Refused as refused:
+        await message.reply_text(str(refused))
         return None
-    if claim.operator_id != operator.id:
-        await message.reply_text(f"{claim.name} has chat {chat_id} (they took it first); your message was not sent.")
-        return None
-    if claim.first:
-        sent = await message.reply_text(f"✋ {claim.name} has chat {chat_id}: only they answer it now.")
-        await kefu.handoffs.link(sent.message_id, chat_id)
-    return claim
+
+
+def _operator(message: Message) -> desk.Operator:
+    return desk.Operator(message.from_user.id, message.from_user.full_name, reply_to=message.message_id)
 
 
 async def operator_reply(update: Update, context: Context) -> None:
     """An operator's reply in the operators' group: the first to answer claims the chat; to the user, into the history,
-    the training log and the FAQ's proposals."""
+    the training log and the FAQ's proposals (bot/desk.py, as from the console)."""
     kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
     if chat_id is None:
         await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
         return
-    if await _claim(context, message, chat_id) is None:
-        return
-    state = await kefu.handoffs.get(chat_id)
-    if state is None:  # closed since the claim
-        await message.reply_text(CLOSED.format(chat_id=chat_id))
-        return
-    t = texts(language(message.text, None))
     try:
-        await context.bot.send_message(chat_id, t.operator_says.format(text=message.text))
-    except TelegramError as exc:  # the user blocked the bot, or the chat is gone
-        await message.reply_text(f"Not delivered to chat {chat_id}: {exc}")
-        return
-    user_id, question = int(state["user_id"]), state.get("question") or ""
-    try:
-        if question:
-            await kefu.history.append(chat_id, user_id, question, message.text)
-            await kefu.log.append(Exchange(chat_id, user_id, question, message.text, "operator", None, None, 0))
-            await kefu.paraphrases.operator_answered(question, message.text, user_id)  # a wording, or an entry the FAQ lacks
-        await kefu.handoffs.touch(chat_id, replied=True)
-    except RedisError as exc:
-        await message.reply_text(f"Delivered to chat {chat_id}, but not logged (Redis: {exc}).")
-        return
-    kefu.metrics.answers.labels("operator").inc()
+        await desk.answer(kefu, context.bot, chat_id, _operator(message), message.text)
+    except (desk.Refused, desk.NotLogged) as failed:
+        await message.reply_text(str(failed))
 
 
 async def done_command(update: Update, context: Context) -> None:
     """/done as a reply in the operators' group: close that handoff, tell the customer, ask for a rating."""
     kefu, message = context.kefu, update.effective_message
     chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
-    state = await kefu.handoffs.get(chat_id) if chat_id is not None else None
-    record_id = await kefu.handoffs.close(chat_id, "done") if state is not None else None
-    if record_id is None:
+    if chat_id is None or await desk.close_done(kefu, context.bot, chat_id) is None:
         await message.reply_text("No open handoff belongs to that message.")
         return
-    t = texts(state.get("lang", "zh"))
-    await context.bot.send_message(chat_id, t.handoff_closed)
-    buttons = [[InlineKeyboardButton(r, callback_data=f"csat:{record_id}:{r}") for r in RATINGS]]
-    await context.bot.send_message(chat_id, t.rate_handoff, reply_markup=InlineKeyboardMarkup(buttons))
     await message.reply_text(f"Closed the handoff for chat {chat_id}; the customer is asked for a rating.")
 
 
@@ -381,7 +350,7 @@ async def end_command(update: Update, context: Context) -> None:
     t = texts(language(None, update.effective_user.language_code if update.effective_user else None))
     if await kefu.handoffs.close(message.chat.id, "end"):
         if kefu.settings.operator_chat_id is not None:
-            await _tell_operators(context, kefu, f"Chat {message.chat.id} ended the handoff.")
+            await desk.tell_operators(kefu, context.bot, f"Chat {message.chat.id} ended the handoff.")
     await message.reply_text(t.handoff_closed)
 
 
@@ -393,14 +362,7 @@ async def close_idle(context: Context) -> None:
         if await kefu.handoffs.close(chat_id, "idle"):
             await context.bot.send_message(chat_id, texts("zh").handoff_idle)
             quiet = kefu.settings.handoff_idle_s
-            await _tell_operators(context, kefu, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
-
-
-async def _tell_operators(context: Context, kefu: Services, text: str) -> None:
-    try:
-        await context.bot.send_message(kefu.settings.operator_chat_id, text)
-    except TelegramError as exc:
-        logger.warning("could not tell the operators: %s", exc)
+            await desk.tell_operators(kefu, context.bot, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
 
 
 def _who(user: User | None) -> str:

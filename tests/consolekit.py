@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -30,9 +31,9 @@ def console_settings(redis_url: str, prefix: str, **extra) -> BotSettings:
 
 
 @contextlib.asynccontextmanager
-async def console_client(settings: BotSettings):
+async def console_client(settings: BotSettings, clock: Callable[[], float] = time.time):
     """The console on a loopback port with aiohttp's test client: (client, Console)."""
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with TestClient(TestServer(create_app(settings, clock))) as client:
         yield client, client.app[CONSOLE]
 
 

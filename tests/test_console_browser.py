@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import FAQ_PAIRS, REPO, TINY_MODEL, serve_app, serve_models
-from .consolekit import ADMIN, ADMIN_ID, console_settings, init_data, log_exchange
+from .consolekit import ADMIN, ADMIN_ID, OPERATOR, console_settings, init_data, log_exchange
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -175,6 +175,41 @@ async def test_the_mini_app_logs_in_with_telegrams_init_data(browser, served):
     await asyncio.to_thread(open_app, signed)  # the same data again: a replay
     error = await asyncio.to_thread(wait_for_visible, browser, "#miniapp-error")
     assert error.text in ("无权限。", "Not allowed.") and browser.get_cookie("kefu_console") is None
+
+
+async def test_an_operator_answers_a_handoff_in_the_browser(browser, telegram, redis_url, prefix, shots):
+    """The Handoffs page at phone width: open the chat, answer it; the customer gets it through the Bot API server."""
+    from selenium.webdriver.common.by import By
+
+    from bot.console.app import create_app
+    from bot.console.base import CONSOLE
+
+    settings = console_settings(redis_url, prefix, telegram_bot_token=telegram.token, telegram_api_base=telegram.base,
+                                operator_chat_id=-100888)
+    app = create_app(settings)
+    runner, base = await serve_app(app)
+    try:
+        console = app[CONSOLE]
+        await console.kefu.history.append(777, 777, "我的包裹三天没动了", "抱歉，这个问题我还不能确定地回答。")
+        assert await console.kefu.handoffs.open(777, 777, "我的包裹三天没动了", who="李雷 (id 777)")
+        token = await console.auth.issue_link(OPERATOR)
+        await asyncio.to_thread(log_in, browser, base, token, shots)
+
+        def answer() -> str:
+            browser.get(f"{base}/handoffs")
+            wait_for(browser, "#handoffs").find_element(By.PARTIAL_LINK_TEXT, "我的包裹三天没动了").click()
+            form = wait_for(browser, "#answer-form")
+            assert fits_the_phone(browser)
+            browser.save_screenshot(str(shots / "handoff.png"))
+            form.find_element(By.NAME, "answer").send_keys("包裹在中转站，明天送达。")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait_for(browser, "#done")
+            return browser.find_element(By.ID, "claimer").text
+
+        assert await asyncio.to_thread(answer) == "Olga"
+        assert telegram.sent_texts(777) == ["👩‍💼 人工客服：包裹在中转站，明天送达。"]
+    finally:
+        await runner.cleanup()
 
 
 def wait_for_visible(driver, css: str):

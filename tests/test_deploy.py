@@ -237,6 +237,19 @@ def test_k8s_workloads_are_what_the_deployment_needs():
     [path] = ingress["spec"]["rules"][0]["http"]["paths"]
     url = urlsplit(config["WEBHOOK_URL"])
     assert (path["path"], path["pathType"]) == (url.path, "Exact") and url.hostname == ingress["spec"]["rules"][0]["host"]
+    console = deployments["console"]["spec"]["template"]["spec"]["containers"][0]
+    assert console["image"] == bot_container["image"] and console["args"] == ["python", "-m", "bot", "console"]
+    assert config["CONSOLE_LISTEN"].endswith(f":{console['ports'][0]['containerPort']}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert console[probe]["httpGet"]["path"] == "/healthz", f"console {probe}"
+    console_ingress = by_kind("Ingress")["kefu-console"]["spec"]
+    [rule] = console_ingress["rules"]
+    assert rule["host"] == urlsplit(config["CONSOLE_URL"]).hostname and console_ingress["tls"][0]["hosts"] == [rule["host"]]
+    assert rule["http"]["paths"][0]["backend"]["service"]["name"] == "console"
+    for policy in by_kind("NetworkPolicy").values():  # the console reads Redis and calls llmcore's admin API, as the bot does
+        sources = policy["spec"]["ingress"][0]["from"]
+        allowed = [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") for p in sources]
+        assert {"bot", "console"} <= set(allowed), policy["metadata"]["name"]
     for value in by_kind("Secret")["kefu-secrets"]["stringData"].values():
         assert PLACEHOLDER in value, "the Secret is a template: placeholders only"
 
@@ -309,6 +322,12 @@ def test_compose_services_are_what_the_deployment_needs():
     assert any(v.startswith("./nginx/kefu.conf:") for v in services["nginx"]["volumes"])
     assert "train --models /models" in " ".join(services["train-demo"]["command"])
     assert not any("ports" in s for n, s in services.items() if n != "nginx"), "only nginx is published"
+    console = services["console"]
+    assert console["image"] == services["bot"]["image"] and console["command"] == ["python", "-m", "bot", "console"]
+    assert console["environment"]["CONSOLE_LISTEN"] == "0.0.0.0:8480" and console["expose"] == ["8480"]
+    assert "8480/healthz" in " ".join(console["healthcheck"]["test"]) and console["env_file"] == ".env"
+    assert "9443:9443" in services["nginx"]["ports"] and "console" in services["nginx"]["depends_on"]
+    assert "set $kefu_console http://console:8480;" in NGINX_CONF.read_text(encoding="utf-8")
 
 
 def compose_command() -> list[str]:
@@ -640,9 +659,10 @@ def test_docs_and_deploy_files_name_only_exported_metrics():
 
 
 @contextmanager
-def nginx_site(tmp_path: Path, bot_port: int | None = None) -> Iterator[tuple[list[str], list[int]]]:
+def nginx_site(tmp_path: Path, bot_port: int | None = None, console_port: int | None = None) -> Iterator[tuple[list[str], list[int]]]:
     """kefu.conf in a throwaway nginx prefix: a self-signed certificate instead of /etc/nginx/certs, and with
-    `bot_port`, loopback ports instead of 443/8443 and the stub bot instead of bot:8081. Yields (nginx command, ports)."""
+    `bot_port` and `console_port`, loopback ports instead of 443/8443/9443 and the stubs instead of bot:8081 and
+    console:8480. Yields (nginx command, ports)."""
     nginx = system_binary("nginx", "apt-get install nginx-light: about 5 s")
     openssl = system_binary("openssl", "apt-get install openssl")
     key, cert = tmp_path / "privkey.pem", tmp_path / "fullchain.pem"
@@ -652,13 +672,15 @@ def nginx_site(tmp_path: Path, bot_port: int | None = None) -> Iterator[tuple[li
     site = NGINX_CONF.read_text(encoding="utf-8").replace("/etc/nginx/certs/", f"{tmp_path}/")
     ports = []
     if bot_port is not None:
-        ports = [free_port(), free_port()]
+        ports = [free_port(), free_port(), free_port()]
         site = re.sub(r"^\s*listen \[::\]:\d+ ssl;\n", "", site, flags=re.M)
-        for public, port in zip(("443", "8443"), ports):
+        for public, port in zip(("443", "8443", "9443"), ports):
             site, count = re.subn(rf"listen {public} ssl;", f"listen 127.0.0.1:{port} ssl;", site)
             assert count == 1, f"kefu.conf should listen on {public}"
         site, count = re.subn(r"set \$kefu_bot http://bot:8081;", f"set $kefu_bot http://127.0.0.1:{bot_port};", site)
         assert count == 1, "kefu.conf should send the webhook to $kefu_bot = http://bot:8081"
+        site, count = re.subn(r"set \$kefu_console http://console:8480;", f"set $kefu_console http://127.0.0.1:{console_port};", site)
+        assert count == 1, "kefu.conf should send the console's port to $kefu_console = http://console:8480"
     (tmp_path / "kefu.conf").write_text(site, encoding="utf-8")
     temp = "\n".join(f"    {d}_temp_path {tmp_path}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers that can read the throwaway prefix
@@ -685,8 +707,8 @@ def https(port: int, method: str, path: str, body: bytes = b"", headers: dict | 
         connection.close()
 
 
-def test_nginx_passes_only_the_webhook_path_to_the_bot(tmp_path: Path):
-    with StubHealthz(200) as bot, nginx_site(tmp_path, bot.port) as (nginx, ports):
+def test_nginx_passes_only_the_webhook_path_to_the_bot_and_its_own_port_to_the_console(tmp_path: Path):
+    with StubHealthz(200) as bot, StubHealthz(200) as console, nginx_site(tmp_path, bot.port, console.port) as (nginx, ports):
         server = subprocess.Popen([*nginx, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 10
@@ -709,13 +731,22 @@ def test_nginx_passes_only_the_webhook_path_to_the_bot(tmp_path: Path):
                 "/metrics": https(ports[1], "GET", "/metrics"),
                 "POST elsewhere": https(ports[0], "POST", WEBHOOK_PATH + "/x", update, secret),
                 "2 MiB update": https(ports[0], "POST", WEBHOOK_PATH, b"x" * (2 << 20), secret),
+                "console /": https(ports[2], "GET", "/"),
+                "console POST": https(ports[2], "POST", "/handoffs/42/answer", b"csrf=x&answer=hi",
+                                      {"Origin": f"https://127.0.0.1:{ports[2]}", "Content-Type": "application/x-www-form-urlencoded"}),
+                "console 5 MiB FAQ file": https(ports[2], "POST", "/faq/import", b"x" * (5 << 20)),
             }
         finally:
             server.terminate()
             server.wait(timeout=10)
     assert statuses == {"webhook on 443": 200, "webhook on 8443": 200, "GET webhook": 403, "/": 404, "/healthz": 404,
-                        "/metrics": 404, "POST elsewhere": 404, "2 MiB update": 413}
+                        "/metrics": 404, "POST elsewhere": 404, "2 MiB update": 413,
+                        "console /": 200, "console POST": 200, "console 5 MiB FAQ file": 200}
     assert len(bot.requests) == 2
+    assert [(m, p) for m, p, _, _ in console.requests] == [("GET", "/"), ("POST", "/handoffs/42/answer"), ("POST", "/faq/import")]
+    _, _, headers, body = console.requests[1]
+    # the console compares Origin with Host: the browser's host and port must reach it as sent
+    assert headers["Host"] == f"127.0.0.1:{ports[2]}" and headers["X-Forwarded-Proto"] == "https" and body == b"csrf=x&answer=hi"
     for method, path, headers, body in bot.requests:
         assert (method, path, body) == ("POST", WEBHOOK_PATH, update)
         assert headers["X-Telegram-Bot-Api-Secret-Token"] == "s3cret" and headers["X-Forwarded-Proto"] == "https"

@@ -314,7 +314,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         if images[service] != spec["services"][service]["image"]:
             services[service] = {"image": images[service]}
     services["train-demo"] = {"command": Override([*train[:-1], train[-1].replace("--max-minutes 3", "--max-minutes 0.3")])}
-    for service in ("llmcore", "bot"):
+    for service in ("llmcore", "bot", "console"):
         services[service] = {"env_file": Override([str(tmp / ".env")])}
     services["bot"]["depends_on"] = {"botapi": {"condition": "service_started"}}
     services["botapi"] = {"image": images["botapi"], "working_dir": "/srv", "volumes": [f"{REPO / 'tests'}:/srv/tests:ro"],

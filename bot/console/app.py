@@ -4,27 +4,29 @@ for its lifetime (the bot's Redis, FAQ, training log and llmcore's admin API, th
     app = create_app(settings)                        # python -m bot console serves it on CONSOLE_LISTEN
     web.run_app(app, host=..., port=...)
 
-Every request but the login pages and the static files needs a session cookie (a GET without one is sent to /login,
+GET /healthz answers the deployment's probes (200 while Redis answers). Every request but the login pages, the static
+files and /healthz needs a session cookie (a GET without one is sent to /login,
 anything else gets 401); admin pages answer 403 to operators; every POST needs the session's CSRF token.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from redis.exceptions import RedisError
 from telegram import Bot
 from telegram.error import TelegramError
 
-from bot.console import faqpages, inbox, login, modelpages, pages
+from bot.console import faqpages, handoffpages, inbox, login, modelpages, pages
 from bot.console.audit import AuditLog
 from bot.console.auth import ConsoleAuth, csrf_ok
-from bot.console.base import CONSOLE, COOKIE, MAX_FORM_BYTES, SESSION_KEY, SETTINGS, Console, Handler, public
+from bot.console.base import CLOCK, CONSOLE, COOKIE, MAX_FORM_BYTES, SESSION_KEY, SETTINGS, Console, Handler, public
 from bot.console.i18n import browser_language, translator
 from bot.console.review import Review
 from bot.services import Services
@@ -39,9 +41,11 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
                     "Cache-Control": "no-store"}
 
 
-def create_app(settings: BotSettings) -> web.Application:
+def create_app(settings: BotSettings, clock: Callable[[], float] = time.time) -> web.Application:
+    """`clock`: the handoffs' time, as the bot's (tests move it)."""
     app = web.Application(middlewares=[guard], client_max_size=MAX_FORM_BYTES)
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app.on_response_prepare.append(_secure)
     env = aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("bot.console", "templates"), autoescape=True,
                                undefined=jinja2.StrictUndefined, context_processors=[_template_context])
@@ -49,14 +53,15 @@ def create_app(settings: BotSettings) -> web.Application:
     env.filters["num"] = _number
     app.cleanup_ctx.append(_open_console)
     app.router.add_get("/static/{name}", static)
-    for module in (login, inbox, faqpages, modelpages, pages):
+    app.router.add_get("/healthz", healthz)
+    for module in (login, inbox, faqpages, modelpages, handoffpages, pages):
         app.router.add_routes(module.routes)
     return app
 
 
 async def _open_console(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    kefu = await Services.open(settings)
+    kefu = await Services.open(settings, clock=app[CLOCK])
     bot = await _bot(settings)
     token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None
     auth = ConsoleAuth(kefu.redis, settings.redis_prefix, token, settings.console_session_hours * 3600)
@@ -71,7 +76,8 @@ async def _open_console(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _bot(settings: BotSettings) -> Bot | None:
-    """A Bot API client to ask Telegram who is in the operators' chat; None without a token or a chat to ask about."""
+    """A Bot API client to ask Telegram who is in the operators' chat and to answer handed-off customers (bot/desk.py);
+    None without a token or an operators' chat."""
     if settings.telegram_bot_token is None or settings.operator_chat_id is None:
         return None
     bot = Bot(settings.telegram_bot_token.get_secret_value(), base_url=f"{settings.telegram_api_base}/bot")
@@ -137,3 +143,13 @@ async def static(request: web.Request) -> web.StreamResponse:
     if name not in STATIC_FILES:
         raise web.HTTPNotFound()
     return web.FileResponse(STATIC / name, headers={"Content-Type": STATIC_FILES[name]})
+
+
+@public
+async def healthz(request: web.Request) -> web.Response:
+    """For the deployment's probes: ready while Redis answers (the pages need nothing else)."""
+    try:
+        await request.app[CONSOLE].kefu.redis.ping()
+    except RedisError:
+        return web.json_response({"ready": False, "redis": False}, status=503)
+    return web.json_response({"ready": True, "redis": True})

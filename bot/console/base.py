@@ -34,11 +34,12 @@ class Console:
     auth: ConsoleAuth
     audit: AuditLog
     review: Review
-    bot: Bot | None  # for operators' chat membership; None without a token
+    bot: Bot | None  # operators' chat membership, answers to handed-off customers; None without a token or operators' chat
 
 
 CONSOLE = web.AppKey("console", Console)
 SETTINGS = web.AppKey("settings", BotSettings)
+CLOCK = web.AppKey("clock", Callable[[], float])
 SESSION_KEY = web.RequestKey("console_session", Session)
 
 
