@@ -305,7 +305,7 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         engine("network", "create", network)
         gateway = json.loads(engine("network", "inspect", network).stdout)[0]["subnets"][0]["gateway"]
         site, count = re.subn(r"resolver 127\.0\.0\.11 ", f"resolver {gateway} ", site)
-        assert count == 1, "kefu.conf should name Docker's resolver"
+        assert count >= 1, "kefu.conf should name Docker's resolver"  # in each server block (the bot's, the console's)
         override["networks"] = {"default": {"name": network, "external": True}}
     (tmp / "kefu.conf").write_text(site, encoding="utf-8")
     train = spec["services"]["train-demo"]["command"]
