@@ -118,7 +118,7 @@ async def console_login(update: Update, context: Context) -> None:
     if role is None:
         await not_allowed(update, context)
         return
-    auth = ConsoleAuth(kefu.redis, kefu.settings.redis_prefix, None, kefu.settings.console_session_hours * 3600)
+    auth = ConsoleAuth.from_settings(kefu.redis, kefu.settings)
     lang = language(None, user.language_code)
     token = await auth.issue_link(Person(user.id, user.first_name[:64], role, lang))
     logger.info("audit: console login link for user %s (%s)", user.id, role)

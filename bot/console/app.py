@@ -63,8 +63,7 @@ async def _open_console(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     kefu = await Services.open(settings, clock=app[CLOCK])
     bot = await _bot(settings)
-    token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None
-    auth = ConsoleAuth(kefu.redis, settings.redis_prefix, token, settings.console_session_hours * 3600)
+    auth = ConsoleAuth.from_settings(kefu.redis, settings)
     app[CONSOLE] = Console(settings, kefu, auth, AuditLog(kefu.redis, settings.redis_prefix),
                            Review(kefu, settings.console_low_confidence), bot)
     try:

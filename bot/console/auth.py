@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl
 
 from redis.asyncio import Redis
 
+from bot.settings import BotSettings
+
 LINK_TTL_S = 300  # a login link works once, within 5 minutes
 INIT_DATA_MAX_AGE_S = 300  # a Mini App's initData older than this is refused (and each is accepted once)
 INIT_DATA_FUTURE_S = 30  # clock skew allowed for an auth_date ahead of ours
@@ -84,6 +86,12 @@ class ConsoleAuth:
         self.prefix = f"{prefix}console:"
         self.bot_token = bot_token or ""
         self.session_s = int(session_s)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: BotSettings) -> ConsoleAuth:
+        """As the console, `/console` and `bot console --link` all need it: the bot's token checks Mini App data."""
+        token = settings.telegram_bot_token.get_secret_value() if settings.telegram_bot_token else None
+        return cls(redis, settings.redis_prefix, token, settings.console_session_hours * 3600)
 
     async def issue_link(self, person: Person) -> str:
         """A one-time token for /login/<token>."""

@@ -26,7 +26,7 @@ async def local_admin_link(settings: BotSettings) -> str:
     """A login link for whoever sits at this machine: an admin named "local admin", in the terminal's language."""
     redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
     try:
-        auth = ConsoleAuth(redis, settings.redis_prefix, None, settings.console_session_hours * 3600)
+        auth = ConsoleAuth.from_settings(redis, settings)
         lang = "zh" if os.environ.get("LANG", "").lower().startswith("zh") else "en"
         token = await auth.issue_link(Person(LOCAL_ADMIN_ID, "local admin", "admin", lang))
     finally:
