@@ -229,6 +229,10 @@ class LlmAdmin:
     async def loss_curve(self, version: str) -> bytes:
         return await self._call("GET", f"/admin/versions/{version}/loss.png", raw=True)
 
+    async def compare(self, a: str, b: str, turns: int) -> dict:
+        """Both versions' answers to the same held-out turns (llmcore.sidebyside)."""
+        return await self._call("POST", "/admin/compare", {"a": a, "b": b, "turns": turns})
+
     async def _call(self, method: str, path: str, body: dict | None = None, raw: bool = False):
         if not self.token:
             raise AdminError("LLMCORE_ADMIN_TOKEN is not set for the bot")

@@ -10,6 +10,7 @@
     GET  /admin/train                         the latest job, with its progress
     POST /admin/train/cancel                  stop the running trainer
     POST /admin/jobs/{id}/promote | discard   the decision on a job whose version was not promoted automatically
+    POST /admin/compare {"a": V, "b": W, "turns": 20}   both versions' answers to the same held-out turns (one at a time)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from llmcore.api import ApiError, read_json
 from llmcore.jobs import JobBusy, JobError, JobManager
 from llmcore.registry import LOSS_PLOT, RegistryError
 from llmcore.settings import ServeSettings
+from llmcore.sidebyside import compare_versions
 from llmcore.worker import Worker
 
 MAX_TRAINING_BYTES = 64 << 20  # a training set travels in one request
@@ -35,13 +37,15 @@ class AdminApi:
         self.settings = settings
         self.worker = worker
         self.jobs = JobManager(worker.registry, on_promote=worker.reload, promote_margin=settings.promote_margin)
+        self.comparing = asyncio.Lock()
 
     def register(self, app: web.Application) -> None:
         routes = [("GET", "/admin/versions", self.versions), ("POST", "/admin/promote", self.promote),
                   ("POST", "/admin/rollback", self.rollback), ("POST", "/admin/reload", self.reload),
                   ("GET", "/admin/versions/{version}/loss.png", self.loss_curve), ("POST", "/admin/train", self.train),
                   ("GET", "/admin/train", self.job), ("POST", "/admin/train/cancel", self.cancel),
-                  ("POST", "/admin/jobs/{job_id}/{decision:promote|discard}", self.decide)]
+                  ("POST", "/admin/jobs/{job_id}/{decision:promote|discard}", self.decide),
+                  ("POST", "/admin/compare", self.compare)]
         for method, path, handler in routes:
             app.router.add_route(method, path, self._guarded(handler))
         app.cleanup_ctx.append(self._watch_jobs)
@@ -144,6 +148,21 @@ class AdminApi:
         except JobError as exc:
             raise ApiError(409, str(exc)) from None
         return web.json_response({**self.jobs.status(job_id), **result})
+
+    async def compare(self, request: web.Request) -> web.Response:
+        """Two versions side by side (llmcore.sidebyside), in a thread: seconds of CPU, one comparison at a time."""
+        body = await read_json(request)
+        a, b, turns = (body.get(k) for k in ("a", "b", "turns")) if isinstance(body, dict) else (None, None, None)
+        if not isinstance(a, str) or not isinstance(b, str) or not isinstance(turns, int | None) or isinstance(turns, bool):
+            raise ApiError(400, 'expected {"a": "v0003", "b": "v0004", "turns": 20}')
+        if self.comparing.locked():
+            raise ApiError(409, "a comparison is running; try again when it ends", code="busy")
+        async with self.comparing:
+            try:
+                result = await asyncio.to_thread(compare_versions, self.worker.registry, a, b, turns or 20, self.worker.device)
+            except RegistryError as exc:
+                raise ApiError(404 if "no version" in str(exc) else 409, str(exc)) from None
+        return web.json_response(result)
 
     async def _promote(self, version: str) -> dict:
         try:

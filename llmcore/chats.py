@@ -1,6 +1,7 @@
 """The chat-JSONL contract (ARCHITECTURE.md), torch-free: what the bot writes and llmcore trains on.
 
     convs, skipped = read_conversations(["a.chat.jsonl"])          # DataError naming file:line on bad input
+    write_conversations(path, convs)                                # and back
     train, val = split_conversations(convs, val_fraction=0.1, seed=0)
 
 Each line is `{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}`. As in OpenAI's fine-tuning
@@ -96,6 +97,11 @@ def read_conversations(paths: Sequence[str | Path], skip_bad: bool = False) -> t
     if not conversations:
         raise DataError("no usable conversations in " + ", ".join(map(str, paths)))
     return conversations, skipped
+
+
+def write_conversations(path: Path, conversations: Sequence[Conversation]) -> None:
+    path.write_text("".join(json.dumps({"messages": c.messages, **({"meta": c.meta} if c.meta else {})}, ensure_ascii=False) + "\n"
+                            for c in conversations), encoding="utf-8")
 
 
 def data_sha256(paths: Sequence[str | Path]) -> str:

@@ -41,6 +41,7 @@ VERSION_RE = re.compile(r"^v(\d{4,})$")
 STAGING_PREFIX = ".staging-"
 CURRENT = "current"
 WEIGHTS, TOKENIZER, CONFIG, METRICS, LOSS_PLOT = "model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"
+HELDOUT = "heldout.jsonl"  # the conversations the version held out of its training (llmcore.sidebyside)
 CHECKPOINT_FORMAT = "kefu-checkpoint/1"
 
 

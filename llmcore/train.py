@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations
+from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
 from llmcore.evaluate import evaluate, evaluate_turns, loss_on
@@ -33,7 +33,7 @@ from llmcore.gate import RIGHT_F1, Gate, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
 from llmcore.prompting import PLAIN, PromptRecipe
-from llmcore.registry import LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
+from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
 from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
 
@@ -205,6 +205,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
                 gate.save(staged)
             plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
             (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
+            if val_convs:  # scrubbed like the rest of the training data; two versions are compared on them (llmcore.sidebyside)
+                write_conversations(staged / HELDOUT, val_convs)
             version = registry.commit(staged)
         if opts.promote:
             registry.promote(version)

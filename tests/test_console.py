@@ -12,10 +12,10 @@ from bot.console.base import COOKIE
 from bot.trainingset import build_training_set
 
 from .conftest import keys_with
-from .consolekit import ADMIN, ADMIN_ID, OPERATOR, console_client, console_settings, init_data, log_exchange, login
+from .consolekit import ADMIN, ADMIN_ID, OPERATOR, console_client, console_settings, csrf, init_data, log_exchange, login
 
 PUBLIC = {"/login", "/login/{token}", "/app", "/app/login", "/static/{name}", "/healthz"}
-SAMPLE = {"token": "x", "name": "console.css", "id": "1-0", "version": "v0001", "job_id": "j1", "decision": "promote"}
+SAMPLE = {"token": "x", "name": "console.css", "id": "1-0", "version": "v0001", "job_id": "j1", "decision": "promote", "verdict": "approve"}
 
 
 def routes(app) -> list[tuple[str, str, str]]:
@@ -233,6 +233,36 @@ async def test_the_faq_pages_add_edit_try_and_delete(console):
     assert await c.kefu.faq.get(entry.id) is None and (await client.get(f"/faq/{entry.id}")).status == 404
 
 
+async def test_customers_wordings_are_approved_or_rejected_on_the_faq_page(console):
+    """Taps on "did you mean" buttons the bot offered propose the customer's wording; the FAQ page lists the proposals,
+    an approved wording is searched at once, a rejected one is gone, each decided once, operators cannot decide."""
+    client, c = console
+    token = await login(client, c)
+    entry_id = await c.kefu.faq.add("退款多久到账？", "退款一般3到5个工作日原路退回。")
+    learned = c.kefu.paraphrases
+    await learned.offered(700, 1, "钱什么时候退给我", [entry_id])
+    await learned.offered(701, 1, "<b>退钱要几天</b>", [entry_id])
+    assert await learned.tapped(700, 1, entry_id, user_id=700) and await learned.tapped(701, 1, entry_id, user_id=701)
+    page = await (await client.get("/faq")).text()
+    forms = [f["action"] for f in tags(page, "form") if "/faq/pending/" in f.get("action", "")]
+    assert len(forms) == 4 and "钱什么时候退给我" in page and "&lt;b&gt;退钱要几天&lt;/b&gt;" in page
+    keys = {p.wording: p.key for p in await learned.pending()}
+    approve, reject = f"/faq/pending/{keys['钱什么时候退给我']}/approve", f"/faq/pending/{keys['<b>退钱要几天</b>']}/reject"
+    assert (await client.post(approve, data={"csrf": token}, allow_redirects=False)).headers["Location"] == "/faq?done=approve"
+    assert (await c.kefu.faq.get(entry_id)).similar == ("钱什么时候退给我",)
+    assert (await c.kefu.faq.match("钱什么时候退给我"))[0].score == 1.0  # searched at once
+    again = await client.post(approve, data={"csrf": token}, allow_redirects=False)
+    assert again.headers["Location"] == "/faq?error=decided"
+    await login(client, c, OPERATOR)
+    refused = await client.post(reject, data={"csrf": await csrf(client)}, allow_redirects=False)
+    assert refused.status == 403 and len(await learned.pending()) == 1
+    token = await login(client, c)
+    await client.post(reject, data={"csrf": token})
+    assert await learned.pending() == [] and (await c.kefu.faq.get(entry_id)).similar == ("钱什么时候退给我",)
+    audit = await (await client.get("/audit")).text()
+    assert "faq.approve" in audit and "faq.reject" in audit
+
+
 async def test_headers_and_escaping(console):
     client, c = console
     await login(client, c)
@@ -299,3 +329,16 @@ async def test_healthz_answers_the_probes_without_a_session(console, prefix):
     async with console_client(console_settings("redis://127.0.0.1:9/0", prefix)) as (away, _):  # nothing listens there
         response = await away.get("/healthz", allow_redirects=False)
         assert response.status == 503 and (await response.json())["redis"] is False
+
+
+async def test_over_https_a_mini_app_session_survives_telegrams_web_frame(redis_url, prefix):
+    """In web.telegram.org the Mini App is a cross-site frame: its cookie is SameSite=None, Secure, Partitioned; a link
+    login (a top-level page) keeps SameSite=Lax and Secure."""
+    settings = console_settings(redis_url, prefix, console_url="https://kefu.example.com:9443")
+    async with console_client(settings) as (client, c):
+        response = await client.post("/app/login", data={"init_data": init_data({"id": ADMIN_ID, "first_name": "Ann"})})
+        cookie = response.headers["Set-Cookie"]
+        assert response.status == 200 and all(flag in cookie for flag in ("SameSite=None", "Secure", "Partitioned", "HttpOnly"))
+        token = await c.auth.issue_link(ADMIN)
+        linked = (await client.post(f"/login/{token}", allow_redirects=False)).headers["Set-Cookie"]
+        assert "SameSite=Lax" in linked and "Secure" in linked and "Partitioned" not in linked

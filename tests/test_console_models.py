@@ -102,3 +102,31 @@ async def test_members_of_the_operators_chat_are_operators(telegram, redis_url, 
         for user_id, status in ((outsider, 403), (member, 200)):
             data = init_data({"id": user_id, "first_name": "Op"}, token=telegram.token)
             assert (await client.post("/app/login", data={"init_data": data})).status == status
+
+
+async def test_two_versions_side_by_side_on_the_same_held_out_turns(redis_url, prefix, llmcore_admin):  # noqa: F811
+    """v0001 learned FAQ_PAIRS by heart, v0002 trained two epochs: on turns v0002 held out (here: those pairs), the page
+    shows both answers to each question with their char-F1, and v0001 ahead."""
+    from llmcore.chats import Conversation, write_conversations
+    from llmcore.registry import HELDOUT
+
+    url, registry = llmcore_admin
+    async with console_client(console_settings(redis_url, prefix, llmcore_url=url, llmcore_admin_token=TOKEN)) as (client, c):
+        await login(client, c, ADMIN)
+        assert 'id="compare-form"' in await (await client.get("/models")).text()
+        none_kept = await client.get("/models/compare", params={"a": "v0001", "b": "v0002"})
+        assert none_kept.status == 409 and "held-out" in await none_kept.text()  # trained without a validation split
+        write_conversations(registry.path("v0002") / HELDOUT, [Conversation([{"role": "user", "content": q}, {"role": "assistant",
+                                                                                                           "content": a}])
+                                                                for q, a in FAQ_PAIRS])
+        result = await c.kefu.admin.compare("v0001", "v0002", 5)
+        assert result["heldout_from"] == "v0002" and result["num_turns"] == 5
+        assert [row["question"] for row in result["turns"]] == [q for q, _ in FAQ_PAIRS[:5]]
+        assert result["char_f1"]["v0001"] > 0.8 > result["char_f1"]["v0002"]  # by heart vs two epochs
+        assert result["better"]["v0001"] + result["better"]["v0002"] + result["better"]["tie"] == 5
+        page = await client.get("/models/compare", params={"a": "v0001", "b": "v0002"})
+        text = await page.text()
+        assert page.status == 200 and 'id="side-by-side"' in text
+        assert all(q in text and a in text for q, a in FAQ_PAIRS[:5])  # each question with its real answer
+        assert (await client.get("/models/compare", params={"a": "v0001", "b": "v0009"})).status == 409
+        assert (await client.get("/models/compare", params={"a": "../x", "b": "v0002"}, allow_redirects=False)).status == 303

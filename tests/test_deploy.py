@@ -769,7 +769,7 @@ def test_systemd_unit_is_hardened(path: Path):
     for option, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
                           "Restart": "on-failure"}.items():
         assert service.get(option) == value, f"{option}={value}"
-    if path.name in ("kefu-bot.service", "kefu-llmcore.service"):
+    if path.name in ("kefu-bot.service", "kefu-llmcore.service", "kefu-console.service"):
         assert service["EnvironmentFile"] == "/etc/kefu/kefu.env" and service["WorkingDirectory"] == "/opt/kefu"
         assert service["ExecStart"].startswith("/opt/kefu/.venv/bin/python -m ")
     assert unit(path)["Install"]["WantedBy"] == "multi-user.target"

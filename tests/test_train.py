@@ -20,7 +20,7 @@ from .conftest import FAQ_PAIRS, REPO
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 64, "dropout": 0.0}
 # no gate.json: too few answers held out to fit one
-VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png", "evidence.jsonl", "prompt.json"}
+VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png", "evidence.jsonl", "prompt.json", "heldout.jsonl"}
 METRIC_KEYS = {"arch", "num_params", "train_loss", "val_loss", "val_ppl", "train_tokens_per_s", "train_seconds", "data_sha256", "created"}
 
 
@@ -47,6 +47,11 @@ def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
     assert saved["train_tokens_per_s"] > 0 and len(saved["data_sha256"]) == 64
     assert (tmp_path / "m" / version / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert registry.current() is None  # not promoted without --promote
+    held, _ = read_conversations([tmp_path / "m" / version / "heldout.jsonl"])  # what it never trained on, to compare versions on
+    everything, _ = read_conversations([faq_file])
+    learned = {t.response for t in registry.load(version).index.turns}
+    held_answers = {m["content"] for c in held for m in c.messages if m["role"] == "assistant"}
+    assert 0 < len(held) < len(everything) and held_answers and not held_answers & learned
 
 
 def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):

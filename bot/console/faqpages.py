@@ -7,6 +7,7 @@
     POST /faq/{id}/delete
     GET  /faq/export.jsonl         the FAQ as chat JSONL (what `python -m bot faq export` writes)
     POST /faq/import               a .jsonl or .csv file, as `python -m bot faq import` and documents sent to the bot read it
+    POST /faq/pending/{key}/{decision}   approve or reject a proposed wording or entry, as /faq_pending's buttons do
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from bot.faq import DataError
 from bot.search import FaqEntry
 
 MAX_LISTED = 200
+MAX_PENDING_LISTED = 50
 NUM_TRIED = 5
 
 
@@ -33,8 +35,24 @@ async def faq(request: web.Request) -> web.Response:
     c, query, tried = console(request), request.query.get("q", "").strip(), request.query.get("try", "").strip()
     entries = [e for e in await c.kefu.faq.entries() if _holds(e, query)]
     ranking = await c.kefu.faq.match(tried[:2000], k=NUM_TRIED) if tried else []
+    proposals = (await c.kefu.paraphrases.pending())[:MAX_PENDING_LISTED]
     return page(request, "faq.html", entries=entries[:MAX_LISTED], total=len(entries), q=query, tried=tried, ranking=ranking,
+                pending=[(p, await c.kefu.faq.get(p.entry_id) if p.entry_id else None) for p in proposals],
                 done=request.query.get("done", ""), error=request.query.get("error", ""))
+
+
+@routes.post("/faq/pending/{key:[0-9a-f]{1,64}}/{verdict:approve|reject}")
+@admin
+async def decide(request: web.Request) -> web.StreamResponse:
+    """A customer's wording (or an operator's new pair) approved into the FAQ, searched at once; or rejected."""
+    c, key, decision = console(request), request.match_info["key"], request.match_info["verdict"]
+    learned = c.kefu.paraphrases
+    proposal = await (learned.approve(key) if decision == "approve" else learned.reject(key))
+    if proposal is None:
+        return see_other("/faq?error=decided")
+    await c.audit.record(session(request).person, f"faq.{decision}", f"#{proposal.entry_id}" if proposal.entry_id else "",
+                         proposal.wording)
+    return see_other(f"/faq?done={decision}")
 
 
 @routes.post("/faq/add")

@@ -91,6 +91,24 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "who": ("谁", "Who"),
     "what": ("做了什么", "What"),
     "error": ("出错了：", "Something went wrong: "),
+    "side_by_side": ("两个版本对比", "Two versions side by side"),
+    "compare": ("对比", "Compare"),
+    "compare_help": ("同样的 {n} 个对话轮次，来自 {v} 训练时留出的对话（另一个版本可能训练过它们）。贪心解码，与机器人的提问方式相同。",
+                     "The same {n} turns, from the conversations {v} held out of its training (the other version may have "
+                     "trained on them); answered greedily, as the bot asks."),
+    "better_on": ("更好的轮次", "Better on"),
+    "reference": ("真实回答", "Real answer"),
+    "empty": ("问题和回答都不能为空。", "a question and an answer are both needed."),
+    "decided": ("这条提议已经处理过了。", "that proposal was already decided."),
+    "pending": ("待批准的说法", "Proposed wordings"),
+    "pending_help": ("客户点选“您是不是想问”时用的说法，以及人工回答了 FAQ 缺少的问题。批准后立即可被搜索到。",
+                     "Customers' wordings that led to an entry (a tapped \"did you mean\"), and operators' answers to questions "
+                     "the FAQ lacks. Approved ones are searched at once."),
+    "new_entry": ("新条目", "New entry"),
+    "customers": ("{n} 位客户", "{n} customer(s)"),
+    "approve": ("批准", "Approve"),
+    "reject": ("拒绝", "Reject"),
+    "entry_gone": ("（条目已删除）", "(entry deleted)"),
 }
 
 

@@ -10,6 +10,8 @@ it up), the Telegram Mini App, and logging out.
 """
 from __future__ import annotations
 
+from http.cookies import SimpleCookie
+
 from aiohttp import web
 
 from bot.console.auth import Person
@@ -84,6 +86,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def _start(request: web.Request, person: Person, response: web.StreamResponse, how: str) -> None:
     c = console(request)
     sid, _ = await c.auth.start_session(person)
-    response.set_cookie(COOKIE, sid, max_age=c.auth.session_s, path="/", httponly=True, samesite="Lax",
-                        secure=c.settings.console_base.startswith("https://"))
+    https = c.settings.console_base.startswith("https://")
+    # A Mini App in Telegram's web client is a frame inside web.telegram.org, where browsers drop a Lax cookie: there the
+    # session cookie is SameSite=None, Secure and Partitioned (CHIPS: kept for that top-level site only). POSTs still need
+    # the CSRF token and a same-origin Origin, so SameSite adds nothing they lack.
+    if how == "login.miniapp" and https:
+        cookie = SimpleCookie({COOKIE: sid})[COOKIE]
+        cookie.update({"max-age": str(c.auth.session_s), "path": "/", "httponly": True, "secure": True, "samesite": "None"})
+        response.headers.add("Set-Cookie", cookie.OutputString() + "; Partitioned")  # http.cookies knows it from Python 3.14
+    else:
+        response.set_cookie(COOKIE, sid, max_age=c.auth.session_s, path="/", httponly=True, samesite="Lax", secure=https)
     await c.audit.record(person, how)

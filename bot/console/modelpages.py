@@ -2,6 +2,7 @@
 
     GET  /models                       versions with metrics (← current), the latest training job
     GET  /models/{version}/loss.png    a version's loss curve
+    GET  /models/compare?a=V&b=W       two versions' answers to the same held-out turns, side by side
     POST /models/promote               version=V
     POST /models/rollback
     POST /models/retrain               arch, minutes: a job over the training set, as /retrain starts it
@@ -20,6 +21,7 @@ from bot.console.base import admin, console, form, page, see_other, session
 from bot.llm import AdminError
 
 EVENTS_EVERY_S = 1.0
+COMPARED_TURNS = 20
 ARCHS = ("transformer", "lstm")
 JOB_ID = r"[A-Za-z0-9_-]{1,64}"
 
@@ -50,6 +52,19 @@ async def loss_curve(request: web.Request) -> web.Response:
     except AdminError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
     return web.Response(body=png, content_type="image/png")
+
+
+@routes.get("/models/compare")
+@admin
+async def compare(request: web.Request) -> web.Response:
+    a, b = request.query.get("a", ""), request.query.get("b", "")
+    if not (VERSION.fullmatch(a) and VERSION.fullmatch(b)):
+        return see_other("/models?error=version")
+    try:
+        result = await console(request).kefu.admin.compare(a, b, COMPARED_TURNS)
+    except AdminError as exc:
+        return page(request, "models_error.html", status=409, problem=str(exc))
+    return page(request, "compare.html", result=result, a=a, b=b)
 
 
 @routes.post("/models/promote")

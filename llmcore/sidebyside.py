@@ -1,0 +1,49 @@
+"""Two versions side by side on the same held-out turns: each one's answer, prompted and decoded as served (greedy,
+the bot's repetition penalty, the version's own evidence and recipe), and its char-F1 to the real answer.
+
+    result = compare_versions(registry, "v0003", "v0005", turns=20)
+
+The turns are those the newer of the two held out of its training (`heldout.jsonl` in its folder, written by the
+trainer beside the weights), or the older's when the newer kept none. They are only ever held out of that version: the other one may
+have trained on them (a later version usually trains on more of the log), which `heldout_from` says.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmcore.chats import read_conversations
+from llmcore.evaluate import answer_turns, assistant_turns
+from llmcore.registry import HELDOUT, Registry, RegistryError
+from llmcore.sampling import SamplingParams
+from llmcore.train import BOT_REPETITION_PENALTY
+
+MAX_COMPARED_TURNS = 50
+MAX_NEW_TOKENS = 96  # the bot's MODEL_MAX_TOKENS
+
+
+def compare_versions(registry: Registry, a: str, b: str, turns: int = 20, device: torch.device | str = "cpu") -> dict:
+    """Both versions' answers to the same held-out turns, and their mean char-F1; RegistryError when a version does not
+    exist or neither kept held-out turns."""
+    if a == b:
+        raise RegistryError("pick two different versions")
+    known = registry.versions()
+    for version in (a, b):
+        if version not in known:
+            raise RegistryError(f"no version {version!r}")
+    source = next((v for v in sorted((a, b), key=lambda v: int(v[1:]), reverse=True) if (registry.path(v) / HELDOUT).is_file()), None)
+    if source is None:
+        raise RegistryError(f"neither {a} nor {b} kept held-out turns (trained without a validation split)")
+    conversations, _ = read_conversations([registry.path(source) / HELDOUT], skip_bad=True)
+    asked = assistant_turns(conversations)[: max(1, min(turns, MAX_COMPARED_TURNS))]
+    params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=MAX_NEW_TOKENS)
+    answers = {}
+    for version in (a, b):
+        loaded = registry.load(version, device)
+        answers[version] = answer_turns(loaded.model.eval(), loaded.tokenizer, asked, params, loaded.index, loaded.recipe)
+    rows = [{"history": turn.history[:-1], "question": turn.history[-1]["content"], "reference": turn.reference,
+             "answers": [{"version": v, "text": answers[v][i].answer, "char_f1": round(answers[v][i].f1, 4)} for v in (a, b)]}
+            for i, turn in enumerate(asked)]
+    mean = {v: round(sum(s.f1 for s in answers[v]) / len(asked), 4) if asked else None for v in (a, b)}
+    better = [sum(answers[v][i].f1 > answers[w][i].f1 for i in range(len(asked))) for v, w in ((a, b), (b, a))]
+    return {"versions": [a, b], "heldout_from": source, "num_turns": len(asked), "char_f1": mean,
+            "better": {a: better[0], b: better[1], "tie": len(asked) - sum(better)}, "turns": rows}
