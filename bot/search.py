@@ -40,6 +40,7 @@ import jieba
 import numpy as np
 
 from bot.encoder import Encoder
+from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
 __all__ = ["FaqEntry", "FaqIndex", "Match", "documents", "normalize", "tokenize", "words"]
@@ -64,12 +65,20 @@ class Match:
 
 LEXICAL_WEIGHT = 0.3
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
+OTHER_LANGUAGE = 0.85  # an entry asked in the other language (Chinese vs English) scores this much of its fused score
 
 
 def words(text: str) -> list[str]:
     """Whole jieba words (precise mode) of the NFKC lower-cased text, without spaces and punctuation. Search tokens
     (`tokenize`) also hold the pieces of a long word, 人工 and 智能 of 人工智能: right for matching, wrong for spotting a word."""
     return [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower(), HMM=False) if any(ch.isalnum() for ch in w)]
+
+
+def script(text: str) -> str | None:
+    """"zh" for Chinese characters without Latin words, "en" for Latin words without Chinese, None for both ("请问
+    iPhone 有货吗") or neither (digits, emoji): the language an answer should be in, when the text makes it clear."""
+    chinese, latin = CJK.search(text) is not None, LATIN_WORD.search(text) is not None
+    return None if chinese == latin else "zh" if chinese else "en"
 
 
 def documents(entries: Sequence[FaqEntry]) -> list[str]:
@@ -95,6 +104,7 @@ class FaqIndex:
         self.bm25 = Bm25(tokenize(text) for text in self.doc_text)
         self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
+        self.language = [script(entry.question) for entry in self.entries]
         self.encoder = encoder
         self.vectors = None
         if encoder is not None:
@@ -117,10 +127,13 @@ class FaqIndex:
                 best[entry] = candidate
         per_entry = None if cosine is None else np.maximum.reduceat(cosine, self.starts)  # each entry's best cosine
         semantic = None if per_entry is None else self.cosine_score(per_entry)
+        asked_in = script(text)
         ranked = []  # (-score, not exact, entry): scores first, Match objects for the k kept only
         for entry in set(best) | self._nearest(per_entry, k):
             lex, is_exact, _ = best.get(entry, (0.0, False, 0))
             fused = lex if semantic is None else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * float(semantic[entry])
+            if asked_in and self.language[entry] and asked_in != self.language[entry]:
+                fused *= OTHER_LANGUAGE  # a multilingual encoder matches across languages; the customer wants theirs
             ranked.append((-(1.0 if is_exact else fused), not is_exact, entry))
         ranked.sort()
         return [self._match(entry, -neg_score, best, cosine, per_entry) for neg_score, _, entry in ranked[: max(k, 0)] if neg_score < 0]

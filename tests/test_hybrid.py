@@ -74,6 +74,22 @@ def test_off_topic_questions_stay_below_the_suggestion_threshold(hybrid, text):
     assert all(m.score < SETTINGS.faq_suggest for m in hybrid.match(text, k=5))
 
 
+@pytest.mark.parametrize("question, theirs", [
+    ("What's the difference between Bronze, Silver, Gold and Diamond, and how is my level decided?", "How do membership levels work?"),
+    ("ordered a blue mug, got a red one", "I got the wrong item"),
+])
+def test_the_customers_language_wins_over_the_same_topic_in_the_other(entries, hybrid, monkeypatch, question, theirs):
+    """The encoders are multilingual: these English questions are nearest, by meaning, to the demo FAQ's Chinese entry of
+    the same topic (会员等级会掉吗？, 发错货了怎么办？). The English entry is the answer an English speaker wants."""
+    from bot import search
+
+    assert hybrid.match(question, k=1)[0].entry.question == theirs
+    monkeypatch.setattr(search, "OTHER_LANGUAGE", 1.0)  # without the rule, the other language's entry comes first
+    assert search.script(hybrid.match(question, k=1)[0].entry.question) == "zh"
+    assert (search.script("退款多久到账"), search.script("refund?"), search.script("iPhone 15 有货吗"), search.script("123")) == \
+        ("zh", "en", None, None)  # a brand name in a Chinese question leaves the language open
+
+
 def test_exact_questions_still_score_one_and_scores_stay_in_the_unit_interval(entries, hybrid):
     for entry in entries[:40]:
         best = hybrid.match(entry.question, k=3)
