@@ -93,7 +93,8 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "error": ("出错了：", "Something went wrong: "),
     "side_by_side": ("两个版本对比", "Two versions side by side"),
     "compare": ("对比", "Compare"),
-    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出的对话（另一个版本可能训练过它们）；贪心解码，与机器人的提问方式相同。",
+    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出的对话（另一个版本可能训练过它们）；"
+                     "贪心解码，与机器人的提问方式相同。",
                      "Both answer the same turns ({n}), from the conversations {v} held out of its training (the other version "
                      "may have trained on them), greedily, as the bot asks."),
     "better_on": ("更好的轮次", "Better on"),
