@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--var", default="var", help="folder for Redis data (AOF) and logs")
     console = sub.add_parser("console", help="the web console for admins and operators, on CONSOLE_LISTEN (docs/console.md)")
     console.add_argument("--link", action="store_true", help="print a one-time login link for the local admin (5 minutes) and exit")
+    console.add_argument("--var", default="var", help="with --link: the folder of a running `bot up` (make run), whose Redis "
+                         "and console the link is for")
     faq = sub.add_parser("faq", help="manage the FAQ").add_subparsers(dest="faq_command", required=True)
     faq_import = faq.add_parser("import", help="add entries from chat JSONL or CSV question,answer")
     faq_import.add_argument("file", help="a .jsonl or .csv file")
@@ -106,9 +108,10 @@ def _write_lines(lines: list[str], out: str | None) -> None:
 
 def console_command(args: argparse.Namespace, settings: BotSettings) -> int:
     from bot.console.serve import local_admin_link, serve
+    from bot.stack import attach
 
     if args.link:
-        print(asyncio.run(local_admin_link(settings)))
+        print(asyncio.run(local_admin_link(attach(settings, Path(args.var)))))
     else:
         serve(settings)
     return 0

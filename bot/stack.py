@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ from bot.settings import BotSettings
 logger = logging.getLogger(__name__)
 READY_TIMEOUT_S = 90
 PR_SET_PDEATHSIG = 1
+RUNNING = "stack.json"  # where the running stack's Redis and console are, for `python -m bot console --link`
 
 
 class StackError(RuntimeError):
@@ -112,8 +114,15 @@ class Stack:
         _wait_for(lambda: _http_ok(f"http://{_loopback(host)}:{port}/login"), process, "the console", folder / "console.log")
         logger.info("console: %s (log: %s)", settings.console_base, folder / "console.log")
 
+    def note_running(self, settings: BotSettings) -> None:
+        """Where this stack's Redis and console are (no secrets), so that `bot console --link` finds them."""
+        path = self.var / RUNNING
+        path.write_text(json.dumps({"redis_url": settings.redis_url, "console_url": settings.console_base, "pid": os.getpid()}))
+        path.chmod(0o600)
+
     def stop(self) -> None:
         """Children in reverse order: llmcore, then Redis (which writes its AOF on SIGTERM)."""
+        (self.var / RUNNING).unlink(missing_ok=True)
         for name, process in reversed(self.children):
             if process.poll() is None:
                 process.terminate()
@@ -148,6 +157,7 @@ def up(models: Path, var: Path) -> int:
                 overrides["console_listen"] = f"127.0.0.1:{_free_port()}"
             settings = BotSettings(**{**base.model_dump(exclude_unset=False), **overrides})
             stack.start_console(settings)
+            stack.note_running(settings)
             print(f"Console: {settings.console_base}\nLog in to it (a one-time link, valid for 5 minutes; "
                   f"`python -m bot console --link` makes another): {asyncio.run(local_admin_link(settings))}", flush=True)
             _run_bot(settings, var / "log")
@@ -156,6 +166,18 @@ def up(models: Path, var: Path) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def attach(settings: BotSettings, var: Path) -> BotSettings:
+    """These settings pointed at the stack `bot up` runs from `var` (its private Redis, its console's URL), for what this
+    process does not set itself; unchanged when no stack runs there."""
+    try:
+        running = json.loads((var / RUNNING).read_text())
+        os.kill(int(running["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings
+    overrides = {key: running[key] for key in ("redis_url", "console_url") if key not in settings.model_fields_set}
+    return BotSettings(**{**settings.model_dump(exclude_unset=False), **overrides}) if overrides else settings
 
 
 def _run_bot(settings: BotSettings, logs: Path) -> None:

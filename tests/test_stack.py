@@ -88,8 +88,14 @@ def test_up_starts_the_console_and_prints_a_login_link_that_works(stack_dirs):
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
     inbox = opener.open(urllib.request.Request(link, data=b"", method="POST"), timeout=10)  # the login button; then the inbox
     assert inbox.status == 200 and "local admin" in inbox.read().decode()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CONSOLE_URL", "CONSOLE_LISTEN")}
+    another = subprocess.run([sys.executable, "-m", "bot", "console", "--link", "--var", str(var)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60).stdout.strip()  # as the printed hint says
+    assert another.startswith(base + "/login/") and another != link
+    fresh = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    assert "local admin" in fresh.open(urllib.request.Request(another, data=b"", method="POST"), timeout=10).read().decode()
     process.communicate("", timeout=60)  # the end of the input stops everything
-    assert process.returncode == 0
+    assert process.returncode == 0 and not (var / "stack.json").exists()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(base + "/login", timeout=2)
     assert (var / "log" / "console.log").exists()
