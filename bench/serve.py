@@ -50,6 +50,7 @@ from llmcore.chats import read_conversations  # noqa: E402
 from llmcore.engine import Engine  # noqa: E402
 from llmcore.evaluate import assistant_turns  # noqa: E402
 from llmcore.model import ModelConfig, build_model, default_config  # noqa: E402
+from llmcore.prompting import build_prompt  # noqa: E402
 from llmcore.registry import Registry, save_checkpoint  # noqa: E402
 from llmcore.sampling import SamplingParams  # noqa: E402
 from llmcore.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
@@ -69,7 +70,7 @@ class Result:
     seconds: float = 0.0
 
     def summary(self, name: str) -> dict:
-        return {"case": name, "output_tok_s": round(self.tokens / self.seconds, 1), "errors": self.errors,
+        return {"case": name, "output_tok_s": round(self.tokens / self.seconds, 1), "tokens": self.tokens, "errors": self.errors,
                 "ttft_p50_ms": _ms(_pct(self.ttft, 50)), "ttft_p99_ms": _ms(_pct(self.ttft, 99)),
                 "tpot_p50_ms": _ms(_pct(self.tpot, 50)), "tpot_p99_ms": _ms(_pct(self.tpot, 99))}
 
@@ -277,6 +278,23 @@ def production_requests(heldout: Path, n: int, bot: BotSettings) -> list[dict]:
     return bodies
 
 
+def prompt_stats(models: Path, bodies: list[dict]) -> dict:
+    """The requests' prompts as the server builds them: tokens per prompt, and the share of prompt tokens that a
+    prefix cache could serve at best (the longest prefix each prompt shares with any earlier one, cache unbounded).
+    The prompt keeps the last 4 turns and puts the evidence just before the question, so a chat's next prompt
+    shares little more than <bos> with its last one."""
+    loaded = Registry(models).load()
+    block, seen, reusable, total = loaded.model.config.block_size, set(), 0, 0
+    for body in bodies:
+        ids, _ = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, body["messages"], block - body["max_tokens"])
+        shared = 0
+        while shared < len(ids) and tuple(ids[: shared + 1]) in seen:
+            shared += 1
+        seen.update(tuple(ids[:k]) for k in range(1, len(ids) + 1))
+        reusable, total = reusable + shared, total + len(ids)
+    return {"prompt_tokens_per_request": round(total / len(bodies), 1), "prefix_reusable_share": round(reusable / total, 3)}
+
+
 def plain_greedy(bodies: list[dict]) -> list[dict]:
     return [{k: v for k, v in b.items() if k not in ("repetition_penalty", "top_p", "seed")} | {"temperature": 0} for b in bodies]
 
@@ -304,7 +322,8 @@ async def bench_production(root: Path, args: argparse.Namespace) -> dict:
         proc.wait(timeout=30)
     by_case = {r["case"]: r for r in rows}
     return {"shape": "production", "num_params": Registry(models).metrics(Registry(models).current()).get("num_params"),
-            "rows": rows, "sampled_share": 1 / SAMPLED_SHARE,
+            "rows": rows, "sampled_share": 1 / SAMPLED_SHARE, **prompt_stats(models, requests),
+            "answer_tokens_per_request": round(by_case["closed 32"]["tokens"] / len(requests), 1),
             "speedup_32_over_1": round(by_case["closed 32"]["output_tok_s"] / by_case["closed 1"]["output_tok_s"], 2),
             "ttft_p50_32_over_1": round(by_case["closed 32"]["ttft_p50_ms"] / by_case["closed 1"]["ttft_p50_ms"], 2),
             "greedy_speedup_32_over_1": round(by_case["greedy 32"]["output_tok_s"] / by_case["greedy 1"]["output_tok_s"], 2),
@@ -355,7 +374,9 @@ def print_table(results: list[dict], matmul: float, micro: dict | None) -> None:
             print(f"; decode at 64 clients {100 * res['decode_flops_64'] / matmul:.1f}% of a 1024^3 matmul", end="")
         if "greedy_speedup_32_over_1" in res:
             print(f"; greedy without penalty {res['greedy_speedup_32_over_1']}x; production at 32 = "
-                  f"{res['production32_over_greedy32']}x greedy at 32", end="")
+                  f"{res['production32_over_greedy32']}x greedy at 32; {res['prompt_tokens_per_request']} prompt tokens and "
+                  f"{res['answer_tokens_per_request']} answer tokens a request, {100 * res['prefix_reusable_share']:.1f}% of prompt "
+                  "tokens reusable by an ideal prefix cache", end="")
         print()
         if res.get("kefu32_over_hf_static32"):
             print(f"{res['shape']:8} vs transformers generate: one at a time {res['hf_one_at_a_time_tok_s']} tok/s, static batch 32 "

@@ -33,13 +33,13 @@ def token_flops(config: ModelConfig, position: int) -> float:
 
 
 def step_flops(config: ModelConfig, prefill_lengths: list[int], decode_positions: list[int]) -> float:
-    """One engine step: prompts prefilled (each token once, the output layer once) and tokens decoded."""
+    """One engine step: prompts prefilled (each token once, the output layer once) and tokens decoded. In closed
+    form (the attention term is linear in the position), so that it costs the same at any batch size."""
     head = 2 * config.n_embd * config.vocab_size
-    flops = sum(token_flops(config, p) + head for p in decode_positions)
-    for length in prefill_lengths:  # positions 0..length-1: the attention term summed in closed form
-        flops += length * token_flops(config, 0) + head
-        if config.arch == "transformer":
-            flops += config.n_layer * 4 * config.n_embd * (length - 1) * length // 2
+    per_position = token_flops(config, 1) - token_flops(config, 0)  # attention's growth per position (0 for an LSTM)
+    flops = len(decode_positions) * (token_flops(config, 0) + head) + per_position * sum(decode_positions)
+    for length in prefill_lengths:  # positions 0..length-1
+        flops += length * token_flops(config, 0) + head + per_position * (length - 1) * length // 2
     return float(flops)
 
 

@@ -34,7 +34,7 @@ from llmcore.scheduler import EngineError, QueueFull, Scheduler, Sequence
 __all__ = ["Engine", "EngineError", "QueueFull", "Sequence", "StepEvent"]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepEvent:
     seq: Sequence
     token: int | None  # None when the sequence ended without a new token (stop, cancel, error)
@@ -68,7 +68,8 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
         generator = None if params.is_greedy else params.make_generator(self.device)
-        seq = Sequence(list(prompt), params, generator, ignore_stop=ignore_stop)
+        seq = Sequence(list(prompt), params, generator, ignore_stop=ignore_stop,
+                       max_tokens=min(params.max_new_tokens, self.max_len - len(prompt)))
         self.scheduler.add(seq)
         return seq
 
@@ -97,20 +98,22 @@ class Engine:
         """Retire cancelled sequences; then schedule → forward → sample → post-process."""
         events = [StepEvent(seq, None, None, True) for seq in self.scheduler.retire_cancelled()]
         decode = self.scheduler.decoding()
-        fed_at = [len(s.prompt) + len(s.output.token_ids) - 1 for s in decode]  # the position each decode row feeds
-        logits = [self._decode(decode)] if decode else []
+        slots = [s.slot for s in decode]
+        fed_at = self.cache.lengths[slots].tolist()  # the position each decode row feeds
+        logits = [self._decode(slots)] if decode else []
         prefill = self.scheduler.admit()
         for seq in prefill:
             self.cache.reset(seq.slot)
             self.sampler.assign(seq.slot, seq.params, seq.generator)
         logits += self._prefill(prefill)
         batch = decode + prefill
+        self.last_step_tokens = 0
         if batch:
-            tokens, logprobs = self.sampler.sample(logits[0] if len(logits) == 1 else torch.cat(logits), [s.slot for s in batch])
-            events += self._postprocess(decode, prefill, tokens, logprobs)
+            logits = logits[0] if len(logits) == 1 else torch.cat(logits)
+            tokens, logprobs = self.sampler.sample(logits, slots + [s.slot for s in prefill])
+            events += self._postprocess(batch, prefill, tokens, logprobs)
         self.last_step_flops = step_flops(self.model.config, [len(s.prompt) for s in prefill], fed_at)
         self.last_batch_size = len(batch)
-        self.last_step_tokens = sum(e.token is not None for e in events)
         for event in events:
             if event.finished and event.seq.slot is not None:
                 self._release(event.seq)
@@ -129,15 +132,16 @@ class Engine:
                 self._release(seq)
         return events
 
-    def _decode(self, batch: list[Sequence]) -> torch.Tensor:
-        """One token for every running sequence. The rows in use are nearly dense (lowest slots first): the
-        step runs over rows 0..top-1 without gathering cache rows, and idle rows in between (free, or just
-        admitted and prefilled after this) get a dummy token whose effect is forgotten (their slot is reset)."""
-        slots = [s.slot for s in batch]
+    def _decode(self, slots: list[int]) -> torch.Tensor:
+        """One token for every running sequence (in `slots`). The rows in use are nearly dense (lowest slots
+        first): the step runs over rows 0..top-1 without gathering cache rows, and idle rows in between (free,
+        or just admitted and prefilled after this) get a dummy token whose effect is forgotten (their slot is
+        reset)."""
         top = max(slots) + 1
         logits = self.model.step(self.last_tokens[:top], self.cache)
-        for slot in sorted(set(range(top)) - set(slots)):
-            self.cache.reset(slot)
+        if len(slots) < top:
+            for slot in sorted(set(range(top)) - set(slots)):
+                self.cache.reset(slot)
         return logits if slots == list(range(top)) else logits[slots]
 
     def _prefill(self, seqs: list[Sequence]) -> list[torch.Tensor]:
@@ -156,25 +160,27 @@ class Engine:
         return self.model.step(ids.to(self.device), self.cache, rows=torch.tensor([s.slot for s in seqs]),
                                lengths=torch.tensor([len(s.prompt) for s in seqs]))  # (n, V)
 
-    def _postprocess(self, decode: list[Sequence], prefill: list[Sequence], tokens: list[int],
+    def _postprocess(self, batch: list[Sequence], prefill: list[Sequence], tokens: list[int],
                      logprobs: list[float]) -> list[StepEvent]:
-        batch = decode + prefill
-        self.last_tokens[[s.slot for s in batch], 0] = self.sampler.chosen
+        self.last_tokens[self.sampler.rows, 0] = self.sampler.chosen
         now = time.monotonic()
         for seq in prefill:
             seq.first_token_at = now
-        return [self._advance(seq, token, logprob) for seq, token, logprob in zip(batch, tokens, logprobs)]
+        events = [self._advance(seq, token, logprob) for seq, token, logprob in zip(batch, tokens, logprobs)]
+        self.last_step_tokens = len(events) - sum(e.token is None for e in events)
+        return events
 
     def _advance(self, seq: Sequence, token: int, logprob: float) -> StepEvent:
         if token in self.stop_ids and not seq.ignore_stop:
             seq.output.finish_reason = "stop"
             return StepEvent(seq, None, None, True)
-        seq.output.token_ids.append(token)
-        seq.output.logprobs.append(logprob)
-        full = len(seq.prompt) + len(seq.output.token_ids) >= self.max_len  # the next token could not be fed
-        if len(seq.output.token_ids) >= seq.params.max_new_tokens or full:
-            seq.output.finish_reason = "length"
-        return StepEvent(seq, token, logprob, seq.finished)
+        output = seq.output
+        output.token_ids.append(token)
+        output.logprobs.append(logprob)
+        if len(output.token_ids) >= seq.max_tokens:  # max_new_tokens, or the next token could not be fed
+            output.finish_reason = "length"
+            return StepEvent(seq, token, logprob, True)
+        return StepEvent(seq, token, logprob, False)
 
     def _release(self, seq: Sequence) -> None:
         self.cache.reset(seq.slot)

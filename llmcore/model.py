@@ -144,6 +144,20 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=where.visible.to(q.dtype))
         return self._merge(y)
 
+    def forward_fresh(self, x: Tensor, real: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor) -> Tensor:
+        """Prompts into empty cache rows. x (N, C) holds only the real tokens, `real` (B, T) where they sit in the
+        right-padded rows: projections run on the N tokens, attention causally over the padded rows (no real token
+        sees a pad, so no mask is needed); the keys of pads go into the cache beyond the rows' lengths."""
+        B, T = real.shape
+        C = x.shape[1]
+        qkv = x.new_zeros(B, T, 3 * C)
+        qkv[real] = self.qkv(x)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))  # (B, H, T, D)
+        k_cache[rows, :, :T] = k.to(k_cache.dtype)
+        v_cache[rows, :, :T] = v.to(v_cache.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C)[real])  # (N, C)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -165,6 +179,10 @@ class Block(nn.Module):
 
     def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, where: CachePositions) -> Tensor:
         x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, where)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_fresh(self, x: Tensor, real: Tensor, k_cache: Tensor, v_cache: Tensor, rows: Tensor) -> Tensor:
+        x = x + self.attn.forward_fresh(self.ln_1(x), real, k_cache, v_cache, rows)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -206,12 +224,18 @@ class LanguageModel(nn.Module):
             raise ValueError(f"{idx.shape[0]} input rows for {start.shape[0]} cache rows")
         if lengths is not None and not self.pads_safely:
             raise ValueError(f"{type(self).__name__} cannot prefill padded rows")
-        hidden = self._hidden_cached(idx, cache, start, rows)  # (B, T, C)
         if lengths is not None:
+            last = self._prefill_cached(idx, cache, start, rows, lengths)  # (B, C)
             cache.lengths[index] = start + lengths
-            return self.head(hidden[torch.arange(idx.shape[0], device=idx.device), (lengths - 1).to(idx.device)])
+            return self.head(last)
+        hidden = self._hidden_cached(idx, cache, start, rows)  # (B, T, C)
         cache.lengths[index] = start + idx.shape[1]
         return self.head(hidden if all_logits else hidden[:, -1])
+
+    def _prefill_cached(self, idx: Tensor, cache, start: Tensor, rows: Tensor | None, lengths: Tensor) -> Tensor:
+        """The hidden state (B, C) of each padded row's last real token."""
+        hidden = self._hidden_cached(idx, cache, start, rows)
+        return hidden[torch.arange(idx.shape[0], device=idx.device), (lengths - 1).to(idx.device)]
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -260,6 +284,20 @@ class TransformerLM(LanguageModel):
             v=torch.zeros(shape, device=device, dtype=dtype),
             lengths=torch.zeros(batch_size, dtype=torch.long),
         )
+
+    def _prefill_cached(self, idx: Tensor, cache: KVCache, start: Tensor, rows: Tensor | None, lengths: Tensor) -> Tensor:
+        """Prompts into empty rows (a fresh sequence's whole prompt, the engine's prefill) run packed: the layers
+        see only the real tokens, not the padding, and attention needs no mask. Anything else takes the padded path."""
+        if bool(start.any()) or idx.shape[1] > cache.k.shape[3]:
+            return super()._prefill_cached(idx, cache, start, rows, lengths)
+        B, T = idx.shape
+        device = idx.device
+        real = (torch.arange(T)[None, :] < lengths[:, None]).to(device)  # (B, T)
+        x = self.wte(idx[real]) + self.wpe(torch.arange(T, device=device).expand(B, T)[real])  # (N, C)
+        row_ids = torch.arange(B, device=device) if rows is None else rows.to(device)
+        for layer, block in enumerate(self.blocks):
+            x = block.forward_fresh(x, real, cache.k[layer], cache.v[layer], row_ids)
+        return self.ln_f(x[(lengths.cumsum(0) - 1).to(device)])  # each row's last real token
 
     def _hidden_cached(self, idx: Tensor, cache: KVCache, start: Tensor, rows: Tensor | None) -> Tensor:
         B, T = idx.shape

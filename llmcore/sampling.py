@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -110,7 +111,26 @@ def choose_token(logits: Tensor, params: SamplingParams, previous: Sequence[int]
 
 # --- the batched sampler -------------------------------------------------------------------------------
 
-CANDIDATES = (64, 512)  # a filtered draw looks among this many best tokens first, then this many; then sorts
+CANDIDATES = (16, 128, 512)  # a filtered draw looks among this many best tokens first, then this many; then sorts
+
+
+@dataclass
+class _Layout:
+    """A batch's slots as index tensors and the rows' fixed parameters, built once and reused while the batch
+    keeps the same slots in the same order (most steps) and no slot changes hands."""
+
+    key: tuple[int, ...]
+    slots: np.ndarray  # (B,) on the host
+    rows: Tensor  # (B,) the same slots on the device
+    penalised: np.ndarray  # (B,) rows with a repetition penalty
+    penalty: Tensor  # (B, 1)
+    sampled: Tensor | None  # indices of the sampled rows (None: all greedy)
+    generators: list[torch.Generator | None]  # of the sampled rows
+    temperature: Tensor | None  # (S, 1) of the sampled rows
+    plain: Tensor | None  # indices among the sampled rows of those without top-k/top-p (None: none)
+    filtered: Tensor | None  # ... and of those with top-k or top-p (None: none)
+    top_k: Tensor | None  # of the filtered rows
+    top_p: Tensor | None
 
 
 class Sampler:
@@ -123,9 +143,12 @@ class Sampler:
         sampler = Sampler(slots=32, vocab_size=V, max_tokens=256, device=device)
         sampler.assign(slot, params, generator)                  # when a sequence takes a slot
         tokens, logprobs = sampler.sample(logits, [slot, ...])   # logits (B, V), one row per slot listed
+        sampler.rows, sampler.chosen                             # the step's slots and tokens, on the device
 
     Only the sampled rows' uniform numbers are drawn row by row (one number each, from the sequence's
-    generator), so a seeded request gives the same text alone and in any batch.
+    generator), so a seeded request gives the same text alone and in any batch. Per-step host work does not
+    grow with the batch beyond a few vectorised numpy operations: the index tensors of a batch are built once
+    and reused while its slots stay the same.
     """
 
     def __init__(self, slots: int, vocab_size: int, max_tokens: int, device: torch.device | str = "cpu") -> None:
@@ -135,71 +158,104 @@ class Sampler:
         self.top_k = torch.full((slots,), vocab_size, dtype=torch.long, device=self.device)
         self.top_p = torch.ones(slots, device=self.device)
         self.penalty = torch.ones(slots, device=self.device)
-        self.produced = torch.zeros((slots, max_tokens), dtype=torch.long, device=self.device)
-        self.counts = [0] * slots  # tokens produced per slot (host side: scheduling never waits for the device)
-        self.params: list[SamplingParams | None] = [None] * slots
+        self.produced = torch.zeros((slots, max_tokens), dtype=torch.long, device=self.device)  # past a row's count: its first token
+        self.counts = np.zeros(slots, dtype=np.int64)  # tokens produced per slot, on the host: scheduling never waits for the device
+        self.is_sampled = np.zeros(slots, dtype=bool)
+        self.is_filtered = np.zeros(slots, dtype=bool)  # sampled with top-k or top-p
+        self.is_penalised = np.zeros(slots, dtype=bool)
         self.generators: list[torch.Generator | None] = [None] * slots
+        self.rows = torch.zeros(0, dtype=torch.long, device=self.device)
         self.chosen = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._layout: _Layout | None = None
 
     def assign(self, slot: int, params: SamplingParams, generator: torch.Generator | None) -> None:
         """A new sequence in `slot`: its parameters, its generator, nothing produced yet."""
-        self.params[slot], self.generators[slot], self.counts[slot] = params, generator, 0
+        self.generators[slot], self.counts[slot] = generator, 0
+        self.is_sampled[slot] = not params.is_greedy
+        self.is_filtered[slot] = not params.is_greedy and (0 < params.top_k < self.vocab_size or params.top_p < 1.0)
+        self.is_penalised[slot] = params.repetition_penalty != 1.0
         self.temperature[slot] = params.temperature if not params.is_greedy else 1.0
         self.top_k[slot] = params.top_k if 0 < params.top_k < self.vocab_size else self.vocab_size
         self.top_p[slot] = params.top_p
         self.penalty[slot] = params.repetition_penalty
+        self._layout = None  # the slot changed hands: the next batch's parameters are read again
 
     def release(self, slot: int) -> None:
-        self.params[slot] = self.generators[slot] = None
+        self.generators[slot] = None
 
     def sample(self, logits: Tensor, slots: Sequence[int]) -> tuple[list[int], list[float]]:
         """logits (B, V) for the sequences in `slots` (in that order): their next tokens and the tokens'
         log-probabilities under the model (before penalty and filters)."""
-        params = [self.params[s] for s in slots]
-        rows = torch.tensor(slots, device=self.device)
+        layout = self._layout_of(slots)
         raw = logits.float()
-        penalised = any(p.repetition_penalty != 1.0 and self.counts[s] for p, s in zip(params, slots))
-        x = self._penalise(raw, rows, slots) if penalised else raw
+        counts = self.counts[layout.slots]
+        x = self._penalise(raw, layout, counts) if (layout.penalised & (counts > 0)).any() else raw
         tokens = torch.argmax(x, dim=-1)
-        sampled = [i for i, p in enumerate(params) if not p.is_greedy]
-        if sampled:
-            tokens[sampled] = self._draw(x[sampled], [slots[i] for i in sampled], [params[i] for i in sampled])
-        chosen = torch.log_softmax(raw, dim=-1).gather(1, tokens[:, None]).squeeze(1)  # fused: ~2.5x a logsumexp on CPU
-        counts = torch.tensor([self.counts[s] for s in slots], device=self.device)
-        self.produced[rows, counts.clamp(max=self.produced.shape[1] - 1)] = tokens
-        for s in slots:
-            self.counts[s] += 1
-        self.chosen = tokens  # stays on the device: the engine's next decode input
-        host = torch.stack([tokens.double(), chosen.double()]).tolist()  # one device->host transfer per step
-        return [int(t) for t in host[0]], host[1]
+        if layout.sampled is not None:
+            tokens[layout.sampled] = self._draw(x[layout.sampled], layout)
+        chosen = torch.log_softmax(raw, dim=-1).gather(1, tokens[:, None]).squeeze(1)  # fused: faster than a logsumexp on CPU
+        self._record(layout, counts, tokens)
+        self.rows, self.chosen = layout.rows, tokens  # stay on the device: the engine's next decode input
+        host = torch.stack([tokens, chosen.double().view(torch.int64)]).cpu().numpy()  # one device->host transfer per step
+        return host[0].tolist(), host[1].view(np.float64).tolist()
 
-    def _penalise(self, x: Tensor, rows: Tensor, slots: Sequence[int]) -> Tensor:
+    def _layout_of(self, slots: Sequence[int]) -> _Layout:
+        key = tuple(slots)
+        if self._layout is not None and self._layout.key == key:
+            return self._layout
+        at = np.asarray(key, dtype=np.int64)
+        rows = torch.from_numpy(at).to(self.device)
+        sampled = np.flatnonzero(self.is_sampled[at])
+        filtered = self.is_filtered[at[sampled]]
+        sampled_rows = rows[torch.from_numpy(sampled).to(self.device)]
+        f_rows = sampled_rows[torch.from_numpy(np.flatnonzero(filtered)).to(self.device)]
+        self._layout = _Layout(
+            key=key, slots=at, rows=rows, penalised=self.is_penalised[at], penalty=self.penalty[rows][:, None],
+            sampled=_indices(sampled, self.device), generators=[self.generators[s] for s in at[sampled]],
+            temperature=self.temperature[sampled_rows][:, None] if len(sampled) else None,
+            plain=_indices(np.flatnonzero(~filtered), self.device) if filtered.any() else None,
+            filtered=_indices(np.flatnonzero(filtered), self.device), top_k=self.top_k[f_rows], top_p=self.top_p[f_rows])
+        return self._layout
+
+    def _record(self, layout: _Layout, counts: np.ndarray, tokens: Tensor) -> None:
+        """Append each row's token to what its slot produced; a row's first token also fills the rest of its row."""
+        if (first := np.flatnonzero(counts == 0)).size:
+            at = _indices(first, self.device)
+            self.produced[layout.rows[at]] = tokens[at, None]
+        position = torch.from_numpy(np.minimum(counts, self.produced.shape[1] - 1)).to(self.device)
+        self.produced[layout.rows, position] = tokens
+        self.counts[layout.slots] = counts + 1
+
+    def _penalise(self, x: Tensor, layout: _Layout, counts: np.ndarray) -> Tensor:
         """CTRL's penalty on the tokens each row produced, by gather/scatter on those tokens only (a new tensor; x
         is left as it was). Rows without a penalty or without tokens yet get a factor of 1, which leaves their
-        values exactly as they were; positions past a row's count repeat its first token, so duplicate writes
+        values exactly as they were; positions past a row's count hold its first token, so duplicate writes
         carry the same value."""
-        counts = [min(self.counts[s], self.produced.shape[1]) for s in slots]
-        ids = self.produced[rows, : max(counts)]
-        count = torch.tensor(counts, device=self.device)
-        ids = torch.where(torch.arange(ids.shape[1], device=self.device)[None, :] < count[:, None], ids, ids[:, :1])
-        penalty = torch.where(count > 0, self.penalty[rows], 1.0)[:, None]
+        ids = self.produced[layout.rows, : min(int(counts.max()), self.produced.shape[1])]
+        penalty = layout.penalty
+        if not counts.all():
+            penalty = torch.where(torch.from_numpy(counts > 0).to(self.device)[:, None], penalty, 1.0)
         seen = x.gather(1, ids)
         return x.scatter(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
 
-    def _draw(self, x: Tensor, slots: list[int], params: list[SamplingParams]) -> Tensor:
-        rows = torch.tensor(slots, device=self.device)
-        x = x / self.temperature[rows, None]
-        u = torch.cat([torch.rand(1, dtype=torch.float64, generator=self.generators[s], device=self.device) for s in slots])
-        filtered = [0 < p.top_k < self.vocab_size or p.top_p < 1.0 for p in params]
-        if not any(filtered):
+    def _draw(self, x: Tensor, layout: _Layout) -> Tensor:
+        """The sampled rows' tokens from their (penalised) logits x (S, V)."""
+        x = x / layout.temperature
+        u = torch.cat([torch.rand(1, dtype=torch.float64, generator=g, device=self.device) for g in layout.generators])
+        if layout.filtered is None:
             return _inverse_cdf(torch.softmax(x, dim=-1), u)
-        tokens = torch.empty(len(slots), dtype=torch.long, device=self.device)
-        if plain := [i for i, f in enumerate(filtered) if not f]:
-            tokens[plain] = _inverse_cdf(torch.softmax(x[plain], dim=-1), u[plain])
-        chosen = torch.tensor([i for i, f in enumerate(filtered) if f], device=self.device)
-        for group, values, order in kept_candidates(x[chosen], self.top_k[rows[chosen]], self.top_p[rows[chosen]]):
+        tokens = torch.empty(x.shape[0], dtype=torch.long, device=self.device)
+        if layout.plain is not None:
+            tokens[layout.plain] = _inverse_cdf(torch.softmax(x[layout.plain], dim=-1), u[layout.plain])
+        chosen = layout.filtered
+        for group, values, order in kept_candidates(x[chosen], layout.top_k, layout.top_p):
             tokens[chosen[group]] = order.gather(1, _inverse_cdf(torch.softmax(values, dim=-1), u[chosen[group]])[:, None]).squeeze(1)
         return tokens
+
+
+def _indices(at: np.ndarray, device: torch.device) -> Tensor | None:
+    """Row indices as a device tensor, None when there are none."""
+    return torch.from_numpy(at).to(device) if at.size else None
 
 
 def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:

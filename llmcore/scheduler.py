@@ -48,6 +48,7 @@ class Sequence:
     cancelled: bool = False
     error: str | None = None
     ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks)
+    max_tokens: int = 0  # tokens it may produce: max_new_tokens, fewer where the context would end first
     arrived: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
 

@@ -54,6 +54,30 @@ def test_rows_of_different_lengths_decode_together(arch):
     assert cache.lengths.tolist() == [6, 21, 2, 13]
 
 
+def test_padded_prefill_into_fresh_and_used_rows_equals_full_forward():
+    """The engine's prefill: right-padded prompts into empty rows (run packed, padding never reaches the layers) and
+    into rows that already hold tokens (the masked path); each row's logits are its last real token's, and decoding
+    after them equals the full forward pass."""
+    model = tiny("transformer")
+    idx = torch.randint(0, 61, (4, 30))
+    full = model(idx)
+    lengths = torch.tensor([7, 20, 1, 13])
+    cache = model.new_cache(6)
+    cache.k.normal_()  # stale keys of earlier sequences: masked by the lengths, overwritten by new ones
+    rows = torch.tensor([5, 0, 3, 2])
+    padded = idx.masked_fill(torch.arange(30)[None, :] >= lengths[:, None], 0)[:, :20]
+    last = model.step(padded, cache, rows=rows, lengths=lengths)
+    assert (last - full[torch.arange(4), lengths - 1]).abs().max().item() <= TOL
+    assert cache.lengths[rows].tolist() == lengths.tolist()
+    more = torch.tensor([3, 2, 5, 4])  # a second padded chunk after what the rows hold
+    chunk = torch.stack([idx[r, n : n + 5] for r, n in enumerate(lengths.tolist())])
+    last = model.step(chunk, cache, rows=rows, lengths=more)
+    assert (last - full[torch.arange(4), lengths + more - 1]).abs().max().item() <= TOL
+    step_in = torch.stack([idx[r, n : n + 1] for r, n in enumerate((lengths + more).tolist())])
+    nxt = model.step(step_in, cache, rows=rows)
+    assert (nxt - full[torch.arange(4), lengths + more]).abs().max().item() <= TOL
+
+
 def test_transformer_rejects_context_beyond_its_block():
     model = tiny("transformer", block=16)
     with pytest.raises(ValueError, match="exceeds the context"):

@@ -156,3 +156,26 @@ def test_batched_filters_keep_what_the_reference_keeps():
         reference = filter_top_k_top_p(logits[row], 0 if k == vocab else k, float(top_p[row]))
         assert torch.equal(kept[row], torch.isfinite(reference)), row
     assert kept[0].all() and kept[2].sum() == 5 and kept[6].sum() == 200 and kept[7].sum() > CANDIDATES[0]
+
+
+def test_a_slot_that_changes_hands_is_sampled_with_its_new_sequence_parameters():
+    """The sampler reuses a batch's index tensors while its slots stay the same; a new sequence in one of those
+    slots is still sampled with its own parameters and starts with nothing produced."""
+    sampler = Sampler(4, 10, max_tokens=8)
+    logits = torch.zeros(2, 10)
+    logits[:, 4], logits[:, 5] = 5.0, 4.0
+    for slot in (0, 1):
+        sampler.assign(slot, SamplingParams(), None)
+    assert sampler.sample(logits, [0, 1])[0] == [4, 4]
+    assert sampler.sample(logits, [0, 1])[0] == [4, 4]
+    sampler.release(1)
+    sampler.assign(1, SamplingParams(repetition_penalty=50.0), None)  # the same slots next step, a new sequence in 1
+    assert sampler.sample(logits, [0, 1])[0] == [4, 4]  # it has produced nothing yet: no penalty
+    assert sampler.sample(logits, [0, 1])[0] == [4, 5]  # its own 4 now counts: 5 / 50 < 4
+    sampler.release(0)
+    params = SamplingParams(temperature=1.0, top_k=2, seed=3)
+    sampler.assign(0, params, torch.Generator().manual_seed(3))
+    reference = torch.Generator().manual_seed(3)
+    draws = [sampler.sample(logits, [0, 1])[0][0] for _ in range(12)]
+    assert draws == [choose_token(logits[0], params, draws[:i], reference) for i in range(12)]
+    assert set(draws) == {4, 5}  # sampled, not greedy
