@@ -111,7 +111,8 @@ async def test_the_served_answer_is_the_one_evaluation_measures(client, choosing
         assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.answer}
         assert body["choices"][0]["finish_reason"] in ("stop", "length")
         kefu = body["kefu"]
-        assert kefu["chosen"]["source"] in ("greedy", "sample", "retrieved") and kefu["confidence"] == pytest.approx(expected.confidence)
+        assert kefu["chosen"]["source"] in ("greedy", "sample", "retrieved")
+        assert kefu["confidence"] == pytest.approx(expected.confidence, abs=1e-4)  # the engine batches; evaluation too
 
 
 async def test_a_chosen_answer_is_deterministic_and_streams_the_same_text(client):
