@@ -91,7 +91,7 @@ class Selection:
 
 
 GREEDY = Selection()  # the greedy answer alone: versions trained before selection
-DEFAULT_SELECTION = Selection(samples=4, retrieved=8)  # what `llmcore train` gives a new version (docs/benchmarks.md)
+DEFAULT_SELECTION = Selection(samples=0, retrieved=8)  # what `llmcore train` gives a new version (docs/benchmarks.md)
 
 
 def mbr_choice(texts: Sequence[str]) -> tuple[int, float]:

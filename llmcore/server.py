@@ -9,8 +9,9 @@ llmcore/admin.py.
 Each prompt is built as the version was trained (llmcore/prompting.py): its stored answers nearest the
 question (and any `evidence` the request brings) go in as evidence, with the recipe's number of earlier
 turns. A greedy request (temperature 0, without logprobs, stop or ignore_eos) to a version that chooses its
-answer (select.json, llmcore/selection.py) gets the candidate that agrees most with a few seeded samples and
-the nearest stored answers, generated together through the same worker, and sent whole. A history longer
+answer (select.json, llmcore/selection.py) gets the candidate that agrees most with the others: its greedy
+answer, the nearest stored answers and any seeded samples the version asks for (generated together through the
+same worker), sent whole. A history longer
 than the model's context loses its oldest turns (system turns are kept); if the newest message alone is
 too long, only its end is kept. Never an error.
 """

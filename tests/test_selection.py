@@ -11,7 +11,7 @@ from llmcore.evaluate import Turn, answer_turns
 from llmcore.registry import Registry
 from llmcore.retrieval import EvidenceIndex, Hit
 from llmcore.sampling import SamplingParams
-from llmcore.selection import GREEDY, SAMPLE_SEED, Selection, mbr_choice
+from llmcore.selection import DEFAULT_SELECTION, GREEDY, SAMPLE_SEED, Selection, mbr_choice
 from llmcore.server import create_app
 from llmcore.settings import ServeSettings
 from llmcore.worker import Worker
@@ -71,6 +71,18 @@ def test_the_target_turn_is_never_a_candidate():
     for question, answer in FAQ_PAIRS:
         retrieved = selection.retrieve(index, [{"role": "user", "content": question}])
         assert answer not in [h.response for h in retrieved]
+
+
+def test_an_answer_the_model_knows_is_kept(tiny_models):
+    """A version that learned the FAQ by heart keeps its own answers: the stored answers to the other questions (the
+    default's 8 retrieved) do not outvote them."""
+    loaded = Registry(tiny_models).load()
+    turns = [Turn([{"role": "user", "content": q}], a) for q, a in FAQ_PAIRS]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
+    greedy = answer_turns(loaded.model, loaded.tokenizer, turns, params, loaded.index, loaded.recipe, GREEDY)
+    chosen = answer_turns(loaded.model, loaded.tokenizer, turns, params, loaded.index, loaded.recipe, DEFAULT_SELECTION)
+    assert [c.answer for c in chosen] == [g.answer for g in greedy]
+    assert sum(c.f1 for c in chosen) / len(chosen) >= 0.9
 
 
 @pytest.fixture(scope="module")
