@@ -1,16 +1,17 @@
 """Answer quality as customers get it: train on real dialogues, serve, ask held-out turns as the bot asks.
 
     .venv/bin/python bench/quality.py [--data FILE] [--heldout 60] [--minutes 10] [--arch transformer] \
-        [--models DIR] [--train-arg=--evidence=0 ...] [--history 4] [--limit N]
+        [--models DIR] [--train-arg=--evidence=0 ...] [--history 4] [--limit N] [--compare-greedy]
 
 The dialogues (default: the shared CrossWOZ file) are split by dialogue, seeded: --heldout of them are
 never trained on. A version trains on the rest for --minutes with the defaults (`python -m llmcore train
 ... --promote`, plus any --train-arg), or --models names a registry whose current version is used.
 `llmcore serve`'s app then answers every held-out assistant turn over HTTP exactly as the bot asks
 (temperature 0, the bot's repetition penalty and max_tokens, --history earlier turns; and the question
-alone), 32 at a time. Prints one JSON object: char-F1 with and without history, the BM25
-nearest-response baseline on the same turns (over the same training dialogues), and the gate's
-precision/coverage curve on kefu.p_correct.
+alone), 32 at a time; the server chooses each answer among candidates as the version's select.json says
+(llmcore/selection.py), and with --compare-greedy the same turns are asked again with that off. Prints
+one JSON object: char-F1 with and without history, the BM25 nearest-response baseline on the same turns
+(over the same training dialogues), and the gate's precision/coverage curve on kefu.p_correct.
 """
 from __future__ import annotations
 
@@ -96,6 +97,22 @@ def summarize(answers: list[dict], turns: list) -> dict:
     return result
 
 
+async def answer_over_http(registry: Registry, turns: list, history: int, bot: BotSettings, select: bool) -> tuple[dict, dict]:
+    """`llmcore serve`'s app on a free port (choosing among candidates as the version says, or greedy with
+    select=False): the turns with `history` earlier turns, then with the question alone."""
+    worker = Worker(registry, torch.device("cuda" if torch.cuda.is_available() else "cpu"), max_batch=CONCURRENCY)
+    runner = web.AppRunner(create_app(ServeSettings(models=registry.root, select=select), worker))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        return (summarize(await ask_all(url, turns, history, bot), turns),
+                summarize(await ask_all(url, turns, 0, bot), turns))
+    finally:
+        await runner.cleanup()
+
+
 async def amain(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="kefu-quality-"))
     train, test = split_file(Path(args.data), args.heldout, args.seed, work)
@@ -104,25 +121,18 @@ async def amain(args: argparse.Namespace) -> dict:
     conversations, _ = read_conversations([test])
     turns = [t for t in assistant_turns(conversations) if t.history[-1]["role"] == "user"][: args.limit]
     registry = Registry(models)
-    worker = Worker(registry, torch.device("cuda" if torch.cuda.is_available() else "cpu"), max_batch=CONCURRENCY)
-    runner = web.AppRunner(create_app(ServeSettings(models=registry.root), worker))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     bot = BotSettings(_env_file=None)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        with_history = summarize(await ask_all(url, turns, args.history, bot), turns)
-        alone = summarize(await ask_all(url, turns, 0, bot), turns)
-    finally:
-        await runner.cleanup()
+    served = await answer_over_http(registry, turns, args.history, bot, select=True)
+    greedy = await answer_over_http(registry, turns, args.history, bot, select=False) if args.compare_greedy else None
     loaded = registry.load()
     return {
         "version": loaded.version, "arch": metrics.get("arch"), "num_params": metrics.get("num_params"),
         "train_tokens_per_s": metrics.get("train_tokens_per_s"), "train_seconds": metrics.get("train_seconds"),
         "tokenizer": metrics.get("tokenizer"), "prompt": metrics.get("prompt"), "turns": len(turns),
         "heldout_dialogues": len(conversations), "repetition_penalty": bot.repetition_penalty,
-        "history": args.history, f"with_history_{args.history}": with_history, "question_alone": alone,
+        "selection": loaded.selection.to_dict(),
+        "history": args.history, f"with_history_{args.history}": served[0], "question_alone": served[1],
+        "greedy": {f"with_history_{args.history}": greedy[0], "question_alone": greedy[1]} if greedy else None,
         "bm25_nearest_response": round(retrieval_baseline(loaded.index, turns), 4) if loaded.index else None,
         "val_char_f1": metrics.get("val_char_f1"), "train_args": args.train_arg,
     }
@@ -139,6 +149,8 @@ def main() -> None:
     parser.add_argument("--models", help="use this registry's current version instead of training (same --data/--seed split!)")
     parser.add_argument("--history", type=int, default=4, help="earlier turns sent with the question, as MODEL_HISTORY")
     parser.add_argument("--limit", type=int, help="ask only the first N held-out turns")
+    parser.add_argument("--compare-greedy", action="store_true",
+                        help="ask again with the server's selection off (LLMCORE_SELECT=0): the greedy answer alone")
     result = asyncio.run(amain(parser.parse_args()))
     print(json.dumps(result, ensure_ascii=False))
 

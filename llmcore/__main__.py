@@ -18,6 +18,7 @@ import logging
 import sys
 
 from llmcore.chats import DEMO_DATA, DataError
+from llmcore.selection import DEFAULT_SELECTION, GREEDY, Selection
 
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learn the answers only (default: each window's user question too)")
     train.add_argument("--history", type=int, default=4, metavar="N",
                        help="earlier turns of the conversation in each prompt (default 4)")
+    train.add_argument("--select-samples", type=int, default=DEFAULT_SELECTION.samples, metavar="N",
+                       help="sampled answers beside the greedy one that the served answer is chosen among "
+                            f"(minimum Bayes risk, char-F1; default {DEFAULT_SELECTION.samples}; 0 with --select-retrieved 0: greedy)")
+    train.add_argument("--select-retrieved", type=int, default=DEFAULT_SELECTION.retrieved, metavar="K",
+                       help=f"nearest stored answers that join those candidates (default {DEFAULT_SELECTION.retrieved})")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
@@ -92,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, help="sequences decoded together (default 32)")
     serve.add_argument("--max-queue", type=int, help="waiting requests before answering 503 (default 256)")
     serve.add_argument("--device", help="auto (cuda if present), cpu or cuda")
+    serve.add_argument("--no-select", dest="select", action="store_const", const=False,
+                       help="answer greedy requests greedily, not by the version's choice among candidates (LLMCORE_SELECT=0)")
 
     evaluate = commands.add_parser("eval", help="perplexity and answer char-F1 of a version on chat JSONL, as JSON")
     evaluate.add_argument("--models", required=True, metavar="DIR", help="model registry folder")
@@ -100,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="score only the first N assistant turns for char-F1")
     evaluate.add_argument("--repetition-penalty", type=float, default=1.0, help="for the greedy answers")
     evaluate.add_argument("--max-new-tokens", type=int, default=96, help="longest answer in tokens")
+    evaluate.add_argument("--greedy", action="store_true",
+                          help="the greedy answer alone, not the version's choice among candidates (to compare)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return parser
 
@@ -115,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress, progress_file=args.progress_file,
         compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
-        question_loss=args.question_loss,
+        question_loss=args.question_loss, selection=Selection(args.select_samples, args.select_retrieved),
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports
@@ -216,7 +226,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     conversations, _ = read_conversations(args.data)
     result = evaluate(loaded.model, loaded.tokenizer, conversations, limit=args.limit,
                       repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                      index=loaded.index, recipe=loaded.recipe, gate=loaded.gate)
+                      index=loaded.index, recipe=loaded.recipe, gate=loaded.gate,
+                      selection=GREEDY if args.greedy else loaded.selection)
     print(json.dumps({"version": loaded.version, **result}, ensure_ascii=False))
 
 

@@ -3,8 +3,9 @@
 Kefu's own fields live under "kefu" in responses: the answer's `confidence` (mean token
 log-probability; 0 is certain), `p_correct` (the version's calibrated probability that the answer is
 right, or null for a version without a gate), the `evidence` its prompt held (retrieved stored answers
-and the request's own), and the `model_version` that produced it. A request may bring `evidence` of
-its own (up to 4 texts, e.g. FAQ answers): it goes into the prompt before the version's own.
+and the request's own), the `model_version` that produced it, and for an answer chosen among candidates
+(llmcore/selection.py) `chosen`: its `source` (greedy, sample or retrieved) and `consensus`. A request may
+bring `evidence` of its own (up to 4 texts, e.g. FAQ answers): it goes into the prompt before the version's own.
 """
 from __future__ import annotations
 

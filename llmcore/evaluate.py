@@ -1,9 +1,10 @@
-"""How good a version is: perplexity on assistant tokens, and greedy answers scored by character F1.
+"""How good a version is: perplexity on assistant tokens, and its answers (as served) scored by character F1.
 
     python -m llmcore eval --models DIR [--version V] --data FILE [--limit N]
 
 prints JSON: `ppl` (per assistant token), `loss_per_char` (nats per answer character, comparable across
-tokenizers), `char_f1` (greedy answer vs the reference assistant turn, averaged over assistant turns),
+tokenizers), `char_f1` (the answer as served, greedy or chosen among candidates by the version's selection
+(llmcore/selection.py), vs the reference assistant turn, averaged over assistant turns),
 `baseline_char_f1` (the BM25 nearest stored response from the version's own training data, on the same
 turns: what a lookup table scores, the bar a generator must clear) and, for a version with a gate,
 `gate_curve` (coverage, precision and recall of answers with kefu.p_correct at or above each threshold,
@@ -24,6 +25,7 @@ from llmcore.model import LanguageModel
 from llmcore.prompting import PLAIN, PromptRecipe, build_prompt
 from llmcore.retrieval import EvidenceIndex, Hit, char_f1
 from llmcore.sampling import SamplingParams, generate, prompt_budget
+from llmcore.selection import GREEDY, Selection
 from llmcore.tokenizer import Tokenizer
 
 EVAL_BATCH_TOKENS = 8192
@@ -76,17 +78,19 @@ class ScoredTurn:
 
 
 def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Turn], params: SamplingParams,
-                 index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN) -> list[ScoredTurn]:
-    """Each turn answered from its history, prompted as served (batches of GENERATE_BATCH), and scored."""
+                 index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN,
+                 selection: Selection = GREEDY) -> list[ScoredTurn]:
+    """Each turn answered from its history, prompted and chosen as served (batches of GENERATE_BATCH), and scored."""
     budget = prompt_budget(model.config.block_size, params.max_new_tokens)
     scored: list[ScoredTurn] = []
     for start in range(0, len(turns), GENERATE_BATCH):
         chunk = turns[start : start + GENERATE_BATCH]
         prompts = [build_prompt(tokenizer, index, recipe, t.history, budget) for t in chunk]
-        outputs = generate(model, [ids for ids, _ in prompts], params, tokenizer.stop_ids)
-        for turn, (_, hits), out in zip(chunk, prompts, outputs):
-            text = tokenizer.decode(out.token_ids)
-            scored.append(ScoredTurn(text, out.confidence, hits, char_f1(text, turn.reference)))
+        runs = [generate(model, [ids for ids, _ in prompts], p, tokenizer.stop_ids) for p in selection.candidate_params(params)]
+        for row, (turn, (_, hits)) in enumerate(zip(chunk, prompts)):
+            generated = [(tokenizer.decode(run[row].token_ids), run[row].confidence) for run in runs]
+            choice = selection.choose(generated, selection.retrieve(index, turn.history))
+            scored.append(ScoredTurn(choice.text, choice.confidence, hits, char_f1(choice.text, turn.reference)))
     return scored
 
 
@@ -103,21 +107,24 @@ def retrieval_baseline(index: EvidenceIndex | None, turns: Sequence[Turn]) -> fl
 
 def evaluate(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
              limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
-             index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN, gate: Gate | None = None) -> dict:
+             index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN, gate: Gate | None = None,
+             selection: Selection = GREEDY) -> dict:
     """`evaluate_turns` without the per-turn detail."""
-    return evaluate_turns(model, tokenizer, conversations, limit, repetition_penalty, max_new_tokens, index, recipe, gate)[0]
+    return evaluate_turns(model, tokenizer, conversations, limit, repetition_penalty, max_new_tokens, index, recipe, gate,
+                          selection)[0]
 
 
 def evaluate_turns(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
                    limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
                    index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN,
-                   gate: Gate | None = None) -> tuple[dict, list[ScoredTurn]]:
-    """Loss/perplexity over all conversations; char-F1 of greedy answers, and of the retrieval baseline on the
-    same turns, over the first `limit` assistant turns; with a gate, its precision and recall on them."""
+                   gate: Gate | None = None, selection: Selection = GREEDY) -> tuple[dict, list[ScoredTurn]]:
+    """Loss/perplexity over all conversations; char-F1 of the answers as served (greedy, or chosen by `selection`
+    among candidates), and of the retrieval baseline on the same turns, over the first `limit` assistant turns;
+    with a gate, its precision and recall on them."""
     result = loss_on(model, conversations, tokenizer, index, recipe)
     turns = assistant_turns(conversations)[:limit]
     params = SamplingParams(temperature=0.0, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
-    scored = answer_turns(model, tokenizer, turns, params, index, recipe)
+    scored = answer_turns(model, tokenizer, turns, params, index, recipe, selection)
     summary = {
         "ppl": result["ppl"],
         "loss": result["loss"],
@@ -127,6 +134,7 @@ def evaluate_turns(model: LanguageModel, tokenizer: Tokenizer, conversations: Se
         "num_conversations": len(conversations),
         "num_turns": len(turns),
         "repetition_penalty": repetition_penalty,
+        "selection": selection.to_dict(),
     }
     if gate is not None and scored:
         summary["gate_curve"] = gate_curve([gate.probability(s.features) for s in scored], [s.f1 >= RIGHT_F1 for s in scored])

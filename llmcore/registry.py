@@ -9,7 +9,8 @@
 
 A version folder holds `model.pt` (weights and the `ModelConfig` that builds them), `tokenizer.json`,
 `config.json`, `evidence.jsonl` (its training answers, which it retrieves from), `prompt.json` (how it
-builds prompts), `gate.json` (how likely an answer is right), `metrics.json` and `loss.png`. Versions are
+builds prompts), `select.json` (how it chooses its answer among candidates), `gate.json` (how likely an answer
+is right), `metrics.json` and `loss.png`. Versions are
 never overwritten; promote and rollback only move the `current` symlink. Every promotion is appended to
 `promotions.jsonl`, which rollback reads.
 """
@@ -33,6 +34,7 @@ from llmcore.gate import Gate
 from llmcore.model import LanguageModel, ModelConfig, build_model
 from llmcore.prompting import EVIDENCE_FILE, PLAIN, PromptRecipe
 from llmcore.retrieval import EvidenceIndex
+from llmcore.selection import GREEDY, Selection
 from llmcore.tokenizer import Tokenizer, TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class LoadedModel:
     index: EvidenceIndex | None = None  # the version's own training answers, for its evidence and baseline
     recipe: PromptRecipe = PLAIN
     gate: Gate | None = None  # answers' probability of being right (kefu.p_correct)
+    selection: Selection = GREEDY  # how the answer is chosen among candidates (greedy alone before select.json)
 
 
 def save_checkpoint(folder: Path, model: LanguageModel, tokenizer: Tokenizer, index: EvidenceIndex | None = None,
@@ -189,9 +192,10 @@ class Registry:
             index = EvidenceIndex.load(folder / EVIDENCE_FILE) if (folder / EVIDENCE_FILE).exists() else None
             recipe = PromptRecipe.load(folder)
             gate = Gate.load(folder)
+            selection = Selection.load(folder)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"version {version}: cannot read its evidence or prompt recipe: {exc}") from exc
-        return LoadedModel(version, model, tokenizer, metrics, index, recipe, gate)
+            raise RegistryError(f"version {version}: cannot read its evidence, prompt recipe or selection: {exc}") from exc
+        return LoadedModel(version, model, tokenizer, metrics, index, recipe, gate, selection)
 
     def _remove_abandoned_staging(self) -> None:
         """Staging folders of trainers that died without cleaning up (SIGKILL)."""

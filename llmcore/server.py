@@ -8,8 +8,12 @@ llmcore/admin.py.
 
 Each prompt is built as the version was trained (llmcore/prompting.py): its stored answers nearest the
 question (and any `evidence` the request brings) go in as evidence, with the recipe's number of earlier
-turns. A history longer than the model's context loses its oldest turns (system turns are kept); if the
-newest message alone is too long, only its end is kept. Never an error.
+turns. A greedy request (temperature 0, without logprobs, stop or ignore_eos) to a version that chooses its
+answer (select.json, llmcore/selection.py) gets the candidate that agrees most with the others: its greedy
+answer, the nearest stored answers and any seeded samples the version asks for (generated together through the
+same worker), sent whole. A history longer
+than the model's context loses its oldest turns (system turns are kept); if the newest message alone is
+too long, only its end is kept. Never an error.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from llmcore.gate import answer_features
 from llmcore.prompting import build_prompt
 from llmcore.retrieval import Hit
 from llmcore.sampling import SamplingParams
+from llmcore.selection import Choice
 from llmcore.settings import ServeSettings
 from llmcore.worker import Submission, Worker
 
@@ -120,25 +125,102 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         block - max_tokens, extra_evidence=req.evidence)
     params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
+    chooses = (request.app[SETTINGS].select and loaded.selection.enabled and req.temperature == 0
+               and not (req.logprobs or req.ignore_eos or req.stop))
+    candidates = loaded.selection.candidate_params(params) if chooses else [params]
     try:
-        submission = worker.submit(prompt, params, ignore_stop=req.ignore_eos)
+        submissions = [worker.submit(prompt, candidates[0], ignore_stop=req.ignore_eos)]
     except QueueFull as exc:
         worker.metrics.request_done("rejected")
         raise ApiError(503, str(exc), type_="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except EngineError as exc:
         raise ApiError(400, str(exc), param="messages") from None
+    if chooses:
+        submissions += _submit_more(worker, prompt, candidates[1:])
+        return await _chosen(request, req, submissions, len(prompt), hits, [m.model_dump() for m in req.messages])
     if req.stream:
-        return await _stream(request, req, submission, len(prompt), hits)
-    return await _complete(request, req, submission, len(prompt), hits)
+        return await _stream(request, req, submissions[0], len(prompt), hits)
+    return await _complete(request, req, submissions[0], len(prompt), hits)
 
 
-def _kefu(submission: Submission, text: str, hits: list[Hit]) -> dict:
-    """Kefu's extra answer fields: confidence, calibrated probability of being right, the evidence, the version."""
+def _submit_more(worker: Worker, prompt: list[int], candidates: list[SamplingParams]) -> list[Submission]:
+    """The sampled candidates beside the greedy one; with the queue full, fewer of them rather than a refusal."""
+    submissions = []
+    for params in candidates:
+        try:
+            submissions.append(worker.submit(prompt, params))
+        except QueueFull:
+            break
+    return submissions
+
+
+def _kefu(submission: Submission, text: str, hits: list[Hit], confidence: float | None = None,
+          choice: Choice | None = None) -> dict:
+    """Kefu's extra answer fields: confidence, calibrated probability of being right, the evidence, the version, and
+    for an answer chosen among candidates, where it came from."""
     output, loaded = submission.seq.output, submission.served.loaded
-    confidence = output.confidence if output.token_ids else None
+    if choice is None:
+        confidence = output.confidence if output.token_ids else None
     p_correct = loaded.gate.probability(answer_features(text, confidence, hits)) if loaded.gate else None
-    return {"confidence": confidence, "p_correct": p_correct, "model_version": loaded.version,
+    kefu = {"confidence": confidence, "p_correct": p_correct, "model_version": loaded.version,
             "evidence": [{"text": h.response, "score": round(h.score, 4)} for h in hits]}
+    if choice is not None:
+        kefu["chosen"] = {"source": choice.source, "consensus": round(choice.consensus, 4)}
+    return kefu
+
+
+async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Submission], prompt_tokens: int,
+                  hits: list[Hit], messages: list[dict]) -> web.StreamResponse:
+    """A greedy request to a version that chooses its answer: the candidates are generated together (the greedy one
+    first), then the one that agrees most with the others and with the nearest stored answers is sent whole, as a
+    body or as one streamed piece (llmcore/selection.py)."""
+    worker, greedy = request.app[WORKER], submissions[0]
+    loaded = greedy.served.loaded
+    retrieved = await asyncio.to_thread(loaded.selection.retrieve, loaded.index, messages)
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
+            await asyncio.gather(*(_finished(s) for s in submissions))
+    except TimeoutError:
+        _cancel_all(worker, submissions, "timeout")
+        raise ApiError(503, "the request timed out; try again", type_="server_error", code="timeout",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except asyncio.CancelledError:
+        _cancel_all(worker, submissions, "disconnected")
+        raise
+    if greedy.seq.output.finish_reason == "error":
+        _record(worker, greedy, "error")
+        raise ApiError(500, f"generation failed: {greedy.seq.error}", type_="server_error")
+    done = [s for s in submissions if s.seq.output.finish_reason != "error"]
+    outputs = [s.seq.output for s in done]
+    choice = loaded.selection.choose(
+        [(loaded.tokenizer.decode(o.token_ids), o.confidence if o.token_ids else None) for o in outputs], retrieved)
+    chosen = outputs[choice.index] if choice.source != "retrieved" else None
+    finish = chosen.finish_reason if chosen else "stop"
+    tokens = len(chosen.token_ids) if chosen else len(loaded.tokenizer.encode(choice.text))
+    kefu = _kefu(greedy, choice.text, hits, choice.confidence, choice)
+    _record(worker, greedy, "ok")
+    cid, version = completion_id(), greedy.served.version
+    if not req.stream:
+        return web.json_response(completion_body(cid, version, choice.text, finish, prompt_tokens, tokens, kefu, None))
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
+    await _send(response, chunk_body(cid, version, {"role": "assistant", "content": ""}))
+    await _send(response, chunk_body(cid, version, {"content": choice.text}))
+    await _send(response, chunk_body(cid, version, {}, finish, {"usage": usage, "kefu": kefu}))
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+async def _finished(submission: Submission) -> None:
+    async for _ in submission.updates():
+        pass
+
+
+def _cancel_all(worker: Worker, submissions: list[Submission], outcome: str) -> None:
+    for submission in submissions:
+        worker.cancel(submission)
+    _record(worker, submissions[0], outcome)
 
 
 async def _complete(request: web.Request, req: ChatRequest, submission: Submission, prompt_tokens: int,

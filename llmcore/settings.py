@@ -25,6 +25,8 @@ class ServeSettings(BaseSettings):
     max_prefill_tokens: int = Field(default=512, ge=16, description="prompt tokens admitted per step")
     request_timeout_s: float = Field(default=60.0, gt=0)
     default_max_tokens: int = Field(default=128, ge=1)
+    select: bool = Field(default=True, description="greedy requests get the version's choice among candidates (its "
+                         "select.json); off: the greedy answer alone, one sequence a request")
     promote_margin: float = Field(default=0.0, ge=0, le=1, description="char-F1 a retrained version must gain to be promoted")
     admin_token: str | None = Field(default=None, description="LLMCORE_ADMIN_TOKEN; admin routes are off without it")
 

@@ -35,6 +35,7 @@ from llmcore.plots import plot_loss
 from llmcore.prompting import PLAIN, PromptRecipe
 from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
 from llmcore.retrieval import EvidenceIndex
+from llmcore.selection import DEFAULT_SELECTION, Selection
 from llmcore.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class TrainOptions:
     max_history: int | None = 4  # turns before the question in each prompt (None: as many as fit)
     max_evidence_tokens: int = 96  # each piece of evidence is cut to this
     question_loss: bool = True  # also learn the user's question of each window: +0.03 char-F1 (docs/benchmarks.md)
+    selection: Selection = DEFAULT_SELECTION  # how the version chooses its answer among candidates (select.json)
     progress: bool = True
     progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
     compare_current: bool = False  # also score the current version on the same held-out conversations
@@ -201,6 +203,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         gate = metrics.pop("gate", None)
         with registry.staging() as staged:
             save_checkpoint(staged, model, tokenizer, index, recipe)
+            opts.selection.save(staged)
             if gate is not None:
                 gate.save(staged)
             plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
@@ -223,7 +226,8 @@ def score_version(registry: Registry, version: str, val_convs: list[Conversation
     """Another version's scores on these held-out conversations (per character: tokenizers differ between versions)."""
     loaded = registry.load(version, device)
     scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
-                      repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate)
+                      repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate,
+                      selection=loaded.selection)
     return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"]}
 
 
@@ -372,13 +376,14 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
         "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
-        "prompt": recipe.to_dict(), "question_loss": opts.question_loss,
+        "prompt": recipe.to_dict(), "question_loss": opts.question_loss, "selection": opts.selection.to_dict(),
         "data": [str(Path(p)) for p in opts.data],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if val_convs:
         scores, scored = evaluate_turns(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
-                                        repetition_penalty=BOT_REPETITION_PENALTY, index=index, recipe=recipe)
+                                        repetition_penalty=BOT_REPETITION_PENALTY, index=index, recipe=recipe,
+                                        selection=opts.selection)
         metrics.update(val_loss=scores["loss"], val_ppl=scores["ppl"], val_loss_per_char=scores["loss_per_char"],
                        val_char_f1=scores["char_f1"], val_baseline_char_f1=scores["baseline_char_f1"],
                        val_char_f1_turns=scores["num_turns"])

@@ -127,9 +127,13 @@ TINY_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96, "dropou
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with one tiny Transformer that learned FAQ_PAIRS by heart (v0001, current); no evidence in its
-    prompts (every FAQ pair has its own answer: evidence from the others would only teach it to ignore evidence)."""
+    prompts (every FAQ pair has its own answer: evidence from the others would only teach it to ignore evidence),
+    and its greedy answer served as it is (selection off: the bot's tests predict an answer from the question
+    alone, whatever history the bot sends, and see it streamed token by token; tests/test_selection.py serves a
+    copy that chooses)."""
     import json
 
+    from llmcore.selection import GREEDY
     from llmcore.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("tiny-models")
@@ -138,7 +142,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                          ensure_ascii=False) for q, a in FAQ_PAIRS) + "\n")
     train(TrainOptions(data=[str(data)], arch="transformer", models=str(root / "reg"), epochs=120, val_fraction=0.0, lr=5e-3,
                        seed=0, promote=True, progress=False, min_freq=1, model_overrides=TINY_MODEL, device="cpu",
-                       evidence_k=0))
+                       evidence_k=0, selection=GREEDY))
     return root / "reg"
 
 

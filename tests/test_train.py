@@ -14,13 +14,15 @@ from llmcore.evaluate import char_f1, evaluate
 from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
+from llmcore.selection import DEFAULT_SELECTION, GREEDY
 from llmcore.train import TrainOptions, train
 
 from .conftest import FAQ_PAIRS, REPO
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 64, "dropout": 0.0}
 # no gate.json: too few answers held out to fit one
-VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png", "evidence.jsonl", "prompt.json", "heldout.jsonl"}
+VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png", "evidence.jsonl", "prompt.json",
+                 "select.json", "heldout.jsonl"}
 METRIC_KEYS = {"arch", "num_params", "train_loss", "val_loss", "val_ppl", "train_tokens_per_s", "train_seconds", "data_sha256", "created"}
 
 
@@ -46,6 +48,7 @@ def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
     assert saved["val_ppl"] == pytest.approx(2.718281828 ** saved["val_loss"], rel=1e-6)
     assert saved["train_tokens_per_s"] > 0 and len(saved["data_sha256"]) == 64
     assert (tmp_path / "m" / version / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert registry.load(version).selection == DEFAULT_SELECTION and saved["selection"] == DEFAULT_SELECTION.to_dict()
     assert registry.current() is None  # not promoted without --promote
     held, _ = read_conversations([tmp_path / "m" / version / "heldout.jsonl"])  # what it never trained on, to compare versions on
     everything, _ = read_conversations([faq_file])
@@ -156,7 +159,9 @@ def test_cli_generate_and_eval(tmp_path, faq_file):
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert result["version"] == "v0001" and result["num_turns"] == len(FAQ_PAIRS)
-    assert result["ppl"] > 1 and 0 <= result["char_f1"] <= 1
+    assert result["ppl"] > 1 and 0 <= result["char_f1"] <= 1 and result["selection"] == DEFAULT_SELECTION.to_dict()
+    greedy = json.loads(run_cli("eval", "--models", tmp_path, "--data", faq_file, "--greedy").stdout)
+    assert greedy["selection"] == GREEDY.to_dict() and greedy["baseline_char_f1"] == result["baseline_char_f1"]
 
 
 def test_cli_models_list_promote_rollback(tmp_path, faq_file):

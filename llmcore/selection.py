@@ -1,0 +1,108 @@
+"""Choosing the answer among candidates: minimum-Bayes-risk selection with char-F1 as the utility.
+
+    selection = Selection(samples=0, retrieved=8)         # the version's setting (select.json beside the weights)
+    params = selection.candidate_params(greedy_params)    # the greedy request, then `samples` seeded draws
+    choice = selection.choose(generated, hits)            # generated: [(text, confidence)], hits: retrieved answers
+    choice.text, choice.confidence, choice.source, choice.consensus
+
+A small model's greedy answer is one guess; the stored answers nearest the question (and sampled answers, for a
+version that asks for them) are others. The candidate that agrees most with all the others (the highest mean
+char-F1 to them: char-F1 is what answers are judged by) is the one expected to score best: a stray invention
+that nothing else supports loses to the formula the near stored answers share. Measured in docs/benchmarks.md
+(greedy + 8 retrieved: +0.19 to +0.26 char-F1 on under-trained models; samples did not help).
+
+The draws are seeded (SAMPLE_SEED + i), so a request at temperature 0 still gets the same answer every time,
+alone or in any batch. A retrieved answer carries no log-probability of its own: its confidence is the greedy
+answer's (the model's certainty about this question), the same in `llmcore eval`, in training (the gate is
+fitted on chosen answers) and in serving.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmcore.retrieval import EvidenceIndex, Hit, char_f1
+
+if TYPE_CHECKING:  # torch stays out of the CLI's argument parser, which shows DEFAULT_SELECTION
+    from llmcore.sampling import SamplingParams
+
+SELECT_FILE = "select.json"
+SAMPLE_SEED = 1000
+MAX_SAMPLES = 16
+MAX_RETRIEVED = 16
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    confidence: float | None  # mean log-probability of the chosen answer (a retrieved one: the greedy answer's)
+    source: str  # "greedy" | "sample" | "retrieved"
+    index: int  # among generated (greedy first, then the draws), or among the retrieved hits
+    consensus: float  # its mean char-F1 to the other candidates
+
+
+@dataclass(frozen=True)
+class Selection:
+    samples: int = 0  # sampled answers beside the greedy one (0 and retrieved 0: the greedy answer, no selection)
+    retrieved: int = 0  # stored answers nearest the question that join the candidates
+    temperature: float = 0.8  # of the draws
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.samples <= MAX_SAMPLES and 0 <= self.retrieved <= MAX_RETRIEVED and self.temperature > 0):
+            raise ValueError(f"selection needs 0..{MAX_SAMPLES} samples, 0..{MAX_RETRIEVED} retrieved, temperature > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.samples > 0 or self.retrieved > 0
+
+    def candidate_params(self, params: SamplingParams) -> list[SamplingParams]:
+        """The request's own (greedy) parameters first, then one seeded draw per sample."""
+        return [params] + [replace(params, temperature=self.temperature, seed=SAMPLE_SEED + i) for i in range(self.samples)]
+
+    def retrieve(self, index: EvidenceIndex | None, messages: Sequence[dict]) -> list[Hit]:
+        """The stored answers that join the candidates: the version's index searched as for its evidence."""
+        return index.search(messages, self.retrieved) if index is not None and self.retrieved else []
+
+    def choose(self, generated: Sequence[tuple[str, float | None]], hits: Sequence[Hit]) -> Choice:
+        """The candidate with the highest mean char-F1 to the others; ties go to the earlier one (greedy first)."""
+        texts = [text for text, _ in generated] + [h.response for h in hits[: self.retrieved]]
+        best, consensus = mbr_choice(texts)
+        greedy_confidence = generated[0][1]
+        if best < len(generated):
+            return Choice(texts[best], generated[best][1], "greedy" if best == 0 else "sample", best, consensus)
+        return Choice(texts[best], greedy_confidence, "retrieved", best - len(generated), consensus)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, folder: Path) -> None:
+        (folder / SELECT_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Selection:
+        """The version's setting; a version without one answers greedily, as before selection."""
+        path = folder / SELECT_FILE
+        if not path.exists():
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+
+GREEDY = Selection()  # the greedy answer alone: versions trained before selection
+DEFAULT_SELECTION = Selection(samples=0, retrieved=8)  # what `llmcore train` gives a new version (docs/benchmarks.md)
+
+
+def mbr_choice(texts: Sequence[str]) -> tuple[int, float]:
+    """Minimum-Bayes-risk choice: the index of the text with the highest mean char-F1 to the other texts, and that
+    mean. One text: itself, with consensus 1."""
+    if len(texts) <= 1:
+        return 0, 1.0
+    best, best_score = 0, -1.0
+    for i, text in enumerate(texts):
+        score = sum(char_f1(text, other) for j, other in enumerate(texts) if j != i) / (len(texts) - 1)
+        if score > best_score:
+            best, best_score = i, score
+    return best, best_score

@@ -1,0 +1,142 @@
+"""Choosing the answer among candidates: the consensus wins, the target turn is never a candidate, the API is unchanged."""
+import json
+import shutil
+
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmcore.chats import Conversation
+from llmcore.evaluate import Turn, answer_turns
+from llmcore.registry import Registry
+from llmcore.retrieval import EvidenceIndex, Hit
+from llmcore.sampling import SamplingParams
+from llmcore.selection import DEFAULT_SELECTION, GREEDY, SAMPLE_SEED, Selection, mbr_choice
+from llmcore.server import create_app
+from llmcore.settings import ServeSettings
+from llmcore.worker import Worker
+
+from .conftest import FAQ_PAIRS
+
+
+def test_mbr_picks_the_consensus_candidate():
+    texts = ["您好，这家酒店的电话是010-1234。", "电话是010-1234。", "我不知道。", "这家酒店的电话是010-1234。"]
+    best, consensus = mbr_choice(texts)
+    assert texts[best] == "这家酒店的电话是010-1234。"  # closest to all the others; the stray "我不知道" never wins
+    assert 0 < consensus < 1
+
+
+def test_mbr_ties_go_to_the_first_candidate_and_one_candidate_is_itself():
+    assert mbr_choice(["甲", "乙", "丙"])[0] == 0
+    assert mbr_choice(["好的"]) == (0, 1.0)
+
+
+def test_a_retrieved_answer_wins_when_the_samples_agree_with_it_and_keeps_the_greedy_confidence():
+    selection = Selection(samples=2, retrieved=2)
+    generated = [("推荐您去故宫。", -0.4), ("地址是北京东城区景山前街4号。", -1.0), ("地址是东城区景山前街4号。", -1.1)]
+    hits = [Hit("故宫的地址是北京市东城区景山前街4号。", 0.8, "故宫在哪"), Hit("不客气。", 0.2, "谢谢")]
+    choice = selection.choose(generated, hits)
+    assert choice.source == "retrieved" and choice.text == hits[0].response
+    assert choice.confidence == -0.4 and choice.index == 0
+
+
+def test_retrieved_beyond_the_setting_are_not_candidates():
+    generated = [("好的。", -0.5)]
+    hits = [Hit("不客气。", 0.9, "谢谢"), Hit("不客气。", 0.8, "多谢")]
+    assert Selection(samples=0, retrieved=1).choose(generated, hits).source == "greedy"  # a tie: greedy first
+
+
+def test_candidate_params_are_the_request_then_seeded_draws():
+    greedy = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
+    params = Selection(samples=3, retrieved=0, temperature=0.7).candidate_params(greedy)
+    assert params[0] is greedy
+    assert [p.seed for p in params[1:]] == [SAMPLE_SEED, SAMPLE_SEED + 1, SAMPLE_SEED + 2]
+    assert all(p.temperature == 0.7 and p.repetition_penalty == 1.2 and p.max_new_tokens == 40 for p in params[1:])
+    assert GREEDY.candidate_params(greedy) == [greedy] and not GREEDY.enabled
+
+
+def test_selection_travels_with_the_version(tmp_path):
+    assert Selection.load(tmp_path) == GREEDY  # a version from before selection answers greedily
+    Selection(samples=3, retrieved=5).save(tmp_path)
+    assert Selection.load(tmp_path) == Selection(samples=3, retrieved=5)
+    with pytest.raises(ValueError):
+        Selection(samples=-1)
+
+
+def test_the_target_turn_is_never_a_candidate():
+    """A held-out turn stored in the index (a copy, or the same question asked before) is not retrieved for itself."""
+    conversations = [Conversation([{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in FAQ_PAIRS]
+    index = EvidenceIndex.build(conversations)
+    selection = Selection(samples=0, retrieved=8)
+    for question, answer in FAQ_PAIRS:
+        retrieved = selection.retrieve(index, [{"role": "user", "content": question}])
+        assert answer not in [h.response for h in retrieved]
+
+
+def test_an_answer_the_model_knows_is_kept(tiny_models):
+    """A version that learned the FAQ by heart keeps its own answers: the stored answers to the other questions (the
+    default's 8 retrieved) do not outvote them."""
+    loaded = Registry(tiny_models).load()
+    turns = [Turn([{"role": "user", "content": q}], a) for q, a in FAQ_PAIRS]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
+    greedy = answer_turns(loaded.model, loaded.tokenizer, turns, params, loaded.index, loaded.recipe, GREEDY)
+    chosen = answer_turns(loaded.model, loaded.tokenizer, turns, params, loaded.index, loaded.recipe, DEFAULT_SELECTION)
+    assert [c.answer for c in chosen] == [g.answer for g in greedy]
+    assert sum(c.f1 for c in chosen) / len(chosen) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def choosing_models(tiny_models, tmp_path_factory):
+    """tiny_models' version, copied into a registry of its own with a select.json: 3 draws and 2 stored answers."""
+    root = tmp_path_factory.mktemp("choosing") / "reg"
+    root.mkdir()
+    shutil.copytree(tiny_models / "v0001", root / "v0001")
+    Selection(samples=3, retrieved=2).save(root / "v0001")
+    Registry(root).promote("v0001")
+    return root
+
+
+@pytest.fixture
+async def client(choosing_models):
+    worker = Worker(Registry(choosing_models), torch.device("cpu"), max_batch=8)
+    client = TestClient(TestServer(create_app(ServeSettings(models=choosing_models, request_timeout_s=30), worker)))
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+def ask(question: str, **extra) -> dict:
+    return {"model": "kefu", "messages": [{"role": "user", "content": question}], "max_tokens": 40, **extra}
+
+
+async def test_the_served_answer_is_the_one_evaluation_measures(client, choosing_models):
+    """The bot's request, unchanged: the answer chosen by the server is exactly the one `llmcore eval` scores."""
+    loaded = Registry(choosing_models).load()
+    questions = [q for q, _ in FAQ_PAIRS] + ["运费怎么算？", "你们的电话？"]
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
+    measured = answer_turns(loaded.model, loaded.tokenizer, [Turn([{"role": "user", "content": q}], "") for q in questions],
+                            params, loaded.index, loaded.recipe, loaded.selection)
+    for question, expected in zip(questions, measured):
+        response = await client.post("/v1/chat/completions", json=ask(question, temperature=0, repetition_penalty=1.2))
+        assert response.status == 200
+        body = await response.json()
+        assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.answer}
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+        kefu = body["kefu"]
+        assert kefu["chosen"]["source"] in ("greedy", "sample", "retrieved")
+        assert kefu["confidence"] == pytest.approx(expected.confidence, abs=1e-4)  # the engine batches; evaluation too
+
+
+async def test_a_chosen_answer_is_deterministic_and_streams_the_same_text(client):
+    bodies = [await (await client.post("/v1/chat/completions", json=ask("运费怎么算？"))).json() for _ in range(2)]
+    assert bodies[0]["choices"][0]["message"] == bodies[1]["choices"][0]["message"]
+    response = await client.post("/v1/chat/completions", json=ask("运费怎么算？", stream=True))
+    events = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == bodies[0]["choices"][0]["message"]["content"]
+    assert events[-1]["choices"][0]["finish_reason"] and events[-1]["kefu"]["chosen"] == bodies[0]["kefu"]["chosen"]
+
+
+async def test_sampled_and_logprob_requests_are_answered_as_before(client):
+    for extra in ({"temperature": 0.8, "seed": 3}, {"logprobs": True}, {"stop": ["。"]}):
+        body = await (await client.post("/v1/chat/completions", json=ask("怎么退货？", **extra))).json()
+        assert "chosen" not in body["kefu"] and body["choices"][0]["message"]["content"]
