@@ -1,5 +1,6 @@
-"""Two versions side by side on the same held-out turns: each one's answer, prompted and decoded as served (greedy,
-the bot's repetition penalty, the version's own evidence and recipe), and its char-F1 to the real answer.
+"""Two versions side by side on the same held-out turns: each one's answer, prompted, decoded and chosen as served
+(greedy, the bot's repetition penalty, the version's own evidence, recipe and answer selection), and its char-F1 to
+the real answer.
 
     result = compare_versions(registry, "v0003", "v0005", turns=20)
 
@@ -39,7 +40,8 @@ def compare_versions(registry: Registry, a: str, b: str, turns: int = 20, device
     answers = {}
     for version in (a, b):
         loaded = registry.load(version, device)
-        answers[version] = answer_turns(loaded.model.eval(), loaded.tokenizer, asked, params, loaded.index, loaded.recipe)
+        answers[version] = answer_turns(loaded.model.eval(), loaded.tokenizer, asked, params, loaded.index, loaded.recipe,
+                                        loaded.selection)  # chosen as served
     rows = [{"history": turn.history[:-1], "question": turn.history[-1]["content"], "reference": turn.reference,
              "answers": [{"version": v, "text": answers[v][i].answer, "char_f1": round(answers[v][i].f1, 4)} for v in (a, b)]}
             for i, turn in enumerate(asked)]
