@@ -11,9 +11,8 @@ question (and any `evidence` the request brings) go in as evidence, with the rec
 turns. A greedy request (temperature 0, without logprobs, stop or ignore_eos) to a version that chooses its
 answer (select.json, llmcore/selection.py) gets the candidate that agrees most with the others: its greedy
 answer, the nearest stored answers and any seeded samples the version asks for (generated together through the
-same worker), sent whole. A history longer
-than the model's context loses its oldest turns (system turns are kept); if the newest message alone is
-too long, only its end is kept. Never an error.
+same worker), sent whole. A history longer than the model's context loses its oldest turns (system turns
+are kept); if the newest message alone is too long, only its end is kept. Never an error.
 """
 from __future__ import annotations
 

@@ -33,11 +33,13 @@ routes = web.RouteTableDef()
 @admin
 async def faq(request: web.Request) -> web.Response:
     c, query, tried = console(request), request.query.get("q", "").strip(), request.query.get("try", "").strip()
-    entries = [e for e in await c.kefu.faq.entries() if _holds(e, query)]
+    everything = await c.kefu.faq.entries()
+    by_id = {e.id: e for e in everything}
+    entries = [e for e in everything if _holds(e, query)]
     ranking = await c.kefu.faq.match(tried[:2000], k=NUM_TRIED) if tried else []
     proposals = (await c.kefu.paraphrases.pending())[:MAX_PENDING_LISTED]
     return page(request, "faq.html", entries=entries[:MAX_LISTED], total=len(entries), q=query, tried=tried, ranking=ranking,
-                pending=[(p, await c.kefu.faq.get(p.entry_id) if p.entry_id else None) for p in proposals],
+                pending=[(p, by_id.get(p.entry_id)) for p in proposals],
                 done=request.query.get("done", ""), error=request.query.get("error", ""))
 
 
