@@ -1,5 +1,6 @@
 """Benchmark: training tokens/s for both architectures at their default sizes, and generation tokens/s
-at batch 1 with the cache vs without it (recomputing the whole prefix every token).
+at batch 1 with the cache vs without it (recomputing the whole prefix every token); training in fp32 and
+in bf16 autocast side by side where the device computes bf16 natively (what `llmcore train` picks by default).
 
     .venv/bin/python bench/train.py [--data FILE] [--steps N] [--new-tokens N] [--device auto|cpu|cuda]
 
@@ -22,18 +23,18 @@ from llmcore.model import ARCHS, LanguageModel, build_model, default_config, res
 from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
-from llmcore.train import autocast, make_optimizer
+from llmcore.train import autocast, make_optimizer, resolve_precision
 
 CROSSWOZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "crosswoz_test.chat.jsonl"
 
 
-def train_tokens_per_s(model: LanguageModel, batches: list, device: torch.device, steps: int, pad_id: int) -> float:
+def train_tokens_per_s(model: LanguageModel, batches: list, device: torch.device, steps: int, pad_id: int, precision: str) -> float:
     optimizer = make_optimizer(model, 1e-3, device)
     model.train()
 
     def one(x, y) -> int:
         x, y = x.to(device), y.to(device)
-        with autocast(device):
+        with autocast(device, precision):
             loss = model.loss(x, y, IGNORE_INDEX)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,11 +96,16 @@ def main() -> None:
         examples = make_turn_examples(conversations, tokenizer, model.config.block_size, EvidenceIndex.build(conversations),
                                       PromptRecipe(evidence_k=2, max_history=4))
         batches = make_batches(examples, args.batch_tokens, tokenizer.pad_id, random.Random(0))
-        train_tps = train_tokens_per_s(model, batches, device, args.steps, tokenizer.pad_id)
+        precisions = sorted({"fp32", resolve_precision("auto", device)})  # fp32, and bf16 where the device computes it natively
+        rounds = [{p: train_tokens_per_s(model, batches, device, args.steps, tokenizer.pad_id, p) for p in precisions} for _ in range(2)]
+        speed = {p: max(r[p] for r in rounds) for p in precisions}  # interleaved, the better of two rounds each
+        train_tps = speed[resolve_precision("auto", device)]  # what `llmcore train` uses by default
         prompt = torch.randint(tokenizer.num_special, tokenizer.vocab_size, (1, args.prompt_tokens), device=device)
         cached = max(generate_tokens_per_s(model, prompt, args.new_tokens, True) for _ in range(args.repeats))
         uncached = max(generate_tokens_per_s(model, prompt, args.new_tokens, False) for _ in range(args.repeats))
         row = {"bench": "model", "arch": arch, "num_params": model.num_params(), "train_tokens_per_s": round(train_tps),
+               **{f"train_tokens_per_s_{p}": round(v) for p, v in speed.items()},
+               "bf16_over_fp32_train": round(speed["bf16"] / speed["fp32"], 2) if "bf16" in speed else None,
                "gen_tokens_per_s_cache": round(cached), "gen_tokens_per_s_no_cache": round(uncached),
                "cache_speedup": round(cached / uncached, 2)}
         print(json.dumps(row), flush=True)

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
+    train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                       help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (2x faster on 2 cores), else fp32")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--progress-file", metavar="FILE", help="also write progress as JSON here (~1/s), for a job watcher")
     train.add_argument("--compare-current", action="store_true", help="score the current version on the same held-out data too")
@@ -126,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
         question_loss=args.question_loss, selection=Selection(args.select_samples, args.select_retrieved),
+        precision=args.precision,
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports

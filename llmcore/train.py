@@ -4,7 +4,7 @@
         [--epochs N] [--max-minutes M] [--device auto|cpu|cuda] [--promote] [--seed S]
 
 Splits train/validation by conversation, trains with AdamW (warmup, cosine decay, gradient clipping,
-bf16 autocast on CUDA), evaluates on validation regularly, keeps the best weights, stops early when
+bf16 autocast on CUDA and on CPUs with native bf16: twice the tokens/s on 2 cores), evaluates on validation regularly, keeps the best weights, stops early when
 validation stops improving or at the time budget, and writes a complete version into the registry
 (nothing at all if the run fails or is interrupted).
 """
@@ -51,6 +51,7 @@ VAL_CHAR_F1_TURNS = 400  # answers generated for the version's char-F1 on valida
 EVALS_PER_BUDGET = 12  # with a time budget, validate this often (at most every MIN_EVAL_INTERVAL_S)
 MIN_EVAL_INTERVAL_S = 5.0
 KEEP_FINAL_TOLERANCE = 0.01  # keep the final weights unless validation got this much (relative) worse than the best
+PRECISIONS = ("auto", "bf16", "fp32")
 MIN_VAL_ANSWERS = 20  # fewer held-out answers are too few to stop or go back by: the run keeps its final weights
 
 
@@ -86,6 +87,7 @@ class TrainOptions:
     progress_file: str | None = None  # JSON progress for whoever watches the job (the admin API), rewritten ~1/s
     compare_current: bool = False  # also score the current version on the same held-out conversations
     result_file: str | None = None  # the final metrics, written once the version is committed
+    precision: str = "auto"  # auto (bf16 autocast where the device computes it natively) | bf16 | fp32
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
@@ -102,6 +104,7 @@ class TrainOptions:
             (0 <= self.evidence_k <= 8, "--evidence must be between 0 and 8"),
             (self.max_evidence_tokens >= 1, "--evidence-tokens must be at least 1"),
             (self.max_history is None or self.max_history >= 0, "--history must not be negative"),
+            (self.precision in PRECISIONS, "--precision must be auto, bf16 or fp32"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,10 +157,18 @@ def make_optimizer(model: LanguageModel, lr: float, device: torch.device) -> tor
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def autocast(device: torch.device):
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: 2x the training tokens/s of
+    fp32 on 2 cores, docs/benchmarks.md), fp32 elsewhere (emulated bf16 is slower). Weights and optimizer stay fp32."""
+    if precision != "auto":
+        return precision
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+        return "bf16"
+    return "bf16" if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -275,6 +286,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     budget_s = opts.max_minutes * 60 if opts.max_minutes else None
     eval_every_s = max(MIN_EVAL_INTERVAL_S, budget_s / EVALS_PER_BUDGET) if budget_s else None  # else: every epoch
     peak_lr = default_lr(model.config) if opts.lr is None else opts.lr
+    precision = resolve_precision(opts.precision, device)
     optimizer = make_optimizer(model, peak_lr, device)
     trainee = dist.wrap(model)  # DistributedDataParallel across ranks, the model itself alone
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
@@ -296,7 +308,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, progress, peak_lr)
-                loss = train_step(trainee, optimizer, x.to(device), y.to(device), device)
+                loss = train_step(trainee, optimizer, x.to(device), y.to(device), device, precision)
                 step += 1
                 tokens += int((x != tokenizer.pad_id).sum())
                 history.steps.append(step)
@@ -331,11 +343,12 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
         model.load_state_dict(best["state"])
     return history, {"restored_best": restored,"train_seconds": round(train_seconds, 2), "steps": step, "epochs": epoch, "tokens": tokens,
                      "best_step": best["step"], "stop_reason": stop_reason,
-                     "batch_tokens": batch_tokens, "peak_lr": peak_lr, "val_answers": val_answers}
+                     "batch_tokens": batch_tokens, "peak_lr": peak_lr, "precision": precision, "val_answers": val_answers}
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    with autocast(device):
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               precision: str) -> float:
+    with autocast(device, precision):
         loss = model(x, y, IGNORE_INDEX)  # forward with targets: the loss (through DDP's hooks when distributed)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -374,7 +387,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
-        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "restored_best": stats["restored_best"],
+        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"], "restored_best": stats["restored_best"],
         "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
         "prompt": recipe.to_dict(), "question_loss": opts.question_loss, "selection": opts.selection.to_dict(),
         "data": [str(Path(p)) for p in opts.data],

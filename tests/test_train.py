@@ -15,7 +15,7 @@ from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
 from llmcore.selection import DEFAULT_SELECTION, GREEDY
-from llmcore.train import TrainOptions, train
+from llmcore.train import TrainOptions, autocast, resolve_precision, train
 
 from .conftest import FAQ_PAIRS, REPO
 
@@ -63,11 +63,17 @@ def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):
     assert version == "v0002" and Registry(tmp_path).current() == "v0002"
 
 
-def test_a_small_faq_is_learned_by_heart(tmp_path, faq_file):
-    """Fast stand-in for the demo-corpus check (tests marked slow): training must actually teach."""
-    opts = tiny_opts(faq_file, tmp_path, epochs=150, val_fraction=0.0, batch_tokens=512, lr=5e-3,
+NATIVE_BF16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    not NATIVE_BF16, reason="this CPU has no native bf16 (fp32, the default here, is tested)"))])
+def test_a_small_faq_is_learned_by_heart(tmp_path, faq_file, precision):
+    """Fast stand-in for the demo-corpus check (tests marked slow): training must actually teach, in both precisions."""
+    opts = tiny_opts(faq_file, tmp_path, epochs=150, val_fraction=0.0, batch_tokens=512, lr=5e-3, precision=precision,
                      model_overrides={**TINY, "n_layer": 2, "n_embd": 64, "block_size": 128})  # whole answers fit
     version, metrics = train(opts)
+    assert metrics["precision"] == precision
     loaded = Registry(tmp_path).load(version)
     prompts = [build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, [{"role": "user", "content": q}], 64)[0]
                for q, _ in FAQ_PAIRS]  # prompted as served
@@ -199,8 +205,21 @@ def test_demo_knowledge_base_is_learned_by_heart_in_three_minutes(tmp_path):
     assert result["char_f1"] >= 0.9, result
 
 
+def test_precision_is_bf16_autocast_only_where_asked_or_native():
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with autocast(torch.device("cpu"), precision):
+            assert layer(x).dtype == dtype
+    assert layer.weight.dtype == torch.float32  # the weights (and the optimizer) stay fp32
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32" and resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")
+    with pytest.raises(ValueError, match="--precision"):
+        TrainOptions(data=["x"], arch="transformer", models="m", precision="fp16")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-minutes", "0"], "--max-minutes must be positive"),
+    (["--precision", "fp16"], "invalid choice"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--val-fraction", "0.9"], "--val-fraction must be between"),
 ])
