@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(minimum Bayes risk, char-F1; default {DEFAULT_SELECTION.samples}; 0 with --select-retrieved 0: greedy)")
     train.add_argument("--select-retrieved", type=int, default=DEFAULT_SELECTION.retrieved, metavar="K",
                        help=f"nearest stored answers that join those candidates (default {DEFAULT_SELECTION.retrieved})")
+    train.add_argument("--select-greedy-weight", type=float, default=DEFAULT_SELECTION.greedy_weight, metavar="W",
+                       help="the greedy answer's vote among the candidates, in stored answers' votes "
+                            f"(default {DEFAULT_SELECTION.greedy_weight:g})")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
@@ -127,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         min_freq=args.min_freq, model_overrides=overrides, progress=not args.no_progress, progress_file=args.progress_file,
         compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
-        question_loss=args.question_loss, selection=Selection(args.select_samples, args.select_retrieved),
+        question_loss=args.question_loss,
+        selection=Selection(args.select_samples, args.select_retrieved, greedy_weight=args.select_greedy_weight),
         precision=args.precision,
     )
     metrics = main(opts)

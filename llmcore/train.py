@@ -4,8 +4,9 @@
         [--epochs N] [--max-minutes M] [--device auto|cpu|cuda] [--promote] [--seed S]
 
 Splits train/validation by conversation, trains with AdamW (warmup, cosine decay, gradient clipping,
-bf16 autocast on CUDA and on CPUs with native bf16: twice the tokens/s on 2 cores), evaluates on validation regularly, keeps the best weights, stops early when
-validation stops improving or at the time budget, and writes a complete version into the registry
+bf16 autocast on CUDA and on CPUs with native bf16: twice the tokens/s on 2 cores), evaluates on
+validation regularly, keeps the best weights, stops early when validation stops improving or at the time budget,
+and writes a complete version into the registry
 (nothing at all if the run fails or is interrupted).
 """
 from __future__ import annotations
@@ -164,7 +165,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16"
-    return "bf16" if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    native = device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if native else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -387,7 +389,8 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
-        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"], "restored_best": stats["restored_best"],
+        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"],
+        "restored_best": stats["restored_best"],
         "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
         "prompt": recipe.to_dict(), "question_loss": opts.question_loss, "selection": opts.selection.to_dict(),
         "data": [str(Path(p)) for p in opts.data],

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmcore.chats import Conversation
 from llmcore.evaluate import Turn, answer_turns
 from llmcore.registry import Registry
-from llmcore.retrieval import EvidenceIndex, Hit
+from llmcore.retrieval import EvidenceIndex, Hit, char_f1
 from llmcore.sampling import SamplingParams
 from llmcore.selection import DEFAULT_SELECTION, GREEDY, SAMPLE_SEED, Selection, mbr_choice
 from llmcore.server import create_app
@@ -24,6 +24,28 @@ def test_mbr_picks_the_consensus_candidate():
     best, consensus = mbr_choice(texts)
     assert texts[best] == "这家酒店的电话是010-1234。"  # closest to all the others; the stray "我不知道" never wins
     assert 0 < consensus < 1
+
+
+def test_mbr_counts_each_candidate_once_and_scores_as_char_f1():
+    """The pairwise shortcut gives what the mean of char_f1 to the others gives, on real answers of every length."""
+    texts = [a for _, a in FAQ_PAIRS] + ["", "  ", "好的 好的", "OK, thanks!"]
+    for start in range(0, len(texts), 5):
+        group = texts[start : start + 7]
+        means = [sum(char_f1(t, o) for j, o in enumerate(group) if j != i) / (len(group) - 1) for i, t in enumerate(group)]
+        best, consensus = mbr_choice(group)
+        assert consensus == pytest.approx(max(means)) and means[best] == pytest.approx(max(means))
+
+
+def test_the_greedy_answers_vote_weighs_more_than_a_stored_answers():
+    """The greedy answer is the only candidate that read the conversation: weighted, its vote lifts the stored answer
+    that agrees with it over the formula the stored answers to other questions share."""
+    greedy = "故宫的地址是北京市东城区景山前街4号。"
+    stored = ["推荐您去颐和园。", "推荐您去颐和园看看。", "故宫在东城区景山前街4号。", "推荐您去天坛公园。"]
+    assert mbr_choice([greedy, *stored])[0] == 1  # one vote each: "推荐您去颐和园" wins
+    assert mbr_choice([greedy, *stored], [3.0, 1.0, 1.0, 1.0, 1.0])[0] == 3  # the stored answer about 故宫's address
+    hits = [Hit(text, 0.5, "q") for text in stored]
+    assert Selection(retrieved=4).choose([(greedy, -0.3)], hits).text == stored[0]
+    assert Selection(retrieved=4, greedy_weight=3.0).choose([(greedy, -0.3)], hits).text == stored[2]
 
 
 def test_mbr_ties_go_to_the_first_candidate_and_one_candidate_is_itself():
@@ -57,10 +79,13 @@ def test_candidate_params_are_the_request_then_seeded_draws():
 
 def test_selection_travels_with_the_version(tmp_path):
     assert Selection.load(tmp_path) == GREEDY  # a version from before selection answers greedily
-    Selection(samples=3, retrieved=5).save(tmp_path)
-    assert Selection.load(tmp_path) == Selection(samples=3, retrieved=5)
-    with pytest.raises(ValueError):
-        Selection(samples=-1)
+    Selection(samples=3, retrieved=5, greedy_weight=2.5).save(tmp_path)
+    assert Selection.load(tmp_path) == Selection(samples=3, retrieved=5, greedy_weight=2.5)
+    (tmp_path / "select.json").write_text('{"samples": 0, "retrieved": 8, "temperature": 0.8}')  # written before weights
+    assert Selection.load(tmp_path) == Selection(retrieved=8, greedy_weight=1.0)  # chooses as it always did
+    for bad in ({"samples": -1}, {"retrieved": 33}, {"greedy_weight": 0.5}, {"greedy_weight": 100.0}):
+        with pytest.raises(ValueError):
+            Selection(**bad)
 
 
 def test_the_target_turn_is_never_a_candidate():
@@ -75,7 +100,7 @@ def test_the_target_turn_is_never_a_candidate():
 
 def test_an_answer_the_model_knows_is_kept(tiny_models):
     """A version that learned the FAQ by heart keeps its own answers: the stored answers to the other questions (the
-    default's 8 retrieved) do not outvote them."""
+    default's 24 retrieved) do not outvote them."""
     loaded = Registry(tiny_models).load()
     turns = [Turn([{"role": "user", "content": q}], a) for q, a in FAQ_PAIRS]
     params = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
