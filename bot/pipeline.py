@@ -95,8 +95,9 @@ class Pipeline:
     async def _consistent(self, question: str, answer: ModelAnswer) -> bool:
         """The knowledge-base check: a small model's mean log-probability is near 0 for right and wrong answers alike,
         so an answer must also fit the FAQ. Text unlike every FAQ answer (learned from operators, say) must be
-        near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if the
-        question matches that entry; a stitch of stock phrases never does."""
+        near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if that entry
+        is the question's best FAQ match, scoring KB_CHECK_MIN_SCORE (two matchers agreeing: the model's choice and the
+        FAQ's; docs/benchmarks.md); a stitch of stock phrases never does."""
         if not self.settings.kb_check:
             return True
         index = await self.faq.index()
@@ -109,7 +110,8 @@ class Pipeline:
                                                     and answer.confidence >= self.settings.kb_novel_min_confidence)
         if similarity < STOCK_ANSWER:
             return False
-        return index.score_for(question, nearest.id) >= self.settings.kb_check_min_score
+        best = index.match(question, k=1)  # the FAQ must agree: the entry is the question's best match, and a good one
+        return bool(best) and best[0].entry.id == nearest.id and best[0].score >= self.settings.kb_check_min_score
 
     def _confident(self, answer: ModelAnswer) -> bool:
         """The version's calibrated gate when it has one (kefu.p_correct), else the mean log-probability."""

@@ -175,8 +175,4 @@ class FaqIndex:
                 best, similarity = entry, value
         return best, similarity
 
-    def score_for(self, text: str, entry_id: str) -> float:
-        """How well `text` matches one entry (0 when it shares nothing with it)."""
-        return next((m.score for m in self.match(text, k=len(self.entries)) if m.entry.id == entry_id), 0.0)
-
 

@@ -107,3 +107,19 @@ async def test_a_versions_calibrated_gate_decides_when_it_has_one(pipeline, mode
 async def test_the_gate_does_not_let_a_stock_answer_through_for_an_unrelated_question(pipeline, model_says):
     model_says["text"], model_says["confidence"], model_says["p_correct"] = FAQ_PAIRS[1][1], -0.01, 0.95
     assert (await pipeline.answer(1, 1, "火星上有水吗", "zh")).source == "fallback"  # KB_CHECK still guards stock answers
+
+
+@pytest.mark.parametrize("question", ["退货要运费吗", "发票和运费", "退货的发票"])
+async def test_a_stock_model_answer_must_be_the_questions_best_faq_match(pipeline, model_says, question):
+    """Two matchers must agree: the model's stock answer passes for the entry the FAQ ranks first for the question,
+    not for another entry the question also matches (how off-topic questions sharing a shop word got stock answers)."""
+    pipeline.settings = pipeline.settings.model_copy(update={"kb_check_min_score": 0.2})
+    best, other = (await pipeline.faq.index()).match(question, k=2)
+    assert 0.2 <= other.score <= best.score < pipeline.settings.faq_best  # both match; neither is answered from the FAQ
+    model_says["confidence"] = -0.01
+    model_says["text"] = other.entry.answer
+    assert (await pipeline.answer(1, 1, question, "zh")).source == "fallback"
+    model_says["text"] = best.entry.answer
+    assert (await pipeline.answer(2, 2, question, "zh")).source == "model"
+    pipeline.settings = pipeline.settings.model_copy(update={"kb_check_min_score": best.score + 0.01})
+    assert (await pipeline.answer(3, 3, question, "zh")).source == "fallback"  # the best match, but not good enough
