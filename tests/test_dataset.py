@@ -4,7 +4,7 @@ import json
 import pytest
 
 from llmcore.chats import Conversation, DataError, read_conversations, split_conversations
-from llmcore.dataset import IGNORE_INDEX, collate, make_batches, make_turn_examples
+from llmcore.dataset import IGNORE_INDEX, SHAPE_MULTIPLE, collate, make_batches, make_turn_examples
 from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex
 from llmcore.tokenizer import Tokenizer
@@ -147,6 +147,10 @@ def test_batches_respect_the_token_budget_and_mask_padding():
     batches = make_batches(examples, max_tokens=200, pad_id=tok.pad_id)
     assert sum(x.shape[0] for x, _ in batches) == len(examples)
     assert all(x.numel() <= 200 or x.shape[0] == 1 for x, _ in batches)
+    longest = max(len(e.ids) for e in examples) - 1
+    assert all(x.shape[1] % SHAPE_MULTIPLE == 0 or x.shape[1] == longest for x, _ in batches)  # few shapes, none too long
+    assert len({x.shape[1] for x, _ in batches}) <= longest // SHAPE_MULTIPLE + 1
+    assert all(x.shape[1] - max(int((row != tok.pad_id).sum()) for row in x) < SHAPE_MULTIPLE for x, _ in batches)
     x, y = collate(examples[:3], tok.pad_id)
     assert ((x == tok.pad_id) <= (y == IGNORE_INDEX)).all()  # no loss on padding
     for row, example in enumerate(examples[:3]):  # targets are the next ids where the mask says so
