@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
     train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                       help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (2x faster on 2 cores), else fp32")
+                       help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (1.4x faster on 2 cores), else fp32")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--progress-file", metavar="FILE", help="also write progress as JSON here (~1/s), for a job watcher")
     train.add_argument("--compare-current", action="store_true", help="score the current version on the same held-out data too")

@@ -4,7 +4,7 @@
         [--epochs N] [--max-minutes M] [--device auto|cpu|cuda] [--promote] [--seed S]
 
 Splits train/validation by conversation, trains with AdamW (warmup, cosine decay, gradient clipping,
-bf16 autocast on CUDA and on CPUs with native bf16: twice the tokens/s on 2 cores), evaluates on
+bf16 autocast on CUDA and on CPUs with native bf16: 1.4x the tokens/s on 2 cores), evaluates on
 validation regularly, keeps the best weights, stops early when validation stops improving or at the time budget,
 and writes a complete version into the registry
 (nothing at all if the run fails or is interrupted).
@@ -159,7 +159,7 @@ def make_optimizer(model: LanguageModel, lr: float, device: torch.device) -> tor
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: 2x the training tokens/s of
+    """'auto' is bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: 1.4x the training tokens/s of
     fp32 on 2 cores, docs/benchmarks.md), fp32 elsewhere (emulated bf16 is slower). Weights and optimizer stay fp32."""
     if precision != "auto":
         return precision
