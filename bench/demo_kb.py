@@ -35,6 +35,7 @@ from bot.history import History  # noqa: E402
 from bot.llm import LlmClient  # noqa: E402
 from bot.pipeline import Pipeline  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
+from bot.stack import demo_training_command  # noqa: E402
 from llmcore.chats import DEMO_DATA, read_conversations  # noqa: E402
 from llmcore.registry import Registry  # noqa: E402
 from llmcore.retrieval import char_f1  # noqa: E402
@@ -57,9 +58,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def train_demo(models: Path, minutes: float) -> None:
-    subprocess.run([sys.executable, "-m", "llmcore", "train", "--arch", "transformer", "--models", str(models),
-                    "--max-minutes", str(minutes), "--val-fraction", "0", "--promote", "--no-progress"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(demo_training_command(models, minutes), check=True, stdout=subprocess.DEVNULL)
 
 
 async def measure(pipeline: Pipeline, answers: dict[str, str]) -> dict:

@@ -47,6 +47,13 @@ class StackError(RuntimeError):
     """Something the user must fix; the message says what."""
 
 
+def demo_training_command(models: Path, minutes: float = 3) -> list[str]:
+    """How `make run` trains the demo model when there is none: the knowledge base by heart (no validation split,
+    no dropout). bench/demo_kb.py and the by-heart test train exactly this way."""
+    return [sys.executable, "-m", "llmcore", "train", "--arch", "transformer", "--models", str(models),
+            "--max-minutes", str(minutes), "--val-fraction", "0", "--dropout", "0", "--promote"]
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setsid()  # the terminal's Ctrl-C goes to us; we stop the children in order
     with contextlib.suppress(OSError, AttributeError):
@@ -81,8 +88,7 @@ class Stack:
         if current.is_symlink():
             return
         logger.info("no model yet in %s: training the demo model first (about 3 minutes on 2 CPU cores)", self.models)
-        done = subprocess.run([sys.executable, "-m", "llmcore", "train", "--arch", "transformer", "--models", str(self.models),
-                               "--max-minutes", "3", "--val-fraction", "0", "--dropout", "0", "--promote"], stdout=subprocess.DEVNULL)
+        done = subprocess.run(demo_training_command(self.models), stdout=subprocess.DEVNULL)
         if done.returncode != 0:
             raise StackError(f"training the demo model failed (exit {done.returncode}); see the lines above")
 
