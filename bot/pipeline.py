@@ -58,7 +58,8 @@ class Pipeline:
             reply = Reply(matches[0].entry.answer, "faq", matches[0].score)
         else:
             suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
-            reply = await self._ask_model(chat_id, question, lang, on_text, [m.entry.answer for m in suggestions])
+            reply = await self._ask_model(chat_id, question, lang, on_text, [m.entry.answer for m in suggestions],
+                                          matches[0] if matches else None)
             reply.suggestions = suggestions
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         await self.record(chat_id, user_id, question, reply)
@@ -79,8 +80,9 @@ class Pipeline:
                                                         reply.version, reply.latency_ms))
 
     async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None,
-                         evidence: list[str]) -> Reply:
-        """The model's answer, with the near-miss FAQ answers as evidence it may draw on, if it passes the gates."""
+                         evidence: list[str], best: Match | None) -> Reply:
+        """The model's answer, with the near-miss FAQ answers as evidence it may draw on, if it passes the gates
+        (`best`: the question's best FAQ match, already found, which a stock answer must agree with)."""
         messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
         try:
             answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text, self.settings.repetition_penalty,
@@ -88,11 +90,11 @@ class Pipeline:
         except LlmUnavailable as exc:
             logger.warning("model unavailable, answering with the fallback: %s", exc)
             return Reply(texts(lang).fallback, "fallback", None)
-        if not self._confident(answer) or not await self._consistent(question, answer):
+        if not self._confident(answer) or not await self._consistent(answer, best):
             return Reply(texts(lang).fallback, "fallback", answer.confidence, answer.version)
         return Reply(answer.text.strip(), "model", answer.confidence, answer.version)
 
-    async def _consistent(self, question: str, answer: ModelAnswer) -> bool:
+    async def _consistent(self, answer: ModelAnswer, best: Match | None) -> bool:
         """The knowledge-base check: a small model's mean log-probability is near 0 for right and wrong answers alike,
         so an answer must also fit the FAQ. Text unlike every FAQ answer (learned from operators, say) must be
         near-certain, unless the version's calibrated gate vouched for it; a stock FAQ answer passes only if that entry
@@ -101,17 +103,17 @@ class Pipeline:
         if not self.settings.kb_check:
             return True
         index = await self.faq.index()
-        return await asyncio.to_thread(self._fits, index, question, answer)  # char-F1 to every answer: off the event loop
+        return await asyncio.to_thread(self._fits, index, answer, best)  # char-F1 to every answer: off the event loop
 
-    def _fits(self, index: FaqIndex, question: str, answer: ModelAnswer) -> bool:
+    def _fits(self, index: FaqIndex, answer: ModelAnswer, best: Match | None) -> bool:
         nearest, similarity = index.nearest_answer(answer.text)
         if nearest is None or similarity < STITCHED_FROM:  # a calibrated version's gate already judged it (_confident)
             return answer.p_correct is not None or (answer.confidence is not None
                                                     and answer.confidence >= self.settings.kb_novel_min_confidence)
         if similarity < STOCK_ANSWER:
             return False
-        best = index.match(question, k=1)  # the FAQ must agree: the entry is the question's best match, and a good one
-        return bool(best) and best[0].entry.id == nearest.id and best[0].score >= self.settings.kb_check_min_score
+        # the FAQ must agree: the entry is the question's best match, and a good one
+        return best is not None and best.entry.id == nearest.id and best.score >= self.settings.kb_check_min_score
 
     def _confident(self, answer: ModelAnswer) -> bool:
         """The version's calibrated gate when it has one (kefu.p_correct), else the mean log-probability."""
