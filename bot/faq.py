@@ -10,8 +10,8 @@ Every change bumps a version counter in Redis; `match` compares it with the vers
 built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ. The CPU work — parsing a file,
 building the index (jieba over every question), matching a long text — runs in a worker thread, so the event loop
 keeps answering other chats meanwhile. The encoder's vector of
-each question is kept in Redis (`faq:vectors:<encoder>`, by the text's SHA-1): a rebuild encodes only new
-questions, in a thread, and a restarted or another replica encodes none.
+each question and answer is kept in Redis (`faq:vectors:<encoder>`, `faq:answer-vectors:<encoder>`, by the text's
+SHA-1): a rebuild encodes only new texts, in a thread, and a restarted or another replica encodes none.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from bot.encoder import Encoder
-from bot.search import FaqEntry, FaqIndex, Match, documents
+from bot.search import FaqEntry, FaqIndex, Match, answer_texts, documents
 from llmcore.chats import DEMO_DATA, DataError, read_conversations
 
 MAX_FAQ_TEXT = 8000  # characters of a question or an answer (a long policy text: the reply is split in two)
@@ -44,6 +44,7 @@ class FaqStore:
         self.version_key = f"{prefix}faq:version"
         self.encoder = encoder
         self.vectors_key = f"{prefix}faq:vectors:{encoder.name}" if encoder else ""
+        self.answer_vectors_key = f"{prefix}faq:answer-vectors:{encoder.name}" if encoder else ""
         self._index: FaqIndex | None = None
         self._index_version: str | None = None
         self._building = asyncio.Lock()
@@ -60,8 +61,11 @@ class FaqStore:
             async with self._building:  # one rebuild at a time; the others then find it done
                 if self._index is None or version != self._index_version:
                     entries = await self.entries()
-                    vectors = await self._vectors(entries) if self.encoder else None
-                    self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors)  # jieba on every question
+                    vectors = answers = None
+                    if self.encoder is not None:
+                        vectors = await self._vectors(self.vectors_key, documents(entries), self.encoder.encode)
+                        answers = await self._vectors(self.answer_vectors_key, answer_texts(entries), self.encoder.encode_answers)
+                    self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors, answers)  # jieba: every question
                     self._index_version = version
         return self._index
 
@@ -71,22 +75,21 @@ class FaqStore:
         if self.encoder is not None:
             await asyncio.to_thread(self.encoder.encode, ["warm up"])
 
-    async def _vectors(self, entries: list[FaqEntry]) -> np.ndarray:
-        """The encoder's vector of every question, from Redis where another process (or an earlier version of the
-        FAQ) made it already; the others are made in a thread and stored. Vectors of texts gone from the FAQ go."""
-        texts = documents(entries)
+    async def _vectors(self, key: str, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """The encoder's vector of every text (questions, or answers), from Redis where another process (or an earlier
+        version of the FAQ) made it already; the others are made in a thread and stored. Vectors of texts gone go."""
         keys = [hashlib.sha1(text.encode()).hexdigest() for text in texts]
-        cached = await self.redis.hmget(self.vectors_key, keys) if keys else []
+        cached = await self.redis.hmget(key, keys) if keys else []
         missing = [i for i, value in enumerate(cached) if value is None]
-        made = await asyncio.to_thread(self.encoder.encode, [texts[i] for i in missing]) if missing else None
+        made = await asyncio.to_thread(encode, [texts[i] for i in missing]) if missing else None
         rows = [None if value is None else _unpack(value) for value in cached]
         for n, i in enumerate(missing):
             rows[i] = made[n]
         if missing:
-            await self.redis.hset(self.vectors_key, mapping={keys[i]: _pack(rows[i]) for i in missing})
-        stale = set(await self.redis.hkeys(self.vectors_key)) - set(keys)
+            await self.redis.hset(key, mapping={keys[i]: _pack(rows[i]) for i in missing})
+        stale = set(await self.redis.hkeys(key)) - set(keys)
         if stale:
-            await self.redis.hdel(self.vectors_key, *stale)
+            await self.redis.hdel(key, *stale)
         return np.stack(rows) if rows else np.zeros((0, 1), dtype=np.float32)
 
     async def entries(self) -> list[FaqEntry]:

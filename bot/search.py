@@ -17,17 +17,19 @@ One departure from textbook BM25: a document's term frequency counts at most the
 "今天股市怎么样" scores 0.47 against "今天买的今天能发出吗" (twice 今天) — more for one shared word than the
 query gives itself — and the self-score would not bound documents as long as the query.
 
-With an encoder, an entry's score is LEXICAL_WEIGHT × its BM25 score plus the rest × its best cosine mapped
-linearly from the encoder's `cos_range` onto [0, 1]: still in [0, 1], so FAQ_BEST and FAQ_SUGGEST keep their
-meaning. A paraphrase that shares no word with the stored question still scores on meaning, and a question
-that shares a shop word with an entry but means something else is held down by its cosine. The blend was
-chosen on half of the demo paraphrase and off-topic sets and checked on the other half (docs/benchmarks.md,
-`bench/faq.py`); an exact match (case, width, punctuation aside) is 1.0 either way.
+With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions
+and its cosine to its answer (each part of a joint encoder apart), and whether it is asked in the other language
+(Chinese vs English: a multilingual encoder matches across languages, the customer wants theirs). A weighted sum
+ranks the entries; a confidence over that rank and its margin to the best other entry makes the score, in [0, 1]:
+how likely the entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning. A paraphrase that shares no
+word with the stored question still scores on meaning, and on the words of the answer it asks for. The weights are
+the encoder's `Fusion` (bot/encoder.py), fitted with `bench/faq.py --fit` on the demo paraphrase and off-topic sets
+(docs/benchmarks.md); an exact match (case, width, punctuation aside) is 1.0 either way.
 
 Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
 (llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
 and an inverted index, so a query costs its jieba segmentation plus the postings of its words, and with an
-encoder one sentence encoding (~1.5 ms with USE, ~17 ms with USE + e5 on 2 vCPU) and one matrix-vector product.
+encoder one sentence encoding (~1.5 ms with USE, ~17 ms with USE + e5 on 2 vCPU) and two matrix-vector products.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from bot.encoder import Encoder
 from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "documents", "normalize", "tokenize", "words"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "tokenize", "words"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,12 @@ class Match:
     score: float  # in [0, 1]: the fused score (BM25 alone without an encoder)
     matched: str  # the question or similar question that scored best
     lexical: float = 0.0  # BM25, in [0, 1]
-    semantic: float | None = None  # best cosine; None without an encoder
+    semantic: float | None = None  # best cosine to the entry's questions (the mean of the encoder's parts); None without
+    answer_cosine: float | None = None  # cosine to the entry's answer; None without an encoder
 
 
-LEXICAL_WEIGHT = 0.3
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
-OTHER_LANGUAGE = 0.85  # an entry asked in the other language (Chinese vs English) scores this much of its fused score
+MAX_ENCODED_ANSWER_CHARS = 128  # and an answer's first 128 (once per FAQ change)
 
 
 def words(text: str) -> list[str]:
@@ -86,10 +88,16 @@ def documents(entries: Sequence[FaqEntry]) -> list[str]:
     return [text for entry in entries for text in (entry.question, *entry.similar)]
 
 
+def answer_texts(entries: Sequence[FaqEntry]) -> list[str]:
+    """What the encoder reads of each entry's answer, in index order."""
+    return [entry.answer.strip()[:MAX_ENCODED_ANSWER_CHARS] for entry in entries]
+
+
 class FaqIndex:
     """BM25 (and, with an encoder, cosine) over the questions of `entries`; match() gives each entry's best document."""
 
-    def __init__(self, entries: list[FaqEntry], encoder: Encoder | None = None, vectors: np.ndarray | None = None) -> None:
+    def __init__(self, entries: list[FaqEntry], encoder: Encoder | None = None, vectors: np.ndarray | None = None,
+                 answer_vectors: np.ndarray | None = None) -> None:
         self.entries = list(entries)
         self.doc_entry: list[int] = []  # document -> index of its entry
         self.doc_text: list[str] = documents(self.entries)
@@ -106,65 +114,80 @@ class FaqIndex:
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
         self.language = [script(entry.question) for entry in self.entries]
         self.encoder = encoder
-        self.vectors = None
+        self.vectors = self.answer_vectors = None
         if encoder is not None:
             self.vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
-            if self.vectors.shape[0] != len(self.doc_text):
-                raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.doc_text)} questions")
+            self.answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))
+            if self.vectors.shape[0] != len(self.doc_text) or self.answer_vectors.shape[0] != len(self.entries):
+                raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.doc_text)} questions, "
+                                 f"{self.answer_vectors.shape[0]} for {len(self.entries)} answers")
 
     def match(self, text: str, k: int = 3) -> list[Match]:
-        """Up to k entries that share a word with `text`, mean about the same, or equal it; best first; ties go to the
-        earlier entry."""
+        """Up to k entries, best first (ties go to the earlier entry): without an encoder those that share a word with
+        `text`; with one, every entry has a score (how likely it is the right one) and the k best are returned."""
+        exact, best = self.lexical(text)
+        if exact or self.encoder is None or not text.strip() or not self.entries:  # a stored question: 1.0, no encoding
+            ranked = sorted((-(1.0 if is_exact else lex), not is_exact, entry) for entry, (lex, is_exact, _) in best.items())
+            return [self._match(entry, -neg, best) for neg, _, entry in ranked[: max(k, 0)]]
+        features, query = self.features(text, best)
+        scores = self.scores(features)
+        order = np.argsort(-scores, kind="stable")[: max(k, 0)]  # stable: ties go to the earlier entry
+        return [self._match(e, float(scores[e]), best, features[e], query) for e in order]
+
+    def lexical(self, text: str) -> tuple[bool, dict[int, tuple[float, bool, int]]]:
+        """Whether `text` is a stored question (case, width, punctuation aside), and each entry's best document by BM25:
+        entry -> (score, exact, -document), the larger the better."""
         key = normalize(text)
         exact = set(self.exact.get(key, ())) if key else set()
         lexical = self.bm25.scores(Counter(tokenize(text)))
         lexical.update(dict.fromkeys(exact, 1.0))
-        cosine = None if exact else self._cosines(text)  # a stored question itself: 1.0 whatever the encoder says
-        best: dict[int, tuple[float, bool, int]] = {}  # entry -> (lexical, exact, -document): the larger, the better
+        best: dict[int, tuple[float, bool, int]] = {}
         for doc, score in lexical.items():
             entry, candidate = self.doc_entry[doc], (score, doc in exact, -doc)
             if score > 0 and (entry not in best or candidate > best[entry]):
                 best[entry] = candidate
-        per_entry = None if cosine is None else np.maximum.reduceat(cosine, self.starts)  # each entry's best cosine
-        semantic = None if per_entry is None else self.cosine_score(per_entry)
-        asked_in = script(text)
-        ranked = []  # (-score, not exact, entry): scores first, Match objects for the k kept only
-        for entry in set(best) | self._nearest(per_entry, k):
-            lex, is_exact, _ = best.get(entry, (0.0, False, 0))
-            fused = lex if semantic is None else LEXICAL_WEIGHT * lex + (1 - LEXICAL_WEIGHT) * float(semantic[entry])
-            if asked_in and self.language[entry] and asked_in != self.language[entry]:
-                fused *= OTHER_LANGUAGE  # a multilingual encoder matches across languages; the customer wants theirs
-            ranked.append((-(1.0 if is_exact else fused), not is_exact, entry))
-        ranked.sort()
-        return [self._match(entry, -neg_score, best, cosine, per_entry) for neg_score, _, entry in ranked[: max(k, 0)] if neg_score < 0]
+        return bool(exact), best
 
-    def _match(self, entry: int, score: float, best: dict, cosine: np.ndarray | None, per_entry: np.ndarray | None) -> Match:
+    def features(self, text: str, best: dict[int, tuple[float, bool, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each entry's features, in the order of the encoder's Fusion: BM25 (`best`: lexical()'s), each encoder part's
+        best cosine to the entry's questions, each part's cosine to its answer, 1 for an entry asked in the other
+        language; and the question's vector."""
+        best = self.lexical(text)[1] if best is None else best
+        query = self.encoder.encode([text.strip()[:MAX_ENCODED_CHARS]])[0]
+        lex = np.zeros(len(self.entries))
+        for entry, (score, _, _) in best.items():
+            lex[entry] = score
+        parts = len(self.encoder.dims)
+        bounds = np.cumsum((0, *self.encoder.dims))
+        spans = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(parts)]  # a joint vector: its parts, 1/√n each
+        questions = [np.maximum.reduceat(self.vectors[:, span] @ query[span] * parts, self.starts) for span in spans]
+        answers = [self.answer_vectors[:, span] @ query[span] * parts for span in spans]
+        asked_in = script(text)
+        other = np.array([bool(asked_in and language and language != asked_in) for language in self.language], dtype=float)
+        return np.column_stack([lex, *questions, *answers, other]), query
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Each entry's score in [0, 1] from its features: the Fusion's rank, and its confidence over the rank and the
+        margin to the best other entry."""
+        fusion = self.encoder.fusion
+        rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
+        first = int(np.argmax(rank))
+        rivals = np.full_like(rank, rank[first])
+        rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else rank[first] - 1.0
+        a, b, c = fusion.confidence
+        return 1.0 / (1.0 + np.exp(-(a * rank + b * (rank - rivals) + c)))
+
+    def _match(self, entry: int, score: float, best: dict, features: np.ndarray | None = None,
+               query: np.ndarray | None = None) -> Match:
         """The Match of one ranked entry: the question that matched it best (by words if any, else by meaning)."""
         lex, _, neg_doc = best.get(entry, (0.0, False, 0))
-        if per_entry is None:
+        if features is None:
             return Match(self.entries[entry], float(score), self.doc_text[-neg_doc], float(lex), None)
-        start = self.starts[entry]
-        doc = -neg_doc if entry in best else start + int(np.argmax(cosine[start : self.ends[entry]]))
-        return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(per_entry[entry]))
-
-    def _nearest(self, per_entry: np.ndarray | None, k: int) -> set[int]:
-        """The k entries of highest cosine above the encoder's floor. An entry that shares no word with the question
-        scores by its cosine alone, so the fused top k are among these and the entries BM25 found: the rest of a
-        large FAQ need not be scored."""
-        if per_entry is None or k <= 0:
-            return set()
-        nearest = np.argpartition(-per_entry, k - 1)[:k] if k < len(per_entry) else np.arange(len(per_entry))
-        return {int(e) for e in nearest if per_entry[e] > self.encoder.cos_range[0]}
-
-    def cosine_score(self, cosine: float | np.ndarray) -> float | np.ndarray:
-        """Cosines mapped linearly from the encoder's range onto [0, 1]: the encoder's part of an entry's score."""
-        floor, ceil = self.encoder.cos_range if self.encoder is not None else (0.0, 1.0)
-        return np.clip((cosine - floor) / (ceil - floor), 0.0, 1.0)
-
-    def _cosines(self, text: str) -> np.ndarray | None:
-        if self.encoder is None or self.vectors is None or not len(self.vectors) or not text.strip():
-            return None
-        return self.vectors @ self.encoder.encode([text.strip()[:MAX_ENCODED_CHARS]])[0]
+        start, end = self.starts[entry], self.ends[entry]
+        doc = -neg_doc if entry in best else start + int(np.argmax(self.vectors[start:end] @ query))
+        parts = len(self.encoder.dims)
+        return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(np.mean(features[1 : 1 + parts])),
+                     float(np.mean(features[1 + parts : 1 + 2 * parts])))
 
     def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
         """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""
