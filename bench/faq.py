@@ -60,7 +60,8 @@ class Memo:
 def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None]) -> Fusion:
     """The fusion fitted on `questions` (target: the right entry's index, None for an off-topic question): the rank's
     weights maximise the likelihood of the right entry over all entries (softmax), then the confidence is a logistic
-    regression of "the first entry is the right one" on the first entry's rank and its margin over the second."""
+    regression of "the first entry is the right one" on the first entry's rank and its margin over the rival: the
+    second's rank, at least the median first rank of the off-topic questions."""
     import torch
 
     features = torch.tensor(np.stack([index.features(q)[0] for q in questions]), dtype=torch.float32)  # (Q, E, F)
@@ -82,13 +83,15 @@ def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None])
              + 1e-5 * (weights ** 2).sum())
     rank = (features @ weights).detach()
     top2 = rank.topk(2, dim=1)
-    x = torch.stack([top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1]], 1)
+    unrelated = [i for i, t in enumerate(targets) if t is None]
+    floor = float(top2.values[unrelated, 0].median()) if unrelated else float("-inf")  # an off-topic question's best rank
+    x = torch.stack([top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1].clamp(min=floor)], 1)
     y = torch.tensor([float(t is not None and int(top2.indices[i, 0]) == t) for i, t in enumerate(targets)])
     confidence = torch.zeros(3, requires_grad=True)
     weight = 1 + (WRONG_COST - 1) * (1 - y)  # a wrong answer costs more than a question left to the buttons or the model
     minimize([confidence], lambda: torch.nn.functional.binary_cross_entropy_with_logits(x @ confidence[:2] + confidence[2], y, weight))
     w, parts = [round(float(v), 3) for v in weights.detach()], len(index.encoder.dims)
-    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1],
+    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1], round(floor, 2),
                   tuple(round(float(v), 3) for v in confidence.detach()))
 
 

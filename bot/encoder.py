@@ -45,23 +45,28 @@ ENCODERS = ("use+e5", "use", "e5", "none")  # or a sentence-transformers model n
 class Fusion:
     """How an entry's score is made (bot/search.py): rank = lexical × BM25 + Σ question[i] × part i's best cosine to
     the entry's questions + Σ answer[i] × its cosine to the entry's answer + other_language (an entry asked in the
-    other language); score = sigmoid(a × rank + b × (rank − the best other entry's rank) + c), (a, b, c) = confidence:
-    how likely the entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning."""
+    other language); score = sigmoid(a × rank + b × (rank − rival) + c), (a, b, c) = confidence, rival = the best
+    other entry's rank but at least `rival_floor`, the rank an unrelated question typically reaches (in a FAQ of a few
+    entries the runner-up is far below any match, and a weak match would stand out). The score is how likely the
+    entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning."""
 
     lexical: float
     question: tuple[float, ...]  # one weight per encoder part
     answer: tuple[float, ...]
     other_language: float
+    rival_floor: float
     confidence: tuple[float, float, float]
 
 
 # Fitted by `bench/faq.py --fit` (docs/benchmarks.md): the rank's weights by how often they put the right entry first,
 # the confidence by how well it tells a right first entry from a wrong one or an off-topic question.
 FUSIONS = {
-    "use": Fusion(lexical=3.38, question=(22.777,), answer=(16.973,), other_language=-8.517, confidence=(0.115, 0.52, -4.261)),
-    "e5": Fusion(lexical=5.779, question=(76.892,), answer=(80.096,), other_language=-4.236, confidence=(0.186, 0.635, -28.483)),
+    "use": Fusion(lexical=3.38, question=(22.777,), answer=(16.973,), other_language=-8.517, rival_floor=12.41,
+                  confidence=(0.048, 0.536, -2.726)),
+    "e5": Fusion(lexical=5.779, question=(76.892,), answer=(80.096,), other_language=-4.236, rival_floor=135.1,
+                 confidence=(-0.014, 0.781, -0.01)),
     "use+e5": Fusion(lexical=0.989, question=(17.652, 35.356), answer=(11.863, 46.052), other_language=-5.01,
-                     confidence=(0.15, 0.395, -14.538)),
+                     rival_floor=78.87, confidence=(0.083, 0.429, -8.612)),
 }
 
 

@@ -58,8 +58,8 @@ class Pipeline:
             reply = Reply(matches[0].entry.answer, "faq", matches[0].score)
         else:
             suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
-            reply = await self._ask_model(chat_id, question, lang, on_text, [m.entry.answer for m in suggestions],
-                                          matches[0] if matches else None)
+            evidence = [m.entry.answer for m in suggestions if m.score >= self.settings.faq_evidence]
+            reply = await self._ask_model(chat_id, question, lang, on_text, evidence, matches[0] if matches else None)
             reply.suggestions = suggestions
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         await self.record(chat_id, user_id, question, reply)

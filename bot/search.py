@@ -68,6 +68,7 @@ class Match:
 
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
 MAX_ENCODED_ANSWER_CHARS = 128  # and an answer's first 128 (once per FAQ change)
+MAX_FUSED = 0.999  # 1.0 is an exact match's alone
 
 
 def words(text: str) -> list[str]:
@@ -113,6 +114,7 @@ class FaqIndex:
         self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
         self.language = [script(entry.question) for entry in self.entries]
+        self.languages = {lang: np.array([other not in (None, lang) for other in self.language], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
         self.vectors = self.answer_vectors = None
         if encoder is not None:
@@ -121,6 +123,10 @@ class FaqIndex:
             if self.vectors.shape[0] != len(self.doc_text) or self.answer_vectors.shape[0] != len(self.entries):
                 raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.doc_text)} questions, "
                                  f"{self.answer_vectors.shape[0]} for {len(self.entries)} answers")
+            bounds = np.cumsum((0, *encoder.dims))  # a joint vector: its parts, each scaled by 1/√n; each part's cosines apart
+            parts = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(encoder.dims))]
+            self.parts = [(part, np.ascontiguousarray(self.vectors[:, part]) * len(parts),
+                           np.ascontiguousarray(self.answer_vectors[:, part]) * len(parts)) for part in parts]
 
     def match(self, text: str, k: int = 3) -> list[Match]:
         """Up to k entries, best first (ties go to the earlier entry): without an encoder those that share a word with
@@ -157,25 +163,23 @@ class FaqIndex:
         lex = np.zeros(len(self.entries))
         for entry, (score, _, _) in best.items():
             lex[entry] = score
-        parts = len(self.encoder.dims)
-        bounds = np.cumsum((0, *self.encoder.dims))
-        spans = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(parts)]  # a joint vector: its parts, 1/√n each
-        questions = [np.maximum.reduceat(self.vectors[:, span] @ query[span] * parts, self.starts) for span in spans]
-        answers = [self.answer_vectors[:, span] @ query[span] * parts for span in spans]
+        questions = [np.maximum.reduceat(vectors @ query[part], self.starts) for part, vectors, _ in self.parts]
+        answers = [vectors @ query[part] for part, _, vectors in self.parts]
         asked_in = script(text)
-        other = np.array([bool(asked_in and language and language != asked_in) for language in self.language], dtype=float)
+        other = self.languages[asked_in] if asked_in else np.zeros(len(self.entries))  # entries asked in the other language
         return np.column_stack([lex, *questions, *answers, other]), query
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Each entry's score in [0, 1] from its features: the Fusion's rank, and its confidence over the rank and the
-        margin to the best other entry."""
+        """Each entry's score in [0, 1) from its features: the Fusion's rank, and its confidence over the rank and the
+        margin to the best other entry (bot/encoder.py, Fusion)."""
         fusion = self.encoder.fusion
         rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
         first = int(np.argmax(rank))
         rivals = np.full_like(rank, rank[first])
-        rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else rank[first] - 1.0
+        rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else -np.inf
         a, b, c = fusion.confidence
-        return 1.0 / (1.0 + np.exp(-(a * rank + b * (rank - rivals) + c)))
+        scores = 1.0 / (1.0 + np.exp(-(a * rank + b * (rank - np.maximum(rivals, fusion.rival_floor)) + c)))
+        return np.minimum(scores, MAX_FUSED)
 
     def _match(self, entry: int, score: float, best: dict, features: np.ndarray | None = None,
                query: np.ndarray | None = None) -> Match:

@@ -170,7 +170,7 @@ async def test_a_tapped_wording_is_approved_by_an_admin_and_then_answered(telegr
     from .botkit import buttons
     from .conftest import free_port
 
-    settings = admin_settings(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, faq_best=0.99, faq_suggest=0.05,
+    settings = admin_settings(telegram, redis_url, f"http://127.0.0.1:{free_port()}", prefix, faq_best=1.0, faq_suggest=0.05,
                               llmcore_timeout_s=2)
     wording = "退货要怎么弄呢"
     async with running_bot(settings, telegram):

@@ -78,6 +78,14 @@ async def test_near_misses_come_back_as_suggestions_and_go_to_the_model_as_evide
     assert await pipeline.answer_from_faq(1, 1, "999999") is None
 
 
+async def test_a_weak_near_miss_is_offered_but_not_given_to_the_model(pipeline, model_says):
+    model_says["confidence"] = -5.0
+    pipeline.settings = pipeline.settings.model_copy(update={"faq_evidence": 0.74})
+    reply = await pipeline.answer(1, 1, "运费", "zh")
+    assert [m.entry.answer for m in reply.suggestions][:1] == [FAQ_PAIRS[1][1]]
+    assert all(m.score < 0.74 for m in reply.suggestions) and "evidence" not in model_says["asked"][-1]
+
+
 @pytest.mark.parametrize("question, answer, confidence, source", [
     ("火星上有水吗", "模型自己学会的新回答", -0.05, "model"),  # unlike every FAQ answer and near-certain: learned elsewhere
     ("火星上有水吗", "模型自己学会的新回答", -0.4, "fallback"),  # unlike the FAQ and unsure: a guess
