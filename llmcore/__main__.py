@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
     train.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                        help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (1.4x faster on 2 cores), else fp32")
+    train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                       help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) and "
+                            "end with it (0: off)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--progress-file", metavar="FILE", help="also write progress as JSON here (~1/s), for a job watcher")
     train.add_argument("--compare-current", action="store_true", help="score the current version on the same held-out data too")
@@ -132,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
         question_loss=args.question_loss,
         selection=Selection(args.select_samples, args.select_retrieved, greedy_weight=args.select_greedy_weight),
-        precision=args.precision,
+        precision=args.precision, ema=args.ema,
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports

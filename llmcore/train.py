@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
@@ -89,6 +90,7 @@ class TrainOptions:
     compare_current: bool = False  # also score the current version on the same held-out conversations
     result_file: str | None = None  # the final metrics, written once the version is committed
     precision: str = "auto"  # auto (bf16 autocast where the device computes it natively) | bf16 | fp32
+    ema: float = 0.0  # decay per step of the weights' moving average the run ends with (0: the last weights)
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
@@ -106,6 +108,7 @@ class TrainOptions:
             (self.max_evidence_tokens >= 1, "--evidence-tokens must be at least 1"),
             (self.max_history is None or self.max_history >= 0, "--history must not be negative"),
             (self.precision in PRECISIONS, "--precision must be auto, bf16 or fp32"),
+            (0 <= self.ema < 1, "--ema must be at least 0 and below 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -291,6 +294,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     precision = resolve_precision(opts.precision, device)
     optimizer = make_optimizer(model, peak_lr, device)
     trainee = dist.wrap(model)  # DistributedDataParallel across ranks, the model itself alone
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema)) if opts.ema else None
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
     step, tokens, bad_evals, epoch = 0, 0, 0, 0
     t0 = last_eval = time.monotonic()
@@ -311,6 +315,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, progress, peak_lr)
                 loss = train_step(trainee, optimizer, x.to(device), y.to(device), device, precision)
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 step += 1
                 tokens += int((x != tokenizer.pad_id).sum())
                 history.steps.append(step)
@@ -338,6 +344,8 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
         bar.close()
     train_seconds = time.monotonic() - t0
     tokens = dist.total(tokens)  # every rank's tokens: the throughput of the whole job
+    if averaged is not None and step:  # the run ends with the average (validated below like the last weights would be)
+        model.load_state_dict(averaged.module.state_dict())
     if not history.val_steps or history.val_steps[-1] != step:
         validate(model, tokenizer, val_convs, history, best, step, bad_evals, index, recipe)
     restored = judged and bool(history.val_loss) and history.val_loss[-1] > best["loss"] * (1 + KEEP_FINAL_TOLERANCE)
@@ -389,7 +397,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "val_loss": None, "val_ppl": None, "val_loss_per_char": None, "val_char_f1": None,
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
-        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"],
+        "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"], "ema": opts.ema,
         "restored_best": stats["restored_best"],
         "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
         "prompt": recipe.to_dict(), "question_loss": opts.question_loss, "selection": opts.selection.to_dict(),

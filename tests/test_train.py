@@ -58,6 +58,21 @@ def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
     assert 0 < len(held) < len(everything) and held_answers and not held_answers & learned
 
 
+def test_ema_ends_the_run_with_the_moving_average_of_the_weights(tmp_path, faq_file):
+    """One batch an epoch: with a decay of nearly 1 the average stays at the weights of the first step; without it the
+    run ends with the last step's."""
+    def weights(name, **kw):
+        version, metrics = train(tiny_opts(faq_file, tmp_path / name, val_fraction=0, batch_tokens=100_000, **kw))
+        return metrics["steps"], Registry(tmp_path / name).load(version).model.state_dict()
+
+    steps, first = weights("one", epochs=1)
+    four, averaged = weights("ema", epochs=4, ema=0.999999)
+    _, last = weights("last", epochs=4)
+    assert (steps, four) == (1, 4)
+    assert all(torch.allclose(averaged[k], first[k], atol=1e-5) for k in first)
+    assert not all(torch.allclose(last[k], first[k], atol=1e-5) for k in first)
+
+
 def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):
     train(tiny_opts(faq_file, tmp_path, epochs=1))
     version, _ = train(tiny_opts(faq_file, tmp_path, epochs=1, promote=True))
