@@ -116,17 +116,19 @@ class FaqIndex:
         self.language = [script(entry.question) for entry in self.entries]
         self.languages = {lang: np.array([other not in (None, lang) for other in self.language], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
-        self.vectors = self.answer_vectors = None
+        self.parts: list[tuple[slice, np.ndarray, np.ndarray]] = []  # per encoder part: its span, question and answer vectors
         if encoder is not None:
-            self.vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
-            self.answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))
-            if self.vectors.shape[0] != len(self.doc_text) or self.answer_vectors.shape[0] != len(self.entries):
-                raise ValueError(f"{self.vectors.shape[0]} vectors for {len(self.doc_text)} questions, "
-                                 f"{self.answer_vectors.shape[0]} for {len(self.entries)} answers")
-            bounds = np.cumsum((0, *encoder.dims))  # a joint vector: its parts, each scaled by 1/√n; each part's cosines apart
-            parts = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(len(encoder.dims))]
-            self.parts = [(part, np.ascontiguousarray(self.vectors[:, part]) * len(parts),
-                           np.ascontiguousarray(self.answer_vectors[:, part]) * len(parts)) for part in parts]
+            vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
+            answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))
+            if vectors.shape[0] != len(self.doc_text) or answer_vectors.shape[0] != len(self.entries):
+                raise ValueError(f"{vectors.shape[0]} vectors for {len(self.doc_text)} questions, "
+                                 f"{answer_vectors.shape[0]} for {len(self.entries)} answers")
+            # a joint vector is its parts, each scaled by 1/√n: each part's cosines apart, from contiguous rows (kept
+            # instead of the joined vectors, not beside them)
+            bounds, n = np.cumsum((0, *encoder.dims)), len(encoder.dims)
+            spans = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(n)]
+            self.parts = [(span, np.ascontiguousarray(vectors[:, span] * n), np.ascontiguousarray(answer_vectors[:, span] * n))
+                          for span in spans]
 
     def match(self, text: str, k: int = 3) -> list[Match]:
         """Up to k entries, best first (ties go to the earlier entry): without an encoder those that share a word with
@@ -139,6 +141,11 @@ class FaqIndex:
         scores = self.scores(features)
         order = np.argsort(-scores, kind="stable")[: max(k, 0)]  # stable: ties go to the earlier entry
         return [self._match(e, float(scores[e]), best, features[e], query) for e in order]
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """The questions' vectors as the encoder made them (joined again from the parts)."""
+        return np.concatenate([q / len(self.parts) for _, q, _ in self.parts], axis=1) if self.parts else None
 
     def lexical(self, text: str) -> tuple[bool, dict[int, tuple[float, bool, int]]]:
         """Whether `text` is a stored question (case, width, punctuation aside), and each entry's best document by BM25:
@@ -188,7 +195,7 @@ class FaqIndex:
         if features is None:
             return Match(self.entries[entry], float(score), self.doc_text[-neg_doc], float(lex), None)
         start, end = self.starts[entry], self.ends[entry]
-        doc = -neg_doc if entry in best else start + int(np.argmax(self.vectors[start:end] @ query))
+        doc = -neg_doc if entry in best else start + int(np.argmax(sum(q[start:end] @ query[span] for span, q, _ in self.parts)))
         parts = len(self.encoder.dims)
         return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(np.mean(features[1 : 1 + parts])),
                      float(np.mean(features[1 + parts : 1 + 2 * parts])))
