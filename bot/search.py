@@ -185,7 +185,8 @@ class FaqIndex:
         rivals = np.full_like(rank, rank[first])
         rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else -np.inf
         a, b, c = fusion.confidence
-        scores = 1.0 / (1.0 + np.exp(-(a * rank + b * (rank - np.maximum(rivals, fusion.rival_floor)) + c)))
+        logit = np.clip(a * rank + b * (rank - np.maximum(rivals, fusion.rival_floor)) + c, -60.0, 60.0)  # exp stays finite
+        scores = 1.0 / (1.0 + np.exp(-logit))
         return np.minimum(scores, MAX_FUSED)
 
     def _match(self, entry: int, score: float, best: dict, features: np.ndarray | None = None,
