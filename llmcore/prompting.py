@@ -52,24 +52,27 @@ PLAIN = PromptRecipe()  # no evidence, the whole history: versions trained befor
 
 def retrieve(index: EvidenceIndex | None, recipe: PromptRecipe, messages: Sequence[dict],
              extra_evidence: Sequence[str] = (), exclude_group: int | None = None,
-             exclude: tuple[str, str] | None = None) -> list[Hit]:
-    """The evidence for this conversation: the caller's own first (it knows best), then the index's, k at most."""
+             exclude: tuple[str, str] | None = None, searched: Sequence[Hit] | None = None) -> list[Hit]:
+    """The evidence for this conversation: the caller's own first (it knows best), then the index's, k at most.
+    `searched`: the index's hits for these messages, best first, when the caller has searched already (the server,
+    for answer selection's candidates): its first hits are what a search here would find."""
     if recipe.evidence_k <= 0:
         return []
     hits = [Hit(text, 1.0, "") for text in list(extra_evidence)[:MAX_REQUEST_EVIDENCE] if text.strip()]
     if index is not None and len(hits) < recipe.evidence_k:
-        seen = {h.response for h in hits}
-        found = index.search(messages, recipe.evidence_k + len(hits), exclude_group, exclude)
+        seen, wanted = {h.response for h in hits}, recipe.evidence_k + len(hits)
+        found = searched[:wanted] if searched is not None and len(searched) >= wanted else \
+            index.search(messages, wanted, exclude_group, exclude)
         hits += [h for h in found if h.response not in seen]
     return hits[: recipe.evidence_k]
 
 
 def build_prompt(tokenizer: Tokenizer, index: EvidenceIndex | None, recipe: PromptRecipe, messages: Sequence[dict],
                  max_tokens: int, extra_evidence: Sequence[str] = (), exclude_group: int | None = None,
-                 max_history: int | None = -1) -> tuple[list[int], list[Hit]]:
+                 max_history: int | None = -1, searched: Sequence[Hit] | None = None) -> tuple[list[int], list[Hit]]:
     """Prompt ids of at most `max_tokens`, and the evidence in them (best first). `max_history` overrides the
-    recipe's (-1: the recipe's)."""
-    hits = retrieve(index, recipe, messages, extra_evidence, exclude_group)
+    recipe's (-1: the recipe's); `searched` as for retrieve()."""
+    hits = retrieve(index, recipe, messages, extra_evidence, exclude_group, searched=searched)
     return prompt_ids(tokenizer, recipe, messages, max_tokens, hits, max_history), hits
 
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from llmcore.retrieval import EvidenceIndex, Hit
 
 if TYPE_CHECKING:  # torch stays out of the CLI's argument parser, which shows DEFAULT_SELECTION
@@ -108,28 +110,21 @@ def mbr_choice(texts: Sequence[str], weights: Sequence[float] | None = None) -> 
     """Minimum-Bayes-risk choice: the index of the text with the highest weighted mean char-F1 to the other texts
     (each text's vote counts its weight; all 1 by default), and that mean. One text: itself, with consensus 1.
 
-    Each text's character multiset is counted once and each pair compared once: 25 candidates are 300
-    comparisons (~1 ms), not 600 char_f1 calls that count both texts again."""
+    Every pair at once: the texts' character counts as one matrix, each pair's overlap the sum of the smaller counts
+    (25 candidates: ~0.2 ms, on the server's event loop; pair by pair in Python it took ~1.2 ms)."""
     if len(texts) <= 1:
         return 0, 1.0
-    weights = [1.0] * len(texts) if weights is None else list(weights)
-    counts = [Counter(ch for ch in text if not ch.isspace()) for text in texts]
-    sizes = [sum(c.values()) for c in counts]
-    votes = [0.0] * len(texts)
-    for i in range(len(texts)):
-        for j in range(i + 1, len(texts)):
-            f1 = pair_f1(counts[i], counts[j], sizes[i], sizes[j])
-            votes[i] += weights[j] * f1
-            votes[j] += weights[i] * f1
-    total = sum(weights)
-    scores = [votes[i] / (total - weights[i]) for i in range(len(texts))]
-    best = max(range(len(texts)), key=lambda i: (round(scores[i], 12), -i))  # a tie (to rounding) goes first
-    return best, scores[best]
-
-
-def pair_f1(a: Counter, b: Counter, size_a: int, size_b: int) -> float:
-    """char_f1 of two texts from their counted characters (the same figure: 2 * overlap / (|a| + |b|))."""
-    if not size_a or not size_b:
-        return float(size_a == size_b)
-    overlap = sum((a & b).values()) if size_a <= size_b else sum((b & a).values())
-    return 2 * overlap / (size_a + size_b)
+    w = np.ones(len(texts)) if weights is None else np.asarray(weights, dtype=np.float64)
+    columns: dict[str, int] = {}
+    counted = [Counter(columns.setdefault(ch, len(columns)) for ch in text if not ch.isspace()) for text in texts]
+    counts = np.zeros((len(texts), max(len(columns), 1)), dtype=np.int32)
+    for row, counter in enumerate(counted):
+        counts[row, list(counter)] = list(counter.values())
+    sizes = counts.sum(1)
+    overlap = np.minimum(counts[:, None, :], counts[None, :, :]).sum(-1)
+    total = sizes[:, None] + sizes[None, :]
+    f1 = np.where(total > 0, 2 * overlap / np.maximum(total, 1), 1.0)  # two empty texts agree (char_f1's rule)
+    np.fill_diagonal(f1, 0.0)
+    scores = (f1 @ w) / (w.sum() - w)
+    best = max(range(len(texts)), key=lambda i: (round(float(scores[i]), 12), -i))  # a tie (to rounding) goes first
+    return best, float(scores[best])

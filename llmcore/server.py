@@ -41,6 +41,7 @@ from llmcore.api import (
 from llmcore.engine import EngineError, QueueFull
 from llmcore.gate import answer_features
 from llmcore.prompting import build_prompt
+from llmcore.registry import LoadedModel
 from llmcore.retrieval import Hit
 from llmcore.sampling import SamplingParams
 from llmcore.selection import Choice
@@ -119,13 +120,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if max_tokens > limit:
         raise ApiError(400, f"max_tokens must be at most {limit}", param="max_tokens")
     loaded = served.loaded
-    prompt, hits = await asyncio.to_thread(  # tokenizing and retrieval off the event loop: streams keep flowing
-        build_prompt, loaded.tokenizer, loaded.index, loaded.recipe, [m.model_dump() for m in req.messages],
-        block - max_tokens, extra_evidence=req.evidence)
-    params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                            repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     chooses = (request.app[SETTINGS].select and loaded.selection.enabled and req.temperature == 0
                and not (req.logprobs or req.ignore_eos or req.stop))
+    messages = [m.model_dump() for m in req.messages]
+    prompt, hits, retrieved = await asyncio.to_thread(  # tokenizing and retrieval off the event loop: streams keep flowing
+        _prepare, loaded, messages, block - max_tokens, req.evidence, chooses)
+    params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                            repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     candidates = loaded.selection.candidate_params(params) if chooses else [params]
     try:
         submissions = [worker.submit(prompt, candidates[0], ignore_stop=req.ignore_eos)]
@@ -136,10 +137,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, str(exc), param="messages") from None
     if chooses:
         submissions += _submit_more(worker, prompt, candidates[1:])
-        return await _chosen(request, req, submissions, len(prompt), hits, [m.model_dump() for m in req.messages])
+        return await _chosen(request, req, submissions, len(prompt), hits, retrieved)
     if req.stream:
         return await _stream(request, req, submissions[0], len(prompt), hits)
     return await _complete(request, req, submissions[0], len(prompt), hits)
+
+
+def _prepare(loaded: LoadedModel, messages: list[dict], max_tokens: int, extra_evidence: list[str],
+             chooses: bool) -> tuple[list[int], list[Hit], list[Hit]]:
+    """The prompt, its evidence, and for a request that chooses its answer the stored answers that join the
+    candidates: one search of the version's index serves both (the evidence is among its first hits)."""
+    retrieved = loaded.selection.retrieve(loaded.index, messages) if chooses else []
+    prompt, hits = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, messages, max_tokens,
+                                extra_evidence=extra_evidence, searched=retrieved if chooses else None)
+    return prompt, hits, retrieved
 
 
 def _submit_more(worker: Worker, prompt: list[int], candidates: list[SamplingParams]) -> list[Submission]:
@@ -169,13 +180,12 @@ def _kefu(submission: Submission, text: str, hits: list[Hit], confidence: float 
 
 
 async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Submission], prompt_tokens: int,
-                  hits: list[Hit], messages: list[dict]) -> web.StreamResponse:
+                  hits: list[Hit], retrieved: list[Hit]) -> web.StreamResponse:
     """A greedy request to a version that chooses its answer: the candidates are generated together (the greedy one
     first), then the one that agrees most with the others and with the nearest stored answers is sent whole, as a
     body or as one streamed piece (llmcore/selection.py)."""
     worker, greedy = request.app[WORKER], submissions[0]
     loaded = greedy.served.loaded
-    retrieved = await asyncio.to_thread(loaded.selection.retrieve, loaded.index, messages)
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
             await asyncio.gather(*(_finished(s) for s in submissions))

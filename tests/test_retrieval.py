@@ -74,3 +74,26 @@ def test_index_round_trips_through_its_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"format": "something-else"}\n')
     with pytest.raises(ValueError, match="kefu-evidence"):
         EvidenceIndex.load(tmp_path / "bad.jsonl")
+
+
+def test_one_search_serves_the_evidence_and_the_candidates():
+    """The server searches once for a request that chooses its answer (24 stored answers) and takes the prompt's
+    evidence from the first of them: the same evidence a search of its own finds, on real dialogues, with and without
+    a caller's own evidence."""
+    from pathlib import Path
+
+    from llmcore.chats import read_conversations
+    from llmcore.evaluate import assistant_turns
+    from llmcore.prompting import PromptRecipe, retrieve
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "crosswoz_test.chat.jsonl"
+    if not data.exists():
+        data = Path(__file__).resolve().parents[1] / "llmcore" / "data" / "demo_faq.chat.jsonl"
+    conversations, _ = read_conversations([data])
+    index, recipe = EvidenceIndex.build(conversations[20:]), PromptRecipe(evidence_k=2, max_history=4)
+    turns = [t for t in assistant_turns(conversations[:20]) if t.history[-1]["role"] == "user"][:60]
+    assert len(turns) >= 20
+    for turn in turns:
+        searched = index.search(turn.history, 24)
+        for extra in ([], ["来自常见问题的回答。"]):
+            assert retrieve(index, recipe, turn.history, extra, searched=searched) == retrieve(index, recipe, turn.history, extra)
