@@ -1,15 +1,16 @@
 """FAQ matching on paraphrases: BM25 alone, each bundled sentence encoder alone, and fused with BM25 as the bot does.
 
-    .venv/bin/python bench/faq.py            # the table and JSON
+    .venv/bin/python bench/faq.py            # the table, the FAQ_BEST curve, then JSON (--no-latency: skip the timing)
     .venv/bin/python bench/faq.py --fit      # fit each encoder's fusion on all the questions first (print it)
 
 The demo FAQ (llmcore/data/demo_faq.chat.jsonl, its similar questions included) against the 165 paraphrases
 and 53 off-topic questions written for the tests (tests/data/demo_paraphrases.jsonl, offtopic.jsonl). Per
 matcher: top-1 and top-3 (the right entry first, or among the three "did you mean" buttons), then what the bot
 does at its thresholds (FAQ_BEST answers, FAQ_SUGGEST offers buttons): paraphrases answered right / wrong,
-right entry offered, off-topic questions answered / offered buttons. The fusion's blend was chosen on the
-even-numbered half of both sets; both halves are reported. Latency: p50 per query on the demo FAQ and on 3,000
-entries (questions of the shared CrossWOZ dialogues). Prints a table, then JSON.
+right entry offered, off-topic questions answered / offered buttons. Each fused matcher is reported with its
+shipped fusion ("all") and cross-validated (each half of both sets measured with the fusion fitted on the other
+half: the figure for questions a fit has not seen). Latency: p50 per query on the demo FAQ and on 3,000 entries
+(questions of the shared CrossWOZ dialogues). Prints a table, then JSON.
 """
 from __future__ import annotations
 

