@@ -127,16 +127,16 @@ class E5Encoder:
         self._lock = threading.Lock()  # one C model: one call at a time (the bot encodes from worker threads)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self._model.dim), dtype=np.float32)
-        with self._lock:
-            return unit(np.asarray(self._model.query(list(texts)), dtype=np.float32).reshape(len(texts), -1))
+        return self._embed(self._model.query, texts)
 
     def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(self._model.passage, texts)
+
+    def _embed(self, embed, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._model.dim), dtype=np.float32)
         with self._lock:
-            return unit(np.asarray(self._model.passage(list(texts)), dtype=np.float32).reshape(len(texts), -1))
+            return unit(np.asarray(embed(list(texts)), dtype=np.float32).reshape(len(texts), -1))
 
 
 class JointEncoder:
@@ -150,18 +150,20 @@ class JointEncoder:
         self.fusion = fusion
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        scale = np.float32(1 / np.sqrt(len(self.parts)))
-        return np.concatenate([part.encode(texts) * scale for part in self.parts], axis=1)
+        return self._joined([part.encode for part in self.parts], texts)
 
     def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
-        scale = np.float32(1 / np.sqrt(len(self.parts)))
-        return np.concatenate([part.encode_answers(texts) * scale for part in self.parts], axis=1)
+        return self._joined([part.encode_answers for part in self.parts], texts)
+
+    def _joined(self, encoders, texts: Sequence[str]) -> np.ndarray:
+        scale = np.float32(1 / np.sqrt(len(encoders)))
+        return np.concatenate([encode(texts) * scale for encode in encoders], axis=1)
 
 
 class SentenceTransformerEncoder:
     """A sentence-transformers model. Its `name` (the Redis key of its cached vectors) changes with the model: the
-    name or path given, and for a local folder its files' sizes and times. Its cosine range is USE's: a model of one's
-    own has not been fitted here: it uses USE's fusion (fit its own with `bench/faq.py --fit`)."""
+    name or path given, and for a local folder its files' sizes and times. A model of one's own has not been fitted
+    here: it uses USE's fusion (fit its own with `bench/faq.py --fit`)."""
 
     fusion = UseEncoder.fusion
 

@@ -113,8 +113,8 @@ class FaqIndex:
         self.bm25 = Bm25(tokenize(text) for text in self.doc_text)
         self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
-        self.language = [script(entry.question) for entry in self.entries]
-        self.languages = {lang: np.array([other not in (None, lang) for other in self.language], dtype=float) for lang in ("zh", "en")}
+        asked = [script(entry.question) for entry in self.entries]
+        self.other_language = {lang: np.array([other not in (None, lang) for other in asked], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
         self.parts: list[tuple[slice, np.ndarray, np.ndarray]] = []  # per encoder part: its span, question and answer vectors
         if encoder is not None:
@@ -173,7 +173,7 @@ class FaqIndex:
         questions = [np.maximum.reduceat(vectors @ query[part], self.starts) for part, vectors, _ in self.parts]
         answers = [vectors @ query[part] for part, _, vectors in self.parts]
         asked_in = script(text)
-        other = self.languages[asked_in] if asked_in else np.zeros(len(self.entries))  # entries asked in the other language
+        other = self.other_language[asked_in] if asked_in else np.zeros(len(self.entries))
         return np.column_stack([lex, *questions, *answers, other]), query
 
     def scores(self, features: np.ndarray) -> np.ndarray:
