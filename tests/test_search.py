@@ -67,7 +67,7 @@ def test_normalize_ignores_case_width_and_punctuation() -> None:
 # -- the demo corpus --------------------------------------------------------------------------------------
 
 def test_corpus_is_grouped_by_answer(entries: list[FaqEntry]) -> None:
-    assert len(entries) == 169 and sum(1 + len(e.similar) for e in entries) == 414
+    assert len(entries) == 169 and sum(1 + len(e.similar) for e in entries) == 718
 
 
 def test_every_corpus_question_matches_its_own_entry_exactly(entries: list[FaqEntry], index: FaqIndex) -> None:
@@ -117,7 +117,8 @@ def test_light_paraphrases_rank_their_entry_first(entries: list[FaqEntry], index
     "how tall is mount everest", "帮我写一首诗", "谁赢了昨天的比赛", "推荐一部电影", "I like pizza",
 ])
 def test_unrelated_questions_score_low(index: FaqIndex, entries: list[FaqEntry], text: str) -> None:
-    assert all(m.score < 0.35 for m in index.match(text, k=len(entries)))
+    """Below 0.4, the FAQ_SUGGEST that BM25 alone is run with (README): no "did you mean" for them."""
+    assert all(m.score < 0.4 for m in index.match(text, k=len(entries)))
 
 
 def test_one_shared_word_among_unknown_words_scores_low(index: FaqIndex) -> None:
