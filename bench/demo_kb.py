@@ -103,6 +103,7 @@ async def amain(args: argparse.Namespace) -> dict:
     try:
         faq = FaqStore(redis, settings.redis_prefix, load_encoder(settings.faq_encoder))  # as the bot builds it
         await faq.load_demo_if_empty()
+        await faq.ready()  # the whole matcher from the first question
         pipeline = Pipeline(settings, History(redis, settings.redis_prefix, settings.history_turns, settings.history_ttl_s), faq, llm,
                             ExchangeLog(redis, settings.redis_prefix, settings.log_retention_days))
         result = await measure(pipeline, topic_answers())

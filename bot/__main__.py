@@ -81,6 +81,7 @@ async def faq_command(args: argparse.Namespace, settings: BotSettings, redis: Re
         _write_lines(await faq.export_lines(), args.out)
     else:
         await faq.load_demo_if_empty()
+        await faq.ready()  # one question: the whole matcher, however long the first build takes
         matches = await faq.match(args.text, k=args.k)
         print(json.dumps([{"id": m.entry.id, "score": round(m.score, 4), "lexical": round(m.lexical, 4),
                            "semantic": None if m.semantic is None else round(m.semantic, 4),

@@ -197,18 +197,20 @@ class FaqStore:
     async def count(self) -> int:
         return await self.redis.hlen(self.entries_key)
 
-    async def import_file(self, path: str | Path) -> int:
-        """Read (in a thread), store, and index (in a thread) a FAQ file: searchable when this returns."""
+    async def import_file(self, path: str | Path, searchable: bool = True) -> int:
+        """Read (in a thread) and store a FAQ file; searchable when this returns (the index built, in a thread), unless
+        `searchable` is False (the demo FAQ at start-up: the bot answers meanwhile, see `index()`)."""
         entries = await asyncio.to_thread(read_faq_file, path)
         await self.add_many(entries)
-        await self.index()
+        if searchable:
+            await self.ready()
         return len(entries)
 
     async def load_demo_if_empty(self) -> int:
         """Seed the demo FAQ once, even with several replicas starting together."""
         if await self.count() or not await self.redis.set(f"{self.entries_key}:seeding", "1", nx=True, ex=60):
             return 0
-        return await self.import_file(DEMO_DATA)
+        return await self.import_file(DEMO_DATA, searchable=False)
 
     async def export_lines(self) -> list[str]:
         """Chat JSONL: one two-message conversation per question and similar question (what import reads)."""

@@ -198,7 +198,7 @@ async def test_rate_limit_too_long_unknown_command_reset_and_suggestions(telegra
         assert await redis.llen(f"{prefix}hist:{USER_ID}") == 2
         assert (await ask(telegram, "/reset"))["text"] == "好的，已清除对话上下文。"
         assert await redis.llen(f"{prefix}hist:{USER_ID}") == 0 and await redis.xlen(f"{prefix}log") == 1  # the log is kept
-        partial = await ask(telegram, "寄过来要钱吗")  # close to "运费多少钱？" but not sure enough to answer from the FAQ
+        partial = await ask(telegram, "寄快递要钱吗")  # close to "运费多少钱？" but not sure enough to answer from the FAQ
         assert "运费多少钱？" in buttons(partial) and "您是不是想问" in partial["text"]
         mark = len(telegram.calls)
         await telegram.push(callback_update(buttons(partial)["运费多少钱？"], message=telegram.messages[USER_ID][-1]))
