@@ -7,8 +7,8 @@ import json
 import os
 import re
 import threading
-from dataclasses import replace
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
