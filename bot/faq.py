@@ -71,7 +71,7 @@ class FaqStore:
         version = await self.redis.get(self.version_key) or "0"
         if self._index is not None and version == self._index_version:
             return self._index
-        if self._build is None or self._build.done():
+        if not self.building:
             self._build = asyncio.create_task(self._rebuild())
             self._build.add_done_callback(_report)
         build = self._build
@@ -91,11 +91,11 @@ class FaqStore:
 
     async def ready(self) -> FaqIndex:
         """The index of the current version, however long its build takes (a terminal chat, a test, the console)."""
-        await self.index()
-        while self._build is not None and not self._build.done():
+        index = await self.index()
+        while self.building:  # (a build that ends finds the FAQ changed meanwhile: index() starts the next)
             await asyncio.shield(self._build)
-            await self.index()
-        return await self.index()
+            index = await self.index()
+        return index
 
     async def _rebuild(self) -> None:
         """Build the index of the current version; again if the FAQ changed meanwhile."""
