@@ -67,8 +67,8 @@ class Engine:
             raise EngineError(f"prompt of {len(prompt)} tokens leaves no room in the context of {self.max_len}")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
-        generator = None if params.is_greedy else params.make_generator(self.device)
-        seq = Sequence(list(prompt), params, generator, ignore_stop=ignore_stop,
+        key = None if params.is_greedy else params.random_key()
+        seq = Sequence(list(prompt), params, key, ignore_stop=ignore_stop,
                        max_tokens=min(params.max_new_tokens, self.max_len - len(prompt)))
         self.scheduler.add(seq)
         return seq
@@ -104,7 +104,7 @@ class Engine:
         prefill = self.scheduler.admit()
         for seq in prefill:
             self.cache.reset(seq.slot)
-            self.sampler.assign(seq.slot, seq.params, seq.generator)
+            self.sampler.assign(seq.slot, seq.params, seq.key)
         logits += self._prefill(prefill)
         batch = decode + prefill
         self.last_step_tokens = 0
@@ -184,5 +184,4 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         self.cache.reset(seq.slot)
-        self.sampler.release(seq.slot)
         self.scheduler.release(seq)

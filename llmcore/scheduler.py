@@ -20,8 +20,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import torch
-
 from llmcore.sampling import Generation, SamplingParams
 
 _sequence_ids = itertools.count(1)  # unique across engines: old and new versions serve side by side during a reload
@@ -41,7 +39,7 @@ class Sequence:
 
     prompt: list[int]
     params: SamplingParams
-    generator: torch.Generator | None
+    key: int | None  # a sampled sequence's random key (SamplingParams.random_key)
     seq_id: int = field(default_factory=lambda: next(_sequence_ids))
     output: Generation = field(default_factory=Generation)
     slot: int | None = None

@@ -1,6 +1,7 @@
 """Sampling: greedy is deterministic, seeds reproduce draws, filters and stop conditions hold."""
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from llmcore.sampling import (
     generate,
     kept_candidates,
     penalize_repeats,
+    uniforms,
 )
 
 STOP = 7
@@ -82,7 +84,7 @@ def test_top_k_keeps_k_tokens_and_top_p_keeps_the_smallest_set():
 def test_top_k_one_and_tiny_top_p_are_greedy():
     logits = torch.randn(50)
     for params in (SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=1.0, top_p=1e-6, seed=3)):
-        assert choose_token(logits, params, [], params.make_generator(torch.device("cpu"))) == int(logits.argmax())
+        assert choose_token(logits, params, [], params.random_key()) == int(logits.argmax())
 
 
 def test_repetition_penalty_lowers_repeated_tokens():
@@ -99,36 +101,35 @@ def test_invalid_parameters_are_rejected(bad):
         SamplingParams(**bad)
 
 
-def random_params(rng: random.Random, i: int) -> SamplingParams:
+def random_params(rng: random.Random, i: int, top_ks=(0, 1, 5, 40)) -> SamplingParams:
     kind = i % 4
     if kind == 0:
         return SamplingParams()
     if kind == 1:
         return SamplingParams(repetition_penalty=rng.choice([1.2, 1.5]))
-    return SamplingParams(temperature=rng.choice([0.5, 0.8, 1.3]), top_k=rng.choice([0, 1, 5, 40]),
+    return SamplingParams(temperature=rng.choice([0.5, 0.8, 1.3]), top_k=rng.choice(top_ks),
                           top_p=rng.choice([1.0, 0.9, 0.5]), repetition_penalty=rng.choice([1.0, 1.2]),
                           seed=rng.randrange(1000) if kind == 2 else None)
 
 
-def test_batched_sampler_chooses_what_the_per_row_reference_chooses():
+@pytest.mark.parametrize("top_ks", [(0, 1, 5, 40), (0,)], ids=["top-k and top-p", "top-p alone"])
+def test_batched_sampler_chooses_what_the_per_row_reference_chooses(top_ks):
     """32 rows of mixed greedy, penalised and sampled (top-k, top-p, seeds) requests over 12 steps: every token
-    equals the per-row reference's with a generator of the same seed; log-probabilities are the model's."""
+    equals the per-row reference's with the same random key; log-probabilities are the model's."""
     rng, vocab, rows = random.Random(7), 100, 32
     torch.manual_seed(3)
-    params = [random_params(rng, i) for i in range(rows)]
-    seeds = [p.seed if p.seed is not None else 10_000 + i for i, p in enumerate(params)]
+    params = [random_params(rng, i, top_ks) for i in range(rows)]
+    keys = [None if p.is_greedy else p.random_key() for p in params]  # unseeded: a fresh key each
     sampler = Sampler(rows + 8, vocab, max_tokens=16)
     slots = rng.sample(range(rows + 8), rows)  # any slots, in any order
-    reference_generators = []
-    for slot, p, seed in zip(slots, params, seeds):
-        sampler.assign(slot, p, None if p.is_greedy else torch.Generator().manual_seed(seed))
-        reference_generators.append(None if p.is_greedy else torch.Generator().manual_seed(seed))
+    for slot, p, key in zip(slots, params, keys):
+        sampler.assign(slot, p, key)
     produced: list[list[int]] = [[] for _ in range(rows)]
     for _ in range(12):
         logits = torch.randn(rows, vocab) * 3
         logits[:, :10] += 4  # a few likely tokens, so that the penalty has repeats to act on
         tokens, logprobs = sampler.sample(logits, slots)
-        expected = [choose_token(logits[i], params[i], produced[i], reference_generators[i]) for i in range(rows)]
+        expected = [choose_token(logits[i], params[i], produced[i], keys[i]) for i in range(rows)]
         assert tokens == expected
         assert logprobs == pytest.approx(torch.log_softmax(logits, -1)[torch.arange(rows), torch.tensor(tokens)].tolist(), abs=1e-5)
         for row, token in zip(produced, tokens):
@@ -156,6 +157,13 @@ def test_batched_filters_keep_what_the_reference_keeps():
         reference = filter_top_k_top_p(logits[row], 0 if k == vocab else k, float(top_p[row]))
         assert torch.equal(kept[row], torch.isfinite(reference)), row
     assert kept[0].all() and kept[2].sum() == 5 and kept[6].sum() == 200 and kept[7].sum() > CANDIDATES[0]
+    nucleus_only = torch.tensor([0.6, 0.8, 0.9, 0.5, 0.99, 0.95, 0.3, 0.9])  # the usual request: a top-p, no top-k
+    kept = torch.zeros_like(logits, dtype=torch.bool)
+    for rows, values, order in kept_candidates(logits, torch.full((8,), vocab), nucleus_only):
+        kept[rows[:, None], order] = torch.isfinite(values)
+    for row in range(8):
+        assert torch.equal(kept[row], torch.isfinite(filter_top_k_top_p(logits[row], 0, float(nucleus_only[row])))), row
+    assert kept[7].sum() > CANDIDATES[1]  # the flat row needed the sort
 
 
 def test_a_slot_that_changes_hands_is_sampled_with_its_new_sequence_parameters():
@@ -168,14 +176,29 @@ def test_a_slot_that_changes_hands_is_sampled_with_its_new_sequence_parameters()
         sampler.assign(slot, SamplingParams(), None)
     assert sampler.sample(logits, [0, 1])[0] == [4, 4]
     assert sampler.sample(logits, [0, 1])[0] == [4, 4]
-    sampler.release(1)
     sampler.assign(1, SamplingParams(repetition_penalty=50.0), None)  # the same slots next step, a new sequence in 1
     assert sampler.sample(logits, [0, 1])[0] == [4, 4]  # it has produced nothing yet: no penalty
     assert sampler.sample(logits, [0, 1])[0] == [4, 5]  # its own 4 now counts: 5 / 50 < 4
-    sampler.release(0)
     params = SamplingParams(temperature=1.0, top_k=2, seed=3)
-    sampler.assign(0, params, torch.Generator().manual_seed(3))
-    reference = torch.Generator().manual_seed(3)
+    sampler.assign(0, params, params.random_key())
     draws = [sampler.sample(logits, [0, 1])[0][0] for _ in range(12)]
-    assert draws == [choose_token(logits[0], params, draws[:i], reference) for i in range(12)]
+    assert draws == [choose_token(logits[0], params, draws[:i], params.random_key()) for i in range(12)]
     assert set(draws) == {4, 5}  # sampled, not greedy
+
+
+def test_random_numbers_depend_on_the_key_and_the_token_index_alone():
+    """A sampled row's number is the n-th of its key's stream: the same alone as in any batch, uniform in [0, 1),
+    different for different seeds; a seed always gives the same key, no seed a fresh one."""
+    keys = np.array([SamplingParams(temperature=1.0, seed=s).random_key() for s in range(200)], dtype=np.uint64)
+    counters = np.arange(200) % 9
+    batch = uniforms(keys, counters)
+    assert all(uniforms(keys[i : i + 1], counters[i : i + 1])[0] == batch[i] for i in range(200))
+    assert uniforms(keys[::-1], counters[::-1]).tolist() == batch[::-1].tolist()  # order in the batch does not matter
+    assert len(set(batch.tolist())) == 200
+    stream = uniforms(np.repeat(keys[:20], 500), np.tile(np.arange(500), 20))
+    assert ((stream >= 0) & (stream < 1)).all()
+    deciles = np.histogram(stream, bins=10, range=(0, 1))[0]
+    assert deciles.min() > 850 and deciles.max() < 1150  # 1,000 expected in each; ±15 % is > 4 standard deviations
+    assert SamplingParams(temperature=1.0, seed=7).random_key() == SamplingParams(temperature=0.5, seed=7).random_key()
+    assert SamplingParams(temperature=1.0, seed=-7).random_key() != SamplingParams(temperature=1.0, seed=7).random_key()
+    assert SamplingParams(temperature=1.0).random_key() != SamplingParams(temperature=1.0).random_key()
