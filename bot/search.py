@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import jieba
 import numpy as np
 
-from bot.encoder import Encoder
+from bot.encoder import Encoder, query_vector
 from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
@@ -166,7 +166,7 @@ class FaqIndex:
         best cosine to the entry's questions, each part's cosine to its answer, 1 for an entry asked in the other
         language; and the question's vector."""
         best = self.lexical(text)[1] if best is None else best
-        query = self.encoder.encode([text.strip()[:MAX_ENCODED_CHARS]])[0]
+        query = query_vector(self.encoder, text.strip()[:MAX_ENCODED_CHARS])
         lex = np.zeros(len(self.entries))
         for entry, (score, _, _) in best.items():
             lex[entry] = score

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                        help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998) and "
                             "end with it (0: off)")
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
+    train.add_argument("--label-smoothing", type=float, default=0.0,
+                       help="label smoothing of the training loss (default 0: off; validation stays plain)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--progress-file", metavar="FILE", help="also write progress as JSON here (~1/s), for a job watcher")
     train.add_argument("--compare-current", action="store_true", help="score the current version on the same held-out data too")
@@ -135,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
         question_loss=args.question_loss,
         selection=Selection(args.select_samples, args.select_retrieved, greedy_weight=args.select_greedy_weight),
-        precision=args.precision, ema=args.ema,
+        precision=args.precision, ema=args.ema, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
     )
     metrics = main(opts)
     if "version" not in metrics:  # another rank of a torchrun job: rank 0 reports

@@ -191,19 +191,22 @@ class LanguageModel(nn.Module):
 
     config: ModelConfig
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, ignore_index: int = -100) -> Tensor:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, ignore_index: int = -100,
+                label_smoothing: float = 0.0) -> Tensor:
         """Logits for every position: (B, T) -> (B, T, V); with targets, the training loss instead (so that a
         DistributedDataParallel wrapper, which hooks forward, sees the loss computation)."""
         if targets is not None:
-            return self.loss(idx, targets, ignore_index)
+            return self.loss(idx, targets, ignore_index, label_smoothing=label_smoothing)
         return self.head(self.hidden_states(idx))
 
-    def loss(self, idx: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-        """Cross-entropy over the positions that have a target; the output layer runs on those only."""
+    def loss(self, idx: Tensor, targets: Tensor, ignore_index: int = -100, reduction: str = "mean",
+             label_smoothing: float = 0.0) -> Tensor:
+        """Cross-entropy over the positions that have a target; the output layer runs on those only. Label
+        smoothing (training only) spreads that share of each target's probability over the whole vocabulary."""
         hidden = self.hidden_states(idx)  # (B, T, C)
         keep = targets != ignore_index
         logits = self.head(hidden[keep])  # (N, V)
-        return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+        return F.cross_entropy(logits.float(), targets[keep], reduction=reduction, label_smoothing=label_smoothing)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

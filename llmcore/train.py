@@ -91,6 +91,8 @@ class TrainOptions:
     result_file: str | None = None  # the final metrics, written once the version is committed
     precision: str = "auto"  # auto (bf16 autocast where the device computes it natively) | bf16 | fp32
     ema: float = 0.0  # decay per step of the weights' moving average the run ends with (0: the last weights)
+    weight_decay: float = 0.1  # AdamW's, on matrices only
+    label_smoothing: float = 0.0  # of the training loss (validation loss and perplexity stay plain)
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
@@ -109,6 +111,8 @@ class TrainOptions:
             (self.max_history is None or self.max_history >= 0, "--history must not be negative"),
             (self.precision in PRECISIONS, "--precision must be auto, bf16 or fp32"),
             (0 <= self.ema < 1, "--ema must be at least 0 and below 1"),
+            (self.weight_decay >= 0, "--weight-decay must not be negative"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be at least 0 and below 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -152,12 +156,12 @@ def auto_batch_tokens(examples: list) -> int:
     return int(min(high, max(low, per_epoch // MIN_STEPS_PER_EPOCH)))
 
 
-def make_optimizer(model: LanguageModel, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: LanguageModel, lr: float, device: torch.device, weight_decay: float = 0.1) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on norms, biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
@@ -292,7 +296,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
     eval_every_s = max(MIN_EVAL_INTERVAL_S, budget_s / EVALS_PER_BUDGET) if budget_s else None  # else: every epoch
     peak_lr = default_lr(model.config) if opts.lr is None else opts.lr
     precision = resolve_precision(opts.precision, device)
-    optimizer = make_optimizer(model, peak_lr, device)
+    optimizer = make_optimizer(model, peak_lr, device, opts.weight_decay)
     trainee = dist.wrap(model)  # DistributedDataParallel across ranks, the model itself alone
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema)) if opts.ema else None
     history, best = History(), {"loss": float("inf"), "state": None, "step": 0}
@@ -314,7 +318,7 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, progress, peak_lr)
-                loss = train_step(trainee, optimizer, x.to(device), y.to(device), device, precision)
+                loss = train_step(trainee, optimizer, x.to(device), y.to(device), device, precision, opts.label_smoothing)
                 if averaged is not None:
                     averaged.update_parameters(model)
                 step += 1
@@ -357,9 +361,9 @@ def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[C
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-               precision: str) -> float:
+               precision: str, label_smoothing: float = 0.0) -> float:
     with autocast(device, precision):
-        loss = model(x, y, IGNORE_INDEX)  # forward with targets: the loss (through DDP's hooks when distributed)
+        loss = model(x, y, IGNORE_INDEX, label_smoothing)  # forward with targets: the loss (through DDP's hooks when distributed)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -398,6 +402,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         "train_tokens_per_s": round(stats["tokens"] / max(stats["train_seconds"], 1e-9), 1),
         "steps": stats["steps"], "epochs": stats["epochs"], "best_step": stats["best_step"], "stop_reason": stats["stop_reason"],
         "batch_tokens": stats["batch_tokens"], "peak_lr": stats["peak_lr"], "precision": stats["precision"], "ema": opts.ema,
+        "weight_decay": opts.weight_decay, "label_smoothing": opts.label_smoothing,
         "restored_best": stats["restored_best"],
         "val_answers": stats["val_answers"], "device": str(device), "seed": opts.seed, "tokenizer": opts.tokenizer,
         "prompt": recipe.to_dict(), "question_loss": opts.question_loss, "selection": opts.selection.to_dict(),

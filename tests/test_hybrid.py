@@ -372,3 +372,22 @@ async def test_a_question_is_encoded_off_the_event_loop_and_a_long_one_only_in_p
     long = "  钱什么时候退给我？" + "我上周退的货，快递已经签收了，" * 270
     await faq.match(long, k=1)
     assert encoder.texts[-1] == long.strip()[:MAX_ENCODED_CHARS] and len(long) > 4000
+
+
+async def test_a_question_asked_again_is_not_encoded_again(redis, prefix):
+    """The last QUERY_CACHE questions' vectors are kept per encoder: a handoff that matches a question once
+    more, or the same words from another customer, cost no encoding, and a changed FAQ still scores them afresh."""
+    encoder = Counting()
+    faq = FaqStore(redis, prefix, encoder)
+    refund = await faq.add("退款多久到账？", "原路退回，1-3个工作日到账。")
+    await faq.add("怎么开发票？", "下单时选择电子发票即可。")
+    first = await faq.match("钱什么时候退给我", k=2)
+    encoder.texts.clear()
+    assert await faq.match("钱什么时候退给我", k=2) == first and first[0].entry.id == refund
+    assert encoder.texts == []
+    shipping = await faq.add("钱什么时候退到我卡里？", "退款原路返回。")
+    assert (await faq.match("钱什么时候退给我", k=1))[0].entry.id == shipping  # the new entry is scored at once
+    assert encoder.texts == ["钱什么时候退到我卡里？"]  # its question was encoded, the customer's was not
+    other = Counting()
+    assert (await FaqStore(redis, prefix, other).match("钱什么时候退给我", k=1))[0].entry.id == shipping
+    assert "钱什么时候退给我" in other.texts  # another encoder's vectors are its own

@@ -73,6 +73,27 @@ def test_ema_ends_the_run_with_the_moving_average_of_the_weights(tmp_path, faq_f
     assert not all(torch.allclose(last[k], first[k], atol=1e-5) for k in first)
 
 
+def test_label_smoothing_and_weight_decay_reach_the_loss_and_the_optimizer(tmp_path, faq_file):
+    """The smoothed loss is (1 - e) x the target's NLL + e x the mean NLL over the vocabulary; weight decay is set on
+    the matrices only; both are recorded in the version's metrics."""
+    from llmcore.model import ModelConfig, build_model
+    from llmcore.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="transformer", vocab_size=40, **TINY))
+    idx, targets = torch.randint(0, 40, (2, 9)), torch.randint(0, 40, (2, 9))
+    targets[0, :3] = -100  # positions without a target are left out of both
+    logp = torch.log_softmax(model(idx).float(), -1)[targets != -100]
+    nll = -logp.gather(1, targets[targets != -100][:, None]).mean()
+    expected = 0.9 * nll + 0.1 * -logp.mean()
+    assert model(idx, targets, -100, 0.1).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model(idx, targets, -100).item() == pytest.approx(nll.item(), rel=1e-5)
+    groups = make_optimizer(model, 1e-3, torch.device("cpu"), weight_decay=0.03).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.03, 0.0] and all(p.dim() >= 2 for p in groups[0]["params"])
+    _, metrics = train(tiny_opts(faq_file, tmp_path / "m", epochs=1, label_smoothing=0.1, weight_decay=0.0))
+    assert (metrics["label_smoothing"], metrics["weight_decay"]) == (0.1, 0.0)
+
+
 def test_promote_flag_makes_the_new_version_current(tmp_path, faq_file):
     train(tiny_opts(faq_file, tmp_path, epochs=1))
     version, _ = train(tiny_opts(faq_file, tmp_path, epochs=1, promote=True))
@@ -243,6 +264,8 @@ def test_precision_is_bf16_autocast_only_where_asked_or_native():
     (["--precision", "fp16"], "invalid choice"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--val-fraction", "0.9"], "--val-fraction must be between"),
+    (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1"),
+    (["--weight-decay", "-0.1"], "--weight-decay must not be negative"),
 ])
 def test_cli_rejects_bad_settings_in_one_line(tmp_path, faq_file, flags, message):
     result = run_cli("train", "--data", faq_file, "--models", tmp_path / "m", *flags)
