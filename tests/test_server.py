@@ -161,6 +161,17 @@ async def test_bad_requests_get_openai_style_errors(client, body, status, fragme
     assert fragment in error["message"] and error["type"]
 
 
+async def test_any_integer_seed_is_accepted_and_reproduces_its_text(client):
+    """OpenAI's seed is any integer: a negative one or one past 64 bits is a seed like another, not an error."""
+    for seed in (-1, 2**70 + 5, 0):
+        texts = []
+        for _ in range(2):
+            response = await client.post("/v1/chat/completions", json=ask("你好", max_tokens=12, temperature=1.0, seed=seed))
+            assert response.status == 200
+            texts.append((await response.json())["choices"][0]["message"]["content"])
+        assert texts[0] == texts[1]
+
+
 async def test_queue_full_answers_503_with_retry_after_and_everyone_gets_an_answer(models):
     Registry(models).promote("v0001")
     client = await start(models, max_batch=1, max_queue=1)
