@@ -9,7 +9,8 @@
 A step is schedule → forward → sample → post-process, each a small method: the `Scheduler` says which
 running sequences decode (llmcore/scheduler.py), and they run in one batched forward over the cache;
 then it admits waiting ones into free slots (after the decode forward: a request that arrived during it
-is served in this step), whose prompts are prefilled (together, padded, when the model allows it); the
+is served in this step), whose prompts are prefilled (together, padded, when the model allows it; the cache
+grows in buckets of slots as more run at once); the
 `Sampler` chooses every row's token at once with its own parameters (llmcore/sampling.py);
 post-processing appends tokens, ends sequences and frees their slots.
 
@@ -27,11 +28,13 @@ from dataclasses import dataclass
 import torch
 
 from llmcore.costs import step_flops
-from llmcore.model import LanguageModel
+from llmcore.model import LanguageModel, with_rows
 from llmcore.sampling import Sampler, SamplingParams
 from llmcore.scheduler import EngineError, QueueFull, Scheduler, Sequence
 
 __all__ = ["Engine", "EngineError", "QueueFull", "Sequence", "StepEvent"]
+
+CACHE_ROWS = 32  # slots the cache starts with (fewer if max_batch is smaller); it doubles when more are in use
 
 
 @dataclass(slots=True)
@@ -53,7 +56,7 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.scheduler = Scheduler(max_batch, max_queue, max_prefill_tokens)
         self.sampler = Sampler(max_batch, self.vocab_size, self.max_len, self.device)
-        self.cache = model.new_cache(max_batch, max_len=self.max_len)
+        self.cache = model.new_cache(min(max_batch, CACHE_ROWS), max_len=self.max_len)  # grows in buckets: _room_for
         self.last_tokens = torch.zeros((max_batch, 1), dtype=torch.long, device=self.device)  # the decode input
         self.last_batch_size = 0
         self.last_step_flops = 0.0  # the model's work in the last step (llmcore/costs.py)
@@ -102,6 +105,8 @@ class Engine:
         fed_at = self.cache.lengths[slots].tolist()  # the position each decode row feeds
         logits = [self._decode(slots)] if decode else []
         prefill = self.scheduler.admit()
+        if prefill:
+            self._room_for(max(s.slot for s in prefill))
         for seq in prefill:
             self.cache.reset(seq.slot)
             self.sampler.assign(seq.slot, seq.params, seq.key)
@@ -131,6 +136,17 @@ class Engine:
             if seq.slot is not None:
                 self._release(seq)
         return events
+
+    def _room_for(self, slot: int) -> None:
+        """The cache holds `slot`: else it doubles (up to max_batch), the running rows copied over. The lowest free
+        slots are taken first, so it grows only with the number of sequences running at once: a max_batch of 256
+        costs a 256-row cache only while ~256 run, and a small batch steps as fast as with a small max_batch."""
+        rows = self.cache.lengths.shape[0]
+        if slot < rows:
+            return
+        while rows <= slot:
+            rows *= 2
+        self.cache = with_rows(self.cache, min(rows, self.max_batch))
 
     def _decode(self, slots: list[int]) -> torch.Tensor:
         """One token for every running sequence (in `slots`). The rows in use are nearly dense (lowest slots

@@ -99,6 +99,19 @@ class LSTMState:
         self.lengths[row] = 0
 
 
+def with_rows(cache: KVCache | LSTMState, rows: int) -> KVCache | LSTMState:
+    """A copy of `cache` with `rows` slots: the old ones first, as they were, then empty ones (a cache grows as more
+    sequences run at once, so that a large max_batch costs memory only when it is used)."""
+    grown = {}
+    for name, old in ((f.name, getattr(cache, f.name)) for f in fields(cache)):
+        dim = 0 if name == "lengths" else 1  # state tensors are (layers, slots, ...)
+        shape = list(old.shape)
+        shape[dim] = rows
+        grown[name] = old.new_zeros(shape)
+        grown[name].narrow(dim, 0, min(rows, old.shape[dim])).copy_(old.narrow(dim, 0, min(rows, old.shape[dim])))
+    return type(cache)(**grown)
+
+
 @dataclass
 class CachePositions:
     """Where one cached step reads and writes, computed once per step and shared by every layer."""

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from llmcore.engine import Engine, EngineError, QueueFull
+from llmcore.engine import CACHE_ROWS, Engine, EngineError, QueueFull
 from llmcore.model import ARCHS, ModelConfig, build_model
 from llmcore.sampling import SamplingParams, generate
 
@@ -46,6 +46,24 @@ def test_greedy_in_a_batch_of_32_equals_alone(arch):
         assert batched[key].token_ids == alone.token_ids, key
         assert batched[key].finish_reason == alone.finish_reason
         assert batched[key].logprobs == pytest.approx(alone.logprobs, abs=5e-3)  # oneDNN's LSTM varies with batch size
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_cache_grows_in_buckets_as_more_run_and_answers_stay_the_same(arch):
+    """A max_batch of 256 starts with a 32-row cache; 70 sequences at once grow it to 128 rows, copying the running
+    ones over mid-answer; every answer equals the one-at-a-time answer."""
+    model = tiny(arch)
+    requests = mixed_requests(70, seed=3)
+    engine = Engine(model, {STOP}, max_batch=256, max_queue=256, max_prefill_tokens=4096)
+    assert engine.cache.lengths.shape[0] == CACHE_ROWS
+    arrivals: dict[int, list] = {}
+    for key, prompt, max_new in requests:  # 20 first, the rest while they decode
+        arrivals.setdefault(0 if key < 20 else 2 + key % 3, []).append((key, prompt, SamplingParams(max_new_tokens=max_new)))
+    batched = run_all(engine, arrivals)
+    assert engine.cache.lengths.shape[0] == 128
+    for key, prompt, max_new in requests:
+        [alone] = generate(model, [prompt], SamplingParams(max_new_tokens=max_new), {STOP})
+        assert batched[key].token_ids == alone.token_ids, key
 
 
 def test_seeded_sampling_in_a_batch_equals_alone():
