@@ -9,10 +9,10 @@
 A step is schedule → forward → sample → post-process, each a small method: the `Scheduler` says which
 running sequences decode (llmcore/scheduler.py), and they run in one batched forward over the cache;
 then it admits waiting ones into free slots (after the decode forward: a request that arrived during it
-is served in this step), whose prompts are prefilled (together, padded, when the model allows it; the cache
-grows in buckets of slots as more run at once); the
-`Sampler` chooses every row's token at once with its own parameters (llmcore/sampling.py);
-post-processing appends tokens, ends sequences and frees their slots.
+is served in this step), whose prompts are prefilled (together, padded, when the model allows it; the
+cache grows in buckets of slots as more run at once); the `Sampler` chooses every row's token at once
+with its own parameters (llmcore/sampling.py); post-processing appends tokens, ends sequences and frees
+their slots.
 
 Requests are checked when they are added (length, token ids), so a forward either serves the whole batch
 or fails because of a bug, and then `fail_all` ends what was in flight. Synchronous; `add` / `cancel`

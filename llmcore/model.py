@@ -108,7 +108,8 @@ def with_rows(cache: KVCache | LSTMState, rows: int) -> KVCache | LSTMState:
         shape = list(old.shape)
         shape[dim] = rows
         grown[name] = old.new_zeros(shape)
-        grown[name].narrow(dim, 0, min(rows, old.shape[dim])).copy_(old.narrow(dim, 0, min(rows, old.shape[dim])))
+        kept = min(rows, old.shape[dim])
+        grown[name].narrow(dim, 0, kept).copy_(old.narrow(dim, 0, kept))
     return type(cache)(**grown)
 
 
