@@ -83,8 +83,9 @@ class Encoder(Protocol):
     def encode_answers(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-# Questions whose vectors each encoder keeps: the same question is often matched again (a handoff: the operators' briefing,
-# the console's page of the exchange and the proposal from the answer; customers ask "怎么退货" in the same words), and e5 costs ~20 ms a question
+# Questions whose vectors each encoder keeps: the same question is often matched again (a handoff: the operators'
+# briefing, the console's page of the exchange and the proposal from the answer; customers ask "怎么退货" in the same
+# words), and e5 costs ~20 ms a question
 QUERY_CACHE = 1024
 
 
