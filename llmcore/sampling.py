@@ -299,13 +299,11 @@ def kept_candidates(x: Tensor, top_k: Tensor, top_p: Tensor):
     only_p = not bool((top_k < vocab).any())  # every row has a top-p and none a top-k (the usual request): fewer steps
     for width in (*CANDIDATES, vocab):
         width = min(width, vocab)
-        every = len(todo) == x.shape[0]  # no row decided yet: no copy of the rows
-        rows_x, rows_p = (x, top_p) if every else (x[todo], top_p[todo])
         if only_p:
-            values, order, done = _nucleus_among_best(rows_x, rows_p, width, total if every else total[todo])
+            values, order, done = _nucleus_among_best(_rows(x, todo), _rows(top_p, todo), width, _rows(total, todo))
         else:
-            values, order, done = _filter_among_best(rows_x, top_k if every else top_k[todo], rows_p, width,
-                                                     None if total is None else total if every else total[todo])
+            values, order, done = _filter_among_best(_rows(x, todo), _rows(top_k, todo), _rows(top_p, todo), width,
+                                                     _rows(total, todo))
         if bool(done.any()):
             yield todo[done], values[done], order[done]
         todo = todo[~done]
@@ -313,14 +311,26 @@ def kept_candidates(x: Tensor, top_k: Tensor, top_p: Tensor):
             return
 
 
+def _rows(t: Tensor | None, rows: Tensor) -> Tensor | None:
+    """t's `rows`; t itself (no copy) while they are all of its rows; None for None."""
+    return t if t is None or len(rows) == t.shape[0] else t[rows]
+
+
 def _nucleus_among_best(x: Tensor, top_p: Tensor, width: int, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """_filter_among_best for rows that all have a top-p and no top-k."""
     vocab = x.shape[-1]
     values, order = torch.topk(x, width, dim=-1) if width < vocab else torch.sort(x, dim=-1, descending=True)
-    probs = torch.exp(values - total[:, None])
+    values, reached = _nucleus(values, total, top_p)
+    return values, order, reached | (width == vocab)
+
+
+def _nucleus(values: Tensor, norm: Tensor, top_p: Tensor) -> tuple[Tensor, Tensor]:
+    """values (n, W), each row's best logits best first, and norm (n,) its log normaliser: -inf past each row's top-p
+    nucleus (a row with top_p 1 keeps them all), and whether the nucleus ends within these W."""
+    probs = torch.exp(values - norm[:, None])
     cumulative = probs.cumsum(-1)
-    values = values.masked_fill(cumulative - probs >= top_p[:, None], float("-inf"))
-    return values, order, (cumulative[:, -1] >= top_p) | (width == vocab)
+    values = values.masked_fill((cumulative - probs >= top_p[:, None]) & (top_p < 1.0)[:, None], float("-inf"))
+    return values, cumulative[:, -1] >= top_p
 
 
 def _filter_among_best(x: Tensor, top_k: Tensor, top_p: Tensor, width: int,
@@ -337,10 +347,8 @@ def _filter_among_best(x: Tensor, top_k: Tensor, top_p: Tensor, width: int,
     done = top_k <= width  # rows without top-p: decided by their k alone
     if total is not None:
         norm = torch.where(top_k <= width, torch.logsumexp(values, dim=-1), total)  # over the top-k, else the row
-        probs = torch.exp(values - norm[:, None])
-        cumulative = probs.cumsum(-1)
-        values = values.masked_fill((cumulative - probs >= top_p[:, None]) & (top_p < 1.0)[:, None], float("-inf"))
-        done = torch.where(top_p < 1.0, k_known & (cumulative[:, -1] >= top_p), done)
+        values, reached = _nucleus(values, norm, top_p)
+        done = torch.where(top_p < 1.0, k_known & reached, done)
     return values, order, done | (width == vocab)
 
 
