@@ -130,7 +130,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        self.dropout = cfg.dropout
+        # cfg.dropout acts on the residual branches only: dropout on the attention weights drew a random mask over
+        # every (B, H, T, T) score and kept SDPA off its fused kernel, a third of a CPU training step (1.5x the tokens/s
+        # without it, docs/benchmarks.md)
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, C = x.shape
@@ -143,7 +145,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._heads(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no dropout on attention weights: see __init__
         return self._merge(y)
 
     def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, where: CachePositions) -> Tensor:

@@ -108,6 +108,16 @@ def test_default_sizes_are_small_enough_for_cpu_minutes(arch):
     assert 1e6 < params < 6e6
 
 
+def test_dropout_acts_on_the_residual_branches_not_on_the_attention_weights():
+    """Training mode: attention alone is deterministic (dropout on its weights cost a third of a CPU training step),
+    while the block around it still drops out."""
+    torch.manual_seed(0)
+    block = build_model(default_config("transformer", 64)).blocks[0].train()
+    x = torch.randn(2, 40, block.ln_1.normalized_shape[0])
+    assert torch.equal(block.attn(x), block.attn(x))
+    assert not torch.equal(block(x), block(x))
+
+
 def test_device_auto_follows_cuda_availability():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu").type == "cpu"
