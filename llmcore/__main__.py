@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, help="sequences decoded together (default 32)")
     serve.add_argument("--max-queue", type=int, help="waiting requests before answering 503 (default 256)")
     serve.add_argument("--device", help="auto (cuda if present), cpu or cuda")
+    serve.add_argument("--threads", type=int, help="torch intra-op threads (default 0: the CPUs less one, at least 1)")
     serve.add_argument("--no-select", dest="select", action="store_const", const=False,
                        help="answer greedy requests greedily, not by the version's choice among candidates (LLMCORE_SELECT=0)")
 
@@ -245,6 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import torch
     from aiohttp import web
 
     from llmcore.model import resolve_device
@@ -258,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     registry = Registry(settings.models)
     if registry.current() is None:
         raise ValueError(f"no current version in {settings.models}: train one with `python -m llmcore train --promote`")
+    torch.set_num_threads(settings.torch_threads())
     worker = Worker(registry, resolve_device(settings.device), max_batch=settings.max_batch, max_queue=settings.max_queue,
                     max_prefill_tokens=settings.max_prefill_tokens)
     web.run_app(create_app(settings, worker), host=settings.host, port=settings.port, print=None)

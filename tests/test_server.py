@@ -1,6 +1,7 @@
 """The inference service over HTTP: OpenAI-compatible answers, streaming, limits, overload, admin, hot reload."""
 import asyncio
 import json
+import os
 
 import pytest
 import torch
@@ -373,3 +374,25 @@ async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event_the_b
             await llm.answer([{"role": "user", "content": FAQ_PAIRS[0][0]}], max_tokens=20, on_text=show)
     finally:
         await llm.close()
+
+
+def test_the_engine_leaves_one_cpu_to_the_server_unless_told(monkeypatch, tiny_models):
+    """`llmcore serve` sets torch's intra-op threads: the CPUs it may use less one (at least one), or --threads."""
+    from aiohttp import web
+
+    from llmcore.__main__ import main
+
+    for cpus, expected in ((1, 1), (2, 1), (8, 7)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert ServeSettings(_env_file=None).torch_threads() == expected
+    assert ServeSettings(_env_file=None, threads=3).torch_threads() == 3
+    monkeypatch.setenv("LLMCORE_THREADS", "2")
+    assert ServeSettings(_env_file=None).torch_threads() == 2
+
+    applied, before = [], torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", applied.append)
+    monkeypatch.setattr(web, "run_app", lambda *args, **kwargs: None)  # everything up to serving, then return
+    assert main(["serve", "--models", str(tiny_models), "--threads", "5"]) == 0
+    monkeypatch.delenv("LLMCORE_THREADS")
+    assert main(["serve", "--models", str(tiny_models)]) == 0
+    assert applied == [5, 7] and torch.get_num_threads() == before
