@@ -35,8 +35,8 @@ class ServeSettings(BaseSettings):
 
     def torch_threads(self) -> int:
         """Intra-op threads for the engine. A decode step is ~30 small operations: on 2 vCPU a second thread waits at
-        every operation's barrier and takes the core the event loop needs (one thread: 2x the tokens/s at one client,
-        +8 % at 32, docs/benchmarks.md), so by default one CPU is left to the server around the model."""
+        every operation's barrier and takes the core the event loop needs (one thread: 1.9x the tokens/s at one client,
+        +16 % at 32, docs/benchmarks.md), so by default one CPU is left to the server around the model."""
         if self.threads:
             return self.threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
