@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, help="sequences decoded together (default 32)")
     serve.add_argument("--max-queue", type=int, help="waiting requests before answering 503 (default 256)")
     serve.add_argument("--device", help="auto (cuda if present), cpu or cuda")
-    serve.add_argument("--threads", type=int, help="torch intra-op threads (default 0: the CPUs less one, at least 1)")
+    serve.add_argument("--threads", type=int, help="torch threads of decode steps (default 0: the CPUs less one, at least 1)")
+    serve.add_argument("--prefill-threads", type=int, help="torch threads while prompts are prefilled (default 0: the CPUs)")
     serve.add_argument("--no-select", dest="select", action="store_const", const=False,
                        help="answer greedy requests greedily, not by the version's choice among candidates (LLMCORE_SELECT=0)")
 
@@ -260,9 +261,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     registry = Registry(settings.models)
     if registry.current() is None:
         raise ValueError(f"no current version in {settings.models}: train one with `python -m llmcore train --promote`")
-    torch.set_num_threads(settings.torch_threads())
+    decode_threads, prefill_threads = settings.torch_threads()
+    torch.set_num_threads(decode_threads)
     worker = Worker(registry, resolve_device(settings.device), max_batch=settings.max_batch, max_queue=settings.max_queue,
-                    max_prefill_tokens=settings.max_prefill_tokens)
+                    max_prefill_tokens=settings.max_prefill_tokens, prefill_threads=prefill_threads)
     web.run_app(create_app(settings, worker), host=settings.host, port=settings.port, print=None)
 
 

@@ -64,10 +64,12 @@ class Submission:
 
 class Worker:
     def __init__(self, registry: Registry, device: torch.device, max_batch: int = 32, max_queue: int = 256,
-                 max_prefill_tokens: int = 512, metrics: ServerMetrics | None = None) -> None:
+                 max_prefill_tokens: int = 512, metrics: ServerMetrics | None = None,
+                 prefill_threads: int | None = None) -> None:
         self.registry = registry
         self.device = device
-        self.engine_options = {"max_batch": max_batch, "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens}
+        self.engine_options = {"max_batch": max_batch, "max_queue": max_queue, "max_prefill_tokens": max_prefill_tokens,
+                               "prefill_threads": prefill_threads}
         self.metrics = metrics or ServerMetrics()
         self.energy = EnergyMeter.for_device(device)
         self.metrics.energy_source("nvml" if device.type == "cuda" else "rapl", self.energy.unavailable)

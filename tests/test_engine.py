@@ -48,6 +48,39 @@ def test_greedy_in_a_batch_of_32_equals_alone(arch):
         assert batched[key].logprobs == pytest.approx(alone.logprobs, abs=5e-3)  # oneDNN's LSTM varies with batch size
 
 
+def test_prompts_are_prefilled_with_their_own_threads_and_decoding_keeps_the_processs(monkeypatch):
+    """prefill_threads: each prefill forward runs with that many torch threads, each decode forward with the
+    process's own, which are put back after every step (also when a prefill fails); answers do not change."""
+    model = tiny("transformer")
+    seen: list[tuple[str, int]] = []
+    step = model.step
+
+    def counted(idx, cache, *args, **kwargs):
+        seen.append(("prefill" if kwargs.get("rows") is not None else "decode", torch.get_num_threads()))
+        return step(idx, cache, *args, **kwargs)
+
+    monkeypatch.setattr(model, "step", counted)
+    before = torch.get_num_threads()
+    requests = mixed_requests(6)
+    arrivals = {key: [(key, prompt, SamplingParams(max_new_tokens=max_new))] for key, prompt, max_new in requests}
+    threaded = run_all(Engine(model, {STOP}, max_batch=8, prefill_threads=before + 1), arrivals)
+    assert {kind for kind, _ in seen} == {"prefill", "decode"}
+    assert all(n == (before + 1 if kind == "prefill" else before) for kind, n in seen)
+    assert torch.get_num_threads() == before
+    plain = run_all(Engine(model, {STOP}, max_batch=8), arrivals)
+    assert {k: o.token_ids for k, o in threaded.items()} == {k: o.token_ids for k, o in plain.items()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("prefill broke")
+
+    engine = Engine(model, {STOP}, max_batch=8, prefill_threads=before + 1)
+    monkeypatch.setattr(engine, "_prefill", broken)
+    engine.add([5, 6, 7], SamplingParams(max_new_tokens=3))
+    with pytest.raises(RuntimeError, match="prefill broke"):
+        engine.step()
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_cache_grows_in_buckets_as_more_run_and_answers_stay_the_same(arch):
     """A max_batch of 256 starts with a 32-row cache; 70 sequences at once grow it to 128 rows, copying the running

@@ -376,23 +376,28 @@ async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event_the_b
         await llm.close()
 
 
-def test_the_engine_leaves_one_cpu_to_the_server_unless_told(monkeypatch, tiny_models):
-    """`llmcore serve` sets torch's intra-op threads: the CPUs it may use less one (at least one), or --threads."""
+def test_the_engine_decodes_with_one_cpu_less_and_prefills_with_all_unless_told(monkeypatch, tiny_models):
+    """`llmcore serve` sets torch's threads: decode steps use the CPUs it may use less one (at least one), prefills all
+    of them; LLMCORE_THREADS / LLMCORE_PREFILL_THREADS and the flags override both."""
     from aiohttp import web
 
     from llmcore.__main__ import main
+    from llmcore.server import WORKER
 
-    for cpus, expected in ((1, 1), (2, 1), (8, 7)):
+    for cpus, expected in ((1, (1, 1)), (2, (1, 2)), (8, (7, 8))):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
         assert ServeSettings(_env_file=None).torch_threads() == expected
-    assert ServeSettings(_env_file=None, threads=3).torch_threads() == 3
+    assert ServeSettings(_env_file=None, threads=3, prefill_threads=5).torch_threads() == (3, 5)
     monkeypatch.setenv("LLMCORE_THREADS", "2")
-    assert ServeSettings(_env_file=None).torch_threads() == 2
+    monkeypatch.setenv("LLMCORE_PREFILL_THREADS", "4")
+    assert ServeSettings(_env_file=None).torch_threads() == (2, 4)
 
-    applied, before = [], torch.get_num_threads()
+    applied, apps, before = [], [], torch.get_num_threads()
     monkeypatch.setattr(torch, "set_num_threads", applied.append)
-    monkeypatch.setattr(web, "run_app", lambda *args, **kwargs: None)  # everything up to serving, then return
-    assert main(["serve", "--models", str(tiny_models), "--threads", "5"]) == 0
+    monkeypatch.setattr(web, "run_app", lambda app, **kwargs: apps.append(app))  # everything up to serving
+    assert main(["serve", "--models", str(tiny_models), "--threads", "5", "--prefill-threads", "6"]) == 0
     monkeypatch.delenv("LLMCORE_THREADS")
+    monkeypatch.delenv("LLMCORE_PREFILL_THREADS")
     assert main(["serve", "--models", str(tiny_models)]) == 0
     assert applied == [5, 7] and torch.get_num_threads() == before
+    assert [app[WORKER].engine_options["prefill_threads"] for app in apps] == [6, 8]
