@@ -39,7 +39,7 @@ class ServeSettings(BaseSettings):
         """Intra-op threads for the engine's decode steps and for its prefills. A decode step is ~30 small operations:
         on 2 vCPU a second thread waits at every operation's barrier and takes the core the event loop needs, so by
         default decoding leaves one CPU to the server around the model; a prefill is large matrix products, which
-        every CPU speeds up (both: 2.3x the tokens/s at one client, 1.55x at 32, docs/benchmarks.md)."""
+        every CPU speeds up (both: 2.1x the tokens/s at one client, 1.5x at 32, docs/benchmarks.md)."""
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return self.threads or max(1, cpus - 1), self.prefill_threads or cpus
 
