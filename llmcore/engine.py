@@ -49,7 +49,7 @@ class StepEvent:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
+def intra_op_threads(n: int | None) -> Iterator[None]:
     """Torch's intra-op threads set to `n` for the block, then put back (None: unchanged). Setting them costs ~0.1 µs."""
     before = torch.get_num_threads()
     if n is None or n == before:
@@ -128,7 +128,7 @@ class Engine:
         for seq in prefill:
             self.cache.reset(seq.slot)
             self.sampler.assign(seq.slot, seq.params, seq.key)
-        with torch_threads(self.prefill_threads if prefill else None):
+        with intra_op_threads(self.prefill_threads if prefill else None):
             logits += self._prefill(prefill)
         batch = decode + prefill
         self.last_step_tokens = 0
