@@ -47,12 +47,13 @@ sys.path.insert(0, str(REPO))
 from bench.quality import SHARED_DATA, split_file, train_version  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 from llmcore.chats import read_conversations  # noqa: E402
-from llmcore.engine import Engine  # noqa: E402
+from llmcore.engine import Engine, intra_op_threads  # noqa: E402
 from llmcore.evaluate import assistant_turns  # noqa: E402
 from llmcore.model import ModelConfig, build_model, default_config  # noqa: E402
 from llmcore.prompting import build_prompt  # noqa: E402
 from llmcore.registry import Registry, save_checkpoint  # noqa: E402
 from llmcore.sampling import SamplingParams  # noqa: E402
+from llmcore.settings import ServeSettings  # noqa: E402
 from llmcore.tokenizer import SPECIAL_TOKENS, Tokenizer  # noqa: E402
 
 FIRST_CHAR = 0x4E00  # prompts are CJK characters, one token each
@@ -337,30 +338,34 @@ def microbench(steps: int = 60, vocab: int = 2048) -> dict:
     vocabulary is the size of the character tokenizer's on the shared dialogues (~1,800); the final norm's gain
     is raised so that next-token distributions are as peaked as a trained model's (at temperature 0.8 a 0.9
     nucleus of median ~9 tokens, a quarter of rows over 64; the production model: median 13, 23 % over 64),
-    since the sampler's work depends on it and random weights give near-uniform ones."""
+    since the sampler's work depends on it and random weights give near-uniform ones. Threads as `llmcore serve`
+    uses them (ServeSettings.torch_threads: on 2 vCPU one for decode steps, two for prefills)."""
+    decode_threads, prefill_threads = ServeSettings().torch_threads()
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="transformer", vocab_size=vocab, n_layer=1, n_embd=64, n_head=1, block_size=512))
     with torch.no_grad():
         model.ln_f.weight.mul_(14.0)
     out = {}
-    for batch in MICRO_BATCHES:
-        engine = Engine(model, stop_ids=[], max_batch=batch, max_queue=batch)
-        for i in range(batch):
-            sampled = i % SAMPLED_SHARE == SAMPLED_SHARE - 1
-            params = (SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_new_tokens=400) if sampled
-                      else SamplingParams(repetition_penalty=1.2, max_new_tokens=400))
-            engine.add([5 + i % 50] * 16, params, ignore_stop=True)
-        engine.step()  # prefill
-        for _ in range(3):
-            engine.step()
-        windows = []  # the median of short windows: a shared machine's interruptions land in a few of them
-        for _ in range(steps // MICRO_WINDOW):
-            started = time.perf_counter()
-            for _ in range(MICRO_WINDOW):
+    with intra_op_threads(decode_threads):  # as the server decodes
+        for batch in MICRO_BATCHES:
+            engine = Engine(model, stop_ids=[], max_batch=batch, max_queue=batch, prefill_threads=prefill_threads)
+            for i in range(batch):
+                sampled = i % SAMPLED_SHARE == SAMPLED_SHARE - 1
+                params = (SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_new_tokens=400) if sampled
+                          else SamplingParams(repetition_penalty=1.2, max_new_tokens=400))
+                engine.add([5 + i % 50] * 16, params, ignore_stop=True)
+            engine.step()  # prefill
+            for _ in range(3):
                 engine.step()
-            windows.append((time.perf_counter() - started) / MICRO_WINDOW * 1e6)
-        out[f"batch_{batch}_us_per_step"] = round(statistics.median(windows), 1)
-        out[f"batch_{batch}_us_per_step_min"] = round(min(windows), 1)
+            windows = []  # the median of short windows: a shared machine's interruptions land in a few of them
+            for _ in range(steps // MICRO_WINDOW):
+                started = time.perf_counter()
+                for _ in range(MICRO_WINDOW):
+                    engine.step()
+                windows.append((time.perf_counter() - started) / MICRO_WINDOW * 1e6)
+            out[f"batch_{batch}_us_per_step"] = round(statistics.median(windows), 1)
+            out[f"batch_{batch}_us_per_step_min"] = round(min(windows), 1)
+    out["threads"] = {"decode": decode_threads, "prefill": prefill_threads}
     return out
 
 
