@@ -26,6 +26,7 @@ from telegram.request import BaseRequest
 from bot import admin, handlers
 from bot.context import CONTEXT_TYPES
 from bot.errors import on_error, tell_unavailable
+from bot.intake import storable
 from bot.metrics import BotMetrics
 from bot.outbound import AnswersFirst
 from bot.services import Services
@@ -198,22 +199,22 @@ async def _poll(application: Application) -> None:
             continue
         delay = POLL_RETRY_S[0]
         for update in updates:
-            if not await receive(application, update, json.dumps(update.to_dict(), ensure_ascii=False)):
+            if not await receive(application, update, update.to_dict()):
                 await asyncio.sleep(delay)  # Redis is away: ask Telegram again for the same updates later
                 delay = min(delay * 2, POLL_RETRY_S[1])
                 break
             offset = update.update_id + 1
 
 
-async def receive(application: Application, update: Update, payload: str) -> bool:
-    """Store one update in the stream; True once it is there (or was before). If Redis is away, False, and the sender
-    of a private message is told once that the service is temporarily unavailable (the update is kept by
-    Telegram and answered when Redis is back)."""
+async def receive(application: Application, update: Update, data: dict) -> bool:
+    """Store one update (`data`, its JSON data, made valid Unicode: bot.intake.storable) in the stream; True once it is
+    there (or was before). If Redis is away, False, and the sender of a private message is told once that the service
+    is temporarily unavailable (the update is kept by Telegram and answered when Redis is back)."""
     kefu = application.bot_data.services
     try:
         if kefu is None:
             raise RedisError("the bot is still starting")
-        stored = await kefu.intake.add(update.update_id, payload)
+        stored = await kefu.intake.add(update.update_id, json.dumps(storable(data), ensure_ascii=False))
         kefu.metrics.updates.labels("received" if stored else "duplicate").inc()
         return True
     except RedisError as exc:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
@@ -46,6 +47,7 @@ READ_BLOCK_MS = 1000  # below the pool's socket timeout
 CLAIM_IDLE_MS = 30_000  # an entry nobody touched this long belongs to a dead consumer
 HEARTBEAT_S = 5.0
 RETRY_S = (0.2, 5.0)  # back-off while Redis is away: first, last
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # KEYS: the duplicate key, the stream. ARGV: the update's JSON, the key's TTL. 1: stored, 0: seen before.
 _ADD = """
@@ -56,6 +58,19 @@ return 1
 """
 
 Handle = Callable[[dict], Awaitable[None]]
+
+
+def storable(value):
+    """`value` (an update's JSON data) with every string valid Unicode: JSON may spell a lone surrogate ("\\ud800"), which
+    UTF-8 — Redis, the FAQ encoders — cannot hold, so one such message stopped the whole intake. A lone surrogate
+    becomes U+FFFD; a pair spelled as two escapes becomes its one character."""
+    if isinstance(value, str):
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 class UpdateStream:

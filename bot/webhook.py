@@ -61,7 +61,7 @@ async def receive_update(request: web.Request) -> web.Response:
         logger.warning("webhook: skipped update %s that PTB cannot read: %s", data.get("update_id"), exc)
         _count(application, "unreadable")
         return web.json_response({"ok": True, "skipped": True})
-    if not await receive(application, update, json.dumps(data, ensure_ascii=False)):
+    if not await receive(application, update, data):
         return _error(503, "temporarily unavailable")
     return web.json_response({"ok": True})
 

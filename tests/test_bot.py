@@ -132,6 +132,23 @@ async def test_webhook_refuses_strangers_and_survives_garbage(telegram, redis_ur
         assert [p["text"] for m, p in telegram.calls if m == "sendMessage"] == [IN_FAQ[0][1]]  # and answered nothing else
 
 
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
+async def test_a_lone_surrogate_is_answered_and_the_bot_goes_on(mode, telegram, redis_url, llmcore_url, prefix, seeded):
+    # JSON may spell a lone surrogate ("\\ud800"), UTF-8 cannot hold it: one such message stopped the intake for good
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, mode)
+    async with running_bot(settings, telegram):
+        mark = len(telegram.calls)
+        update = {"update_id": 4242, **text_update("\ud800" + IN_FAQ[0][0])}
+        if mode == "webhook":
+            assert await telegram.post_raw(json.dumps(update).encode(), secret=SECRET) == 200
+        else:
+            await telegram.push(update)
+        _, params = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
+        assert params["text"] == IN_FAQ[0][1]  # the broken character is U+FFFD: the question is still the FAQ's
+        reply = await ask(telegram, IN_FAQ[1][0])  # and the bot goes on
+        assert reply["text"] == IN_FAQ[1][1]
+
+
 async def test_every_real_update_goes_through_the_webhook(telegram, redis_url, llmcore_url, prefix, redis, seeded, caplog):
     settings = settings_for(telegram, redis_url, llmcore_url, prefix, "webhook", rate_limit_per_minute=1000)
     lines = shared_file("telegram_updates.jsonl").read_text(encoding="utf-8").splitlines()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bot import intake
-from bot.intake import UpdateStream
+from bot.intake import UpdateStream, storable
 
 
 def payload(update_id: int, chat: int = 1) -> str:
@@ -23,6 +23,14 @@ async def consume_until(stream: UpdateStream, handled: list, count: int, block: 
             stop.set()
 
     await asyncio.wait_for(stream.consume(handle, stop), 10)
+
+
+def test_what_is_stored_is_valid_unicode():
+    # JSON may spell a lone surrogate, which UTF-8 (Redis) cannot hold; a pair spelled as two escapes is one character
+    data = json.loads('{"update_id": 1, "message": {"text": "\\ud800问", "entities": [{"x": "\\ud83d\\ude00"}], "\\udfff": 2}}')
+    assert storable(data) == {"update_id": 1, "message": {"text": "\ufffd问", "entities": [{"x": "😀"}], "\ufffd": 2}}
+    assert storable({"text": "正常 text", "n": None, "ok": True}) == {"text": "正常 text", "n": None, "ok": True}
+    json.dumps(storable(data), ensure_ascii=False).encode()  # what Redis is given: no UnicodeEncodeError
 
 
 async def test_a_redelivery_is_dropped_when_it_arrives(redis, prefix):
