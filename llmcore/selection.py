@@ -2,14 +2,17 @@
 
     selection = Selection(samples=0, retrieved=24, greedy_weight=3)  # the version's setting (select.json beside the weights)
     params = selection.candidate_params(greedy_params)    # the greedy request, then `samples` seeded draws
-    choice = selection.choose(generated, hits)            # generated: [(text, confidence)], hits: retrieved answers
+    choice = selection.choose(generated, hits, vouched)   # generated: [(text, confidence)], hits: retrieved answers,
+                                                          # vouched: the request's own evidence (FAQ answers)
     choice.text, choice.confidence, choice.source, choice.consensus
 
 A small model's greedy answer is one guess; the stored answers nearest the question (and sampled answers, for a
 version that asks for them) are others. The candidate that agrees most with all the others (the highest mean
 char-F1 to them: char-F1 is what answers are judged by) is the one expected to score best: a stray invention
 that nothing else supports loses to the formula the near stored answers share. The greedy answer is the only
-candidate that read this conversation, so its vote counts `greedy_weight` times a stored answer's. Measured in
+candidate that read this conversation, so its vote counts `greedy_weight` times a stored answer's; so does each piece
+of evidence the request brings (the bot sends the FAQ answers that matched the question by meaning, which the
+version's word search may miss: on the demo paraphrases 80 -> ~100 of 165 right, docs/benchmarks.md). Measured in
 docs/benchmarks.md (greedy + 8 retrieved: +0.19 to +0.26 char-F1 on under-trained models; on a model of the default
 recipe, greedy x 3 + 24 retrieved +0.023 where greedy + 8 gave -0.003; samples did not help).
 
@@ -44,9 +47,9 @@ MAX_GREEDY_WEIGHT = 16.0
 @dataclass(frozen=True)
 class Choice:
     text: str
-    confidence: float | None  # mean log-probability of the chosen answer (a retrieved one: the greedy answer's)
-    source: str  # "greedy" | "sample" | "retrieved"
-    index: int  # among generated (greedy first, then the draws), or among the retrieved hits
+    confidence: float | None  # mean log-probability of the chosen answer (a stored one: the greedy answer's)
+    source: str  # "greedy" | "sample" | "evidence" (the request's own) | "retrieved"
+    index: int  # among generated (greedy first, then the draws), the request's evidence, or the retrieved hits
     consensus: float  # its mean char-F1 to the other candidates
 
 
@@ -75,14 +78,21 @@ class Selection:
         """The stored answers that join the candidates: the version's index searched as for its evidence."""
         return index.search(messages, self.retrieved) if index is not None and self.retrieved else []
 
-    def choose(self, generated: Sequence[tuple[str, float | None]], hits: Sequence[Hit]) -> Choice:
-        """The candidate with the highest weighted mean char-F1 to the others; ties go to the earlier one (greedy first)."""
-        texts = [text for text, _ in generated] + [h.response for h in hits[: self.retrieved]]
-        best, consensus = mbr_choice(texts, [self.greedy_weight] + [1.0] * (len(texts) - 1))
+    def choose(self, generated: Sequence[tuple[str, float | None]], hits: Sequence[Hit],
+               vouched: Sequence[str] = ()) -> Choice:
+        """The candidate with the highest weighted mean char-F1 to the others; ties go to the earlier one (greedy first).
+        `vouched`: answers the request brought as its own evidence (the bot's FAQ answers for this question): they join
+        the candidates with the greedy answer's vote, the caller's word counting as much as the model's."""
+        stored = [h.response for h in hits[: self.retrieved]]
+        texts = [text for text, _ in generated] + list(vouched) + stored
+        weights = [self.greedy_weight] + [1.0] * (len(generated) - 1) + [self.greedy_weight] * len(vouched) + [1.0] * len(stored)
+        best, consensus = mbr_choice(texts, weights)
         greedy_confidence = generated[0][1]
         if best < len(generated):
             return Choice(texts[best], generated[best][1], "greedy" if best == 0 else "sample", best, consensus)
-        return Choice(texts[best], greedy_confidence, "retrieved", best - len(generated), consensus)
+        if best < len(generated) + len(vouched):
+            return Choice(texts[best], greedy_confidence, "evidence", best - len(generated), consensus)
+        return Choice(texts[best], greedy_confidence, "retrieved", best - len(generated) - len(vouched), consensus)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -202,7 +202,8 @@ async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Subm
     done = [s for s in submissions if s.seq.output.finish_reason != "error"]
     outputs = [s.seq.output for s in done]
     choice = loaded.selection.choose(
-        [(loaded.tokenizer.decode(o.token_ids), o.confidence if o.token_ids else None) for o in outputs], retrieved)
+        [(loaded.tokenizer.decode(o.token_ids), o.confidence if o.token_ids else None) for o in outputs], retrieved,
+        req.evidence)
     chosen = outputs[choice.index] if choice.source != "retrieved" else None
     finish = chosen.finish_reason if chosen else "stop"
     tokens = len(chosen.token_ids) if chosen else len(loaded.tokenizer.encode(choice.text))

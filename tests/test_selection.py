@@ -48,6 +48,19 @@ def test_the_greedy_answers_vote_weighs_more_than_a_stored_answers():
     assert Selection(retrieved=4, greedy_weight=3.0).choose([(greedy, -0.3)], hits).text == stored[2]
 
 
+def test_the_requests_own_evidence_is_a_candidate_voting_like_the_greedy_answer():
+    """The bot sends the FAQ answers that matched the question by meaning; the version's word search found a shipping
+    formula. With the FAQ answer voting like the greedy answer, the answer about returns wins, reported as evidence."""
+    greedy = "退货请在七天内到订单页申请，谢谢。"
+    faq = "七天内可以在订单页申请退货。"
+    hits = [Hit(text, 0.5, "q") for text in ("满99元包邮。", "订单满99元包邮。", "您好，请问有什么可以帮您？")]
+    selection = Selection(retrieved=3, greedy_weight=3.0)
+    assert selection.choose([(greedy, -0.5)], hits).text == "订单满99元包邮。"
+    choice = selection.choose([(greedy, -0.5)], hits, [faq])
+    assert (choice.text, choice.source, choice.index, choice.confidence) == (faq, "evidence", 0, -0.5)
+    assert Selection(retrieved=3, greedy_weight=1.0).choose([(greedy, -0.5)], hits, [faq]).source == "retrieved"  # its vote is the greedy's
+
+
 def test_mbr_ties_go_to_the_first_candidate_and_one_candidate_is_itself():
     assert mbr_choice(["甲", "乙", "丙"])[0] == 0
     assert mbr_choice(["好的"]) == (0, 1.0)
@@ -148,7 +161,7 @@ async def test_the_served_answer_is_the_one_evaluation_measures(client, choosing
         assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.answer}
         assert body["choices"][0]["finish_reason"] in ("stop", "length")
         kefu = body["kefu"]
-        assert kefu["chosen"]["source"] in ("greedy", "sample", "retrieved")
+        assert kefu["chosen"]["source"] in ("greedy", "sample", "retrieved")  # no evidence of the request's own
         assert kefu["confidence"] == pytest.approx(expected.confidence, abs=1e-4)  # the engine batches; evaluation too
 
 
@@ -159,6 +172,16 @@ async def test_a_chosen_answer_is_deterministic_and_streams_the_same_text(client
     events = [json.loads(line[6:]) for line in (await response.text()).splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == bodies[0]["choices"][0]["message"]["content"]
     assert events[-1]["choices"][0]["finish_reason"] and events[-1]["kefu"]["chosen"] == bodies[0]["kefu"]["chosen"]
+
+
+async def test_evidence_the_request_brings_is_among_the_candidates(client):
+    """A question the tiny model does not know: its greedy answer and draws disagree, and a text the request brings four
+    times (four votes of the greedy answer's weight) is the answer chosen, from the evidence; without it, as before."""
+    vouched = "本店支持七天无理由退货，请在订单页提交申请。"
+    body = await (await client.post("/v1/chat/completions", json=ask("周末几点关门？", evidence=[vouched] * 4))).json()
+    assert body["choices"][0]["message"]["content"] == vouched and body["kefu"]["chosen"]["source"] == "evidence"
+    body = await (await client.post("/v1/chat/completions", json=ask("周末几点关门？"))).json()
+    assert body["choices"][0]["message"]["content"] != vouched and body["kefu"]["chosen"]["source"] != "evidence"
 
 
 async def test_sampled_and_logprob_requests_are_answered_as_before(client):
