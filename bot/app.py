@@ -15,13 +15,16 @@ import contextlib
 import json
 import logging
 import signal
+import warnings
 from collections.abc import AsyncIterator, Awaitable
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 from telegram import Update
-from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import EndPointNotFound, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
 from telegram.request import BaseRequest
+from telegram.warnings import PTBUserWarning
 
 from bot import admin, handlers
 from bot.context import CONTEXT_TYPES
@@ -197,13 +200,53 @@ async def _poll(application: Application) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_RETRY_S[1])
             continue
+        except Exception as exc:  # PTB could not read an update: each on its own, the unreadable ones skipped
+            logger.warning("getUpdates returned an update PTB cannot read (%s: %s); reading them one by one",
+                           type(exc).__name__, exc)
+            updates = await _readable_updates(application, offset)
         delay = POLL_RETRY_S[0]
         for update in updates:
-            if not await receive(application, update, update.to_dict()):
+            if not isinstance(update, _Skipped) and not await receive(application, update, update.to_dict()):
                 await asyncio.sleep(delay)  # Redis is away: ask Telegram again for the same updates later
                 delay = min(delay * 2, POLL_RETRY_S[1])
                 break
             offset = update.update_id + 1
+
+
+async def _readable_updates(application: Application, offset: int | None) -> list:
+    """The same batch of getUpdates as raw data, each update read on its own: an update PTB cannot read (fields
+    missing, nested deeper than it can follow) becomes a `_Skipped(update_id)`, counted and logged, so that the offset
+    moves past it instead of stopping the intake on it for good (Telegram would send it again on every poll)."""
+    with warnings.catch_warnings():  # "use Bot.get_updates": that is what could not read them
+        warnings.simplefilter("ignore", PTBUserWarning)
+        try:
+            raw = await application.bot.do_api_request("get_updates", api_kwargs={
+                "offset": offset, "timeout": 0, "allowed_updates": list(Update.ALL_TYPES)})
+        except EndPointNotFound as exc:  # getUpdates exists: this is how an initialized bot hears its token is refused
+            raise InvalidToken(str(exc)) from exc
+    batch: list = []
+    for item in raw if isinstance(raw, list) else []:
+        update_id = item.get("update_id") if isinstance(item, dict) else None
+        if not isinstance(update_id, int):
+            continue
+        try:
+            batch.append(Update.de_json(item, application.bot))
+        except Exception as exc:
+            logger.warning("skipped update %s that PTB cannot read: %s: %s", update_id, type(exc).__name__, exc)
+            count_update(application, "unreadable")
+            batch.append(_Skipped(update_id))
+    return batch
+
+
+class _Skipped(NamedTuple):
+    update_id: int
+
+
+def count_update(application: Application, outcome: str) -> None:
+    """One update received, by outcome (kefu_bot_updates): received, duplicate, unreadable."""
+    kefu = application.bot_data.services
+    if kefu is not None:
+        kefu.metrics.updates.labels(outcome).inc()
 
 
 async def receive(application: Application, update: Update, data: dict) -> bool:
@@ -212,9 +255,15 @@ async def receive(application: Application, update: Update, data: dict) -> bool:
     is temporarily unavailable (the update is kept by Telegram and answered when Redis is back)."""
     kefu = application.bot_data.services
     try:
+        payload = json.dumps(storable(data), ensure_ascii=False)
+    except (RecursionError, ValueError) as exc:  # nested deeper than any update Telegram sends: nothing to answer
+        logger.warning("skipped update %s that cannot be stored: %s: %s", update.update_id, type(exc).__name__, exc)
+        count_update(application, "unreadable")
+        return True
+    try:
         if kefu is None:
             raise RedisError("the bot is still starting")
-        stored = await kefu.intake.add(update.update_id, json.dumps(storable(data), ensure_ascii=False))
+        stored = await kefu.intake.add(update.update_id, payload)
         kefu.metrics.updates.labels("received" if stored else "duplicate").inc()
         return True
     except RedisError as exc:

@@ -27,6 +27,12 @@ from bot.pii import scrub
 RATINGS = ("up", "down")
 SOURCES = ("faq", "smalltalk", "model", "fallback", "operator")
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+MAX_ID_PART = 2**64 - 1  # a stream id's two numbers are unsigned 64-bit: Redis refuses a larger one with an error
+
+
+def is_entry_id(text: str) -> bool:
+    """A stream entry id Redis accepts (a forged button's larger number would raise, not miss)."""
+    return bool(ENTRY_ID.fullmatch(text)) and all(int(part) <= MAX_ID_PART for part in text.split("-"))
 LATEST_LOOKBACK = 20  # a user's latest exchanges searched for one in a given chat
 
 
@@ -61,7 +67,7 @@ class ExchangeLog:
         return entry_id
 
     async def get(self, entry_id: str) -> dict[str, str] | None:
-        if not ENTRY_ID.fullmatch(entry_id):
+        if not is_entry_id(entry_id):
             return None
         found = await self.redis.xrange(self.stream, entry_id, entry_id)
         return found[0][1] if found else None

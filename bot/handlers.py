@@ -195,7 +195,8 @@ async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | 
             if reply.entry_id:
                 await kefu.log.link_message(sent.chat_id, sent.message_id, reply.entry_id)
             if reply.suggestions and message.text:
-                await kefu.paraphrases.offered(sent.chat_id, sent.message_id, message.text, [m.entry.id for m in reply.suggestions])
+                await kefu.paraphrases.offered(sent.chat_id, sent.message_id, message.text, [m.entry.id for m in reply.suggestions],
+                                              message.from_user.id if message.from_user else None)
         except RedisError as exc:
             logger.warning("no /why link or offer for message %s: %s", sent.message_id, exc)
 

@@ -57,11 +57,11 @@ class Paraphrases:
         self.lacks_below = lacks_below  # FAQ_SUGGEST: a question whose best match scores less is one the FAQ lacks
         self.pending_key = f"{prefix}faq:pending"
 
-    async def offered(self, chat_id: int, message_id: int, question: str, entry_ids: list[str]) -> None:
-        """The bot put these entries' buttons under message `message_id`, its answer to `question`."""
+    async def offered(self, chat_id: int, message_id: int, question: str, entry_ids: list[str], user_id: int | None = None) -> None:
+        """The bot put these entries' buttons under message `message_id`, its answer to `question` (asked by `user_id`)."""
         if entry_ids:  # scrubbed like everything kept: a wording with personal data in it is never proposed
-            await self.redis.set(self._offer_key(chat_id, message_id), json.dumps({"question": scrub(question), "entries": entry_ids},
-                                                                                     ensure_ascii=False), ex=OFFER_TTL_S)
+            offer = {"question": scrub(question), "entries": entry_ids, "user": user_id}
+            await self.redis.set(self._offer_key(chat_id, message_id), json.dumps(offer, ensure_ascii=False), ex=OFFER_TTL_S)
 
     async def tapped(self, chat_id: int, message_id: int, entry_id: str, user_id: int) -> Proposal | None:
         """A customer tapped `entry_id` under that message: their question proposed as a wording of the entry (None if
@@ -127,7 +127,16 @@ class Paraphrases:
         return await self._take(key)
 
     async def forget_user(self, user_id: int) -> None:
-        """A customer's /forget: their vote leaves every proposal, and a proposal no one else made goes with it."""
+        """A customer's /forget: their vote leaves every proposal, and a proposal no one else made goes with it; the
+        questions kept under buttons offered to them (their private chat's, and theirs in groups) and their daily count
+        of proposals go too."""
+        async for key in self.redis.scan_iter(match=f"{self.prefix}offer:*", count=500):
+            chat = str(key).removeprefix(f"{self.prefix}offer:").split(":")[0]
+            raw = None if chat == str(user_id) else await self.redis.get(key)
+            if chat == str(user_id) or (raw and json.loads(raw).get("user") == user_id):
+                await self.redis.delete(key)
+        async for key in self.redis.scan_iter(match=f"{self.prefix}faq:proposed:{user_id}:*", count=500):
+            await self.redis.delete(key)
         for key in await self.redis.hkeys(self.pending_key):
             users_key = f"{self.prefix}faq:pending:{key}:users"
             async with self.redis.pipeline(transaction=True) as pipe:

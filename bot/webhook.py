@@ -18,7 +18,7 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
-from bot.app import receive
+from bot.app import count_update, receive
 from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ async def receive_update(request: web.Request) -> web.Response:
     """POST from Telegram: secret, size, JSON, Update; then into PTB's queue."""
     application, settings = request.app[APPLICATION], request.app[SETTINGS]
     expected = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else b""
-    if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), expected):
+    # a header's bytes that are not UTF-8 come as surrogates: compared as the bytes they were, not a 500
+    if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape"), expected):
         logger.warning("webhook: wrong or missing secret from %s", request.remote)
         return _error(403, "forbidden")
     if request.content_length is not None and request.content_length > MAX_UPDATE_BYTES:
@@ -51,7 +52,7 @@ async def receive_update(request: web.Request) -> web.Response:
         data = json.loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "update too large")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, an integer of thousands of digits, nested past reading
         return _error(400, "body is not JSON")
     if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
         return _error(400, "not a Telegram Update")
@@ -59,7 +60,7 @@ async def receive_update(request: web.Request) -> web.Response:
         update = Update.de_json(data, application.bot)
     except Exception as exc:  # an old or odd format PTB cannot read: acknowledge it, or Telegram redelivers forever
         logger.warning("webhook: skipped update %s that PTB cannot read: %s", data.get("update_id"), exc)
-        _count(application, "unreadable")
+        count_update(application, "unreadable")
         return web.json_response({"ok": True, "skipped": True})
     if not await receive(application, update, data):
         return _error(503, "temporarily unavailable")
@@ -89,7 +90,3 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"ok": False, "error": message}, status=status)
 
 
-def _count(application: Application, outcome: str) -> None:
-    kefu = application.bot_data.services
-    if kefu is not None:
-        kefu.metrics.updates.labels(outcome).inc()

@@ -55,7 +55,8 @@ class AdminApi:
             token = self.settings.admin_token
             if not token:
                 raise ApiError(403, "admin API disabled: set LLMCORE_ADMIN_TOKEN", type_="permission_error")
-            if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")  # bytes not UTF-8: 401, no 500
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 raise ApiError(401, "missing or wrong admin token", type_="authentication_error")
             return await handler(request)
         return guarded

@@ -55,6 +55,11 @@ class ChatRequest(BaseModel):
     def _evidence_texts(cls, value: list[str]) -> list[str]:
         if any(len(text) > MAX_MESSAGE_CHARS for text in value):
             raise ValueError(f"each evidence text takes at most {MAX_MESSAGE_CHARS} characters")
+        for text in value:  # as for messages (and training data, llmcore/chats.py): it is sent back, UTF-8 cannot hold it
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("evidence must be valid Unicode text (a lone surrogate is not)") from None
         return value
 
     @field_validator("stop")
@@ -130,5 +135,5 @@ async def read_json(request: web.Request) -> object:
     raw = await request.read()
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # not JSON or not UTF-8; an integer too long to read; nested too deep
+        raise ApiError(400, f"body is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None

@@ -127,9 +127,36 @@ async def test_webhook_refuses_strangers_and_survives_garbage(telegram, redis_ur
         assert await telegram.post_raw(b"[1, 2]", secret=SECRET) == 400
         assert await telegram.post_raw(b'{"update_id": "x"}', secret=SECRET) == 400
         assert await telegram.post_raw(b'{"update_id": 5, "message": ' + b'"x' * (1 << 20) + b'"}', secret=SECRET) == 413
+        assert await telegram.post_raw(b'{"update_id": 6, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", secret=SECRET) == 400
+        assert await telegram.post_raw(b'{"update_id": 7, "x": ' + b"1" * 5000 + b"}", secret=SECRET) == 400  # past int()'s digits
+        assert await post_with_raw_secret(settings, b"\xff\xfe", body) == 403  # not UTF-8: compared as bytes, no 500
         reply = await ask(telegram, IN_FAQ[0][0])  # the bot still works
         assert reply["text"] == IN_FAQ[0][1]
         assert [p["text"] for m, p in telegram.calls if m == "sendMessage"] == [IN_FAQ[0][1]]  # and answered nothing else
+
+
+async def post_with_raw_secret(settings, secret: bytes, body: bytes) -> int:
+    """POST to the webhook with a secret header of any bytes (clients refuse to send what is not text): the status."""
+    host, port = settings.listen_host_port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST " + settings.webhook_path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-Telegram-Bot-Api-Secret-Token: " + secret + b"\r\nContent-Length: " + str(len(body)).encode()
+                 + b"\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    status = int((await reader.read()).split(b" ", 2)[1])
+    writer.close()
+    return status
+
+
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
+async def test_updates_ptb_cannot_read_are_skipped_and_the_bot_goes_on(mode, telegram, redis_url, llmcore_url, prefix, seeded):
+    # Telegram sends an update again until it is acknowledged: one PTB cannot read stopped polling for good
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, mode)
+    async with running_bot(settings, telegram):
+        await telegram.push({"update_id": 900, "message": {"message_id": 1, "text": "hi"}})  # no chat, no date
+        await telegram.push({"update_id": 901, **text_update("hi"), "x": json.loads("[" * 600 + "]" * 600)})  # deep
+        reply = await ask(telegram, IN_FAQ[0][0])
+        assert reply["text"] == IN_FAQ[0][1]
 
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])

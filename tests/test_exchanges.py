@@ -27,6 +27,8 @@ async def test_rating_attaches_only_for_the_asker_and_a_real_entry(redis, prefix
     assert not await log.rate(entry_id, 6, "up")  # someone else's answer
     assert not await log.rate("99999999999999-0", 5, "up")  # no such entry
     assert not await log.rate("not-an-id", 5, "up")
+    # a forged button's id past 64 bits: Redis would refuse it with an error (read as "Redis is down"), so it is no entry
+    assert not await log.rate("99999999999999999999-1", 5, "up") and await log.get("1-99999999999999999999") is None
     assert not await log.rate(entry_id, 5, "meh")
     assert await log.rate(entry_id, 5, "down")
     [(_, entry)] = [e async for e in log.entries()]

@@ -4,6 +4,8 @@ from bot import paraphrases as module
 from bot.faq import FaqStore
 from bot.paraphrases import Paraphrases
 
+from .conftest import keys_with
+
 CHAT, MESSAGE = 42, 7
 
 
@@ -103,3 +105,17 @@ async def test_a_customers_forget_takes_their_wordings_out_of_the_proposals(redi
     await learned.forget_user(1)
     assert [(p.key, p.users) for p in await learned.pending()] == [(shared.key, 1)]  # the other customer's vote stays
     assert "发票抬头" not in str(await redis.hgetall(f"{prefix}faq:pending"))
+
+
+async def test_a_customers_forget_takes_the_questions_under_their_buttons_and_their_count(redis, prefix):
+    faq, learned, refund, _ = await store(redis, prefix)
+    user, other, group = 1001, 2002, -500
+    await learned.offered(user, 5, "我的快递怎么还没到", [refund], user_id=user)  # their private chat
+    await learned.offered(group, 6, "钱啥时候退给我", [refund], user_id=user)  # theirs in a group
+    await learned.offered(group, 7, "发票怎么开呀", [refund], user_id=other)
+    assert await learned.tapped(user, 5, refund, user_id=user)  # counts a proposal for them today
+    assert await keys_with(redis, prefix, f"faq:proposed:{user}:")
+    await learned.forget_user(user)
+    assert not await keys_with(redis, prefix, "我的快递怎么还没到") and not await keys_with(redis, prefix, "钱啥时候退给我")
+    assert not await keys_with(redis, prefix, f"faq:proposed:{user}:")
+    assert await keys_with(redis, prefix, "发票怎么开呀")  # another customer's question stays

@@ -154,6 +154,9 @@ async def test_long_history_is_cut_from_the_oldest_turns_not_refused(client):
     (json.dumps(ask("hi", temperature="hot")).encode(), 400, "temperature"),
     (json.dumps({**ask("hi"), "model": "gpt-9"}).encode(), 404, "gpt-9"),
     (json.dumps(ask("x" * (1 << 20))).encode(), 413, "bytes"),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "not valid JSON"),  # nested past reading
+    (b'{"max_tokens": ' + b"1" * 5000 + b"}", 400, "not valid JSON"),  # past int()'s digits
+    (json.dumps({**ask("hi"), "evidence": ["\ud800"]}).encode(), 400, "evidence"),  # sent back: must be UTF-8
 ])
 async def test_bad_requests_get_openai_style_errors(client, body, status, fragment):
     response = await client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
@@ -231,6 +234,15 @@ async def test_admin_routes_need_the_token(client, headers, status):
     if status == 200:
         body = await response.json()
         assert [v["version"] for v in body["versions"]] == ["v0001", "v0002"] and body["served"] == "v0001"
+
+
+async def test_an_admin_token_header_that_is_not_utf8_is_refused_not_a_crash(client):
+    url = client.make_url("/admin/versions")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(b"GET /admin/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    assert (await reader.read()).startswith(b"HTTP/1.1 401")
+    writer.close()
 
 
 async def test_admin_disabled_without_a_configured_token(models):
