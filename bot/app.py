@@ -203,7 +203,15 @@ async def _poll(application: Application) -> None:
         except Exception as exc:  # PTB could not read an update: each on its own, the unreadable ones skipped
             logger.warning("getUpdates returned an update PTB cannot read (%s: %s); reading them one by one",
                            type(exc).__name__, exc)
-            updates = await _readable_updates(application, offset)
+            try:
+                updates = await _readable_updates(application, offset)
+            except InvalidToken:
+                raise
+            except TelegramError as again:
+                logger.warning("getUpdates failed (%s); retrying in %.1f s", again, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, POLL_RETRY_S[1])
+                continue
         delay = POLL_RETRY_S[0]
         for update in updates:
             if not isinstance(update, _Skipped) and not await receive(application, update, update.to_dict()):
