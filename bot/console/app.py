@@ -26,7 +26,7 @@ from telegram.error import TelegramError
 from bot.console import faqpages, handoffpages, inbox, login, modelpages, pages
 from bot.console.audit import AuditLog
 from bot.console.auth import ConsoleAuth, csrf_ok
-from bot.console.base import CLOCK, CONSOLE, COOKIE, MAX_FORM_BYTES, SESSION_KEY, SETTINGS, Console, Handler, public
+from bot.console.base import CLOCK, CONSOLE, COOKIE, MAX_FORM_BYTES, SESSION_KEY, SETTINGS, Console, Handler, posted, public
 from bot.console.i18n import browser_language, translator
 from bot.console.review import Review
 from bot.services import Services
@@ -98,7 +98,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session, role and CSRF checks before any view runs; a route without a role mark is for admins."""
     needed = getattr(request.match_info.handler, "role", "admin")
     if request.method == "POST" and not _same_origin(request):
-        logger.warning("console: POST %s from another origin (%s) refused", request.path, request.headers.get("Origin"))
+        logger.warning("console: POST %s from another origin (%r) refused", request.path, request.headers.get("Origin"))
         raise web.HTTPForbidden(text="cross-origin request refused")
     if needed == "public":
         return await handler(request)
@@ -110,7 +110,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPUnauthorized(text="log in first")
     if needed == "admin" and session.person.role != "admin":
         raise web.HTTPForbidden(text="admins only")
-    if request.method == "POST" and not csrf_ok(session, (await request.post()).get("csrf")):
+    if request.method == "POST" and not csrf_ok(session, (await posted(request)).get("csrf")):
         logger.warning("console: POST %s without a valid CSRF token from user %s", request.path, session.person.user_id)
         raise web.HTTPForbidden(text="missing or wrong CSRF token")
     request[SESSION_KEY] = session
@@ -119,9 +119,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _same_origin(request: web.Request) -> bool:
     """A browser names the page a POST comes from (Origin); one from another site is refused, logins included, so that no
-    page elsewhere can post a login link of its own into someone's browser."""
+    page elsewhere can post a login link of its own into someone's browser; an Origin that is not a URL is foreign too."""
     origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc == request.host
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin).netloc == request.host
+    except ValueError:  # "http://[", a fullwidth "#" in the host...
+        return False
 
 
 def _number(value: object, digits: int = 3) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ MAX_INIT_DATA_CHARS = 4096
 LOGIN_ATTEMPTS_PER_MINUTE = 10
 ROLES = ("admin", "operator")
 LOCAL_ADMIN_ID = 0  # `make run` without Telegram: the person at the terminal
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")  # as secrets.token_urlsafe makes links, session ids and CSRF tokens
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def parse_init_data(init_data: str, bot_token: str, now: float) -> dict[str, str
     if not bot_token or len(init_data) > MAX_INIT_DATA_CHARS:
         return None
     fields = dict(parse_qsl(init_data, keep_blank_values=True))
-    if not hmac.compare_digest(fields.get("hash", ""), init_data_hash(fields, bot_token)):
+    # as bytes: compare_digest refuses str that is not ASCII, and a forged hash may be any text
+    if not hmac.compare_digest(fields.get("hash", "").encode(), init_data_hash(fields, bot_token).encode()):
         return None
     try:
         age = now - int(fields.get("auth_date", ""))
@@ -101,7 +104,7 @@ class ConsoleAuth:
 
     async def redeem_link(self, token: str) -> Person | None:
         """The person the link was made for; the link is gone after this (GETDEL: two tabs cannot both use it)."""
-        if not token or len(token) > 100:
+        if not _is_token(token):
             return None
         raw = await self.redis.getdel(f"{self.prefix}link:{_digest(token)}")
         return Person(**json.loads(raw)) if raw else None
@@ -132,7 +135,7 @@ class ConsoleAuth:
         return sid, session
 
     async def session(self, sid: str | None) -> Session | None:
-        if not sid or len(sid) > 100:
+        if not _is_token(sid):
             return None
         raw = await self.redis.get(self._session_key(sid))
         if raw is None:
@@ -154,5 +157,10 @@ class ConsoleAuth:
         return f"{self.prefix}session:{_digest(sid)}"
 
 
-def csrf_ok(session: Session, submitted: str | None) -> bool:
-    return bool(submitted) and hmac.compare_digest(session.csrf.encode(), str(submitted).encode())
+def csrf_ok(session: Session, submitted: object) -> bool:
+    return _is_token(submitted) and hmac.compare_digest(session.csrf, submitted)
+
+
+def _is_token(value: object) -> bool:
+    """A token as this module makes them: anything else (a cookie of undecodable bytes, a file) is refused unread."""
+    return isinstance(value, str) and TOKEN.fullmatch(value) is not None

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from multidict import MultiDictProxy
 from telegram import Bot
 
 from bot.console.audit import AuditLog
@@ -62,9 +64,17 @@ def session(request: web.Request) -> Session:
     return request[SESSION_KEY]
 
 
+async def posted(request: web.Request) -> MultiDictProxy:
+    """The posted form; 400 when it cannot be read (not UTF-8, an unknown charset, broken multipart)."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError, BadHttpMessage) as exc:
+        raise web.HTTPBadRequest(text=f"unreadable form ({exc.__class__.__name__})") from None
+
+
 async def form(request: web.Request) -> dict[str, str]:
     """The posted fields as text (files are not accepted)."""
-    data = await request.post()
+    data = await posted(request)
     return {k: v.strip() if isinstance(v, str) else "" for k, v in data.items()}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.console.base import admin, console, form, page, see_other, session
+from bot.console.base import admin, console, form, page, posted, see_other, session
 from bot.faq import DataError
 from bot.search import FaqEntry
 
@@ -113,8 +113,10 @@ async def export(request: web.Request) -> web.Response:
 @admin
 async def import_file(request: web.Request) -> web.Response:
     """Every entry of the file, or none: a bad line is named and nothing is imported."""
-    c, upload = console(request), (await request.post()).get("file")
-    suffix = Path(getattr(upload, "filename", "") or "").suffix.lower()
+    c, upload = console(request), (await posted(request)).get("file")
+    # a name in bytes that are not UTF-8 arrives with surrogates, which neither the page nor Redis can encode
+    name = (getattr(upload, "filename", "") or "").encode(errors="replace").decode()
+    suffix = Path(name).suffix.lower()
     if suffix not in (".jsonl", ".csv"):
         return page(request, "faq_import.html", status=400, count=0, problem="a .jsonl or .csv file")
     data = upload.file.read()
@@ -124,8 +126,8 @@ async def import_file(request: web.Request) -> web.Response:
         try:
             count = await c.kefu.faq.import_file(path)  # parsed and indexed in a thread
         except DataError as exc:
-            return page(request, "faq_import.html", status=400, count=0, problem=str(exc).replace(str(path), upload.filename))
-    await c.audit.record(session(request).person, "faq.import", upload.filename, f"{count} entries")
+            return page(request, "faq_import.html", status=400, count=0, problem=str(exc).replace(str(path), name))
+    await c.audit.record(session(request).person, "faq.import", name, f"{count} entries")
     return page(request, "faq_import.html", count=count, problem="")
 
 

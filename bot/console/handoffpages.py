@@ -26,7 +26,7 @@ from bot.operators import TRANSCRIPT_TURNS
 
 MAX_HANDOFFS = 200
 MAX_ANSWER_CHARS = 3500  # with the "👩‍💼 人工客服：" prefix, or the group's note, one Telegram message (4096)
-ROUTE = r"/handoffs/{chat_id:-?\d+}"
+ROUTE = r"/handoffs/{chat_id:-?[0-9]{1,19}}"  # a Telegram chat id (64 bits): a longer number is no chat
 
 
 @dataclass(frozen=True)

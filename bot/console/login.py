@@ -15,7 +15,7 @@ from http.cookies import SimpleCookie
 from aiohttp import web
 
 from bot.console.auth import Person
-from bot.console.base import COOKIE, console, operator, page, public, see_other, session
+from bot.console.base import COOKIE, console, operator, page, posted, public, see_other, session
 from bot.console.people import role_for
 
 routes = web.RouteTableDef()
@@ -63,7 +63,7 @@ async def miniapp_login(request: web.Request) -> web.Response:
     c = console(request)
     if not await c.auth.allow_attempt(request.remote):
         return web.json_response({"ok": False, "error": "too many attempts"}, status=429)
-    init_data = str((await request.post()).get("init_data", ""))
+    init_data = str((await posted(request)).get("init_data", ""))
     person = await c.auth.verify_init_data(init_data, lambda user_id: role_for(c.settings, c.bot, user_id))
     if person is None:
         return web.json_response({"ok": False, "error": "not allowed"}, status=403)

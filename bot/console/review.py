@@ -47,7 +47,7 @@ class Filters:
         """From a query string; anything unknown falls back to the default."""
         show, source, rating, days = query.get("show", "todo"), query.get("source", ""), query.get("rating", ""), query.get("days", "")
         return cls(show if show in SHOWS else "todo", source if source in SOURCES else "", rating if rating in RATINGS else "",
-                   query.get("q", "").strip()[:200], int(days) if days.isdigit() and int(days) in DAYS else 0)
+                   query.get("q", "").strip()[:200], {str(d): d for d in DAYS}.get(days, 0))
 
 
 @dataclass(frozen=True)
