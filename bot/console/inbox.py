@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bot.console.base import admin, console, form, operator, page, see_other, session
 from bot.console.review import DAYS, RATINGS, SHOWS, Filters, Row
-from bot.exchanges import ENTRY_ID, SOURCES
+from bot.exchanges import SOURCES
 from bot.faq import MAX_FAQ_TEXT
 
 NUM_CANDIDATES = 5
@@ -84,7 +84,7 @@ async def reviewed(request: web.Request) -> web.StreamResponse:
 
 async def _row(request: web.Request) -> Row:
     entry_id = request.match_info["id"]
-    row = await console(request).review.row(entry_id) if ENTRY_ID.fullmatch(entry_id) else None
+    row = await console(request).review.row(entry_id)  # None for anything that is no entry id (ExchangeLog.get)
     if row is None:
         raise web.HTTPNotFound(text="no such exchange (it may have left the log)")
     return row
