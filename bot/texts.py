@@ -21,7 +21,6 @@ class Texts:
     greeting: str
     help: str
     fallback: str
-    unsure_prefix: str
     did_you_mean: str
     text_only: str
     too_long: str
@@ -65,7 +64,6 @@ ZH = Texts(
     help="直接发送问题即可，我会先查常见问题，再由模型作答；不确定时可以转人工。\n"
          "/reset 清除对话上下文\n/forget 删除我保存的关于您的全部数据\n/help 显示本帮助",
     fallback="抱歉，这个问题我还不能确定地回答。您可以换个说法再问，或者点击下方按钮联系人工客服。",
-    unsure_prefix="（仅供参考）",
     did_you_mean="您是不是想问：",
     text_only="抱歉，我目前只能阅读文字消息，请用文字描述您的问题。",
     too_long="消息太长了（最多 {limit} 个字），请精简后再发。",
@@ -109,7 +107,6 @@ EN = Texts(
     help="Send your question as a message: I check the FAQ first, then the model answers; when I'm not sure you can "
          "reach a human.\n/reset forget the conversation context\n/forget erase everything I keep about you\n/help this help",
     fallback="Sorry, I can't answer that with confidence yet. Try rephrasing, or tap the button below to reach a human.",
-    unsure_prefix="(for reference only) ",
     did_you_mean="Did you mean:",
     text_only="Sorry, I can only read text messages for now. Please describe your question in words.",
     too_long="That message is too long (at most {limit} characters). Please shorten it.",
