@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from llmcore.api import ApiError, read_json
+from llmcore.api import ApiError, parse_json, read_json
 from llmcore.jobs import JobBusy, JobError, JobManager
 from llmcore.registry import LOSS_PLOT, RegistryError
 from llmcore.settings import ServeSettings
@@ -36,7 +35,8 @@ class AdminApi:
     def __init__(self, settings: ServeSettings, worker: Worker) -> None:
         self.settings = settings
         self.worker = worker
-        self.jobs = JobManager(worker.registry, on_promote=worker.reload, promote_margin=settings.promote_margin)
+        self.jobs = JobManager(worker.registry, on_promote=worker.promote, promote_margin=settings.promote_margin)
+        self.deciding = asyncio.Lock()
         self.comparing = asyncio.Lock()
 
     def register(self, app: web.Application) -> None:
@@ -90,10 +90,10 @@ class AdminApi:
 
     async def rollback(self, request: web.Request) -> web.Response:
         try:
-            version = self.worker.registry.rollback()
+            version = self.worker.registry.rollback_target()
         except RegistryError as exc:
             raise ApiError(409, str(exc)) from None
-        return web.json_response({"current": version, "served": await self.worker.reload(version)})
+        return web.json_response(await self._promote(version, rollback=True))
 
     async def reload(self, request: web.Request) -> web.Response:
         try:
@@ -138,16 +138,17 @@ class AdminApi:
 
     async def decide(self, request: web.Request) -> web.Response:
         job_id, decision = request.match_info["job_id"], request.match_info["decision"]
-        try:
-            job = self.jobs.status(job_id)
-            if job is None or job["status"] != "awaiting_decision":
-                raise JobError(f"job {job_id} is not awaiting a decision")
-            if decision == "discard":
-                return web.json_response(self.jobs.mark(job_id, "discarded"))
-            result = await self._promote(job["version"])
-            self.jobs.mark(job_id, "promoted")
-        except JobError as exc:
-            raise ApiError(409, str(exc)) from None
+        async with self.deciding:  # a promote and a discard pressed together: the second finds the job decided
+            try:
+                job = self.jobs.status(job_id)
+                if job is None or job["status"] != "awaiting_decision":
+                    raise JobError(f"job {job_id} is not awaiting a decision")
+                if decision == "discard":
+                    return web.json_response(self.jobs.mark(job_id, "discarded"))
+                result = await self._promote(job["version"])
+                self.jobs.mark(job_id, "promoted")
+            except JobError as exc:
+                raise ApiError(409, str(exc)) from None
         return web.json_response({**self.jobs.status(job_id), **result})
 
     async def compare(self, request: web.Request) -> web.Response:
@@ -165,10 +166,9 @@ class AdminApi:
                 raise ApiError(404 if "no version" in str(exc) else 409, str(exc)) from None
         return web.json_response(result)
 
-    async def _promote(self, version: str) -> dict:
+    async def _promote(self, version: str, rollback: bool = False) -> dict:
         try:
-            self.worker.registry.promote(version)
-            served = await self.worker.reload(version)
+            served = await self.worker.promote(version, rollback=rollback)
         except RegistryError as exc:
             raise ApiError(404, str(exc), param="version") from None
         return {"current": version, "served": served}
@@ -184,7 +184,4 @@ async def _read_large_json(request: web.Request) -> object:
         if size > MAX_TRAINING_BYTES:
             raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    return parse_json(b"".join(chunks))

@@ -132,7 +132,11 @@ async def read_json(request: web.Request) -> object:
     """The request body as JSON; ApiError 413 over MAX_BODY_BYTES, 400 when it is not JSON."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
-    raw = await request.read()
+    return parse_json(await request.read())
+
+
+def parse_json(raw: bytes) -> object:
+    """A request body as JSON; ApiError 400 when it is not (the admin API's training bodies too)."""
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # not JSON or not UTF-8; an integer too long to read; nested too deep

@@ -1,6 +1,6 @@
 """Training jobs on the llmcore host: one at a time, each in its own process, its state in files.
 
-    jobs = JobManager(registry, on_promote=worker.reload)
+    jobs = JobManager(registry, on_promote=worker.promote)
     job = jobs.start(conversations, arch="transformer", minutes=5)     # JobBusy if one is running
     jobs.status()                 # the latest job: status, progress (stage, epoch, step, loss, tok/s, eta), result
     await jobs.watch()            # background task: finishes jobs whose process ended, promotes when better
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from llmcore.registry import Registry, write_atomic
+from llmcore.registry import Registry, RegistryError, write_atomic
 
 logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
@@ -135,11 +136,12 @@ class JobManager:
             return
         job.update(version=result["version"], result=result, ended=time.time(), better=self._better(result))
         job["status"] = "promoted" if job["better"] else "awaiting_decision"
+        if job["better"]:  # with a server, it loads the version before `current` moves (Worker.promote)
+            try:
+                await self.on_promote(result["version"]) if self.on_promote is not None else self.registry.promote(result["version"])
+            except RegistryError as exc:  # the old version keeps serving
+                job.update(status="failed", error=f"{result['version']} could not be served: {exc}")
         self._save(job)
-        if job["better"]:
-            self.registry.promote(result["version"])
-            if self.on_promote is not None:
-                await self.on_promote(result["version"])
         logger.info("training job %s: %s %s", job["id"], result["version"], job["status"])
 
     def _better(self, result: dict) -> bool:
@@ -195,20 +197,28 @@ class JobManager:
 
 
 def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict) -> None:
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise JobError(f"arch must be one of {', '.join(ARCHS)}")
-    if minutes is not None and not 0 < minutes <= MAX_MINUTES:
-        raise JobError(f"minutes must be in (0, {MAX_MINUTES}]")
+    if minutes is not None and (not _number(minutes) or not 0 < minutes <= MAX_MINUTES):
+        raise JobError(f"minutes must be a number in (0, {MAX_MINUTES}]")
+    if epochs is not None and (not _number(epochs) or epochs != int(epochs)):
+        raise JobError("epochs must be a whole number")
     if minutes is None and (epochs is None or not 1 <= epochs <= 10_000):
         raise JobError("give minutes, or epochs between 1 and 10000")
     allowed = {"n_layer", "n_embd", "n_head", "block_size"}
-    if not set(overrides) <= allowed or not all(isinstance(v, int) and v > 0 for v in overrides.values()):
+    if (not isinstance(overrides, dict) or not set(overrides) <= allowed
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in overrides.values())):
         raise JobError("model overrides: positive n_layer, n_embd, n_head, block_size only")
     if len(conversations) < MIN_CONVERSATIONS:
         raise JobError(f"too little data: {len(conversations)} conversations, at least {MIN_CONVERSATIONS} are needed")
     for i, c in enumerate(conversations):
         if not isinstance(c, dict) or not isinstance(c.get("messages"), list):
             raise JobError(f"conversation {i} is not {{\"messages\": [...]}}")
+
+
+def _number(value: object) -> bool:
+    """A JSON number (true and false are not, though Python counts them as ints)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -155,8 +155,9 @@ class Registry:
             return version
         raise RegistryError("could not find a free version name")
 
-    def promote(self, version: str) -> None:
-        """Point `current` at `version` atomically (a new symlink renamed over the old one)."""
+    def promote(self, version: str, rollback: bool = False) -> None:
+        """Point `current` at `version` atomically (a new symlink renamed over the old one); recorded in
+        promotions.jsonl (a rollback marked as one: it is not a step that a later rollback goes back over)."""
         if not (self.path(version) / WEIGHTS).is_file():
             raise RegistryError(f"version {version} does not exist in {self.root}")
         previous = self.current()
@@ -164,20 +165,28 @@ class Registry:
         os.symlink(version, tmp_link)
         os.replace(tmp_link, self.root / CURRENT)
         _fsync_dir(self.root)
+        record = {"version": version, "previous": previous, "at": time.time(), **({"rollback": True} if rollback else {})}
         with open(self.root / "promotions.jsonl", "a", encoding="utf-8") as log:
-            log.write(json.dumps({"version": version, "previous": previous, "at": time.time()}) + "\n")
-        logger.info("promoted %s (was %s)", version, previous)
+            log.write(json.dumps(record) + "\n")
+        logger.info("%s %s (was %s)", "rolled back to" if rollback else "promoted", version, previous)
 
-    def rollback(self) -> str:
-        """Promote the version that was current before the current one."""
+    def rollback_target(self) -> str:
+        """The version that was current before the current one was promoted: v1 → v2 → v3, then rollbacks give v2,
+        then v1 (a rollback's own record is skipped, or a second rollback would bring back the version just left)."""
         current = self.current()
         history = self.root / "promotions.jsonl"
         entries = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
         for entry in reversed(entries):
-            if entry.get("version") == current and entry.get("previous") and entry["previous"] != current:
-                self.promote(entry["previous"])
+            if (not entry.get("rollback") and entry.get("version") == current and entry.get("previous")
+                    and entry["previous"] != current):
                 return entry["previous"]
         raise RegistryError("nothing to roll back to: no earlier promotion recorded")
+
+    def rollback(self) -> str:
+        """Promote the version that was current before the current one (rollback_target)."""
+        target = self.rollback_target()
+        self.promote(target, rollback=True)
+        return target
 
     def load(self, version: str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
         version = version or self.current()

@@ -5,6 +5,7 @@
     sub = worker.submit(prompt_ids, params)    # QueueFull when the queue is full
     async for events in sub.updates(): ...     # StepEvents of this request, several when the reader lags
     await worker.reload("v0003")               # new version beside the old one; swap between steps
+    await worker.promote("v0003")              # loaded first, then `current` moves: a version that cannot load moves nothing
 
 During a reload the new version loads in another thread while the old one keeps serving; new
 requests go to the new engine from the swap on, and requests in flight finish on the old one.
@@ -149,6 +150,13 @@ class Worker:
             logger.info("serving %s (was %s)", target, old.version if old else None)
             self._wakeup.set()
             return target
+
+    async def promote(self, version: str, rollback: bool = False) -> str:
+        """Serve `version`, then make it `current` (Registry.promote). Loaded first: a version that cannot be loaded
+        raises RegistryError and moves nothing, where moving `current` first left a registry no server could start on."""
+        served = await self.reload(version)
+        self.registry.promote(version, rollback=rollback)
+        return served
 
     def _all_served(self) -> list[Served]:
         return ([self.served] if self.served else []) + self.draining

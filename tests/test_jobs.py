@@ -59,12 +59,58 @@ async def test_without_the_right_token_nothing_starts(admin):
     ({"conversations": DATA, "minutes": -3}, "minutes must be"),
     ({"conversations": DATA, "epochs": 1, "model": {"n_layer": "many"}}, "model overrides"),
     ({"conversations": "all of them"}, "expected"),
+    ({"conversations": DATA, "epochs": 1, "model": ["n_layer"]}, "model overrides"),
+    ({"conversations": DATA, "epochs": 1, "model": {"n_layer": True}}, "model overrides"),
+    ({"conversations": DATA, "minutes": True}, "minutes must be"),
+    ({"conversations": DATA, "epochs": 1.5}, "epochs must be"),
+    ({"conversations": DATA, "arch": ["transformer"], "epochs": 1}, "arch must be"),
 ])
 async def test_bad_job_requests_are_refused(admin, body, fragment):
     client, registry = admin
     response = await client.post("/admin/train", json=body, headers=AUTH)
     assert response.status == 400 and fragment in (await response.json())["error"]["message"]
     assert registry.versions() == ["v0001"]
+
+
+@pytest.mark.parametrize("body", [b'{"conversations": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b'{"conversations": [], "minutes": ' + b"1" * 5000 + b"}"])
+async def test_training_bodies_nested_or_numbered_past_reading_are_refused(admin, body):
+    client, registry = admin
+    response = await client.post("/admin/train", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert response.status == 400 and "not valid JSON" in (await response.json())["error"]["message"]
+
+
+def second_version(registry: Registry, weights: bytes | None = None) -> str:
+    """v0002: a copy of v0001 (with other bytes for its weights, if given)."""
+    shutil.copytree(registry.root / "v0001", registry.root / "v0002")
+    if weights is not None:
+        (registry.root / "v0002" / "model.pt").write_bytes(weights)
+    return "v0002"
+
+
+async def test_a_version_that_cannot_load_is_not_made_current(admin):
+    """Moving `current` before loading left a registry on which no server could start again."""
+    client, registry = admin
+    version = second_version(registry, weights=b"not a checkpoint")
+    response = await client.post("/admin/promote", json={"version": version}, headers=AUTH)
+    assert response.status == 404 and "v0002" in (await response.json())["error"]["message"]
+    assert registry.current() == "v0001" and Registry(registry.root).load().version == "v0001"
+    answer = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": FAQ_PAIRS[0][0]}]})
+    assert answer.status == 200 and (await answer.json())["model"] == "v0001"
+
+
+async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
+    client, registry = admin
+    version = second_version(registry)
+    folder = registry.root / "jobs" / "20260101-000000-003"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "awaiting_decision", "version": version,
+                                                 "pid": 1, "started": time.time()}))
+    promote, discard = await asyncio.gather(client.post(f"/admin/jobs/{folder.name}/promote", headers=AUTH),
+                                            client.post(f"/admin/jobs/{folder.name}/discard", headers=AUTH))
+    assert sorted((promote.status, discard.status)) == [200, 409]
+    status = json.loads((folder / "job.json").read_text())["status"]
+    assert (status, registry.current()) in (("promoted", "v0002"), ("discarded", "v0001"))  # what it says is what happened
 
 
 async def test_a_job_trains_reports_progress_and_is_promoted_when_better(admin):

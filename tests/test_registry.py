@@ -69,6 +69,18 @@ def test_rollback_returns_to_the_previous_current(tmp_path, parts):
     assert registry.rollback() == v1 and registry.current() == v1
 
 
+def test_rollbacks_go_back_step_by_step_not_back_and_forth(tmp_path, parts):
+    registry = Registry(tmp_path)
+    v1, v2, v3 = (add_version(registry, *parts) for _ in range(3))
+    for version in (v1, v2, v3):
+        registry.promote(version)
+    assert registry.rollback() == v2 and registry.rollback() == v1  # a second rollback did bring v3 back
+    with pytest.raises(RegistryError):
+        registry.rollback()
+    registry.promote(v3)  # promoted again by hand: a rollback leaves it for the one before
+    assert registry.rollback() == v1
+
+
 def test_rollback_without_history_and_unknown_versions_are_errors(tmp_path, parts):
     registry = Registry(tmp_path)
     add_version(registry, *parts)
