@@ -45,7 +45,7 @@ from bot.faq import DataError
 from bot.handlers import COMMANDS
 from bot.llm import AdminError
 from bot.services import Services
-from bot.split import split_message
+from bot.split import clip, split_message
 from bot.stats import chart, collect, format_stats
 from bot.texts import language
 from bot.trainingset import build_training_set
@@ -63,6 +63,7 @@ WATCH_EVERY_S = 2.0
 BAR_WIDTH = 20
 VERSION = re.compile(r"v\d{4,}")
 JOB_KEY = "retrain"  # Redis key (under the prefix) of the job being watched
+QUOTE_CHARS = 500  # of a customer's wording, an answer or a question quoted in a listing: a few fit in one message (4096)
 
 
 def register(application: Application, admin_ids: frozenset[int]) -> None:
@@ -316,8 +317,8 @@ async def stats(update: Update, context: Context) -> None:
 
 async def faq_add(update: Update, context: Context) -> None:
     """/faq_add question || answer"""
-    text = (update.effective_message.text or "").partition(" ")[2]
-    question, sep, answer = text.partition("||")
+    parts = (update.effective_message.text or "").split(maxsplit=1)  # "/faq_add\nquestion": a newline ends the command too
+    question, sep, answer = (parts[1] if len(parts) > 1 else "").partition("||")
     if not sep or not question.strip() or not answer.strip():
         await update.effective_message.reply_text("Usage: /faq_add question || answer")
         return
@@ -341,10 +342,11 @@ async def faq_pending(update: Update, context: Context) -> None:
         return
     for p in proposals[:MAX_PENDING_SHOWN]:
         if p.is_new_entry:
-            text = f"New entry (an operator's answer): “{p.wording}” → {p.answer}"
+            text = f"New entry (an operator's answer): “{clip(p.wording, QUOTE_CHARS)}” → {clip(p.answer, QUOTE_CHARS)}"
         else:
             entry = await kefu.faq.get(p.entry_id)
-            text = f"“{p.wording}” → #{p.entry_id} {entry.question if entry else '(entry deleted)'} ({p.users} customer(s))"
+            question = clip(entry.question, QUOTE_CHARS) if entry else "(entry deleted)"
+            text = f"“{clip(p.wording, QUOTE_CHARS)}” → #{p.entry_id} {question} ({p.users} customer(s))"
         buttons = InlineKeyboardMarkup([[InlineKeyboardButton("✅ Add", callback_data=f"fp:ok:{p.key}"),
                                          InlineKeyboardButton("❌ Reject", callback_data=f"fp:no:{p.key}")]])
         await update.effective_message.reply_text(text, reply_markup=buttons)
@@ -432,7 +434,7 @@ async def why(update: Update, context: Context) -> None:
         await message.reply_text("Reply with /why to one of my answers (from the last days) to see where it came from.")
         return
     entry_id, entry = found
-    lines = [f"Question: {entry['question']}", f"Source: {entry['source']}"]
+    lines = [f"Question: {clip(entry['question'], QUOTE_CHARS)}", f"Source: {entry['source']}"]
     if entry["source"] == "faq":
         lines.append(f"FAQ score: {_num(entry['score'])}")
     elif entry["source"] in ("model", "fallback"):
@@ -440,7 +442,7 @@ async def why(update: Update, context: Context) -> None:
                      f"(needs {kefu.settings.min_confidence})")
     lines.append(f"Answered in {entry['latency_ms']} ms · log entry {entry_id}")
     candidates = await kefu.faq.match(entry["question"], k=3)
-    listed = [f"  {m.score:.2f} #{m.entry.id} {m.matched}"
+    listed = [f"  {m.score:.2f} #{m.entry.id} {clip(m.matched, QUOTE_CHARS)}"
               + ("" if m.semantic is None else f" (BM25 {m.lexical:.2f}, cosine {m.semantic:.2f}, to the answer {m.answer_cosine:.2f})")
               for m in candidates]
     lines += ["FAQ candidates:", *listed] if listed else ["No FAQ candidates."]

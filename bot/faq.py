@@ -260,14 +260,18 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     pairs = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise DataError(f"{path}:{lineno}: expected two columns, question,answer")
-        if lineno == 1 and [c.strip().lower() for c in row] == ["question", "answer"]:
-            continue
-        pairs.append((row[0], row[1]))
+    rows = csv.reader(io.StringIO(text))
+    try:
+        for lineno, row in enumerate(rows, 1):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise DataError(f"{path}:{lineno}: expected two columns, question,answer")
+            if lineno == 1 and [c.strip().lower() for c in row] == ["question", "answer"]:
+                continue
+            pairs.append((row[0], row[1]))
+    except csv.Error as exc:  # a field past the csv module's limit (128 KiB), a NUL in a quoted field...
+        raise DataError(f"{path}:{rows.line_num}: not readable as CSV ({exc})") from None
     if not pairs:
         raise DataError(f"{path}: no question,answer rows")
     return pairs

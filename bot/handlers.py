@@ -30,7 +30,7 @@ from bot import operators
 from bot.context import Context
 from bot.pipeline import Reply
 from bot.services import Services
-from bot.split import split_message, telegram_length
+from bot.split import clip, split_message, telegram_length
 from bot.texts import Texts, language, texts, texts_for
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ async def send_reply(message: Message, reply: Reply, t: Texts, kefu: Services | 
 
 
 def _buttons(reply: Reply, t: Texts) -> InlineKeyboardMarkup:
-    rows = [[InlineKeyboardButton(_short(m.matched), callback_data=f"faq:{m.entry.id}")] for m in reply.suggestions]
+    rows = [[InlineKeyboardButton(clip(m.matched, MAX_BUTTON_CHARS), callback_data=f"faq:{m.entry.id}")] for m in reply.suggestions]
     if reply.entry_id and reply.source != "smalltalk":  # a canned "you're welcome" needs no rating
         rows.append([InlineKeyboardButton("👍", callback_data=f"fb:{reply.entry_id}:up"),
                      InlineKeyboardButton("👎", callback_data=f"fb:{reply.entry_id}:down")])
@@ -300,10 +300,6 @@ def _strip_mention(message: Message, username: str | None) -> str:
     if username:
         text = text.replace(f"@{username}", " ")
     return text.strip()
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_BUTTON_CHARS else text[: MAX_BUTTON_CHARS - 1] + "…"
 
 
 async def _edit(query: CallbackQuery, text: str) -> None:

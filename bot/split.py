@@ -35,6 +35,11 @@ def telegram_length(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first limit - 1 characters and "…": a quote in a list or a button that must stay short."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
 def split_message(text: str, limit: int = TELEGRAM_LIMIT, measure: Callable[[str], int] = telegram_length) -> list[str]:
     """Parts of `text`, each with measure(part) <= limit; ValueError when a single character cannot fit."""
     parts: list[str] = []

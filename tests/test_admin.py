@@ -57,6 +57,19 @@ async def test_faq_management_and_malformed_arguments(telegram, redis_url, llmco
     url, _ = llmcore_admin
     async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
         assert "Usage" in (await as_admin(telegram, "/faq_add 只有问题"))["text"]
+        added = await as_admin(telegram, "/faq_add\nWhat are your opening hours? || 9 to 5")  # a newline ends the command too
+        assert (await ask(telegram, "What are your opening hours?"))["text"] == "9 to 5"  # the question's first word kept
+        long_ids = []
+        for n in range(2):  # two questions of 3,000 characters that compete for a short one: /why quotes them shortened
+            added = await as_admin(telegram, f"/faq_add 营业时间{n}" + "，详细说明" * 600 + " || 每天营业。")
+            long_ids.append(added["text"].split()[-1].rstrip("."))
+        await ask(telegram, "营业时间的详细说明", chat_id=ADMIN, user_id=ADMIN)
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/why", chat_id=ADMIN, user_id=ADMIN, reply_to=telegram.messages[ADMIN][-1]["message"]))
+        _, why = await telegram.wait_for("sendMessage", since=mark)  # the server refuses a text over 4,096: none came before
+        assert "，详细说明，详细说明" in why["text"] and "…" in why["text"]  # a long candidate listed, clipped
+        for long_id in long_ids:
+            await as_admin(telegram, f"/faq_del {long_id}")
         added = await as_admin(telegram, "/faq_add 营业时间是几点？ || 每天9点到21点。")
         entry_id = added["text"].split()[-1].rstrip(".")
         assert (await ask(telegram, "营业时间是几点？"))["text"] == "每天9点到21点。"  # users get it at once

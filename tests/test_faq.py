@@ -66,6 +66,7 @@ async def test_demo_faq_seeds_once_when_empty(redis, prefix):
     ("only one column\n", ".csv", ":1: expected two columns"),
     ("q,\n", ".csv", "expected two columns"),
     ("", ".csv", "no question,answer rows"),
+    ("q," + "x" * 200_000 + "\n", ".csv", ":1: not readable as CSV"),  # past the csv module's field limit
 ])
 def test_bad_files_say_where(tmp_path, content, suffix, fragment):
     path = tmp_path / f"bad{suffix}"
