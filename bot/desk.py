@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
-from telegram.error import TelegramError
+from telegram.error import Forbidden, TelegramError
 
 from bot.exchanges import Exchange
 from bot.handoff import RATINGS, Claim
@@ -86,10 +86,21 @@ async def close_done(kefu: Services, bot: Bot, chat_id: int) -> str | None:
     if record_id is None:
         return None
     t = texts(state.get("lang", "zh"))
-    await bot.send_message(chat_id, t.handoff_closed)
     buttons = [[InlineKeyboardButton(r, callback_data=f"csat:{record_id}:{r}") for r in RATINGS]]
-    await bot.send_message(chat_id, t.rate_handoff, reply_markup=InlineKeyboardMarkup(buttons))
+    if await tell_customer(bot, chat_id, t.handoff_closed):
+        await tell_customer(bot, chat_id, t.rate_handoff, reply_markup=InlineKeyboardMarkup(buttons))
     return record_id
+
+
+async def tell_customer(bot: Bot, chat_id: int, text: str, **options) -> bool:
+    """A message to a customer whose handoff changed; False when they blocked the bot (or left the group): the change
+    stands, and the operators' side goes on (one blocked customer stopped /done's confirmation and the idle sweep)."""
+    try:
+        await bot.send_message(chat_id, text, **options)
+    except Forbidden as exc:
+        logger.info("chat %s cannot be told (%s)", chat_id, exc)
+        return False
+    return True
 
 
 async def tell_operators(kefu: Services, bot: Bot, text: str, chat_id: int | None = None, reply_to: int | None = None) -> None:

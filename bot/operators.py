@@ -191,7 +191,7 @@ async def deliver_held(context: Context) -> None:
         if await kefu.handoffs.release(chat_id) and await deliver(context, chat_id):
             state = await kefu.handoffs.get(chat_id) or {}
             t = texts(state.get("lang", "zh"))
-            await context.bot.send_message(chat_id, await _with_position(kefu, chat_id, t.handoff_delivered, t))
+            await desk.tell_customer(context.bot, chat_id, await _with_position(kefu, chat_id, t.handoff_delivered, t))
 
 
 async def _with_position(kefu: Services, chat_id: int, text: str, t: Texts) -> str:
@@ -360,7 +360,7 @@ async def close_idle(context: Context) -> None:
     kefu = context.kefu
     for chat_id in await kefu.handoffs.idle():
         if await kefu.handoffs.close(chat_id, "idle"):
-            await context.bot.send_message(chat_id, texts("zh").handoff_idle)
+            await desk.tell_customer(context.bot, chat_id, texts("zh").handoff_idle)
             quiet = kefu.settings.handoff_idle_s
             await desk.tell_operators(kefu, context.bot, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
 

@@ -76,6 +76,17 @@ async def test_handoff_both_ways_and_the_answer_becomes_training_data(telegram, 
         await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == bob and "结束" in p["text"], since=mark)
 
 
+async def test_done_for_a_customer_who_blocked_the_bot_closes_and_says_so(telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
+        await ask(telegram, "/human")
+        request = telegram.messages[OPERATORS][-1]["message"]
+        telegram.forbid(USER_ID)  # the customer blocked the bot: sending there answers 403
+        mark = len(telegram.calls)
+        await telegram.push(text_update("/done", chat_id=OPERATORS, user_id=9001, chat_type="supergroup", reply_to=request))
+        _, note = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS, since=mark)
+        assert note["text"].startswith("Closed the handoff") and await redis.hgetall(f"{prefix}handoff:{USER_ID}") == {}
+
+
 async def test_replies_to_other_messages_and_a_lost_operators_group(telegram, redis_url, llmcore_url, prefix, redis, seeded):
     async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
         await telegram.push(text_update("随便聊聊", chat_id=OPERATORS, user_id=9001, chat_type="supergroup"))
