@@ -31,8 +31,9 @@ PII_KINDS = (PHONE, EMAIL, ID, CARD)
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 # 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character; or 15 digits with YYMMDD.
 _ID = re.compile(r"(?<![0-9])(?:[1-9][0-9]{5}(?:18|19|20)[0-9]{9}[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
-# 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 by spaces or dashes, after an optional +86 / 0086 / 86.
-_PHONE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9](?:[0-9]{8}|[ -][0-9]{4}[ -][0-9]{4})(?![0-9])")
+# 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 by a space, dash or dot at either or both places ("138.1234.5678",
+# "138 12345678"), after an optional +86 / 0086 / 86.
+_PHONE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ .-]?[0-9]{4}[ .-]?[0-9]{4}(?![0-9])")
 # A run of digit groups (3+ digits each, as cards are printed) joined by one space or dash.
 _GROUPS = re.compile(r"(?<![0-9])[0-9]{3,}(?:[ -][0-9]{3,})*(?![0-9])")
 _DIGITS = re.compile(r"[0-9]+")

@@ -55,6 +55,8 @@ def test_fixtures_are_what_they_claim() -> None:
     ("电话8615912345678。", "电话[PHONE]。"),
     ("手机１９９１２３４５６７８！", "手机[PHONE]！"),  # full-width digits match; the ！ stays full-width
     ("电话+86-17712345678或者座机", "电话[PHONE]或者座机"),
+    ("手机138.1234.5678，谢谢", "手机[PHONE]，谢谢"),  # dots, as some write it
+    ("call 138 12345678 or 1391234 5678", "call [PHONE] or [PHONE]"),  # one separator, at either place
 ])
 def test_phones(text: str, expected: str) -> None:
     assert scrub(text) == expected
