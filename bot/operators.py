@@ -251,13 +251,16 @@ async def relay_to_operators(kefu: Services, context: Context, message: Message)
         await message.reply_text(_after_hours(kefu, t, t.note_kept))
         return True
     whose = f" ({state['operator_name']} has it)" if state.get("operator_name") else ""
+    sent = []  # in parts when a long name and 2,000 emoji pass Telegram's 4,096: a reply to any part answers the chat
     try:
-        sent = await context.bot.send_message(kefu.settings.operator_chat_id,
-                                              f"💬 {_who(message.from_user)} — chat {message.chat.id}{whose}:\n{text}")
+        for part in split_message(f"💬 {_who(message.from_user)} — chat {message.chat.id}{whose}:\n{text}"):
+            sent.append(await context.bot.send_message(kefu.settings.operator_chat_id, part))
     except TelegramError as exc:
         logger.warning("could not relay to the operators: %s", exc)
-        return False
-    await kefu.handoffs.link(sent.message_id, message.chat.id)
+        if not sent:
+            return False
+    for part in sent:
+        await kefu.handoffs.link(part.message_id, message.chat.id)
     await kefu.handoffs.touch(message.chat.id, question=message.text)
     return True
 

@@ -520,7 +520,7 @@ class BotApiServer:
         if not params.get("draft_id"):
             raise bad_request("draft_id must be non-zero")  # wording approximate
         text = str(params.get("text") or "")
-        if len(visible_text(text, params.get("parse_mode"))) > MAX_TEXT:
+        if utf16_len(visible_text(text, params.get("parse_mode"))) > MAX_TEXT:
             raise bad_request("message is too long")
         self.drafts.append(params)
         return True
@@ -587,7 +587,7 @@ def _checked_text(text: str, parse_mode: str | None) -> str:
     shown = visible_text(text, parse_mode).strip()
     if not shown:
         raise bad_request("message text is empty")
-    if len(shown) > MAX_TEXT:
+    if utf16_len(shown) > MAX_TEXT:  # as Telegram counts: an emoji outside the BMP is two
         raise bad_request("message is too long")
     return shown
 

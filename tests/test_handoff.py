@@ -87,6 +87,28 @@ async def test_done_for_a_customer_who_blocked_the_bot_closes_and_says_so(telegr
         assert note["text"].startswith("Closed the handoff") and await redis.hgetall(f"{prefix}handoff:{USER_ID}") == {}
 
 
+async def test_a_message_past_telegrams_length_once_relayed_reaches_the_operators_in_parts(telegram, redis_url, llmcore_url,
+                                                                                            prefix, seeded):
+    """2,000 emoji (4,000 UTF-16 units, as Telegram counts) under a long name: one relay would be refused, and the bot
+    would answer the customer itself in the middle of a handoff."""
+    async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
+        name = "很长的名字" * 20
+        await telegram.push(text_update("/human", first_name=name))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS)
+        mark = len(telegram.calls)
+        await telegram.push(text_update("😀" * 2000, first_name=name))
+        _, last = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS and p["text"].endswith("😀"),
+                                          since=mark)
+        relayed = [p["text"] for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == OPERATORS]
+        assert len(relayed) == 2 and "".join(relayed).count("😀") == 2000
+        assert not [p for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == USER_ID and "😀" not in p["text"]
+                    and "转接" not in p["text"]]  # the bot did not answer it itself
+        mark = len(telegram.calls)
+        await operator_says(telegram, "收到，我看一下。", telegram.messages[OPERATORS][-1]["message"])  # a reply to the last part
+        _, answer = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark)
+        assert "收到，我看一下。" in answer["text"]  # the operator's answer reaches the customer
+
+
 async def test_replies_to_other_messages_and_a_lost_operators_group(telegram, redis_url, llmcore_url, prefix, redis, seeded):
     async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
         await telegram.push(text_update("随便聊聊", chat_id=OPERATORS, user_id=9001, chat_type="supergroup"))
