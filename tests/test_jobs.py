@@ -99,6 +99,27 @@ async def test_a_version_that_cannot_load_is_not_made_current(admin):
     assert answer.status == 200 and (await answer.json())["model"] == "v0001"
 
 
+async def test_a_job_whose_better_version_cannot_load_fails_and_changes_nothing(tmp_path, tiny_models):
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    registry = Registry(root)
+    version = second_version(registry, weights=b"not a checkpoint")
+    folder = root / "jobs" / "20260101-000000-004"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "running", "pid": 2**22 + 12345, "started": 0}))
+    (folder / "result.json").write_text(json.dumps({"version": version, "val_char_f1": 0.9, "compare": {"val_char_f1": 0.1}}))
+    worker = Worker(registry, torch.device("cpu"), max_batch=4)
+    await worker.start()
+    try:
+        jobs = JobManager(registry, on_promote=worker.promote)
+        await jobs.check()  # the trainer ended with a better version, which cannot be loaded
+        job = jobs.status()
+        assert job["status"] == "failed" and version in job["error"]
+        assert registry.current() == "v0001" and worker.version == "v0001"
+    finally:
+        await worker.stop()
+
+
 async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
     client, registry = admin
     version = second_version(registry)
