@@ -186,7 +186,7 @@ async def _poll(application: Application) -> None:
     offset, delay = None, POLL_RETRY_S[0]
     while True:
         try:
-            updates = await application.bot.get_updates(offset=offset, timeout=POLL_TIMEOUT_S, allowed_updates=Update.ALL_TYPES)
+            updates = await _fetch_updates(application, offset)
         except TimedOut:
             continue
         except RetryAfter as exc:
@@ -200,18 +200,6 @@ async def _poll(application: Application) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_RETRY_S[1])
             continue
-        except Exception as exc:  # PTB could not read an update: each on its own, the unreadable ones skipped
-            logger.warning("getUpdates returned an update PTB cannot read (%s: %s); reading them one by one",
-                           type(exc).__name__, exc)
-            try:
-                updates = await _readable_updates(application, offset)
-            except InvalidToken:
-                raise
-            except TelegramError as again:
-                logger.warning("getUpdates failed (%s); retrying in %.1f s", again, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, POLL_RETRY_S[1])
-                continue
         delay = POLL_RETRY_S[0]
         for update in updates:
             if not isinstance(update, _Skipped) and not await receive(application, update, update.to_dict()):
@@ -219,6 +207,17 @@ async def _poll(application: Application) -> None:
                 delay = min(delay * 2, POLL_RETRY_S[1])
                 break
             offset = update.update_id + 1
+
+
+async def _fetch_updates(application: Application, offset: int | None) -> list:
+    """One getUpdates; when PTB cannot read an update of the batch, the batch read again update by update."""
+    try:
+        return list(await application.bot.get_updates(offset=offset, timeout=POLL_TIMEOUT_S, allowed_updates=Update.ALL_TYPES))
+    except TelegramError:
+        raise
+    except Exception as exc:  # PTB could not read an update: each on its own, the unreadable ones skipped
+        logger.warning("getUpdates returned an update PTB cannot read (%s: %s); reading them one by one", type(exc).__name__, exc)
+        return await _readable_updates(application, offset)
 
 
 async def _readable_updates(application: Application, offset: int | None) -> list:

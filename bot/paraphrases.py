@@ -132,8 +132,7 @@ class Paraphrases:
         of proposals go too."""
         async for key in self.redis.scan_iter(match=f"{self.prefix}offer:*", count=500):
             chat = str(key).removeprefix(f"{self.prefix}offer:").split(":")[0]
-            raw = None if chat == str(user_id) else await self.redis.get(key)
-            if chat == str(user_id) or (raw and json.loads(raw).get("user") == user_id):
+            if chat == str(user_id) or json.loads(await self.redis.get(key) or "{}").get("user") == user_id:
                 await self.redis.delete(key)
         async for key in self.redis.scan_iter(match=f"{self.prefix}faq:proposed:{user_id}:*", count=500):
             await self.redis.delete(key)

@@ -138,7 +138,10 @@ class JobManager:
         job["status"] = "promoted" if job["better"] else "awaiting_decision"
         if job["better"]:  # with a server, it loads the version before `current` moves (Worker.promote)
             try:
-                await self.on_promote(result["version"]) if self.on_promote is not None else self.registry.promote(result["version"])
+                if self.on_promote is not None:
+                    await self.on_promote(result["version"])
+                else:
+                    self.registry.promote(result["version"])
             except RegistryError as exc:  # the old version keeps serving
                 job.update(status="failed", error=f"{result['version']} could not be served: {exc}")
         self._save(job)
