@@ -5,19 +5,26 @@ example) whose `kefu` is the process's Services, and typed `bot_data` instead of
 
     async def reset(update: Update, context: Context) -> None:
         await context.kefu.history.clear(update.effective_chat.id)
+
+    if not await context.admin_pressed(update.callback_query):   # an admin-only button: anyone else is refused
+        return
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from telegram import CallbackQuery
 from telegram.ext import CallbackContext, ContextTypes, ExtBot
 
 from bot.metrics import BotMetrics
 from bot.services import Services
 from bot.settings import BotSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +48,14 @@ class Context(CallbackContext[ExtBot[None], dict, dict, BotData]):
         if services is None:
             raise RuntimeError("Kefu's services are not open: handlers run inside bot.app.running()")
         return services
+
+    async def admin_pressed(self, query: CallbackQuery) -> bool:
+        """A button only admins may press: anyone else gets "Not allowed." and an audit line."""
+        if query.from_user.id in self.kefu.settings.admin_ids:
+            return True
+        logger.warning("audit: user %s pressed %s: not an admin", query.from_user.id, query.data)
+        await query.answer("Not allowed.", show_alert=True)
+        return False
 
 
 CONTEXT_TYPES = ContextTypes(context=Context, bot_data=BotData)
