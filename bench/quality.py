@@ -8,10 +8,11 @@ never trained on. A version trains on the rest for --minutes with the defaults (
 ... --promote`, plus any --train-arg), or --models names a registry whose current version is used.
 `llmcore serve`'s app then answers every held-out assistant turn over HTTP exactly as the bot asks
 (temperature 0, the bot's repetition penalty and max_tokens, --history earlier turns; and the question
-alone), 32 at a time; the server chooses each answer among candidates as the version's select.json says
-(llmcore/selection.py), and with --compare-greedy the same turns are asked again with that off. Prints
-one JSON object: char-F1 with and without history, the BM25 nearest-response baseline on the same turns
-(over the same training dialogues), and the gate's precision/coverage curve on kefu.p_correct.
+alone), one at a time (--concurrency N: N at once; under load the server chooses among fewer candidates);
+the server chooses each answer among candidates as the version's select.json says (llmcore/selection.py),
+and with --compare-greedy the same turns are asked again with that off. Prints one JSON object: char-F1
+with and without history, the BM25 nearest-response baseline on the same turns (over the same training
+dialogues), and the gate's precision/coverage curve on kefu.p_correct.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from llmcore.worker import Worker  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data" / "crosswoz_test.chat.jsonl"
-CONCURRENCY = 32
+MAX_BATCH = 32  # the server's default
+CONCURRENCY = 1  # requests at once: one customer at a time gets every candidate (under load the server chooses among fewer)
 GATE_DEFAULT = BotSettings.model_fields["min_answer_probability"].default
 
 
@@ -66,9 +68,9 @@ def train_version(train: Path, models: Path, args: argparse.Namespace) -> dict:
     return registry.metrics(registry.current())
 
 
-async def ask_all(url: str, turns: list, history: int, bot: BotSettings) -> list[dict]:
-    """Each turn's answer as the bot asks for it, CONCURRENCY requests at a time."""
-    gate = asyncio.Semaphore(CONCURRENCY)
+async def ask_all(url: str, turns: list, history: int, bot: BotSettings, concurrency: int) -> list[dict]:
+    """Each turn's answer as the bot asks for it, `concurrency` requests at a time."""
+    gate = asyncio.Semaphore(concurrency)
 
     async def ask(session: aiohttp.ClientSession, turn) -> dict:
         earlier = turn.history[:-1][-history:] if history else []
@@ -97,18 +99,19 @@ def summarize(answers: list[dict], turns: list) -> dict:
     return result
 
 
-async def answer_over_http(registry: Registry, turns: list, history: int, bot: BotSettings, select: bool) -> tuple[dict, dict]:
+async def answer_over_http(registry: Registry, turns: list, history: int, bot: BotSettings, select: bool,
+                           concurrency: int) -> tuple[dict, dict]:
     """`llmcore serve`'s app on a free port (choosing among candidates as the version says, or greedy with
     select=False): the turns with `history` earlier turns, then with the question alone."""
-    worker = Worker(registry, torch.device("cuda" if torch.cuda.is_available() else "cpu"), max_batch=CONCURRENCY)
+    worker = Worker(registry, torch.device("cuda" if torch.cuda.is_available() else "cpu"), max_batch=MAX_BATCH)
     runner = web.AppRunner(create_app(ServeSettings(models=registry.root, select=select), worker))
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         url = f"http://127.0.0.1:{port}"
-        return (summarize(await ask_all(url, turns, history, bot), turns),
-                summarize(await ask_all(url, turns, 0, bot), turns))
+        return (summarize(await ask_all(url, turns, history, bot, concurrency), turns),
+                summarize(await ask_all(url, turns, 0, bot, concurrency), turns))
     finally:
         await runner.cleanup()
 
@@ -122,8 +125,8 @@ async def amain(args: argparse.Namespace) -> dict:
     turns = [t for t in assistant_turns(conversations) if t.history[-1]["role"] == "user"][: args.limit]
     registry = Registry(models)
     bot = BotSettings(_env_file=None)
-    served = await answer_over_http(registry, turns, args.history, bot, select=True)
-    greedy = await answer_over_http(registry, turns, args.history, bot, select=False) if args.compare_greedy else None
+    served = await answer_over_http(registry, turns, args.history, bot, True, args.concurrency)
+    greedy = await answer_over_http(registry, turns, args.history, bot, False, args.concurrency) if args.compare_greedy else None
     loaded = registry.load()
     return {
         "version": loaded.version, "arch": metrics.get("arch"), "num_params": metrics.get("num_params"),
@@ -131,7 +134,7 @@ async def amain(args: argparse.Namespace) -> dict:
         "tokenizer": metrics.get("tokenizer"), "prompt": metrics.get("prompt"), "turns": len(turns),
         "heldout_dialogues": len(conversations), "repetition_penalty": bot.repetition_penalty,
         "selection": loaded.selection.to_dict(),
-        "history": args.history, f"with_history_{args.history}": served[0], "question_alone": served[1],
+        "history": args.history, "concurrency": args.concurrency, f"with_history_{args.history}": served[0], "question_alone": served[1],
         "greedy": {f"with_history_{args.history}": greedy[0], "question_alone": greedy[1]} if greedy else None,
         "bm25_nearest_response": round(retrieval_baseline(loaded.index, turns), 4) if loaded.index else None,
         "val_char_f1": metrics.get("val_char_f1"), "train_args": args.train_arg,
@@ -149,6 +152,8 @@ def main() -> None:
     parser.add_argument("--models", help="use this registry's current version instead of training (same --data/--seed split!)")
     parser.add_argument("--history", type=int, default=4, help="earlier turns sent with the question, as MODEL_HISTORY")
     parser.add_argument("--limit", type=int, help="ask only the first N held-out turns")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                        help=f"requests at once (default {CONCURRENCY}; under load the server chooses among fewer candidates)")
     parser.add_argument("--compare-greedy", action="store_true",
                         help="ask again with the server's selection off (LLMCORE_SELECT=0): the greedy answer alone")
     result = asyncio.run(amain(parser.parse_args()))

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--select-greedy-weight", type=float, default=DEFAULT_SELECTION.greedy_weight, metavar="W",
                        help="the greedy answer's vote among the candidates, in stored answers' votes "
                             f"(default {DEFAULT_SELECTION.greedy_weight:g})")
+    train.add_argument("--select-variants", type=int, default=DEFAULT_SELECTION.variants, metavar="N",
+                       help="more greedy answers among the candidates, each prompted with the next stored answers as "
+                            f"evidence; they vote as the greedy one (default {DEFAULT_SELECTION.variants})")
     for name, kind, text in (("n-layer", int, "layers"), ("n-embd", int, "width"), ("n-head", int, "attention heads"),
                              ("block-size", int, "context length in tokens"), ("dropout", float, "dropout")):
         train.add_argument(f"--{name}", type=kind, help=f"model {text} (default: the arch's default size)")
@@ -139,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         compare_current=args.compare_current, result_file=args.result_file, tokenizer=args.tokenizer,
         evidence_k=args.evidence, max_history=args.history, max_evidence_tokens=args.evidence_tokens,
         question_loss=args.question_loss,
-        selection=Selection(args.select_samples, args.select_retrieved, greedy_weight=args.select_greedy_weight),
+        selection=Selection(args.select_samples, args.select_retrieved, greedy_weight=args.select_greedy_weight,
+                            variants=args.select_variants),
         precision=args.precision, ema=args.ema, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
     )
     metrics = main(opts)

@@ -4,7 +4,7 @@ Kefu's own fields live under "kefu" in responses: the answer's `confidence` (mea
 log-probability; 0 is certain), `p_correct` (the version's calibrated probability that the answer is
 right, or null for a version without a gate), the `evidence` its prompt held (retrieved stored answers
 and the request's own), the `model_version` that produced it, and for an answer chosen among candidates
-(llmcore/selection.py) `chosen`: its `source` (greedy, sample, evidence or retrieved) and `consensus`. A request may
+(llmcore/selection.py) `chosen`: its `source` (greedy, sample, variant, evidence or retrieved) and `consensus`. A request may
 bring `evidence` of its own (up to 4 texts, e.g. FAQ answers): it goes into the prompt before the version's own, and
 where the answer is chosen among candidates it is one of them, its vote the greedy answer's.
 """

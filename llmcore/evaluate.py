@@ -22,7 +22,7 @@ from llmcore.chats import Conversation
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.gate import RIGHT_F1, Gate, answer_features, gate_curve
 from llmcore.model import LanguageModel
-from llmcore.prompting import PLAIN, PromptRecipe, build_prompt
+from llmcore.prompting import PLAIN, PromptRecipe, build_prompt, prompt_ids
 from llmcore.retrieval import EvidenceIndex, Hit, char_f1
 from llmcore.sampling import SamplingParams, generate, prompt_budget
 from llmcore.selection import GREEDY, Selection
@@ -87,9 +87,15 @@ def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Tur
         chunk = turns[start : start + GENERATE_BATCH]
         prompts = [build_prompt(tokenizer, index, recipe, t.history, budget) for t in chunk]
         runs = [generate(model, [ids for ids, _ in prompts], p, tokenizer.stop_ids) for p in selection.candidate_params(params)]
+        retrieved = [selection.retrieve(index, t.history, recipe.evidence_k) for t in chunk]
+        variants = [[prompt_ids(tokenizer, recipe, t.history, budget, evidence)
+                     for evidence in selection.variant_evidence(recipe, (), hits)] for t, hits in zip(chunk, retrieved)]
+        flat = generate(model, [ids for row in variants for ids in row], params, tokenizer.stop_ids) if any(variants) else []
         for row, (turn, (_, hits)) in enumerate(zip(chunk, prompts)):
             generated = [(tokenizer.decode(run[row].token_ids), run[row].confidence) for run in runs]
-            choice = selection.choose(generated, selection.retrieve(index, turn.history))
+            start = sum(map(len, variants[:row]))
+            generated += [(tokenizer.decode(o.token_ids), o.confidence) for o in flat[start : start + len(variants[row])]]
+            choice = selection.choose(generated, retrieved[row], variants=len(variants[row]))
             scored.append(ScoredTurn(choice.text, choice.confidence, hits, char_f1(choice.text, turn.reference)))
     return scored
 

@@ -1,9 +1,11 @@
 """Choosing the answer among candidates: minimum-Bayes-risk selection with char-F1 as the utility.
 
-    selection = Selection(samples=0, retrieved=24, greedy_weight=3)  # the version's setting (select.json beside the weights)
+    selection = Selection(retrieved=24, greedy_weight=3, variants=4)  # the version's setting (select.json beside the weights)
     params = selection.candidate_params(greedy_params)    # the greedy request, then `samples` seeded draws
-    choice = selection.choose(generated, hits, vouched)   # generated: [(text, confidence)], hits: retrieved answers,
-                                                          # vouched: the request's own evidence (FAQ answers)
+    evidence = selection.variant_evidence(recipe, request_evidence, hits)  # each variant's evidence: the next stored answers
+    choice = selection.choose(generated, hits, vouched, variants=4)  # generated: [(text, confidence)]: greedy, draws,
+                                                          # variants; hits: retrieved answers; vouched: the request's own
+                                                          # evidence (FAQ answers)
     choice.text, choice.confidence, choice.source, choice.consensus
 
 A small model's greedy answer is one guess; the stored answers nearest the question (and sampled answers, for a
@@ -15,6 +17,11 @@ of evidence the request brings (the bot sends the FAQ answers that matched the q
 version's word search may miss: on the demo paraphrases 80 -> ~100 of 165 right, docs/benchmarks.md). Measured in
 docs/benchmarks.md (greedy + 8 retrieved: +0.19 to +0.26 char-F1 on under-trained models; on a model of the default
 recipe, greedy x 3 + 24 retrieved +0.023 where greedy + 8 gave -0.003; samples did not help).
+
+Variants are more greedy answers to the same conversation, each prompted with the next stored answers as its evidence
+(the request's own evidence first in every one): a sampled answer is a noisier guess than the greedy one, but a variant
+is as good a guess written from other material, and it read this conversation too, so it votes as the greedy answer
+does. On held-out dialogues 4 variants took the chosen answers from 0.476 to 0.496 char-F1 (docs/benchmarks.md).
 
 The draws are seeded (SAMPLE_SEED + i), so a request at temperature 0 still gets the same answer every time,
 alone or in any batch. A retrieved answer carries no log-probability of its own: its confidence is the greedy
@@ -32,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmcore.prompting import MAX_REQUEST_EVIDENCE, PromptRecipe
 from llmcore.retrieval import EvidenceIndex, Hit
 
 if TYPE_CHECKING:  # torch stays out of the CLI's argument parser, which shows DEFAULT_SELECTION
@@ -42,14 +50,15 @@ SAMPLE_SEED = 1000
 MAX_SAMPLES = 16
 MAX_RETRIEVED = 32
 MAX_GREEDY_WEIGHT = 16.0
+MAX_VARIANTS = 8
 
 
 @dataclass(frozen=True)
 class Choice:
     text: str
     confidence: float | None  # mean log-probability of the chosen answer (a stored one: the greedy answer's)
-    source: str  # "greedy" | "sample" | "evidence" (the request's own) | "retrieved"
-    index: int  # among generated (greedy first, then the draws), the request's evidence, or the retrieved hits
+    source: str  # "greedy" | "sample" | "variant" | "evidence" (the request's own) | "retrieved"
+    index: int  # among generated (greedy first, the draws, the variants), the request's evidence, or the retrieved hits
     consensus: float  # its mean char-F1 to the other candidates
 
 
@@ -59,37 +68,55 @@ class Selection:
     retrieved: int = 0  # stored answers nearest the question that join the candidates
     temperature: float = 0.8  # of the draws
     greedy_weight: float = 1.0  # the greedy answer's vote, in stored answers' votes (1: every candidate alike, as before)
+    variants: int = 0  # greedy answers prompted with the next stored answers as evidence (they vote as the greedy one)
 
     def __post_init__(self) -> None:
         if not (0 <= self.samples <= MAX_SAMPLES and 0 <= self.retrieved <= MAX_RETRIEVED and self.temperature > 0
-                and 1.0 <= self.greedy_weight <= MAX_GREEDY_WEIGHT):
-            raise ValueError(f"selection needs 0..{MAX_SAMPLES} samples, 0..{MAX_RETRIEVED} retrieved, temperature > 0 "
-                             f"and a greedy weight of 1..{MAX_GREEDY_WEIGHT:g}")
+                and 1.0 <= self.greedy_weight <= MAX_GREEDY_WEIGHT and 0 <= self.variants <= MAX_VARIANTS):
+            raise ValueError(f"selection needs 0..{MAX_SAMPLES} samples, 0..{MAX_RETRIEVED} retrieved, temperature > 0, "
+                             f"a greedy weight of 1..{MAX_GREEDY_WEIGHT:g} and 0..{MAX_VARIANTS} variants")
 
     @property
     def enabled(self) -> bool:
-        return self.samples > 0 or self.retrieved > 0
+        return self.samples > 0 or self.retrieved > 0 or self.variants > 0
 
     def candidate_params(self, params: SamplingParams) -> list[SamplingParams]:
         """The request's own (greedy) parameters first, then one seeded draw per sample."""
         return [params] + [replace(params, temperature=self.temperature, seed=SAMPLE_SEED + i) for i in range(self.samples)]
 
-    def retrieve(self, index: EvidenceIndex | None, messages: Sequence[dict]) -> list[Hit]:
-        """The stored answers that join the candidates: the version's index searched as for its evidence."""
-        return index.search(messages, self.retrieved) if index is not None and self.retrieved else []
+    def retrieve(self, index: EvidenceIndex | None, messages: Sequence[dict], evidence_k: int = 0) -> list[Hit]:
+        """The stored answers that join the candidates: the version's index searched as for its evidence; with
+        variants, at least as many as their prompts take (`evidence_k` each, the recipe's, and the greedy answer's)."""
+        wanted = max(self.retrieved, evidence_k * (1 + self.variants) if self.variants else 0)
+        return index.search(messages, wanted) if index is not None and wanted else []
+
+    def variant_evidence(self, recipe: PromptRecipe, request_evidence: Sequence[str], hits: Sequence[Hit]) -> list[list[Hit]]:
+        """Each variant's evidence: the request's own first, as in the greedy answer's prompt, then the stored answers
+        (`hits`, best first) that come after those the greedy answer's prompt took: the next ones for each variant.
+        None without room for stored answers (the request's evidence fills the prompt) or without more of them."""
+        own = [Hit(text, 1.0, "") for text in list(request_evidence)[:MAX_REQUEST_EVIDENCE] if text.strip()][: recipe.evidence_k]
+        room = recipe.evidence_k - len(own)
+        if room <= 0 or not self.variants:
+            return []
+        pool = [h for h in hits if h.response not in {o.response for o in own}]
+        return [own + pool[i * room : (i + 1) * room] for i in range(1, self.variants + 1) if pool[i * room : (i + 1) * room]]
 
     def choose(self, generated: Sequence[tuple[str, float | None]], hits: Sequence[Hit],
-               vouched: Sequence[str] = ()) -> Choice:
+               vouched: Sequence[str] = (), variants: int = 0) -> Choice:
         """The candidate with the highest weighted mean char-F1 to the others; ties go to the earlier one (greedy first).
+        `generated`: the greedy answer, the draws, and last `variants` variants (which vote as the greedy one does).
         `vouched`: answers the request brought as its own evidence (the bot's FAQ answers for this question): they join
         the candidates with the greedy answer's vote, the caller's word counting as much as the model's."""
         stored = [h.response for h in hits[: self.retrieved]]
         texts = [text for text, _ in generated] + list(vouched) + stored
-        weights = [self.greedy_weight] + [1.0] * (len(generated) - 1) + [self.greedy_weight] * len(vouched) + [1.0] * len(stored)
+        drawn = len(generated) - 1 - variants
+        weights = ([self.greedy_weight] + [1.0] * drawn + [self.greedy_weight] * variants
+                   + [self.greedy_weight] * len(vouched) + [1.0] * len(stored))
         best, consensus = mbr_choice(texts, weights)
         greedy_confidence = generated[0][1]
         if best < len(generated):
-            return Choice(texts[best], generated[best][1], "greedy" if best == 0 else "sample", best, consensus)
+            source = "greedy" if best == 0 else "sample" if best <= drawn else "variant"
+            return Choice(texts[best], generated[best][1], source, best, consensus)
         if best < len(generated) + len(vouched):
             return Choice(texts[best], greedy_confidence, "evidence", best - len(generated), consensus)
         return Choice(texts[best], greedy_confidence, "retrieved", best - len(generated) - len(vouched), consensus)
@@ -113,7 +140,7 @@ class Selection:
 GREEDY = Selection()  # the greedy answer alone: versions trained before selection
 # what `llmcore train` gives a new version: chosen on the trainer's validation turns, checked on held-out ones
 # (docs/benchmarks.md)
-DEFAULT_SELECTION = Selection(samples=0, retrieved=24, greedy_weight=3.0)
+DEFAULT_SELECTION = Selection(samples=0, retrieved=24, greedy_weight=3.0, variants=4)
 
 
 def mbr_choice(texts: Sequence[str], weights: Sequence[float] | None = None) -> tuple[int, float]:

@@ -40,7 +40,7 @@ from llmcore.api import (
 )
 from llmcore.engine import EngineError, QueueFull
 from llmcore.gate import answer_features
-from llmcore.prompting import build_prompt
+from llmcore.prompting import build_prompt, prompt_ids
 from llmcore.registry import LoadedModel
 from llmcore.retrieval import Hit
 from llmcore.sampling import SamplingParams
@@ -123,7 +123,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chooses = (request.app[SETTINGS].select and loaded.selection.enabled and req.temperature == 0
                and not (req.logprobs or req.ignore_eos or req.stop))
     messages = [m.model_dump() for m in req.messages]
-    prompt, hits, retrieved = await asyncio.to_thread(  # tokenizing and retrieval off the event loop: streams keep flowing
+    prompt, hits, retrieved, variants = await asyncio.to_thread(  # tokenizing and retrieval off the event loop: streams flow
         _prepare, loaded, messages, block - max_tokens, req.evidence, chooses)
     params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
@@ -136,27 +136,34 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except EngineError as exc:
         raise ApiError(400, str(exc), param="messages") from None
     if chooses:
-        submissions += _submit_more(worker, prompt, candidates[1:])
-        return await _chosen(request, req, submissions, len(prompt), hits, retrieved)
+        more = _submit_more(worker, [(prompt, p) for p in candidates[1:]] + [(v, params) for v in variants])
+        submissions += more[: len(candidates) - 1]
+        return await _chosen(request, req, submissions, more[len(candidates) - 1 :], len(prompt), hits, retrieved)
     if req.stream:
         return await _stream(request, req, submissions[0], len(prompt), hits)
     return await _complete(request, req, submissions[0], len(prompt), hits)
 
 
 def _prepare(loaded: LoadedModel, messages: list[dict], max_tokens: int, extra_evidence: list[str],
-             chooses: bool) -> tuple[list[int], list[Hit], list[Hit]]:
+             chooses: bool) -> tuple[list[int], list[Hit], list[Hit], list[list[int]]]:
     """The prompt, its evidence, and for a request that chooses its answer the stored answers that join the
-    candidates: one search of the version's index serves both (the evidence is among its first hits)."""
-    retrieved = loaded.selection.retrieve(loaded.index, messages) if chooses else []
-    prompt, hits = build_prompt(loaded.tokenizer, loaded.index, loaded.recipe, messages, max_tokens,
+    candidates and the variants' prompts (each with the next stored answers as evidence): one search of the version's
+    index serves them all (the evidence is among its first hits)."""
+    selection, recipe = loaded.selection, loaded.recipe
+    retrieved = selection.retrieve(loaded.index, messages, recipe.evidence_k) if chooses else []
+    prompt, hits = build_prompt(loaded.tokenizer, loaded.index, recipe, messages, max_tokens,
                                 extra_evidence=extra_evidence, searched=retrieved if chooses else None)
-    return prompt, hits, retrieved
+    variants = [prompt_ids(loaded.tokenizer, recipe, messages, max_tokens, evidence)
+                for evidence in selection.variant_evidence(recipe, extra_evidence, retrieved)] if chooses else []
+    return prompt, hits, retrieved, variants
 
 
-def _submit_more(worker: Worker, prompt: list[int], candidates: list[SamplingParams]) -> list[Submission]:
-    """The sampled candidates beside the greedy one; with the queue full, fewer of them rather than a refusal."""
+def _submit_more(worker: Worker, candidates: list[tuple[list[int], SamplingParams]]) -> list[Submission]:
+    """The candidates beside the greedy one (prompt, parameters): the draws, then the variants, as many as the worker
+    has spare slots (the batch under half full): under load an answer is chosen among fewer candidates rather than
+    every answer slowing down for them (or a full queue refusing a customer because of them)."""
     submissions = []
-    for params in candidates:
+    for prompt, params in candidates[: worker.spare_slots]:
         try:
             submissions.append(worker.submit(prompt, params))
         except QueueFull:
@@ -179,8 +186,8 @@ def _kefu(submission: Submission, text: str, hits: list[Hit], confidence: float 
     return kefu
 
 
-async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Submission], prompt_tokens: int,
-                  hits: list[Hit], retrieved: list[Hit]) -> web.StreamResponse:
+async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Submission], variants: list[Submission],
+                  prompt_tokens: int, hits: list[Hit], retrieved: list[Hit]) -> web.StreamResponse:
     """A greedy request to a version that chooses its answer: the candidates are generated together (the greedy one
     first), then the one that agrees most with the others and with the nearest stored answers is sent whole, as a
     body or as one streamed piece (llmcore/selection.py)."""
@@ -188,23 +195,23 @@ async def _chosen(request: web.Request, req: ChatRequest, submissions: list[Subm
     loaded = greedy.served.loaded
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_s):
-            await asyncio.gather(*(_finished(s) for s in submissions))
+            await asyncio.gather(*(_finished(s) for s in submissions + variants))
     except TimeoutError:
-        _cancel_all(worker, submissions, "timeout")
+        _cancel_all(worker, submissions + variants, "timeout")
         raise ApiError(503, "the request timed out; try again", type_="server_error", code="timeout",
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except asyncio.CancelledError:
-        _cancel_all(worker, submissions, "disconnected")
+        _cancel_all(worker, submissions + variants, "disconnected")
         raise
     if greedy.seq.output.finish_reason == "error":
         _record(worker, greedy, "error")
         raise ApiError(500, f"generation failed: {greedy.seq.error}", type_="server_error")
-    done = [s for s in submissions if s.seq.output.finish_reason != "error"]
-    outputs = [s.seq.output for s in done]
+    outputs = [s.seq.output for s in submissions if s.seq.output.finish_reason != "error"]
+    varied = [s.seq.output for s in variants if s.seq.output.finish_reason != "error"]
     choice = loaded.selection.choose(
-        [(loaded.tokenizer.decode(o.token_ids), o.confidence if o.token_ids else None) for o in outputs], retrieved,
-        req.evidence)
-    chosen = outputs[choice.index] if choice.source != "retrieved" else None
+        [(loaded.tokenizer.decode(o.token_ids), o.confidence if o.token_ids else None) for o in outputs + varied], retrieved,
+        req.evidence, variants=len(varied))
+    chosen = (outputs + varied)[choice.index] if choice.source in ("greedy", "sample", "variant") else None
     finish = chosen.finish_reason if chosen else "stop"
     tokens = len(chosen.token_ids) if chosen else len(loaded.tokenizer.encode(choice.text))
     kefu = _kefu(greedy, choice.text, hits, choice.confidence, choice)

@@ -100,6 +100,17 @@ class Worker:
     def active(self) -> int:
         return sum(s.engine.num_running for s in self._all_served())
 
+    @property
+    def spare_slots(self) -> int:
+        """Batch slots of the served version free for extra work (an answer's other candidates): those beyond half the
+        batch that no running or waiting sequence takes. Under load (the batch half full) there are none: extra work
+        would slow every answer (docs/benchmarks.md: four variants per answer halved the throughput at 32 clients)."""
+        served = self.served
+        if served is None:
+            return 0
+        engine = served.engine
+        return max(engine.max_batch - engine.max_batch // 2 - engine.num_running - engine.num_waiting, 0)
+
     async def start(self, watch: bool = True) -> None:
         await self.reload()
         self._tasks.append(asyncio.create_task(self._run(), name="engine-loop"))

@@ -1,6 +1,7 @@
 """Choosing the answer among candidates: the consensus wins, the target turn is never a candidate, the API is unchanged."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmcore.chats import Conversation
 from llmcore.evaluate import Turn, answer_turns
+from llmcore.prompting import EVIDENCE_FILE, PromptRecipe
 from llmcore.registry import Registry
 from llmcore.retrieval import EvidenceIndex, Hit, char_f1
 from llmcore.sampling import SamplingParams
@@ -61,6 +63,39 @@ def test_the_requests_own_evidence_is_a_candidate_voting_like_the_greedy_answer(
     assert Selection(retrieved=3, greedy_weight=1.0).choose([(greedy, -0.5)], hits, [faq]).source == "retrieved"  # its vote is the greedy's
 
 
+def test_each_variant_is_prompted_with_the_next_stored_answers_after_the_requests_own():
+    hits = [Hit(f"答案{i}", 1.0 - i / 10, f"问题{i}") for i in range(9)]
+    selection, recipe = Selection(retrieved=8, variants=3), PromptRecipe(evidence_k=2)
+    assert [[h.response for h in ev] for ev in selection.variant_evidence(recipe, (), hits)] == [
+        ["答案2", "答案3"], ["答案4", "答案5"], ["答案6", "答案7"]]  # the greedy answer's prompt took 答案0 and 答案1
+    own = selection.variant_evidence(recipe, ["七天内可以退货。", " "], [Hit("七天内可以退货。", 0.9, "退货"), *hits])
+    assert [[h.response for h in ev] for ev in own] == [["七天内可以退货。", "答案1"], ["七天内可以退货。", "答案2"],
+                                                      ["七天内可以退货。", "答案3"]]  # the request's own first, never twice
+    assert selection.variant_evidence(recipe, ["甲", "乙"], hits) == []  # the request's evidence fills every prompt
+    assert len(selection.variant_evidence(recipe, (), hits[:5])) == 2 and Selection(retrieved=8).variant_evidence(recipe, (), hits) == []
+    assert selection.variant_evidence(PromptRecipe(evidence_k=0), (), hits) == []  # a version without evidence in its prompts
+    asked = [{"role": "user", "content": "退货运费多少，客服电话多少，发票呢？"}]
+    assert len(Selection(retrieved=2).retrieve(_index(), asked, evidence_k=2)) == 2
+    assert len(Selection(retrieved=2, variants=3).retrieve(_index(), asked, evidence_k=2)) == 8  # the prompts' share too
+
+
+def _index() -> EvidenceIndex:
+    return EvidenceIndex.build([Conversation([{"role": "user", "content": q + s}, {"role": "assistant", "content": a + s}])
+                                for q, a in FAQ_PAIRS for s in ("", "呢", "吧")])
+
+
+def test_a_variant_votes_as_the_greedy_answer_and_is_reported_as_one():
+    """Two greedy answers written from different evidence agree on the address; counted like the greedy answer (not as
+    a draw), the variant's vote carries the address over the formula the stored answers share, and the answer chosen
+    may be the variant's own, reported as such with its own confidence."""
+    greedy, variant = "故宫的地址是景山前街4号。", "故宫在北京市东城区景山前街4号。"
+    hits = [Hit(text, 0.5, "q") for text in ("推荐您去颐和园。", "推荐您去颐和园看看。", "推荐您去颐和园吧。", "故宫在东城区。")]
+    generated = [(greedy, -0.3), (variant, -0.6)]
+    assert Selection(retrieved=4, samples=1, greedy_weight=2.0).choose(generated, hits).text == "推荐您去颐和园。"
+    choice = Selection(retrieved=4, variants=1, greedy_weight=2.0).choose(generated, hits, variants=1)
+    assert (choice.text, choice.source, choice.index, choice.confidence) == (variant, "variant", 1, -0.6)
+
+
 def test_mbr_ties_go_to_the_first_candidate_and_one_candidate_is_itself():
     assert mbr_choice(["甲", "乙", "丙"])[0] == 0
     assert mbr_choice(["好的"]) == (0, 1.0)
@@ -96,7 +131,8 @@ def test_selection_travels_with_the_version(tmp_path):
     assert Selection.load(tmp_path) == Selection(samples=3, retrieved=5, greedy_weight=2.5)
     (tmp_path / "select.json").write_text('{"samples": 0, "retrieved": 8, "temperature": 0.8}')  # written before weights
     assert Selection.load(tmp_path) == Selection(retrieved=8, greedy_weight=1.0)  # chooses as it always did
-    for bad in ({"samples": -1}, {"retrieved": 33}, {"greedy_weight": 0.5}, {"greedy_weight": 100.0}):
+    for bad in ({"samples": -1}, {"retrieved": 33}, {"greedy_weight": 0.5}, {"greedy_weight": 100.0}, {"variants": -1},
+                {"variants": 9}):
         with pytest.raises(ValueError):
             Selection(**bad)
 
@@ -188,3 +224,46 @@ async def test_sampled_and_logprob_requests_are_answered_as_before(client):
     for extra in ({"temperature": 0.8, "seed": 3}, {"logprobs": True}, {"stop": ["。"]}):
         body = await (await client.post("/v1/chat/completions", json=ask("怎么退货？", **extra))).json()
         assert "chosen" not in body["kefu"] and body["choices"][0]["message"]["content"]
+
+
+@pytest.fixture(scope="module")
+def varying_models(tiny_models, tmp_path_factory):
+    """tiny_models' version with a stored answer in each prompt, an index of three wordings per FAQ pair (a question is
+    never its own evidence: the other wordings are), and a select.json with two variants."""
+    root = tmp_path_factory.mktemp("varying") / "reg"
+    root.mkdir()
+    shutil.copytree(tiny_models / "v0001", root / "v0001")
+    _index().save(root / "v0001" / EVIDENCE_FILE)
+    PromptRecipe(evidence_k=1, max_history=4).save(root / "v0001")
+    Selection(retrieved=4, greedy_weight=3.0, variants=2).save(root / "v0001")
+    Registry(root).promote("v0001")
+    return root
+
+
+QUESTIONS = [q for q, _ in FAQ_PAIRS] + ["运费怎么算？", "你们的电话？", "周末几点关门？", "发票和退货"]
+
+
+async def test_variants_are_served_as_evaluation_measures_them_and_only_into_spare_slots(varying_models):
+    """With room in the batch the server writes the variants (over twice the tokens: the greedy answer and up to two
+    variants) and chooses as `llmcore eval` does; with none (one slot, the greedy answer's) it chooses among the greedy
+    answer and the stored ones, as evaluation without variants does: never refusing or waiting for them."""
+    loaded = Registry(varying_models).load()
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=40)
+    turns = [Turn([{"role": "user", "content": q}], "") for q in QUESTIONS]
+    generated = {}
+    for max_batch in (8, 1):
+        selection = loaded.selection if max_batch > 1 else replace(loaded.selection, variants=0)
+        measured = answer_turns(loaded.model, loaded.tokenizer, turns, params, loaded.index, loaded.recipe, selection)
+        worker = Worker(Registry(varying_models), torch.device("cpu"), max_batch=max_batch)
+        client = TestClient(TestServer(create_app(ServeSettings(models=varying_models, request_timeout_s=30), worker)))
+        await client.start_server()
+        try:
+            for question, expected in zip(QUESTIONS, measured):
+                body = await (await client.post("/v1/chat/completions", json=ask(question, temperature=0, repetition_penalty=1.2))).json()
+                assert body["choices"][0]["message"]["content"] == expected.answer, question
+                assert body["kefu"]["chosen"]["source"] in ("greedy", "variant", "retrieved")
+                assert body["usage"]["completion_tokens"] == len(loaded.tokenizer.encode(expected.answer))
+        finally:
+            await client.close()
+        generated[max_batch] = worker.metrics.registry.get_sample_value("kefu_llm_generated_tokens_total")
+    assert generated[8] > 2 * generated[1] > 0
