@@ -19,7 +19,7 @@ docs/benchmarks.md (greedy + 8 retrieved: +0.19 to +0.26 char-F1 on under-traine
 recipe, greedy x 3 + 24 retrieved +0.023 where greedy + 8 gave -0.003; samples did not help).
 
 Variants are more greedy answers to the same conversation, each prompted with the next stored answers as its evidence
-(the request's own evidence first in every one): a sampled answer is a noisier guess than the greedy one, but a variant
+(not for a request that brings evidence of its own): a sampled answer is a noisier guess than the greedy one, but a variant
 is as good a guess written from other material, and it read this conversation too, so it votes as the greedy answer
 does. On held-out dialogues 4 variants took the chosen answers from 0.476 to 0.496 char-F1 (docs/benchmarks.md).
 
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llmcore.prompting import MAX_REQUEST_EVIDENCE, PromptRecipe
+from llmcore.prompting import PromptRecipe
 from llmcore.retrieval import EvidenceIndex, Hit
 
 if TYPE_CHECKING:  # torch stays out of the CLI's argument parser, which shows DEFAULT_SELECTION
@@ -91,15 +91,14 @@ class Selection:
         return index.search(messages, wanted) if index is not None and wanted else []
 
     def variant_evidence(self, recipe: PromptRecipe, request_evidence: Sequence[str], hits: Sequence[Hit]) -> list[list[Hit]]:
-        """Each variant's evidence: the request's own first, as in the greedy answer's prompt, then the stored answers
-        (`hits`, best first) that come after those the greedy answer's prompt took: the next ones for each variant.
-        None without room for stored answers (the request's evidence fills the prompt) or without more of them."""
-        own = [Hit(text, 1.0, "") for text in list(request_evidence)[:MAX_REQUEST_EVIDENCE] if text.strip()][: recipe.evidence_k]
-        room = recipe.evidence_k - len(own)
-        if room <= 0 or not self.variants:
+        """Each variant's evidence: the stored answers (`hits`, best first) that come after those the greedy answer's
+        prompt took, the next ones for each variant. None for a request that brings evidence of its own (the bot's FAQ
+        answers): the caller knows best, and variants written beside it outvoted it (bench/demo_kb.py: 39 -> 35 of the
+        demo paraphrases answered right); none either without more stored answers or evidence in the prompts."""
+        room = recipe.evidence_k
+        if any(text.strip() for text in request_evidence) or room <= 0 or not self.variants:
             return []
-        pool = [h for h in hits if h.response not in {o.response for o in own}]
-        return [own + pool[i * room : (i + 1) * room] for i in range(1, self.variants + 1) if pool[i * room : (i + 1) * room]]
+        return [list(hits[i * room : (i + 1) * room]) for i in range(1, self.variants + 1) if hits[i * room : (i + 1) * room]]
 
     def choose(self, generated: Sequence[tuple[str, float | None]], hits: Sequence[Hit],
                vouched: Sequence[str] = (), variants: int = 0) -> Choice:
