@@ -168,6 +168,8 @@ def _submit_more(worker: Worker, candidates: list[tuple[list[int], SamplingParam
             submissions.append(worker.submit(prompt, params))
         except QueueFull:
             break
+        except EngineError as exc:  # a candidate the engine refuses is left out; the answer goes on without it
+            logger.warning("a candidate was refused: %s", exc)
     return submissions
 
 

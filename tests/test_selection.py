@@ -208,12 +208,13 @@ async def test_a_chosen_answer_is_deterministic_and_streams_the_same_text(client
     assert events[-1]["choices"][0]["finish_reason"] and events[-1]["kefu"]["chosen"] == bodies[0]["kefu"]["chosen"]
 
 
-async def test_evidence_the_request_brings_is_among_the_candidates(client):
+async def test_evidence_the_request_brings_is_among_the_candidates(client, choosing_models):
     """A question the tiny model does not know: its greedy answer and draws disagree, and a text the request brings four
     times (four votes of the greedy answer's weight) is the answer chosen, from the evidence; without it, as before."""
     vouched = "本店支持七天无理由退货，请在订单页提交申请。"
     body = await (await client.post("/v1/chat/completions", json=ask("周末几点关门？", evidence=[vouched] * 4))).json()
     assert body["choices"][0]["message"]["content"] == vouched and body["kefu"]["chosen"]["source"] == "evidence"
+    assert body["usage"]["completion_tokens"] == len(Registry(choosing_models).load().tokenizer.encode(vouched))
     body = await (await client.post("/v1/chat/completions", json=ask("周末几点关门？"))).json()
     assert body["choices"][0]["message"]["content"] != vouched and body["kefu"]["chosen"]["source"] != "evidence"
 
