@@ -30,13 +30,14 @@ from tqdm import tqdm
 from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
-from llmcore.evaluate import evaluate, evaluate_turns, loss_on
+from llmcore.evaluate import answer_turns, assistant_turns, evaluate, evaluate_turns, loss_on
 from llmcore.gate import RIGHT_F1, Gate, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
 from llmcore.prompting import PLAIN, PromptRecipe
 from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
 from llmcore.retrieval import EvidenceIndex
+from llmcore.sampling import SamplingParams
 from llmcore.selection import DEFAULT_SELECTION, Selection
 from llmcore.tokenizer import Tokenizer
 
@@ -223,7 +224,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         gate = metrics.pop("gate", None)
         with registry.staging() as staged:
             save_checkpoint(staged, model, tokenizer, index, recipe)
-            opts.selection.save(staged)
+            Selection(**metrics["selection"]).save(staged)  # the trainer's, less the variants where they lost on validation
             if gate is not None:
                 gate.save(staged)
             plot_loss(history, staged / LOSS_PLOT, title=f"{opts.arch} · {model.num_params() / 1e6:.2f} M params")
@@ -413,6 +414,14 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         scores, scored = evaluate_turns(model, tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
                                         repetition_penalty=BOT_REPETITION_PENALTY, index=index, recipe=recipe,
                                         selection=opts.selection)
+        if opts.selection.variants:  # they pay on some versions and cost others (docs/benchmarks.md): kept where they win
+            plain = replace(opts.selection, variants=0)
+            params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=96)
+            without = answer_turns(model, tokenizer, assistant_turns(val_convs)[:VAL_CHAR_F1_TURNS], params, index, recipe, plain)
+            plain_f1 = sum(s.f1 for s in without) / max(len(without), 1)
+            metrics["val_char_f1_by_variants"] = {str(opts.selection.variants): scores["char_f1"], "0": plain_f1}
+            if plain_f1 >= scores["char_f1"]:
+                metrics["selection"], scores["char_f1"], scored = plain.to_dict(), plain_f1, without
         metrics.update(val_loss=scores["loss"], val_ppl=scores["ppl"], val_loss_per_char=scores["loss_per_char"],
                        val_char_f1=scores["char_f1"], val_baseline_char_f1=scores["baseline_char_f1"],
                        val_char_f1_turns=scores["num_turns"])

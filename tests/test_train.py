@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -49,7 +50,11 @@ def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
     assert saved["val_ppl"] == pytest.approx(2.718281828 ** saved["val_loss"], rel=1e-6)
     assert saved["train_tokens_per_s"] > 0 and len(saved["data_sha256"]) == 64
     assert (tmp_path / "m" / version / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert registry.load(version).selection == DEFAULT_SELECTION and saved["selection"] == DEFAULT_SELECTION.to_dict()
+    kept = registry.load(version).selection  # the default's choice, its variants kept only if they won on validation
+    by_variants = saved["val_char_f1_by_variants"]
+    assert set(by_variants) == {"0", str(DEFAULT_SELECTION.variants)} and saved["val_char_f1"] == max(by_variants.values())
+    won = by_variants[str(DEFAULT_SELECTION.variants)] > by_variants["0"]
+    assert kept == (DEFAULT_SELECTION if won else replace(DEFAULT_SELECTION, variants=0)) and saved["selection"] == kept.to_dict()
     assert registry.current() is None  # not promoted without --promote
     held, _ = read_conversations([tmp_path / "m" / version / "heldout.jsonl"])  # what it never trained on, to compare versions on
     everything, _ = read_conversations([faq_file])
@@ -202,7 +207,7 @@ def test_cli_generate_and_eval(tmp_path, faq_file):
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     assert result["version"] == "v0001" and result["num_turns"] == len(FAQ_PAIRS)
-    assert result["ppl"] > 1 and 0 <= result["char_f1"] <= 1 and result["selection"] == DEFAULT_SELECTION.to_dict()
+    assert result["ppl"] > 1 and 0 <= result["char_f1"] <= 1 and result["selection"] == Registry(tmp_path).load().selection.to_dict()
     greedy = json.loads(run_cli("eval", "--models", tmp_path, "--data", faq_file, "--greedy").stdout)
     assert greedy["selection"] == GREEDY.to_dict() and greedy["baseline_char_f1"] == result["baseline_char_f1"]
 
