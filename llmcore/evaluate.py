@@ -30,6 +30,7 @@ from llmcore.tokenizer import Tokenizer
 
 EVAL_BATCH_TOKENS = 8192
 GENERATE_BATCH = 32
+ANSWER_TOKENS = 96  # the most an evaluated answer may take (the bot's MAX_ANSWER_TOKENS)
 
 
 @dataclass
@@ -85,16 +86,17 @@ def answer_turns(model: LanguageModel, tokenizer: Tokenizer, turns: Sequence[Tur
     scored: list[ScoredTurn] = []
     for start in range(0, len(turns), GENERATE_BATCH):
         chunk = turns[start : start + GENERATE_BATCH]
-        prompts = [build_prompt(tokenizer, index, recipe, t.history, budget) for t in chunk]
+        retrieved = [selection.retrieve(index, t.history, recipe.evidence_k) for t in chunk]  # one search a turn, as served
+        prompts = [build_prompt(tokenizer, index, recipe, t.history, budget, searched=hits if selection.enabled else None)
+                   for t, hits in zip(chunk, retrieved)]
         runs = [generate(model, [ids for ids, _ in prompts], p, tokenizer.stop_ids) for p in selection.candidate_params(params)]
-        retrieved = [selection.retrieve(index, t.history, recipe.evidence_k) for t in chunk]
         variants = [[prompt_ids(tokenizer, recipe, t.history, budget, evidence)
                      for evidence in selection.variant_evidence(recipe, (), hits)] for t, hits in zip(chunk, retrieved)]
         flat = generate(model, [ids for row in variants for ids in row], params, tokenizer.stop_ids) if any(variants) else []
+        written = iter(flat)  # the variants' answers, turn after turn
         for row, (turn, (_, hits)) in enumerate(zip(chunk, prompts)):
             generated = [(tokenizer.decode(run[row].token_ids), run[row].confidence) for run in runs]
-            start = sum(map(len, variants[:row]))
-            generated += [(tokenizer.decode(o.token_ids), o.confidence) for o in flat[start : start + len(variants[row])]]
+            generated += [(tokenizer.decode(o.token_ids), o.confidence) for o in (next(written) for _ in variants[row])]
             choice = selection.choose(generated, retrieved[row], variants=len(variants[row]))
             scored.append(ScoredTurn(choice.text, choice.confidence, hits, char_f1(choice.text, turn.reference)))
     return scored
@@ -112,7 +114,7 @@ def retrieval_baseline(index: EvidenceIndex | None, turns: Sequence[Turn]) -> fl
 
 
 def evaluate(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
-             limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
+             limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = ANSWER_TOKENS,
              index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN, gate: Gate | None = None,
              selection: Selection = GREEDY) -> dict:
     """`evaluate_turns` without the per-turn detail."""
@@ -121,7 +123,7 @@ def evaluate(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence
 
 
 def evaluate_turns(model: LanguageModel, tokenizer: Tokenizer, conversations: Sequence[Conversation],
-                   limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = 96,
+                   limit: int | None = None, repetition_penalty: float = 1.0, max_new_tokens: int = ANSWER_TOKENS,
                    index: EvidenceIndex | None = None, recipe: PromptRecipe = PLAIN,
                    gate: Gate | None = None, selection: Selection = GREEDY) -> tuple[dict, list[ScoredTurn]]:
     """Loss/perplexity over all conversations; char-F1 of the answers as served (greedy, or chosen by `selection`

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
-from llmcore.evaluate import answer_turns, assistant_turns, evaluate, evaluate_turns, loss_on
+from llmcore.evaluate import ANSWER_TOKENS, answer_turns, assistant_turns, evaluate, evaluate_turns, loss_on
 from llmcore.gate import RIGHT_F1, Gate, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
@@ -416,7 +416,7 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
                                         selection=opts.selection)
         if opts.selection.variants:  # they pay on some versions and cost others (docs/benchmarks.md): kept where they win
             plain = replace(opts.selection, variants=0)
-            params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=96)
+            params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=ANSWER_TOKENS)
             without = answer_turns(model, tokenizer, assistant_turns(val_convs)[:VAL_CHAR_F1_TURNS], params, index, recipe, plain)
             plain_f1 = sum(s.f1 for s in without) / max(len(without), 1)
             metrics["val_char_f1_by_variants"] = {str(opts.selection.variants): scores["char_f1"], "0": plain_f1}
