@@ -38,6 +38,29 @@ def test_mbr_counts_each_candidate_once_and_scores_as_char_f1():
         assert consensus == pytest.approx(max(means)) and means[best] == pytest.approx(max(means))
 
 
+def test_mbr_reads_a_bounded_prefix_of_hostile_evidence():
+    """A request may bring 4 evidence texts of 32,768 characters, all distinct (e.g. from U+20000 on): the choice
+    reads each text's first MBR_CHARS, row by row, so it allocates megabytes, not the every-pair matrix of 29 x 29 x
+    131,072 counts (441 MB) that held the event loop for ~1.5 s; and it chooses as among those prefixes."""
+    import tracemalloc
+
+    from llmcore.selection import MBR_CHARS
+
+    hostile = ["".join(map(chr, range(0x20000 + i * 32_768, 0x20000 + (i + 1) * 32_768))) for i in range(4)]
+    answers = [a for _, a in FAQ_PAIRS]
+    texts = answers + hostile
+    weights = [3.0] * len(hostile) + [1.0] * len(answers)
+    tracemalloc.start()
+    try:
+        best, consensus = mbr_choice(texts, weights)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20
+    assert (best, consensus) == mbr_choice([t[:MBR_CHARS] for t in texts], weights)
+    assert best < len(answers)  # a text of unrelated characters agrees with nothing
+
+
 def test_the_greedy_answers_vote_weighs_more_than_a_stored_answers():
     """The greedy answer is the only candidate that read the conversation: weighted, its vote lifts the stored answer
     that agrees with it over the formula the stored answers to other questions share."""
