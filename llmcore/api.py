@@ -41,7 +41,7 @@ class ChatRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, ge=0.01, le=2.0)  # 1e-300 made a seen token's logit infinite
     stop: str | list[str] | None = Field(default=None, validate_default=True)
     seed: int | None = None
     stream: bool = False

@@ -84,7 +84,7 @@ class EnergyMeter:
             return None
         try:
             return self._read()
-        except OSError as exc:  # a counter that vanished (a hot-unplugged GPU, a changed permission)
+        except Exception as exc:  # a counter that vanished (a hot-unplugged GPU, a changed permission; NVMLError)
             self._read, self.unavailable = None, f"energy counter no longer readable: {exc}"
             logger.warning("%s", self.unavailable)
             return None

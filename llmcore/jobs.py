@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from llmcore.registry import Registry, RegistryError, write_atomic
+from llmcore.registry import Registry, write_atomic
 
 logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
@@ -142,8 +142,8 @@ class JobManager:
                     await self.on_promote(result["version"])
                 else:
                     self.registry.promote(result["version"])
-            except RegistryError as exc:  # the old version keeps serving
-                job.update(status="failed", error=f"{result['version']} could not be served: {exc}")
+            except Exception as exc:  # RegistryError, or out of memory loading it beside the served one: the old one serves on
+                job.update(status="failed", error=f"{result['version']} could not be served: {exc.__class__.__name__}: {exc}")
         self._save(job)
         logger.info("training job %s: %s %s", job["id"], result["version"], job["status"])
 

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from llmcore.model import LanguageModel
 
+MIN_TEMPERATURE = 1e-5  # as vLLM: lower is greedy
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -46,7 +48,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        """Temperature 0 (or below MIN_TEMPERATURE: 1e-46 is 0 in float32, and dividing by it gave NaN), or top-k 1."""
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
     def random_key(self) -> int:
         """The key of a sampled sequence's random numbers (`uniforms`): from its seed, or fresh without one."""

@@ -46,7 +46,7 @@ from llmcore.retrieval import Hit
 from llmcore.sampling import SamplingParams
 from llmcore.selection import Choice
 from llmcore.settings import ServeSettings
-from llmcore.worker import Submission, Worker
+from llmcore.worker import Served, Submission, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +129,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             repetition_penalty=req.repetition_penalty, max_new_tokens=max_tokens, seed=req.seed)
     candidates = loaded.selection.candidate_params(params) if chooses else [params]
     try:
-        submissions = [worker.submit(prompt, candidates[0], ignore_stop=req.ignore_eos)]
+        submissions = [worker.submit(prompt, candidates[0], ignore_stop=req.ignore_eos, served=served)]
     except QueueFull as exc:
         worker.metrics.request_done("rejected")
         raise ApiError(503, str(exc), type_="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
     except EngineError as exc:
         raise ApiError(400, str(exc), param="messages") from None
     if chooses:
-        more = _submit_more(worker, [(prompt, p) for p in candidates[1:]] + [(v, params) for v in variants])
+        more = _submit_more(worker, served, [(prompt, p) for p in candidates[1:]] + [(v, params) for v in variants])
         submissions += more[: len(candidates) - 1]
         return await _chosen(request, req, submissions, more[len(candidates) - 1 :], len(prompt), hits, retrieved)
     if req.stream:
@@ -158,14 +158,14 @@ def _prepare(loaded: LoadedModel, messages: list[dict], max_tokens: int, extra_e
     return prompt, hits, retrieved, variants
 
 
-def _submit_more(worker: Worker, candidates: list[tuple[list[int], SamplingParams]]) -> list[Submission]:
+def _submit_more(worker: Worker, served: Served, candidates: list[tuple[list[int], SamplingParams]]) -> list[Submission]:
     """The candidates beside the greedy one (prompt, parameters): the draws, then the variants, as many as the worker
     has spare slots (the batch under half full): under load an answer is chosen among fewer candidates rather than
     every answer slowing down for them (or a full queue refusing a customer because of them)."""
     submissions = []
     for prompt, params in candidates[: worker.spare_slots]:
         try:
-            submissions.append(worker.submit(prompt, params))
+            submissions.append(worker.submit(prompt, params, served=served))
         except QueueFull:
             break
         except EngineError as exc:  # a candidate the engine refuses is left out; the answer goes on without it
@@ -286,10 +286,12 @@ async def _stream(request: web.Request, req: ChatRequest, submission: Submission
     except ApiError as exc:  # the stream has begun (200 sent): the error goes out as an event, as OpenAI's API does
         await _send(response, exc.body())
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
         worker.cancel(submission)  # the client left: its slot is freed at the next step
         _record(worker, submission, "disconnected")
-        raise
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return response  # nobody to answer: not an error of the server's (the bot gives up on a stream at its deadline)
     _record(worker, submission, "ok")
     return response
 

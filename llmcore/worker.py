@@ -90,7 +90,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.served is not None
+        """A version is served and the engine loop runs (a loop that died would leave every request waiting)."""
+        loop = next((t for t in self._tasks if t.get_name() == "engine-loop"), None)
+        return self.served is not None and (loop is None or not loop.done())
 
     @property
     def queue_depth(self) -> int:
@@ -127,10 +129,15 @@ class Worker:
         self._step_thread.shutdown(wait=True)
         self._load_thread.shutdown(wait=True)
 
-    def submit(self, prompt: list[int], params: SamplingParams, ignore_stop: bool = False) -> Submission:
-        served = self.served
+    def submit(self, prompt: list[int], params: SamplingParams, ignore_stop: bool = False,
+               served: Served | None = None) -> Submission:
+        """Generate from `prompt` with `served` (the version whose tokenizer made it; default: the one served now). A
+        version swapped out since the prompt was made still answers it: its ids mean other characters to the new one."""
+        served = served or self.served
         if served is None:
             raise RuntimeError("no model loaded")
+        if served is not self.served and served not in self.draining:
+            self.draining.append(served)
         seq = served.engine.add(prompt, params, ignore_stop)  # QueueFull / EngineError go to the caller
         submission = Submission(seq, served)
         self.submissions[seq.seq_id] = submission
@@ -181,7 +188,12 @@ class Worker:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await loop.run_in_executor(self._step_thread, self._step_until_idle, loop)
+            try:
+                await loop.run_in_executor(self._step_thread, self._step_until_idle, loop)
+            except Exception:  # outside an engine step (metrics, an energy counter): fail what is in flight, go on
+                logger.exception("engine loop failed; failing the requests in flight")
+                failure = RuntimeError("engine loop failed")
+                self._deliver([event for served in self._all_served() for event in served.engine.fail_all(failure)])
 
     def _step_until_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """The engine thread: step back to back and hand each step's events to the event loop. The model never

@@ -120,6 +120,28 @@ async def test_a_job_whose_better_version_cannot_load_fails_and_changes_nothing(
         await worker.stop()
 
 
+async def test_a_promotion_that_runs_out_of_memory_fails_the_job_instead_of_leaving_it_running(tmp_path, tiny_models):
+    """Loading a version beside the served one may raise something other than RegistryError (out of memory on a GPU):
+    the job ended as "running", retried every second, and /admin/train answered 409 for good."""
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    registry = Registry(root)
+    version = second_version(registry)
+    folder = root / "jobs" / "20260101-000000-005"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text(json.dumps({"id": folder.name, "status": "running", "pid": 2**22 + 12346, "started": 0}))
+    (folder / "result.json").write_text(json.dumps({"version": version, "val_char_f1": 0.9, "compare": {"val_char_f1": 0.1}}))
+
+    async def out_of_memory(version):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    jobs = JobManager(registry, on_promote=out_of_memory)
+    await jobs.check()
+    job = jobs.status()
+    assert job["status"] == "failed" and "OutOfMemoryError" in job["error"] and jobs.running() is None
+    assert registry.current() == "v0001"
+
+
 async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
     client, registry = admin
     version = second_version(registry)

@@ -87,6 +87,14 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
         assert choose_token(logits, params, [], params.random_key()) == int(logits.argmax())
 
 
+def test_a_vanishing_temperature_is_greedy_not_nan(model):
+    """1e-46 is 0 in float32: dividing the logits by it gave inf, a NaN softmax and the last token id at every step."""
+    greedy = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=12), {STOP})[0].token_ids
+    for temperature in (1e-46, 1e-7):
+        params = SamplingParams(temperature=temperature, seed=5, max_new_tokens=12)
+        assert params.is_greedy and generate(model, [[1, 2, 3]], params, {STOP})[0].token_ids == greedy
+
+
 def test_repetition_penalty_lowers_repeated_tokens():
     logits = torch.tensor([2.0, -1.0, 1.9])
     penalised = penalize_repeats(logits, [0, 1], 1.5)

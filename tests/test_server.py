@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
-from llmcore.server import create_app
+from llmcore.server import WORKER, create_app
 from llmcore.settings import ServeSettings
 from llmcore.train import TrainOptions, train
 from llmcore.worker import Worker
@@ -157,6 +157,7 @@ async def test_long_history_is_cut_from_the_oldest_turns_not_refused(client):
     (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "not valid JSON"),  # nested past reading
     (b'{"max_tokens": ' + b"1" * 5000 + b"}", 400, "not valid JSON"),  # past int()'s digits
     (json.dumps({**ask("hi"), "evidence": ["\ud800"]}).encode(), 400, "evidence"),  # sent back: must be UTF-8
+    (json.dumps(ask("hi", repetition_penalty=1e-300)).encode(), 400, "repetition_penalty"),  # made a logit infinite
 ])
 async def test_bad_requests_get_openai_style_errors(client, body, status, fragment):
     response = await client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
@@ -352,6 +353,49 @@ async def test_an_engine_step_that_breaks_fails_the_requests_in_flight_and_the_s
     assert second.status == 200 and (await second.json())["usage"]["completion_tokens"] == 20
     health = await (await client.get("/healthz")).json()
     assert health["ready"] and health["queue_depth"] == 0
+
+
+async def test_the_engine_loop_outlives_a_failure_outside_a_step(client, monkeypatch):
+    """An error in the engine thread outside Engine.step (the step's metrics, an energy counter) ended the loop for good:
+    every later request waited for its timeout while /healthz said ready. Now what was in flight fails, the rest is served."""
+    worker, calls = client.server.app[WORKER], []
+    real = worker.metrics.step_done
+
+    def broken_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("metrics exploded")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker.metrics, "step_done", broken_once)
+    first = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=20, ignore_eos=True))
+    assert first.status == 500
+    second = await client.post("/v1/chat/completions", json=ask(FAQ_PAIRS[0][0], max_tokens=20, ignore_eos=True))
+    assert second.status == 200 and (await second.json())["usage"]["completion_tokens"] == 20
+    assert (await (await client.get("/healthz")).json())["ready"]
+
+
+async def test_a_prompt_is_answered_by_the_version_that_tokenized_it(client, models, monkeypatch):
+    """A promotion may land while a request's prompt is being built (off the event loop) with the old version's
+    tokenizer: the old version answers it (its ids would mean other characters to the new one); the next request
+    goes to the new version."""
+    import llmcore.server as server
+
+    worker, loop = client.server.app[WORKER], asyncio.get_running_loop()
+    real, swapped = server._prepare, []
+
+    def prepare_then_swap(*args):
+        prepared = real(*args)
+        if not swapped:
+            swapped.append(asyncio.run_coroutine_threadsafe(worker.promote("v0002"), loop).result())
+        return prepared
+
+    monkeypatch.setattr(server, "_prepare", prepare_then_swap)
+    question = ask(FAQ_PAIRS[0][0], max_tokens=20)
+    first = await (await client.post("/v1/chat/completions", json=question)).json()
+    assert swapped == ["v0002"] and first["kefu"]["model_version"] == "v0001"
+    second = await (await client.post("/v1/chat/completions", json=question)).json()
+    assert second["kefu"]["model_version"] == "v0002"
 
 
 async def test_a_stream_that_fails_after_it_began_ends_with_an_error_event_the_bot_understands(client, monkeypatch):
