@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import signal
 import warnings
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 from redis.exceptions import RedisError
@@ -45,13 +47,21 @@ START_RETRY_S = (0.5, 30.0)  # back-off while the Bot API cannot be reached at s
 
 
 class PerChatOrder(BaseUpdateProcessor):
-    """Concurrency across chats, order within a chat: one FIFO lock per chat, dropped when the chat goes idle."""
+    """Concurrency across chats, order within a chat: one FIFO lock per chat, dropped when the chat goes idle. An
+    update is screened first (`screen`: bot.handlers.admitted, the rate limit): one that does not pass never waits
+    for its chat's lock (and never runs)."""
 
-    def __init__(self, max_concurrent_updates: int = MAX_CONCURRENT_UPDATES) -> None:
+    def __init__(self, max_concurrent_updates: int = MAX_CONCURRENT_UPDATES,
+                 screen: Callable[[Update], Awaitable[bool]] | None = None) -> None:
         super().__init__(max_concurrent_updates)
+        self.screen = screen
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
 
     async def do_process_update(self, update: object, coroutine: Awaitable) -> None:
+        if self.screen is not None and isinstance(update, Update) and not await self.screen(update):
+            if inspect.iscoroutine(coroutine):
+                coroutine.close()  # dropped: never awaited
+            return
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
             await coroutine
@@ -84,7 +94,7 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
 
     builder = (ApplicationBuilder().token(token).base_url(f"{settings.telegram_api_base}/bot")
                .base_file_url(f"{settings.telegram_api_base}/file/bot")
-               .concurrent_updates(PerChatOrder()).context_types(CONTEXT_TYPES))
+               .concurrent_updates(order := PerChatOrder()).context_types(CONTEXT_TYPES))
     if request is not None:
         builder = builder.request(request).get_updates_request(request)
     else:  # Telegram's flood limits (0: none, for a self-hosted Bot API server), retries on retry_after, answers first
@@ -93,6 +103,7 @@ def build_application(settings: BotSettings, token: str | None = None, request: 
         # (bench/bot.py); a request waits for a free connection instead of failing after PTB's 1 s
         builder = builder.connection_pool_size(CONNECTION_POOL_SIZE).pool_timeout(POOL_TIMEOUT_S)
     application = builder.build()
+    order.screen = functools.partial(handlers.admitted, application)
     application.bot_data.settings = settings
     application.bot_data.metrics = metrics or BotMetrics()
     admin.register(application, settings.admin_ids)  # first: admin commands must not reach "unknown command"

@@ -3,7 +3,7 @@ stream, scrubbed of personal data before it is written; 👍/👎 ratings attach
 
     log = ExchangeLog(redis, prefix="kefu:", retention_days=90)
     entry_id = await log.append(Exchange(chat_id, user_id, question, answer, "faq", 0.93, None, 12))
-    await log.rate(entry_id, user_id, "down")          # False when the entry is gone or not this user's
+    await log.rate(entry_id, user_id, "down")          # "new" | "changed" | "same"; None: gone, or not this user's
     await log.latest(user_id, chat_id)                # the user's last exchange in that chat, with its id and rating
     async for conversation in log.conversations():    # chat JSONL records, the llmcore training format
         ...
@@ -72,13 +72,15 @@ class ExchangeLog:
         found = await self.redis.xrange(self.stream, entry_id, entry_id)
         return found[0][1] if found else None
 
-    async def rate(self, entry_id: str, user_id: int, rating: str) -> bool:
-        """Attach a rating; False (nothing changes) for a forged, stale or someone else's entry."""
+    async def rate(self, entry_id: str, user_id: int, rating: str) -> str | None:
+        """Attach a rating: "new", "changed", or "same" (a second tap of the same button, which counts for nothing more);
+        None (nothing changes) for a forged, stale or someone else's entry."""
         entry = await self.get(entry_id)
         if rating not in RATINGS or entry is None or entry["user_id"] != str(user_id):
-            return False
-        await self.redis.hset(self.ratings, entry_id, rating)
-        return True
+            return None
+        async with self.redis.pipeline(transaction=True) as pipe:
+            before, _ = await pipe.hget(self.ratings, entry_id).hset(self.ratings, entry_id, rating).execute()
+        return "new" if before is None else "same" if before == rating else "changed"
 
     async def latest(self, user_id: int, chat_id: int) -> dict[str, str] | None:
         """The user's most recent exchange in that chat, with its "id", its "at" (Unix time) and its "rating" ("" unrated)."""

@@ -18,11 +18,9 @@ from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
-    ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
-    TypeHandler,
     filters,
 )
 
@@ -60,7 +58,6 @@ def register(application: Application, operator_chat_id: int | None = None) -> N
     new = filters.UpdateType.MESSAGE
     private = filters.ChatType.PRIVATE
     customers = ~filters.Chat(operator_chat_id) if operator_chat_id is not None else filters.ALL  # operators are not asking
-    application.add_handler(TypeHandler(Update, screen), group=-1)
     operators.register(application, operator_chat_id)
     application.add_handler(CommandHandler("start", start, filters=new & private))
     application.add_handler(CommandHandler("help", help_command, filters=new & AddressedToBot()))
@@ -79,18 +76,32 @@ async def set_commands(application: Application) -> None:
     await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
 
 
-async def screen(update: Update, context: Context) -> None:
-    """Rate-limit what users send (a notice once, then silence)."""
-    kefu, message, user = context.kefu, update.message, update.effective_user
-    if message is None or user is None or user.is_bot or message.chat.id == kefu.settings.operator_chat_id:
-        return
-    verdict = await kefu.guard.admit(user.id)
-    if verdict != "ok":
-        kefu.metrics.updates.labels("rate_limited").inc()
-        if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
+async def admitted(application: Application, update: Update) -> bool:
+    """The per-user rate limit (a notice once, then silence), checked before an update waits for its chat's turn
+    (bot.app.PerChatOrder): a burst from one chat beyond the limit is dropped at once, instead of holding the intake
+    slots every other chat needs while it waits behind its own chat's answers. Counted: messages the bot acts on
+    (private, or addressed to it in a group: chatter it never answers uses up nobody's limit), per sender (an anonymous
+    group admin or a channel posting in a group is a sender of its own, where its user is a shared stand-in bot).
+    Redis away: let through (the handlers meet it and tell the customer)."""
+    kefu, message, sender = application.bot_data.services, update.message, update.effective_sender
+    if kefu is None or message is None or sender is None or message.chat.id == kefu.settings.operator_chat_id:
+        return True
+    if message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update):
+        return True
+    try:
+        verdict = await kefu.guard.admit(sender.id)
+    except RedisError:
+        return True
+    if verdict == "ok":
+        kefu.metrics.updates.labels("accepted").inc()
+        return True
+    kefu.metrics.updates.labels("rate_limited").inc()
+    if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
+        try:
             await message.reply_text(texts_for(update).slow_down)
-        raise ApplicationHandlerStop
-    kefu.metrics.updates.labels("accepted").inc()
+        except TelegramError as exc:
+            logger.warning("rate-limit notice to chat %s not sent: %s", message.chat.id, exc)
+    return False
 
 
 async def start(update: Update, context: Context) -> None:
@@ -216,10 +227,10 @@ async def feedback(update: Update, context: Context) -> None:
     query, t, kefu = update.callback_query, texts_for(update), context.kefu
     _, entry_id, rating = (query.data.split(":", 2) + ["", ""])[:3]
     stored = await kefu.log.rate(entry_id, query.from_user.id, rating)
-    if stored:
+    if stored in ("new", "changed"):  # the same button again counts once
         kefu.metrics.feedback.labels(rating).inc()
     await query.answer(t.thanks_feedback if stored else t.stale_button)
-    if stored and rating == "down" and isinstance(query.message, Message):
+    if stored in ("new", "changed") and rating == "down" and isinstance(query.message, Message):
         await operators.missed(context, query.message, query.from_user, t)
 
 

@@ -15,13 +15,16 @@ once (the FAQ's version moves).
 Nothing a customer typed becomes a FAQ question but by that rule. Against poisoning: only a button the bot
 itself put under that very message counts (what was offered, and for which question, is kept in Redis: the
 callback's data is not trusted); each customer counts once per proposal, and proposes at most
-PROPOSALS_PER_DAY a day; a wording with personal data in it (bot.pii), longer than MAX_WORDING, or already a
-question of the entry is never proposed; nor is a new entry whose answer holds personal data.
+PROPOSALS_PER_DAY a day; a tap counts only from the customer who asked (in a group, a bystander's does not); a
+wording with personal data in it (bot.pii), a link or an @handle (it would become a button label others see),
+longer than MAX_WORDING, or already a question of the entry is never proposed (a mention of the bot is taken out of
+the wording first); nor is a new entry whose answer holds personal data.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, replace
 
@@ -36,6 +39,8 @@ PROPOSALS_PER_DAY = 20
 MAX_WORDING = 200
 MAX_PENDING = 1000
 OPERATOR_MATCH = 0.9  # char-F1 of an operator's answer to an FAQ answer: they answered with that entry
+_MENTION = re.compile(r"(?<![\w@])@\w{3,32}")  # "@shop_bot 怎么退货" in a group: the wording is "怎么退货"
+_LINK = re.compile(r"https?://|www\.|t\.me/|@\w|\w\.(?:com|cn|net|org|io|me)\b", re.IGNORECASE)  # an approved wording is a button label
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Paraphrases:
     async def offered(self, chat_id: int, message_id: int, question: str, entry_ids: list[str], user_id: int | None = None) -> None:
         """The bot put these entries' buttons under message `message_id`, its answer to `question` (asked by `user_id`)."""
         if entry_ids:  # scrubbed like everything kept: a wording with personal data in it is never proposed
-            offer = {"question": scrub(question), "entries": entry_ids, "user": user_id}
+            offer = {"question": scrub(_MENTION.sub(" ", question)), "entries": entry_ids, "user": user_id}
             await self.redis.set(self._offer_key(chat_id, message_id), json.dumps(offer, ensure_ascii=False), ex=OFFER_TTL_S)
 
     async def tapped(self, chat_id: int, message_id: int, entry_id: str, user_id: int) -> Proposal | None:
@@ -68,8 +73,8 @@ class Paraphrases:
         the bot offered no such button there, or the wording may not be proposed)."""
         raw = await self.redis.get(self._offer_key(chat_id, message_id))
         offer = json.loads(raw) if raw else None
-        if not offer or entry_id not in offer["entries"]:
-            return None
+        if not offer or entry_id not in offer["entries"] or offer.get("user") not in (None, user_id):
+            return None  # in a group, a bystander's tap under someone else's question vouches for nothing
         return await self._propose(entry_id, offer["question"], user_id)
 
     async def operator_answered(self, question: str, answer: str, user_id: int) -> Proposal | None:
@@ -86,7 +91,8 @@ class Paraphrases:
 
     async def _propose(self, entry_id: str, wording: str, user_id: int, answer: str = "") -> Proposal | None:
         wording = " ".join(wording.split())
-        if not wording or len(wording) > MAX_WORDING or _has_pii(wording) or not await self._may_propose(entry_id, wording, answer):
+        if not wording or len(wording) > MAX_WORDING or _has_pii(wording) or _LINK.search(wording) \
+                or not await self._may_propose(entry_id, wording, answer):
             return None
         key = hashlib.sha1("\x1f".join((entry_id, wording, *([answer] if answer else []))).encode()).hexdigest()[:16]
         quota = f"{self.prefix}faq:proposed:{user_id}:{int(time.time() // 86400)}"

@@ -29,13 +29,26 @@ PII_KINDS = (PHONE, EMAIL, ID, CARD)
 
 # RFC 5321 lengths (64 for the local part, 63 a label) also keep the scan linear on long runs of letters.
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
-# 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character; or 15 digits with YYMMDD.
-_ID = re.compile(r"(?<![0-9])(?:[1-9][0-9]{5}(?:18|19|20)[0-9]{9}[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
+# 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character, or grouped 6-8-4 by a space, dash or
+# dot ("110101 19900307 1233"); or 15 digits with YYMMDD.
+_ID = re.compile(r"(?<![0-9])(?:[1-9][0-9]{5}[ .-]?(?:18|19|20)[0-9]{6}[ .-]?[0-9]{3}[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
+_ID_SEPARATORS = re.compile(r"[ .-]")
 # 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 by a space, dash or dot at either or both places ("138.1234.5678",
 # "138 12345678"), after an optional +86 / 0086 / 86.
 _PHONE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ .-]?[0-9]{4}[ .-]?[0-9]{4}(?![0-9])")
-# A run of digit groups (3+ digits each, as cards are printed) joined by one space or dash.
-_GROUPS = re.compile(r"(?<![0-9])[0-9]{3,}(?:[ -][0-9]{3,})*(?![0-9])")
+# Numbers from elsewhere: an international one after "+" (8 to 15 digits, grouped any way: "+1 415 555 0134", "+44 7700
+# 900123", "+86 (138) 1234 5678"); a North American one with its area code in brackets ("(415) 555-0134"); any of 7 to
+# 15 digits right after a word that says it is a phone number ("call me at 07700 900123", "电话 020-8888 1234"), but
+# not a 400 / 800 service line, which is the shop's; and a mobile number in Chinese numerals (一三八一二三四五六七八).
+_PHONE_ABROAD = re.compile(r"(?<![0-9A-Za-z+])\+[1-9](?:[ .()-]{0,2}[0-9]){7,14}(?![0-9])")
+_PHONE_BRACKETED = re.compile(r"(?<![0-9])\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .-]?[0-9]{4}(?![0-9])")
+_PHONE_SAID = re.compile(r"(?<!\[)(?i:电话|手机|致电|来电|tel\b|phone|mobile|cell\b|call me|call us|text me|whatsapp)[^0-9A-Za-z]{0,6}?"
+                         r"(?:at |on )?(?P<number>(?!400|800)[0-9](?:[ .()-]{0,2}[0-9]){6,14})(?![0-9])")
+_NUMERAL = "[零〇一二三四五六七八九幺]"  # 幺: a spoken one
+_PHONE_NUMERALS = re.compile(rf"(?<!{_NUMERAL})一[三四五六七八九]{_NUMERAL}{{9}}(?!{_NUMERAL})")
+# A run of digit groups (3+ digits each, as cards are printed) joined by one or two spaces, dashes, dots or slashes, or a
+# comma (a full-width one is a comma once normalized).
+_GROUPS = re.compile(r"(?<![0-9])[0-9]{3,}(?:(?:[ ./-]{1,2}|,)[0-9]{3,})*(?![0-9])")
 _DIGITS = re.compile(r"[0-9]+")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"  # GB 11643: the check character for (weighted sum mod 11)
@@ -108,14 +121,19 @@ def _scan(text: str, spans: list[tuple[str, int, int]]) -> None:
 
 
 def _mask_valid(match: re.Match[str], kind: str, valid: Callable[[str], bool], spans: list[tuple[str, int, int]]) -> str:
-    if not valid(match.group()):
+    """The match masked if valid; of a pattern with a group called "number", only that group (the words before stay)."""
+    part = "number" if "number" in match.re.groupindex else 0
+    if not valid(match.group(part)):
         return match.group()
-    spans.append((kind, match.start(), match.end()))
-    return _MASK * len(match.group())
+    start, end = match.span(part)
+    spans.append((kind, start, end))
+    head, tail = match.start(), match.group()
+    return tail[: start - head] + _MASK * (end - start) + tail[end - head :]
 
 
 def valid_id(number: str) -> bool:
     """A resident ID number: 18 characters with a GB 11643 check character, or the old 15 digits; the birth date must be real."""
+    number = _ID_SEPARATORS.sub("", number)
     if len(number) == 15:
         return _plausible_birth("19" + number[6:12])
     digits = number[:17]
@@ -175,4 +193,8 @@ _SIMPLE: tuple[tuple[str, re.Pattern[str], Callable[[str], bool]], ...] = (
     (EMAIL, _EMAIL, _always),
     (ID, _ID, valid_id),
     (PHONE, _PHONE, _always),
+    (PHONE, _PHONE_ABROAD, _always),
+    (PHONE, _PHONE_BRACKETED, _always),
+    (PHONE, _PHONE_SAID, _always),
+    (PHONE, _PHONE_NUMERALS, _always),
 )

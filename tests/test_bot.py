@@ -67,8 +67,12 @@ async def test_llmcore_down_gives_the_fallback_with_a_human_button(mode, telegra
 
 
 async def test_groups_answer_only_when_addressed(telegram, redis_url, llmcore_url, prefix, seeded):
-    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
+    """... and group chatter the bot does not answer uses up nobody's rate limit (3 a minute here: 5 unaddressed texts
+    used to count, and the mention after them was dropped)."""
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=3)
     async with running_bot(settings, telegram) as application:
+        for _ in range(4):
+            await telegram.push(text_update("大家好，今天开会吗", chat_type="supergroup", chat_id=GROUP_ID))
         await telegram.push(text_update(IN_FAQ[0][0], chat_type="supergroup", chat_id=GROUP_ID))
         await telegram.push(message_update(chat_type="supergroup", chat_id=GROUP_ID, sticker={
             "file_id": "s", "file_unique_id": "u", "type": "regular", "width": 1, "height": 1, "is_animated": False, "is_video": False}))
@@ -79,6 +83,34 @@ async def test_groups_answer_only_when_addressed(telegram, redis_url, llmcore_ur
         assert replied["text"] == IN_FAQ[2][1]
         assert telegram.sent_texts(GROUP_ID) == [IN_FAQ[1][1], IN_FAQ[2][1]]  # the unaddressed text and sticker got nothing
         assert not [p for m, p in telegram.calls if m == "sendMessageDraft"]  # no drafts outside private chats
+
+
+async def test_an_update_over_the_rate_limit_never_waits_for_its_chats_turn():
+    """A burst from one chat: what the screen (the rate limit) refuses returns at once while the chat's first update
+    still holds the chat's lock. Screened inside the handlers, each waited in the chat's queue first, holding one of
+    the intake's 64 slots: a hundred forwarded messages held them all, and every other chat waited."""
+    from telegram import Update
+
+    from bot.app import PerChatOrder
+
+    verdicts = iter([True] + [False] * 9)
+
+    async def screen(update):
+        return next(verdicts)
+
+    order, release, ran = PerChatOrder(screen=screen), asyncio.Event(), []
+
+    async def work(i):
+        ran.append(i)
+        await release.wait()
+
+    updates = [Update.de_json({"update_id": i, **text_update(f"消息{i}")}, None) for i in range(10)]
+    first = asyncio.create_task(order.do_process_update(updates[0], work(0)))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*(order.do_process_update(u, work(i)) for i, u in enumerate(updates[1:], 1))), 5)
+    assert ran == [0] and not first.done()  # the refused ones returned without waiting, and never ran
+    release.set()
+    await first
 
 
 async def test_private_non_text_duplicates_and_long_answers(telegram, redis_url, llmcore_url, prefix, redis, seeded):

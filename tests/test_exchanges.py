@@ -30,7 +30,9 @@ async def test_rating_attaches_only_for_the_asker_and_a_real_entry(redis, prefix
     # a forged button's id past 64 bits: Redis would refuse it with an error (read as "Redis is down"), so it is no entry
     assert not await log.rate("99999999999999999999-1", 5, "up") and await log.get("1-99999999999999999999") is None
     assert not await log.rate(entry_id, 5, "meh")
-    assert await log.rate(entry_id, 5, "down")
+    assert await log.rate(entry_id, 5, "down") == "new"
+    assert await log.rate(entry_id, 5, "down") == "same"  # a second tap: the handler counts it once, offers no second handoff
+    assert [await log.rate(entry_id, 5, r) for r in ("up", "down")] == ["changed", "changed"]
     [(_, entry)] = [e async for e in log.entries()]
     assert entry["rating"] == "down"
 

@@ -51,6 +51,22 @@ async def test_forged_taps_personal_data_and_known_wordings_teach_nothing(redis,
     assert await learned.pending() == []
 
 
+async def test_only_the_asker_s_tap_counts_and_links_never_become_wordings(redis, prefix):
+    """In a group, bystanders tapping under someone else's question once counted as that many customers (enough to
+    approve a wording alone); a wording is a button label others see, so no link or @handle; a mention of the bot is
+    not part of the wording."""
+    faq, learned, refund, _ = await store(redis, prefix, auto_approve=2)
+    await learned.offered(-100, 5, "钱啥时候退", [refund], user_id=1)
+    assert [await learned.tapped(-100, 5, refund, user_id=u) for u in (2, 3)] == [None, None]
+    assert await learned.pending() == [] and (await faq.get(refund)).similar == ()
+    for message, text in ((6, "退款去 https://evil.example 查"), (7, "退款看 evil.com"), (8, "退款问 t.me/scam")):
+        await learned.offered(-100, message, text, [refund], user_id=1)
+        assert await learned.tapped(-100, message, refund, user_id=1) is None, text
+    await learned.offered(-100, 9, "@shop_bot 退款啥时候到 @scammer_bot", [refund], user_id=1)
+    proposal = await learned.tapped(-100, 9, refund, user_id=1)
+    assert proposal is not None and proposal.wording == "退款啥时候到"  # the handles are not part of the wording
+
+
 async def test_each_customer_counts_once_and_proposes_a_bounded_number_a_day(redis, prefix, monkeypatch):
     monkeypatch.setattr(module, "PROPOSALS_PER_DAY", 3)
     faq, learned, refund, _ = await store(redis, prefix)

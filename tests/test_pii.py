@@ -57,6 +57,12 @@ def test_fixtures_are_what_they_claim() -> None:
     ("电话+86-17712345678或者座机", "电话[PHONE]或者座机"),
     ("手机138.1234.5678，谢谢", "手机[PHONE]，谢谢"),  # dots, as some write it
     ("call 138 12345678 or 1391234 5678", "call [PHONE] or [PHONE]"),  # one separator, at either place
+    ("call me at (415) 555-0134", "call me at [PHONE]"),  # numbers from elsewhere
+    ("whatsapp +1 415 555 0134 or +44 7700 900123", "whatsapp [PHONE] or [PHONE]"),
+    ("手机 +86 (138) 1234 5678", "手机 [PHONE]"),
+    ("call me at 07700 900123 after six", "call me at [PHONE] after six"),  # said to be a phone number
+    ("联系电话：020-8888 1234", "联系电话：[PHONE]"),
+    ("我手机一三八一二三四五六七八", "我手机[PHONE]"),  # in Chinese numerals
 ])
 def test_phones(text: str, expected: str) -> None:
     assert scrub(text) == expected
@@ -78,6 +84,9 @@ def test_resident_ids() -> None:
     assert scrub(f"ID {make_id(born='20160229')} ok") == "ID [ID] ok"
     assert scrub("旧身份证110105900307123") == "旧身份证[ID]"  # 15 digits, born 1990-03-07
     assert find_pii(f"号码{ID_X}") == [(ID, ID_X)]
+    region, born, rest = make_id()[:6], make_id()[6:14], make_id()[14:]
+    for sep in (" ", "-", "."):  # grouped 6-8-4, as some write it
+        assert scrub(f"身份证 {region}{sep}{born}{sep}{rest} 谢谢") == "身份证 [ID] 谢谢"
 
 
 def test_bank_cards() -> None:
@@ -86,6 +95,8 @@ def test_bank_cards() -> None:
         assert scrub(f"my card is {card}.") == "my card is [CARD].", card
     assert scrub(f"卡号 {grouped(CARD16)} 金额 100") == "卡号 [CARD] 金额 100"
     assert scrub(f"{CARD16} 100元") == "[CARD] 100元"  # the amount is not glued onto the card
+    for sep in (".", "/", "  ", "，"):  # other ways of writing the groups
+        assert scrub(f"卡号{grouped(CARD16, sep)}，谢谢") == "卡号[CARD]，谢谢", sep
 
 
 @pytest.mark.parametrize("text", [
@@ -95,6 +106,8 @@ def test_bank_cards() -> None:
     "It costs ¥1999.",
     "活动在2026-11-28开始",
     "订单号 202611281234",
+    "客服电话 400-820-6688，phone 800-820-8820",  # the shop's service lines, even after a word for phone
+    "It costs 1,299 yuan; version 1.2.3; IP 192.168.100.200; +100 积分",
     "没有个人信息的普通句子。",
     "",
 ])
