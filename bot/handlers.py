@@ -161,11 +161,11 @@ async def question(update: Update, context: Context) -> None:
     if not text:
         await message.reply_text(t.help)
         return
+    if await operators.relay_to_operators(kefu, context, message):
+        return  # a human has this chat: the bot keeps quiet (and the operators read a long message whole)
     if len(text) > kefu.settings.max_message_chars:
         await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
         return
-    if await operators.relay_to_operators(kefu, context, message):
-        return  # a human has this chat: the bot keeps quiet
     if await operators.asks_for_human(kefu, text):
         await operators.open_handoff(context, message, user, said=text)
         return

@@ -362,8 +362,9 @@ async def close_idle(context: Context) -> None:
     logs it, and the next sweep tries again)."""
     kefu = context.kefu
     for chat_id in await kefu.handoffs.idle():
+        lang = (await kefu.handoffs.get(chat_id) or {}).get("lang", "zh")  # the customer's language, as the handoff knew it
         if await kefu.handoffs.close(chat_id, "idle"):
-            await desk.tell_customer(context.bot, chat_id, texts("zh").handoff_idle)
+            await desk.tell_customer(context.bot, chat_id, texts(lang).handoff_idle)
             quiet = kefu.settings.handoff_idle_s
             await desk.tell_operators(kefu, context.bot, f"The handoff for chat {chat_id} closed after {quiet} s of silence.")
 

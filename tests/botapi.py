@@ -34,6 +34,10 @@ import aiohttp
 from aiohttp import web
 
 USER_ID = 424242
+RESTRICTED_RIGHTS = ("can_change_info", "can_invite_users", "can_pin_messages", "can_send_messages", "can_send_polls",
+                     "can_send_other_messages", "can_add_web_page_previews", "can_manage_topics", "can_send_audios",
+                     "can_send_documents", "can_send_photos", "can_send_videos", "can_send_video_notes",
+                     "can_send_voice_notes", "can_edit_tag", "can_react_to_messages")
 GROUP_ID = -1001234567890
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
@@ -226,6 +230,7 @@ class BotApiServer:
         self.uploads: dict[str, bytes] = {}
         self.forbidden: set[int] = set()
         self.members: dict[int, set[int]] = {}  # group chat id -> its members' user ids (getChatMember)
+        self.restricted: dict[tuple[int, int], bool] = {}  # (group chat id, user id) -> still in the group (is_member)
         for name in ("getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "sendMessage", "editMessageText",
                      "editMessageReplyMarkup", "deleteMessage", "sendChatAction", "answerCallbackQuery", "sendMessageDraft",
                      "setMyCommands", "getMyCommands", "deleteMyCommands", "sendDocument", "sendPhoto", "setMessageReaction",
@@ -566,8 +571,12 @@ class BotApiServer:
         return True
 
     def _get_chat_member(self, params: dict) -> dict:
-        user_id = int(params["user_id"])
-        status = "member" if user_id in self.members.get(int(params["chat_id"]), set()) else "left"
+        user_id, chat_id = int(params["user_id"]), int(params["chat_id"])
+        if (chat_id, user_id) in self.restricted:  # ChatMemberRestricted: in the group or not (is_member), muted
+            rights = dict.fromkeys(RESTRICTED_RIGHTS, False)
+            return {"status": "restricted", "user": user_dict(user_id, username=None), "is_member": self.restricted[chat_id, user_id],
+                    "until_date": 0, **rights}
+        status = "member" if user_id in self.members.get(chat_id, set()) else "left"
         return {"status": status, "user": user_dict(user_id, username=None)}
 
     def _get_chat(self, params: dict) -> dict:

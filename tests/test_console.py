@@ -65,6 +65,25 @@ async def test_every_route_needs_a_session(console):
     assert checked >= 20
 
 
+async def test_a_session_follows_its_persons_role_now_not_at_login(console):
+    """Taken out of ADMIN_IDS (or out of the operators' group), someone kept the console until the session ended."""
+    from bot.console.people import Roles
+
+    client, c = console
+    await login(client, c, ADMIN)
+    admin_page = next(path for method, path, role, template in routes(client.app)
+                      if role == "admin" and method == "GET" and "{" not in template)
+    assert (await client.get(admin_page, allow_redirects=False)).status == 200
+    c.roles = Roles(c.settings.model_copy(update={"admin_ids": [], "operator_ids": [ADMIN_ID]}), None)
+    assert (await client.get(admin_page, allow_redirects=False)).status == 403  # an operator now
+    assert (await client.get("/", allow_redirects=False)).status == 200
+    c.roles = Roles(c.settings.model_copy(update={"admin_ids": [], "operator_ids": []}), None)
+    response = await client.get("/", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/login"  # neither: the session is over
+    c.roles = Roles(c.settings, None)
+    assert (await client.get("/", allow_redirects=False)).status == 303  # and stays over
+
+
 async def test_operators_get_403_on_admin_pages_and_in_on_theirs(console):
     client, c = console
     token = await login(client, c, OPERATOR)

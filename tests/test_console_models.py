@@ -3,8 +3,10 @@ retrain started from the page whose progress arrives as server-sent events, then
 command in Telegram (the local Bot API server), whose link logs into the console."""
 import json
 import re
+import time
 
-from bot.console.base import COOKIE
+from bot.console.base import CONSOLE, COOKIE
+from bot.console.people import ROLE_TTL_S
 from bot.search import FaqEntry
 
 from .botapi import USER_ID
@@ -87,7 +89,7 @@ async def test_the_console_command_sends_admins_a_link_that_logs_in(telegram, re
 
 async def test_members_of_the_operators_chat_are_operators(telegram, redis_url, prefix, llmcore_url):
     """Neither ADMIN_IDS nor OPERATOR_IDS: Telegram says who is in OPERATOR_CHAT_ID, at /console and in the Mini App."""
-    operators, member, outsider = -100555, 4201, 4202
+    operators, member, outsider, muted, gone = -100555, 4201, 4202, 4203, 4204
     telegram.members[operators] = {member}
     settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", admin_ids=str(ADMIN_ID), faq_encoder="none",
                             operator_chat_id=operators)
@@ -102,6 +104,20 @@ async def test_members_of_the_operators_chat_are_operators(telegram, redis_url, 
         for user_id, status in ((outsider, 403), (member, 200)):
             data = init_data({"id": user_id, "first_name": "Op"}, token=telegram.token)
             assert (await client.post("/app/login", data={"init_data": data})).status == status
+        # muted in the group, an operator still; muted and gone, "restricted" all the same, but no longer one
+        telegram.restricted.update({(operators, muted): True, (operators, gone): False})
+        for user_id, status in ((muted, 200), (gone, 403)):
+            data = init_data({"id": user_id, "first_name": "Op"}, token=telegram.token)
+            assert (await client.post("/app/login", data={"init_data": data})).status == status
+        client.session.cookie_jar.clear()
+        data = init_data({"id": member, "first_name": "Op again"}, token=telegram.token)  # (the same data: a replay)
+        assert (await client.post("/app/login", data={"init_data": data})).status == 200
+        assert (await client.get("/handoffs", allow_redirects=False)).status == 200
+        telegram.members[operators].discard(member)  # the member leaves the group: their session ends at the next check
+        assert (await client.get("/handoffs", allow_redirects=False)).status == 200  # (asked of Telegram once a minute)
+        client.app[CONSOLE].roles.clock = lambda: time.monotonic() + ROLE_TTL_S + 1
+        response = await client.get("/handoffs", allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == "/login"
 
 
 async def test_two_versions_side_by_side_on_the_same_held_out_turns(redis_url, prefix, llmcore_admin):  # noqa: F811

@@ -90,8 +90,9 @@ async def test_done_for_a_customer_who_blocked_the_bot_closes_and_says_so(telegr
 async def test_a_message_past_telegrams_length_once_relayed_reaches_the_operators_in_parts(telegram, redis_url, llmcore_url,
                                                                                             prefix, seeded):
     """2,000 emoji (4,000 UTF-16 units, as Telegram counts) under a long name: one relay would be refused, and the bot
-    would answer the customer itself in the middle of a handoff."""
-    async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
+    would answer the customer itself in the middle of a handoff. Longer than MAX_MESSAGE_CHARS too (500 here): the
+    limit is the bot's own answering's, and a customer with an operator was told "too long" instead of being heard."""
+    async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix, max_message_chars=500), telegram):
         name = "很长的名字" * 20
         await telegram.push(text_update("/human", first_name=name))
         await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS)

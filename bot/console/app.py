@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from bot.console.audit import AuditLog
 from bot.console.auth import ConsoleAuth, csrf_ok
 from bot.console.base import CLOCK, CONSOLE, COOKIE, MAX_FORM_BYTES, SESSION_KEY, SETTINGS, Console, Handler, posted, public
 from bot.console.i18n import browser_language, translator
+from bot.console.people import Roles
 from bot.console.review import Review
 from bot.services import Services
 from bot.settings import BotSettings
@@ -65,7 +67,7 @@ async def _open_console(app: web.Application) -> AsyncIterator[None]:
     bot = await _bot(settings)
     auth = ConsoleAuth.from_settings(kefu.redis, settings)
     app[CONSOLE] = Console(settings, kefu, auth, AuditLog(kefu.redis, settings.redis_prefix),
-                           Review(kefu, settings.console_low_confidence), bot)
+                           Review(kefu, settings.console_low_confidence), bot, Roles(settings, bot))
     try:
         yield
     finally:
@@ -104,10 +106,17 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     c = request.app[CONSOLE]
     session = await c.auth.session(request.cookies.get(COOKIE))
+    role = session and (await c.roles.of(session.person.user_id, unknown=session.person.role) if c.roles else session.person.role)
+    if session is not None and role is None:  # no longer an admin or operator: the session ends now
+        logger.warning("console: user %s is no longer %s; session ended", session.person.user_id, session.person.role)
+        await c.auth.end_session(request.cookies.get(COOKIE))
+        session = None
     if session is None:
         if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/login")
         raise web.HTTPUnauthorized(text="log in first")
+    if role != session.person.role:  # an admin taken out of ADMIN_IDS who is still an operator
+        session = replace(session, person=replace(session.person, role=role))
     if needed == "admin" and session.person.role != "admin":
         raise web.HTTPForbidden(text="admins only")
     if request.method == "POST" and not csrf_ok(session, (await posted(request)).get("csrf")):

@@ -20,6 +20,7 @@ from telegram import Bot
 
 from bot.console.audit import AuditLog
 from bot.console.auth import ConsoleAuth, Session
+from bot.console.people import Roles
 from bot.console.review import Review
 from bot.services import Services
 from bot.settings import BotSettings
@@ -37,6 +38,7 @@ class Console:
     audit: AuditLog
     review: Review
     bot: Bot | None  # operators' chat membership, answers to handed-off customers; None without a token or operators' chat
+    roles: Roles | None = None  # who is what now: a session's role is checked again on every request (app.guard)
 
 
 CONSOLE = web.AppKey("console", Console)
