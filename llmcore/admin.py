@@ -37,6 +37,7 @@ class AdminApi:
         self.worker = worker
         self.jobs = JobManager(worker.registry, on_promote=worker.promote, promote_margin=settings.promote_margin)
         self.deciding = asyncio.Lock()
+        self.starting = asyncio.Lock()
         self.comparing = asyncio.Lock()
 
     def register(self, app: web.Application) -> None:
@@ -116,8 +117,9 @@ class AdminApi:
         if not isinstance(body, dict) or not isinstance(body.get("conversations"), list):
             raise ApiError(400, 'expected {"conversations": [...], "arch": ..., "minutes": ...}', param="conversations")
         try:
-            job = self.jobs.start(body["conversations"], arch=body.get("arch", "transformer"), minutes=body.get("minutes"),
-                                  epochs=body.get("epochs"), model_overrides=body.get("model"))
+            async with self.starting:  # one start at a time (each checks that no job runs), its data written off the loop
+                job = await asyncio.to_thread(self.jobs.start, body["conversations"], arch=body.get("arch", "transformer"),
+                                              minutes=body.get("minutes"), epochs=body.get("epochs"), model_overrides=body.get("model"))
         except JobBusy as exc:
             raise ApiError(409, str(exc), code="job_running") from None
         except (JobError, TypeError) as exc:
@@ -184,4 +186,4 @@ async def _read_large_json(request: web.Request) -> object:
         if size > MAX_TRAINING_BYTES:
             raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
         chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    return await asyncio.to_thread(parse_json, b"".join(chunks))  # 64 MB of JSON: ~a second the streams should not wait

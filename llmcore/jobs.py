@@ -59,16 +59,20 @@ class JobManager:
               epochs: int | None = None, model_overrides: dict | None = None) -> dict:
         """Write the data and spawn the trainer; the job's state as `status()` shows it."""
         _check(conversations, arch, minutes, epochs, model_overrides or {})
+        try:
+            data = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")
+        except UnicodeEncodeError:  # JSON may spell a lone surrogate, UTF-8 cannot hold it
+            raise JobError("conversations must be valid Unicode text (a lone surrogate is not)") from None
         if (running := self.running()) is not None:
             raise JobBusy(f"job {running['id']} is still running")
         job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 1000:03d}"
         folder = self.root / job_id
         folder.mkdir(parents=True)
-        (folder / "data.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations), encoding="utf-8")
+        (folder / "data.jsonl").write_bytes(data)
         command = [self.python, "-m", "llmcore", "train", "--data", str(folder / "data.jsonl"), "--arch", arch,
                    "--models", str(self.registry.root), "--progress-file", str(folder / "progress.json"), "--compare-current",
                    "--result-file", str(folder / "result.json"), "--no-progress", "--min-freq", "1"]
-        command += ["--max-minutes", str(minutes)] if minutes else ["--epochs", str(epochs)]
+        command += ["--max-minutes", str(minutes)] if minutes else ["--epochs", str(int(epochs))]  # JSON's 5.0 is 5
         for name, value in (model_overrides or {}).items():
             command += [f"--{name.replace('_', '-')}", str(value)]
         with open(folder / "train.log", "wb") as log:

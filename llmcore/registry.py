@@ -141,7 +141,13 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def commit(self, staged: Path) -> str:
-        """Rename a complete staged folder to the next free version name (safe against concurrent trainers)."""
+        """Rename a complete staged folder to the next free version name (safe against concurrent trainers). Its files
+        reach the disk first: after a power cut, `current` never names a version whose weights were still in the page
+        cache (a truncated model.pt, and no server could start)."""
+        for file in (f for f in staged.rglob("*") if f.is_file()):
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(staged)
         for _ in range(1000):
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"

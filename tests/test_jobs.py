@@ -63,6 +63,7 @@ async def test_without_the_right_token_nothing_starts(admin):
     ({"conversations": DATA, "epochs": 1, "model": {"n_layer": True}}, "model overrides"),
     ({"conversations": DATA, "minutes": True}, "minutes must be"),
     ({"conversations": DATA, "epochs": 1.5}, "epochs must be"),
+    ({"conversations": DATA + [{"messages": [{"role": "user", "content": "\ud800"}]}], "epochs": 1}, "valid Unicode"),
     ({"conversations": DATA, "arch": ["transformer"], "epochs": 1}, "arch must be"),
 ])
 async def test_bad_job_requests_are_refused(admin, body, fragment):
@@ -158,7 +159,7 @@ async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
 
 async def test_a_job_trains_reports_progress_and_is_promoted_when_better(admin):
     client, registry = admin
-    started = await client.post("/admin/train", json={"conversations": DATA, "epochs": 60, "model": TINY}, headers=AUTH)
+    started = await client.post("/admin/train", json={"conversations": DATA, "epochs": 60.0, "model": TINY}, headers=AUTH)  # JSON 60.0
     assert started.status == 202 and (await started.json())["status"] == "running"
     second = await client.post("/admin/train", json={"conversations": DATA, "epochs": 1}, headers=AUTH)
     assert second.status == 409  # one at a time

@@ -31,6 +31,28 @@ def test_versions_are_numbered_and_never_overwritten(tmp_path, parts):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
 
 
+def test_a_versions_files_reach_the_disk_before_it_gets_its_name(tmp_path, parts, monkeypatch):
+    """A power cut after the rename must not leave `current` naming a version whose weights were still in memory."""
+    import llmcore.registry as module
+
+    events, fsync, rename = [], os.fsync, os.rename
+
+    def synced(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def renamed(src, dst):
+        events.append(("rename", str(dst)))
+        return rename(src, dst)
+
+    monkeypatch.setattr(module.os, "fsync", synced)
+    monkeypatch.setattr(module.os, "rename", renamed)
+    add_version(Registry(tmp_path), *parts)
+    at = events.index(("rename", str(tmp_path / "v0001")))
+    synced_first = {os.path.basename(path) for kind, path in events[:at] if kind == "fsync"}
+    assert {WEIGHTS, "metrics.json"} <= synced_first
+
+
 def test_a_failed_write_leaves_no_version(tmp_path, parts):
     registry = Registry(tmp_path)
     with pytest.raises(RuntimeError):
