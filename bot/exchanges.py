@@ -93,22 +93,25 @@ class ExchangeLog:
         return None
 
     async def link_message(self, chat_id: int, message_id: int, entry_id: str) -> None:
-        """Remember which entry a bot message shows (for /why), as long as the entry may live."""
-        await self.redis.set(f"{self.prefix}msg:{chat_id}:{message_id}", entry_id, px=self.retention_ms)
+        """Remember which entry a bot message shows (for /why): one hash per chat, kept as long as an entry may live after
+        the chat's last answer (a link to an entry the log has dropped finds nothing), so that /forget deletes one key
+        instead of searching the keyspace for a key per answer."""
+        key = self._links_key(chat_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.hset(key, str(message_id), entry_id).pexpire(key, self.retention_ms).execute()
 
     async def entry_for_message(self, chat_id: int, message_id: int) -> tuple[str, dict[str, str]] | None:
-        entry_id = await self.redis.get(f"{self.prefix}msg:{chat_id}:{message_id}")
+        entry_id = await self.redis.hget(self._links_key(chat_id), str(message_id))
         entry = await self.get(entry_id) if entry_id else None
         return (entry_id, entry) if entry is not None else None
 
     async def forget_user(self, user_id: int) -> int:
         """Erase the user's exchanges and ratings; returns how many exchanges went."""
         ids = list(await self.redis.smembers(self._user_key(user_id)))
-        links = [key async for key in self.redis.scan_iter(f"{self.prefix}msg:{user_id}:*")]  # their private chat's messages
         async with self.redis.pipeline(transaction=True) as pipe:
             if ids:
                 pipe.xdel(self.stream, *ids).hdel(self.ratings, *ids)
-            pipe.delete(self._user_key(user_id), *links)
+            pipe.delete(self._user_key(user_id), self._links_key(user_id))  # their private chat's links
             await pipe.execute()
         return len(ids)
 
@@ -157,4 +160,7 @@ class ExchangeLog:
 
     def _user_key(self, user_id: int) -> str:
         return f"{self.prefix}user:{user_id}:log"
+
+    def _links_key(self, chat_id: int) -> str:
+        return f"{self.prefix}msgs:{chat_id}"
 

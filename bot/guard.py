@@ -27,6 +27,6 @@ class Guard:
         return "notice" if count == self.per_minute + 1 else "silent"
 
     async def forget_user(self, user_id: int) -> None:
-        keys = [key async for key in self.redis.scan_iter(f"{self.prefix}rate:{user_id}:*")]
-        if keys:
-            await self.redis.delete(*keys)
+        """Their counts: this minute's and the last (a count lives 120 s), named, not searched for across the keyspace."""
+        minute = int(time.time() // 60)
+        await self.redis.delete(*(f"{self.prefix}rate:{user_id}:{m}" for m in (minute - 2, minute - 1, minute)))

@@ -66,7 +66,10 @@ class Paraphrases:
         """The bot put these entries' buttons under message `message_id`, its answer to `question` (asked by `user_id`)."""
         if entry_ids:  # scrubbed like everything kept: a wording with personal data in it is never proposed
             offer = {"question": scrub(_MENTION.sub(" ", question)), "entries": entry_ids, "user": user_id}
-            await self.redis.set(self._offer_key(chat_id, message_id), json.dumps(offer, ensure_ascii=False), ex=OFFER_TTL_S)
+            key, mine = self._offer_key(chat_id, message_id), self._offers_of(user_id if user_id is not None else chat_id)
+            async with self.redis.pipeline(transaction=True) as pipe:  # each customer's offers listed, for their /forget
+                pipe.set(key, json.dumps(offer, ensure_ascii=False), ex=OFFER_TTL_S)
+                await pipe.sadd(mine, key).expire(mine, OFFER_TTL_S).execute()
 
     async def tapped(self, chat_id: int, message_id: int, entry_id: str, user_id: int) -> Proposal | None:
         """A customer tapped `entry_id` under that message: their question proposed as a wording of the entry (None if
@@ -136,12 +139,10 @@ class Paraphrases:
         """A customer's /forget: their vote leaves every proposal, and a proposal no one else made goes with it; the
         questions kept under buttons offered to them (their private chat's, and theirs in groups) and their daily count
         of proposals go too."""
-        async for key in self.redis.scan_iter(match=f"{self.prefix}offer:*", count=500):
-            chat = str(key).removeprefix(f"{self.prefix}offer:").split(":")[0]
-            if chat == str(user_id) or json.loads(await self.redis.get(key) or "{}").get("user") == user_id:
-                await self.redis.delete(key)
-        async for key in self.redis.scan_iter(match=f"{self.prefix}faq:proposed:{user_id}:*", count=500):
-            await self.redis.delete(key)
+        mine = self._offers_of(user_id)  # listed as they were made: no search of the keyspace
+        day = int(time.time() // 86400)
+        await self.redis.delete(*await self.redis.smembers(mine), mine,
+                                *(f"{self.prefix}faq:proposed:{user_id}:{d}" for d in (day - 2, day - 1, day)))
         for key in await self.redis.hkeys(self.pending_key):
             users_key = f"{self.prefix}faq:pending:{key}:users"
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -166,6 +167,9 @@ class Paraphrases:
 
     def _offer_key(self, chat_id: int, message_id: int) -> str:
         return f"{self.prefix}offer:{chat_id}:{message_id}"
+
+    def _offers_of(self, user_id: int) -> str:
+        return f"{self.prefix}offers:{user_id}"
 
 
 def _has_pii(text: str) -> bool:

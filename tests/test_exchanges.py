@@ -63,9 +63,16 @@ async def test_forget_user_erases_entries_and_ratings(redis, prefix):
     mine = await log.append(exchange(user_id=8, question="我的订单在哪"))
     await log.append(exchange(user_id=9, question="别人的问题"))
     await log.rate(mine, 8, "up")
-    assert await log.forget_user(8) == 1
+    await log.link_message(8, 1234, mine)  # /why under the answer in their private chat
+    assert (await log.entry_for_message(8, 1234))[0] == mine
+    real_scan, redis.scan_iter = redis.scan_iter, None  # named keys only: a scan per /forget walks every key
+    try:
+        assert await log.forget_user(8) == 1
+    finally:
+        redis.scan_iter = real_scan
     assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
     assert await keys_with(redis, prefix, mine) == [] and await keys_with(redis, prefix, "我的订单在哪") == []
+    assert await log.entry_for_message(8, 1234) is None
 
 
 async def test_training_records_carry_their_chats_earlier_turns_as_context_only(redis, prefix):
