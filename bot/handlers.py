@@ -80,13 +80,15 @@ async def admitted(application: Application, update: Update) -> bool:
     """The per-user rate limit (a notice once, then silence), checked before an update waits for its chat's turn
     (bot.app.PerChatOrder): a burst from one chat beyond the limit is dropped at once, instead of holding the intake
     slots every other chat needs while it waits behind its own chat's answers. Counted: messages the bot acts on
-    (private, or addressed to it in a group: chatter it never answers uses up nobody's limit), per sender (an anonymous
-    group admin or a channel posting in a group is a sender of its own, where its user is a shared stand-in bot).
-    Redis away: let through (the handlers meet it and tell the customer)."""
-    kefu, message, sender = application.bot_data.services, update.message, update.effective_sender
-    if kefu is None or message is None or sender is None or message.chat.id == kefu.settings.operator_chat_id:
+    (private, or addressed to it in a group: chatter it never answers uses up nobody's limit) and button taps (a "did
+    you mean" button stays under its message: each tap sent the whole answer again and logged it), per sender (an
+    anonymous group admin or a channel posting in a group is a sender of its own, where its user is a shared stand-in
+    bot). Not the operators' chat. Redis away: let through (the handlers meet it and tell the customer)."""
+    kefu, message, query, sender = application.bot_data.services, update.message, update.callback_query, update.effective_sender
+    chat = message.chat if message is not None else query.message.chat if query is not None and query.message else None
+    if kefu is None or (message is None and query is None) or sender is None or (chat and chat.id == kefu.settings.operator_chat_id):
         return True
-    if message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update):
+    if message is not None and message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update):
         return True
     try:
         verdict = await kefu.guard.admit(sender.id)
@@ -96,11 +98,13 @@ async def admitted(application: Application, update: Update) -> bool:
         kefu.metrics.updates.labels("accepted").inc()
         return True
     kefu.metrics.updates.labels("rate_limited").inc()
-    if verdict == "notice" and message.chat.type == ChatType.PRIVATE:
-        try:
+    try:
+        if query is not None:  # a tap is always answered (or its button spins), with the notice the first time
+            await query.answer(texts_for(update).slow_down if verdict == "notice" else None)
+        elif verdict == "notice" and message.chat.type == ChatType.PRIVATE:
             await message.reply_text(texts_for(update).slow_down)
-        except TelegramError as exc:
-            logger.warning("rate-limit notice to chat %s not sent: %s", message.chat.id, exc)
+    except TelegramError as exc:
+        logger.warning("rate-limit notice to chat %s not sent: %s", chat.id if chat else None, exc)
     return False
 
 

@@ -266,7 +266,7 @@ async def test_chats_run_concurrently_and_each_keeps_its_order(telegram, redis_u
 
 
 async def test_rate_limit_too_long_unknown_command_reset_and_suggestions(telegram, redis_url, llmcore_url, prefix, redis, seeded):
-    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=6, max_message_chars=50)
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=7, max_message_chars=50)
     async with running_bot(settings, telegram):
         assert (await ask(telegram, "/nosuchcommand"))["text"].startswith("没有这个命令")
         assert "太长" in (await ask(telegram, "长" * 51))["text"]
@@ -280,14 +280,14 @@ async def test_rate_limit_too_long_unknown_command_reset_and_suggestions(telegra
         await telegram.push(callback_update(buttons(partial)["运费多少钱？"], message=telegram.messages[USER_ID][-1]))
         _, chosen = await telegram.wait_for("sendMessage", since=mark)
         assert chosen["text"] == IN_FAQ[1][1]
-        assert (await ask(telegram, IN_FAQ[2][0]))["text"] == IN_FAQ[2][1]  # the 6th message this minute: still fine
-        notice = await ask(telegram, IN_FAQ[2][0])  # the 7th
+        assert (await ask(telegram, IN_FAQ[2][0]))["text"] == IN_FAQ[2][1]  # the 7th update this minute (the tap counts): fine
+        notice = await ask(telegram, IN_FAQ[2][0])  # the 8th
         assert notice["text"] == "You're sending messages too fast. Please wait a minute."  # in the language of the message
         mark = len(telegram.calls)
         await telegram.push(text_update(IN_FAQ[2][0]))
-        await telegram.push(callback_update("x:stale"))  # not rate-limited; in this chat's order, after the text
-        await telegram.wait_for("answerCallbackQuery", since=mark)
-        assert not [m for m, _ in telegram.calls[mark:] if m == "sendMessage"]  # silence after the notice
+        await telegram.push(callback_update(buttons(partial)["运费多少钱？"], message=telegram.messages[USER_ID][-2]))  # a tap too
+        _, tap = await telegram.wait_for("answerCallbackQuery", since=mark)  # answered, so that its button stops spinning
+        assert not [m for m, _ in telegram.calls[mark:] if m == "sendMessage"] and not tap.get("text")  # silence after the notice
 
 
 async def test_a_burst_of_many_chats_all_get_real_answers(telegram, redis_url, llmcore_url, prefix, seeded):
