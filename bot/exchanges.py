@@ -34,6 +34,15 @@ def is_entry_id(text: str) -> bool:
     """A stream entry id Redis accepts (a forged button's larger number would raise, not miss)."""
     return bool(ENTRY_ID.fullmatch(text)) and all(int(part) <= MAX_ID_PART for part in text.split("-"))
 LATEST_LOOKBACK = 20  # a user's latest exchanges searched for one in a given chat
+PRUNE_EVERY_S = 3600.0  # how often appends drop the ratings and review marks of trimmed entries
+USER_INDEX_PRUNE_AT = 64  # a user's index this large drops the ids of trimmed entries
+REVIEW_MARKS = "console:reviewed"  # the console's marks (bot/console/review.py), keyed by entry id
+
+
+def _entry_ms(entry_id: str) -> int:
+    """The time part of a stream entry id (anything else: 0, the oldest)."""
+    head = entry_id.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 @dataclass(frozen=True)
@@ -55,16 +64,32 @@ class ExchangeLog:
         self.retention_ms = retention_days * 86_400_000
         self.stream = f"{prefix}log"
         self.ratings = f"{prefix}ratings"
+        self._pruned_at = -PRUNE_EVERY_S  # the first append prunes
 
     async def append(self, exchange: Exchange) -> str:
         fields = {k: "" if v is None else str(v) for k, v in asdict(exchange).items()}
         fields["question"], fields["answer"] = scrub(exchange.question), scrub(exchange.answer)
         oldest = f"{int(time.time() * 1000) - self.retention_ms}-0"
         entry_id = await self.redis.xadd(self.stream, fields, minid=oldest, approximate=False)
+        mine = self._user_key(exchange.user_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # the user's index lives as long as their newest entry
-            pipe.sadd(self._user_key(exchange.user_id), entry_id).pexpire(self._user_key(exchange.user_id), self.retention_ms)
-            await pipe.execute()
+            *_, size = await pipe.sadd(mine, entry_id).pexpire(mine, self.retention_ms).scard(mine).execute()
+        if size > USER_INDEX_PRUNE_AT:  # an active customer's index would keep the ids of entries long trimmed
+            stale = [i for i in await self.redis.smembers(mine) if _entry_ms(i) < _entry_ms(oldest)]
+            if stale:
+                await self.redis.srem(mine, *stale)
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = time.monotonic()
+            await self._prune(oldest)
         return entry_id
+
+    async def _prune(self, oldest: str) -> None:
+        """Drop what hashes keyed by entry id (ratings, the console's review marks) hold for entries the log has trimmed:
+        they grew by one field per rating or mark, forever."""
+        for key in (self.ratings, f"{self.prefix}{REVIEW_MARKS}"):
+            stale = [field async for field, _ in self.redis.hscan_iter(key, count=1000) if _entry_ms(field) < _entry_ms(oldest)]
+            for start in range(0, len(stale), 1000):
+                await self.redis.hdel(key, *stale[start : start + 1000])
 
     async def get(self, entry_id: str) -> dict[str, str] | None:
         if not is_entry_id(entry_id):

@@ -51,11 +51,22 @@ async def test_export_is_training_data_without_thumbs_down_and_fallbacks(redis, 
     assert len([c async for c in log.conversations(include_down=True, include_fallback=True)]) == 3
 
 
-async def test_retention_drops_old_entries(redis, prefix):
+async def test_retention_drops_old_entries_and_what_hangs_on_them(redis, prefix, monkeypatch):
+    """The ratings and the console's review marks of trimmed entries go too, and a customer's index of their entries
+    does not keep trimmed ids (they grew by one per rating, mark or question, forever)."""
+    from bot import exchanges
+
+    monkeypatch.setattr(exchanges, "USER_INDEX_PRUNE_AT", 2)
     log = ExchangeLog(redis, prefix, retention_days=1)
     await redis.xadd(log.stream, {"question": "old", "answer": "x", "source": "faq"}, id="1000-0")  # 1970: far past retention
-    await log.append(exchange())
+    await redis.hset(log.ratings, mapping={"1000-0": "down", "1001-0": "up"})
+    await redis.hset(f"{prefix}console:reviewed", "1000-0", "{}")
+    await redis.sadd(f"{prefix}user:5:log", "1000-0", "1001-0")
+    kept = await log.append(exchange(user_id=5))
+    await log.rate(kept, 5, "up")
     assert [e["question"] async for _, e in log.entries()] == ["怎么退货？"]
+    assert await redis.hgetall(log.ratings) == {kept: "up"} and not await redis.exists(f"{prefix}console:reviewed")
+    assert await redis.smembers(f"{prefix}user:5:log") == {kept}
 
 
 async def test_forget_user_erases_entries_and_ratings(redis, prefix):

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bot.console.auth import Person
-from bot.exchanges import SOURCES, Exchange
+from bot.exchanges import REVIEW_MARKS, SOURCES, Exchange
 from bot.paraphrases import OPERATOR_MATCH
 from bot.services import Services
 
@@ -78,7 +78,7 @@ class Review:
     def __init__(self, kefu: Services, low_confidence: float) -> None:
         self.kefu = kefu
         self.low_confidence = low_confidence
-        self.marks = f"{kefu.settings.redis_prefix}console:reviewed"
+        self.marks = f"{kefu.settings.redis_prefix}{REVIEW_MARKS}"  # pruned with the log (bot.exchanges)
 
     async def inbox(self, filters: Filters) -> Inbox:
         rows = await self._rows(await self.kefu.log.newest(MAX_SCAN))
