@@ -78,7 +78,8 @@ class JobManager:
         with open(folder / "train.log", "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._processes[job_id] = process
-        job = {"id": job_id, "status": "running", "pid": process.pid, "host": socket.gethostname(), "arch": arch,
+        job = {"id": job_id, "status": "running", "pid": process.pid, "pid_started": _started(process.pid),
+               "host": socket.gethostname(), "arch": arch,
                "minutes": minutes, "epochs": epochs, "num_conversations": len(conversations), "started": time.time()}
         self._save(job)
         logger.info("training job %s started (pid %d): %s, %d conversations", job_id, process.pid, arch, len(conversations))
@@ -107,8 +108,8 @@ class JobManager:
     def cancel(self) -> dict | None:
         """Stop the running trainer (SIGTERM: it writes nothing); the job ends as failed."""
         job = self.running()
-        if job is not None and job.get("host", socket.gethostname()) == socket.gethostname():  # never a pid of another host
-            with contextlib.suppress(ProcessLookupError):
+        if job is not None and job.get("host", socket.gethostname()) == socket.gethostname() and self._alive(job):  # never
+            with contextlib.suppress(ProcessLookupError):  # a pid of another host, or one the system has given to another
                 os.killpg(job["pid"], signal.SIGTERM)
         return job
 
@@ -174,7 +175,9 @@ class JobManager:
             os.kill(job["pid"], 0)
         except OSError:
             return False
-        return True
+        # the same pid, but started at another moment: reused (after a restart, a container's small pids are soon taken
+        # by the new server's own threads, and the job stayed "running" for good)
+        return job.get("pid_started") is None or _started(job["pid"]) == job["pid_started"]
 
     def _why_failed(self, job: dict) -> str:
         process = self._processes.pop(job["id"], None)
@@ -221,6 +224,14 @@ def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: 
     for i, c in enumerate(conversations):
         if not isinstance(c, dict) or not isinstance(c.get("messages"), list):
             raise JobError(f"conversation {i} is not {{\"messages\": [...]}}")
+
+
+def _started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); None where /proc cannot tell."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _number(value: object) -> bool:

@@ -143,6 +143,22 @@ async def test_a_promotion_that_runs_out_of_memory_fails_the_job_instead_of_leav
     assert registry.current() == "v0001"
 
 
+async def test_a_job_whose_pid_was_reused_after_a_restart_is_not_running(tmp_path, tiny_models):
+    """After a restart on the same host, the trainer's pid may belong to another process (in a container, soon to the
+    new server's own threads): it answered kill(pid, 0), and the job stayed "running" for good."""
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    registry = Registry(root)
+    folder = root / "jobs" / "20260101-000000-006"
+    folder.mkdir(parents=True)
+    alive_but_other = {"id": folder.name, "status": "running", "pid": os.getpid(), "pid_started": 1, "started": 0}
+    (folder / "job.json").write_text(json.dumps(alive_but_other))
+    (folder / "train.log").write_text("")
+    jobs = JobManager(registry)
+    await jobs.check()  # (checked before any cancel: the old code would have signalled this test's own process group)
+    assert jobs.status()["status"] == "failed" and jobs.running() is None and jobs.cancel() is None
+
+
 async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
     client, registry = admin
     version = second_version(registry)

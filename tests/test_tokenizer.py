@@ -60,6 +60,18 @@ def test_every_training_character_is_in_the_vocabulary_even_when_the_cap_is_smal
     assert small.decode(small.encode(CORPUS[0])) == CORPUS[0]
 
 
+def test_a_flood_of_distinct_rare_characters_cannot_widen_the_vocabulary_without_bound():
+    """Logged customer text becomes training data: 20,000 distinct private-use characters made a 20,000-row embedding
+    and output layer. The MAX_CHARS most frequent characters are kept; the rest read as <unk>."""
+    from llmcore.tokenizer import MAX_CHARS
+
+    flood = "".join(map(chr, range(0xF0000, 0xF0000 + 20_000)))
+    tok = Tokenizer.train(CORPUS * 3 + [flood], words=False)
+    assert len(tok) <= MAX_CHARS + tok.num_special + 1
+    assert set("".join(CORPUS)) <= set(tok.tokens)  # the shop's own characters, more frequent, all stay
+    assert tok.unk_id in tok.encode(flood[-10:])
+
+
 def test_max_size_and_min_freq_limit_the_words():
     counts = Tokenizer.train(CORPUS * 3, max_size=10_000, min_freq=1)
     rare_cut = Tokenizer.train(CORPUS * 3 + ["退货 退货"], max_size=10_000, min_freq=4)
