@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,12 +110,22 @@ def data_sha256(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
+def _rank(seed: int, conversation: Conversation) -> bytes:
+    content = json.dumps(conversation.messages, ensure_ascii=False, sort_keys=True)
+    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), key=str(seed).encode()[:64], digest_size=16).digest()
+
+
 def split_conversations(conversations: Sequence[Conversation], val_fraction: float,
                         seed: int) -> tuple[list[Conversation], list[Conversation]]:
     """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more.
-    Conversations marked `"meta": {"pin": true}` (an operator's answer) are always trained on, never held out."""
+    Conversations marked `"meta": {"pin": true}` (an operator's answer) are always trained on, never held out.
+
+    Held out are those whose content hashes lowest (keyed by the seed), not a shuffle of positions: as the logged data
+    grows between retrainings, a conversation held out last time stays held out (the current version never trained on
+    what the next one is compared on; a shuffle made most of them its training data), and copies of one conversation
+    always fall on the same side."""
     order = [i for i in range(len(conversations)) if not conversations[i].meta.get("pin")]
-    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: _rank(seed, conversations[i]))
     num_val = round(len(order) * val_fraction)
     if val_fraction > 0 and len(order) >= 2:
         num_val = min(max(num_val, 1), len(order) - 1)

@@ -68,6 +68,25 @@ def test_split_is_by_conversation_seeded_and_disjoint(tmp_path):
     assert not {c.origin for c in train} & {c.origin for c in val}
 
 
+def test_a_held_out_conversation_stays_held_out_as_the_data_grows():
+    """A retraining compares the new version with the current one on the new version's held-out conversations: with a
+    shuffle of positions most of them had been the current version's training data (here 35 of 61); now all but the
+    odd one at the boundary were held out last time too, and copies of one conversation fall on one side."""
+    from llmcore.chats import Conversation
+
+    def conversation(i: int) -> Conversation:
+        return Conversation([{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": f"回答{i}"}])
+
+    before = [conversation(i) for i in range(200)]
+    after = before + [conversation(i) for i in range(200, 300)] + [conversation(7)] * 3  # more logged; copies
+    trained_before, _ = split_conversations(before, 0.2, seed=0)
+    _, held_out_now = split_conversations(after, 0.2, seed=0)
+    seen = {c.messages[0]["content"] for c in trained_before}
+    assert sum(c.messages[0]["content"] in seen for c in held_out_now) <= 3
+    train, val = split_conversations(after, 0.2, seed=0)
+    assert not {c.messages[0]["content"] for c in train} & {c.messages[0]["content"] for c in val}
+
+
 def dialog(*texts: str) -> Conversation:
     return Conversation([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(texts)])
 
