@@ -13,6 +13,7 @@ from collections import OrderedDict
 from telegram import Bot
 from telegram.error import NetworkError, TelegramError
 
+from bot.console.auth import LOCAL_ADMIN_ID
 from bot.settings import BotSettings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Roles:
         self._known: OrderedDict[int, tuple[str | None, float]] = OrderedDict()
 
     async def of(self, user_id: int, unknown: str | None = None) -> str | None:
+        if user_id == LOCAL_ADMIN_ID:  # the person at the terminal: only this machine's shell can mint their link
+            return "admin"
         hit = self._known.get(user_id)
         if hit is not None and self.clock() - hit[1] < ROLE_TTL_S:
             return hit[0]
