@@ -11,6 +11,7 @@ and writes a complete version into the registry
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -181,8 +182,29 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+_held = {"on": False, "pending": None}  # see _signals_held
+
+
 def _raise_interrupted(signum, frame):  # noqa: ARG001 - signal handler signature
+    if _held["on"]:
+        _held["pending"] = signum
+        return
     raise TrainingInterrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT / SIGTERM wait while a finished version is committed, promoted and reported: one that arrived between the
+    commit and the result file left a version no job knew of (the job said nothing was saved). The work is done by
+    then: a signal that came during it is logged, not acted on."""
+    _held.update(on=True, pending=None)
+    try:
+        yield
+    finally:
+        pending = _held["pending"]
+        _held.update(on=False, pending=None)
+        if pending is not None:
+            logger.info("%s arrived while the version was being saved; it is saved", signal.Signals(pending).name)
 
 
 def train(opts: TrainOptions) -> tuple[str, dict]:
@@ -231,12 +253,13 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
             (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
             if val_convs:  # scrubbed like the rest of the training data; two versions are compared on them (llmcore.sidebyside)
                 write_conversations(staged / HELDOUT, val_convs)
-            version = registry.commit(staged)
-        if opts.promote:
-            registry.promote(version)
-        metrics["version"] = version
-        if opts.result_file:
-            write_atomic(Path(opts.result_file), _json(metrics))
+            with _signals_held():
+                version = registry.commit(staged)
+                if opts.promote:
+                    registry.promote(version)
+                metrics["version"] = version
+                if opts.result_file:
+                    write_atomic(Path(opts.result_file), _json(metrics))
         progress.write(stage="done", version=version, force=True)
         return version, metrics
     finally:

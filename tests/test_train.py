@@ -340,3 +340,26 @@ def test_a_version_is_shown_no_more_history_than_it_was_trained_on():
     dialog = Conversation([{"role": r, "content": "x"} for r in ("user", "assistant") * 4])
     assert history_seen(faq, 4) == 0 and history_seen(faq, None) == 0  # an FAQ: the question alone
     assert history_seen([*faq, dialog], 4) == 4 and history_seen([dialog], 2) == 2 and history_seen([dialog], None) == 6
+
+
+def test_a_signal_while_a_finished_version_is_saved_waits_for_it():
+    """SIGTERM between the commit and the result file left a version no job knew of; inside that section it is noted
+    and the saving goes on; outside it, training stops as before."""
+    import os
+    import signal
+
+    from llmcore import train as module
+
+    previous = signal.signal(signal.SIGTERM, module._raise_interrupted)
+    try:
+        saved = []
+        with module._signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now
+            saved.append("result file")
+        assert saved == ["result file"]
+        with pytest.raises(module.TrainingInterrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
