@@ -160,12 +160,13 @@ class ExchangeLog:
         return [(entry_id, {**fields, "rating": rating or ""}) for (entry_id, fields), rating in zip(chunk, ratings)]
 
     async def conversations(self, include_down: bool = False, include_fallback: bool = False,
-                            include_smalltalk: bool = False, context_turns: int = 0) -> AsyncIterator[dict]:
+                            include_smalltalk: bool = False, context_turns: int = 0, with_user: bool = False) -> AsyncIterator[dict]:
         """Chat-format training records; 👎 answers, fallbacks and small talk (canned, it teaches nothing) are left
         out unless asked for. With `context_turns`, each record starts with up to that many earlier messages of
         the same chat (scrubbed like every entry), as the bot's history showed them to the model; their assistant
         turns carry `"weight": 0`, context only, since they may be fallbacks or 👎. An operator's answer to the
-        question just before it takes the place of the bot's answer there, as the customer's question answered once."""
+        question just before it takes the place of the bot's answer there, as the customer's question answered once.
+        `with_user`: the meta says whose exchange it was (for counting only: no user id goes into training data)."""
         recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=context_turns))
         async for entry_id, e in self.entries():
             question = {"role": "user", "content": e["question"]}
@@ -181,7 +182,7 @@ class ExchangeLog:
                 continue
             yield {"messages": [*context, question, answer],
                    "meta": {"id": entry_id, "source": e["source"], "rating": e["rating"] or None, "version": e["version"] or None,
-                            "score": float(e["score"]) if e["score"] else None}}
+                            "score": float(e["score"]) if e["score"] else None, **({"user_id": e.get("user_id")} if with_user else {})}}
 
     def _user_key(self, user_id: int) -> str:
         return f"{self.prefix}user:{user_id}:log"

@@ -3,15 +3,20 @@
 Logged exchanges that were not rated 👎 and were not fallbacks or small talk, operators' answers (pinned to the
 training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is; the
 bot's own answers to a question an operator answered are left out), and every FAQ question with its
-answer; deduplicated, already scrubbed of personal data when logged. Each logged exchange comes with the earlier
+answer; deduplicated, already scrubbed of personal data when logged; at most PER_CUSTOMER exchanges of any one
+customer (their latest). Each logged exchange comes with the earlier
 turns of its chat (context only), so the model learns to use the history the bot sends it.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from bot.exchanges import ExchangeLog
 from bot.faq import FaqStore
 
 OPERATOR_WEIGHT = 3
+PER_CUSTOMER = 200  # a customer's logged exchanges in one training set at most (their latest): one account flooding
+# the bot cannot become most of what it learns, nor of what the next version is compared on
 
 
 def _conversation(context: list[dict], question: str, answer: str, source: str) -> dict:
@@ -31,12 +36,20 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
         seen.add(key)
         out.extend([_conversation(context, *key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
-    records = [r async for r in log.conversations(context_turns=context_turns)]
+    records = [r async for r in log.conversations(context_turns=context_turns, with_user=True)]
+    per_customer: Counter[str] = Counter()
+    for record in reversed(records):  # newest first: a customer's latest exchanges are kept
+        user = record["meta"].pop("user_id", None)  # counted, never sent
+        if record["meta"]["source"] != "operator":
+            per_customer[user] += 1
+            record["meta"]["over_cap"] = per_customer[user] > PER_CUSTOMER
     answered_by_people = {r["messages"][-2]["content"].strip() for r in records if r["meta"]["source"] == "operator"}
     for record in records:
         *context, question, answer = record["messages"]
         if record["meta"]["source"] != "operator" and question["content"].strip() in answered_by_people:
             continue  # an operator answered this question: that answer supersedes the bot's own
+        if record["meta"].pop("over_cap", False):
+            continue
         add(context, question["content"], answer["content"], record["meta"]["source"])
     for entry in await faq.entries():
         for question in (entry.question, *entry.similar):

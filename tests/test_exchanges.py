@@ -117,3 +117,22 @@ async def test_an_operators_answer_takes_the_place_of_the_bots_answer_to_that_qu
     records = {r["messages"][-1]["content"]: r["messages"] async for r in log.conversations(context_turns=4)}
     assert [m["content"] for m in records["暂不开放加盟。"]] == ["运费多少？", "满69元包邮。", "可以加盟吗？", "暂不开放加盟。"]
     assert [m["content"] for m in records["也不开放。"][:-2]] == ["运费多少？", "满69元包邮。", "可以加盟吗？", "暂不开放加盟。"]
+
+
+async def test_one_customer_cannot_become_most_of_the_training_set(redis, prefix, monkeypatch):
+    """A flood from one account (each message a new question, each answered) is capped at its latest PER_CUSTOMER;
+    other customers' exchanges and the FAQ are all kept."""
+    from bot import trainingset
+    from bot.faq import FaqStore
+
+    monkeypatch.setattr(trainingset, "PER_CUSTOMER", 5)
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    for i in range(30):
+        await log.append(exchange(user_id=66, question=f"刷屏问题{i}", answer=f"回答{i}"))
+    for user in (1, 2):
+        await log.append(exchange(user_id=user, question=f"客户{user}的问题", answer="好的。"))
+    records = await trainingset.build_training_set(log, FaqStore(redis, prefix))
+    questions = [r["messages"][-2]["content"] for r in records]
+    assert [q for q in questions if q.startswith("刷屏")] == [f"刷屏问题{i}" for i in range(25, 30)]  # the latest five
+    assert "客户1的问题" in questions and "客户2的问题" in questions
+    assert not [r for r in records if "user_id" in r["meta"] or "66" in json.dumps(r["meta"])]  # counted, never sent
