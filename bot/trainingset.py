@@ -37,19 +37,21 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
         out.extend([_conversation(context, *key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
     records = [r async for r in log.conversations(context_turns=context_turns, with_user=True)]
-    per_customer: Counter[str] = Counter()
-    for record in reversed(records):  # newest first: a customer's latest exchanges are kept
-        user = record["meta"].pop("user_id", None)  # counted, never sent
-        if record["meta"]["source"] != "operator":
-            per_customer[user] += 1
-            record["meta"]["over_cap"] = per_customer[user] > PER_CUSTOMER
+    users = [r["meta"].pop("user_id", None) for r in records]  # counted, never sent
+    per_customer: Counter[str | None] = Counter()
+    over_cap = set()
+    for i in reversed(range(len(records))):  # newest first: a customer's latest exchanges are kept
+        if records[i]["meta"]["source"] != "operator":
+            per_customer[users[i]] += 1
+            if per_customer[users[i]] > PER_CUSTOMER:
+                over_cap.add(i)
     answered_by_people = {r["messages"][-2]["content"].strip() for r in records if r["meta"]["source"] == "operator"}
-    for record in records:
+    for i, record in enumerate(records):
+        if i in over_cap:
+            continue
         *context, question, answer = record["messages"]
         if record["meta"]["source"] != "operator" and question["content"].strip() in answered_by_people:
             continue  # an operator answered this question: that answer supersedes the bot's own
-        if record["meta"].pop("over_cap", False):
-            continue
         add(context, question["content"], answer["content"], record["meta"]["source"])
     for entry in await faq.entries():
         for question in (entry.question, *entry.similar):

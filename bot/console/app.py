@@ -106,7 +106,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     c = request.app[CONSOLE]
     session = await c.auth.session(request.cookies.get(COOKIE))
-    role = session and (await c.roles.of(session.person.user_id, unknown=session.person.role) if c.roles else session.person.role)
+    role = await c.roles.of(session.person.user_id, unknown=session.person.role) if session else None
     if session is not None and role is None:  # no longer an admin or operator: the session ends now
         logger.warning("console: user %s is no longer %s; session ended", session.person.user_id, session.person.role)
         await c.auth.end_session(request.cookies.get(COOKIE))

@@ -38,7 +38,7 @@ class Console:
     audit: AuditLog
     review: Review
     bot: Bot | None  # operators' chat membership, answers to handed-off customers; None without a token or operators' chat
-    roles: Roles | None = None  # who is what now: a session's role is checked again on every request (app.guard)
+    roles: Roles  # who is what now: a session's role is checked again on every request (app.guard)
 
 
 CONSOLE = web.AppKey("console", Console)
