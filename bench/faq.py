@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bot.encoder import Fusion, load_encoder, query_vector  # noqa: E402
 from bot.faq import read_faq_file  # noqa: E402
-from bot.search import FaqEntry, FaqIndex  # noqa: E402
+from bot.search import FaqEntry, FaqIndex, unknown_share  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 from llmcore.chats import DEMO_DATA, read_conversations  # noqa: E402
 
@@ -55,14 +55,17 @@ class Memo:
         return np.stack([self.seen[t] for t in texts]) if texts else self.inner.encode(texts)
 
     def encode_answers(self, texts):
-        return self.inner.encode_answers(texts)
+        missing = [t for t in dict.fromkeys(texts) if ("answer", t) not in self.seen]
+        self.seen.update(zip((("answer", t) for t in missing), self.inner.encode_answers(missing)))
+        return np.stack([self.seen["answer", t] for t in texts]) if texts else self.inner.encode_answers(texts)
 
 
 def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None]) -> Fusion:
     """The fusion fitted on `questions` (target: the right entry's index, None for an off-topic question): the rank's
-    weights maximise the likelihood of the right entry over all entries (softmax), then the confidence is a logistic
-    regression of "the first entry is the right one" on the first entry's rank and its margin over the rival: the
-    second's rank, at least the median first rank of the off-topic questions."""
+    weights maximise the likelihood of the right entry over all entries (softmax), then each confidence is a logistic
+    regression of "the first entry is the right one" on the first entry's rank and its margin over the rival (the
+    second's rank, at least the median first rank of the off-topic questions), the informed one on the question's
+    unknown share too."""
     import torch
 
     features = torch.tensor(np.stack([index.features(q)[0] for q in questions]), dtype=torch.float32)  # (Q, E, F)
@@ -86,14 +89,21 @@ def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None])
     top2 = rank.topk(2, dim=1)
     unrelated = [i for i, t in enumerate(targets) if t is None]
     floor = float(top2.values[unrelated, 0].median()) if unrelated else float("-inf")  # an off-topic question's best rank
-    x = torch.stack([top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1].clamp(min=floor)], 1)
+    unknown = torch.tensor([unknown_share(q, index.vocabulary) for q in questions], dtype=torch.float32)
+    x = torch.stack([top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1].clamp(min=floor), unknown], 1)
     y = torch.tensor([float(t is not None and int(top2.indices[i, 0]) == t) for i, t in enumerate(targets)])
-    confidence = torch.zeros(3, requires_grad=True)
     weight = 1 + (WRONG_COST - 1) * (1 - y)  # a wrong answer costs more than a question left to the buttons or the model
-    minimize([confidence], lambda: torch.nn.functional.binary_cross_entropy_with_logits(x @ confidence[:2] + confidence[2], y, weight))
+
+    def confidence(inputs: int) -> tuple[float, ...]:
+        """(the inputs' weights..., the constant), fitted on the first `inputs` columns of x."""
+        params = torch.zeros(inputs + 1, requires_grad=True)
+        minimize([params], lambda: torch.nn.functional.binary_cross_entropy_with_logits(x[:, :inputs] @ params[:inputs] + params[inputs],
+                                                                                         y, weight))
+        return tuple(round(float(v), 3) for v in params.detach())
+
     w, parts = [round(float(v), 3) for v in weights.detach()], len(index.encoder.dims)
-    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1], round(floor, 2),
-                  tuple(round(float(v), 3) for v in confidence.detach()))
+    (a, b, c), (ia, ib, iu, ic) = confidence(2), confidence(3)
+    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1], round(floor, 2), (a, b, c), (ia, ib, ic, iu))
 
 
 def measure(rank, paraphrases: list[dict], offtopic: list[dict], answers: dict[str, str], settings: BotSettings) -> dict:

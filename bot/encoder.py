@@ -48,10 +48,15 @@ ENCODERS = ("use+e5", "use", "e5", "none")  # or a sentence-transformers model n
 class Fusion:
     """How an entry's score is made (bot/search.py): rank = lexical × BM25 + Σ question[i] × part i's best cosine to
     the entry's questions + Σ answer[i] × its cosine to the entry's answer + other_language (an entry asked in the
-    other language); score = sigmoid(a × rank + b × (rank − rival) + c), (a, b, c) = confidence, rival = the best
-    other entry's rank but at least `rival_floor`, the rank an unrelated question typically reaches (in a FAQ of a few
-    entries the runner-up is far below any match, and a weak match would stand out). The score is how likely the
-    entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning."""
+    other language); score = sigmoid((1 − w) × plain + w × informed), plain = a × rank + b × (rank − rival) + c with
+    (a, b, c) = confidence, informed = a' × rank + b' × (rank − rival) + c' + d' × u with (a', b', c', d') =
+    informed_confidence; rival = the best other entry's rank but at least `rival_floor`, the rank an unrelated
+    question typically reaches (in a FAQ of a few entries the runner-up is far below any match, and a weak match would
+    stand out); u = the share of the question's words the FAQ never uses (bot/search.py, `unknown_share`:
+    "在淘宝买的东西怎么申请退款" is about 淘宝, which no entry mentions); w in [0, 1] = how much that says, by the size of
+    the FAQ's vocabulary (a FAQ of three entries mentions little of its own domain: a word it lacks says little, and
+    its scores are the plain confidence's). The score is how likely the entry is the right one, so FAQ_BEST and
+    FAQ_SUGGEST keep their meaning."""
 
     lexical: float
     question: tuple[float, ...]  # one weight per encoder part
@@ -59,17 +64,18 @@ class Fusion:
     other_language: float
     rival_floor: float
     confidence: tuple[float, float, float]
+    informed_confidence: tuple[float, float, float, float] | None = None  # None: the plain confidence alone
 
 
 # Fitted by `bench/faq.py --fit` (docs/benchmarks.md): the rank's weights by how often they put the right entry first,
 # the confidence by how well it tells a right first entry from a wrong one or an off-topic question.
 FUSIONS = {
-    "use": Fusion(lexical=7.805, question=(21.852,), answer=(13.851,), other_language=-6.141, rival_floor=12.48,
-                  confidence=(0.041, 0.621, -2.711)),
-    "e5": Fusion(lexical=11.396, question=(67.18,), answer=(65.872,), other_language=-1.888, rival_floor=115.41,
-                 confidence=(0.17, 0.494, -22.413)),
-    "use+e5": Fusion(lexical=6.318, question=(16.891, 23.99), answer=(10.27, 36.972), other_language=-3.763,
-                     rival_floor=61.03, confidence=(0.092, 0.626, -8.45)),
+    "use": Fusion(lexical=7.806, question=(21.852,), answer=(13.85,), other_language=-6.14, rival_floor=12.48,
+                  confidence=(0.041, 0.621, -2.712), informed_confidence=(-0.256, 0.834, 5.252, -10.854)),
+    "e5": Fusion(lexical=11.439, question=(67.148,), answer=(66.225,), other_language=-1.922, rival_floor=115.66,
+                 confidence=(-0.014, 0.665, -0.01), informed_confidence=(0.002, 0.559, -0.703, -5.73)),
+    "use+e5": Fusion(lexical=6.33, question=(16.87, 24.02), answer=(10.246, 37.263), other_language=-3.758,
+                     rival_floor=61.28, confidence=(0.092, 0.625, -8.475), informed_confidence=(-0.146, 0.769, 9.986, -9.36)),
 }
 
 

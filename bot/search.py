@@ -20,11 +20,13 @@ query gives itself — and the self-score would not bound documents as long as t
 With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions
 and its cosine to its answer (each part of a joint encoder apart), and whether it is asked in the other language
 (Chinese vs English: a multilingual encoder matches across languages, the customer wants theirs). A weighted sum
-ranks the entries; a confidence over that rank and its margin to the best other entry makes the score, in [0, 1]:
-how likely the entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning. A paraphrase that shares no
-word with the stored question still scores on meaning, and on the words of the answer it asks for. The weights are
-the encoder's `Fusion` (bot/encoder.py), fitted with `bench/faq.py --fit` on the demo paraphrase and off-topic sets
-(docs/benchmarks.md); an exact match (case, width, punctuation aside) is 1.0 either way.
+ranks the entries; a confidence over that rank, its margin to the best other entry and the share of the question's
+words that the FAQ never uses (`unknown_share`: "怎么退出微信群" is near the login entry by meaning, but 群 is in no
+question or answer of the shop's) makes the score, in [0, 1]: how likely the entry is the right one, so FAQ_BEST
+and FAQ_SUGGEST keep their meaning. A paraphrase that shares no word with the stored question still scores on
+meaning, and on the words of the answer it asks for. The weights are the encoder's `Fusion` (bot/encoder.py),
+fitted with `bench/faq.py --fit` on the demo paraphrase and off-topic sets (docs/benchmarks.md);
+an exact match (case, width, punctuation aside) is 1.0 either way.
 
 Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
 (llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
@@ -33,9 +35,10 @@ encoder one sentence encoding (~1.5 ms with USE, ~17 ms with USE + e5 on 2 vCPU)
 """
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 import jieba
@@ -45,7 +48,7 @@ from bot.encoder import Encoder, query_vector
 from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "tokenize", "words"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "tokenize", "unknown_share", "words"]
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,51 @@ class Match:
     lexical: float = 0.0  # BM25, in [0, 1]
     semantic: float | None = None  # best cosine to the entry's questions (the mean of the encoder's parts); None without
     answer_cosine: float | None = None  # cosine to the entry's answer; None without an encoder
+    unknown: float | None = None  # the share of the question's words the FAQ never uses (unknown_share); None without
 
 
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
 MAX_ENCODED_ANSWER_CHARS = 128  # and an answer's first 128 (once per FAQ change)
 MAX_FUSED = 0.999  # 1.0 is an exact match's alone
+# A FAQ of this many words (the demo FAQ has ~2,100) mentions most of its domain: a word it lacks says the question is
+# about something else. A smaller one mentions less: "寄快递要钱吗" uses no word of a three-entry FAQ whose "运费多少钱？"
+# it means. How much the unknown share says grows with the vocabulary up to this size (Fusion, bot/encoder.py).
+FULL_VOCABULARY = 2000
 
 
 def words(text: str) -> list[str]:
     """Whole jieba words (precise mode) of the NFKC lower-cased text, without spaces and punctuation. Search tokens
     (`tokenize`) also hold the pieces of a long word, 人工 and 智能 of 人工智能: right for matching, wrong for spotting a word."""
     return [w for w in jieba.lcut(unicodedata.normalize("NFKC", text).lower(), HMM=False) if any(ch.isalnum() for ch in w)]
+
+
+# English words that say little (jieba's dictionary is Chinese: it weighs every English word as the rarest)
+ENGLISH_FUNCTION_WORDS = frozenset("""
+a about after all also am an and any are as at be been before being but by can could d did didn do does doesn doing
+don for from had has have having he her here hi his how i if in into is isn it its just ll m may me might must my no
+not of off on or our out over please re s shall she should so some t than that the their them then there these they
+this those to too up us ve very was wasn we were what when where which who whom whose why will with won would yes you
+your""".split())
+
+
+def rarity(word: str) -> float:
+    """How much a word says: log(total / frequency) in jieba's dictionary (的 5.2, 怎么 7.7, 退款 14.7); a word it lacks
+    (vlookup; 淘宝 is there) as much as the rarest, an English function word as much as 的."""
+    jieba.dt.check_initialized()  # the dictionary is read on first use
+    if word in ENGLISH_FUNCTION_WORDS:
+        word = "的"
+    frequency = jieba.dt.FREQ.get(word, 0)  # prefixes of dictionary words are there with 0
+    return math.log(jieba.dt.total / frequency) if frequency else math.log(jieba.dt.total)
+
+
+def unknown_share(text: str, vocabulary: Set[str]) -> float:
+    """The share of `text`'s words (whole words, `words`) that are not in `vocabulary`, each weighed by its rarity: 0
+    when the FAQ uses every word of the question, near 1 when it uses none but 的 and 怎么. Off-topic questions that
+    share a few words with the shop ("股票退市了，我买股票的钱怎么退") are about something no entry mentions."""
+    found = words(text)
+    weights = [rarity(word) for word in found]
+    total = sum(weights)
+    return sum(w for word, w in zip(found, weights) if word not in vocabulary) / total if total else 0.0
 
 
 def script(text: str) -> str | None:
@@ -117,7 +154,11 @@ class FaqIndex:
         self.other_language = {lang: np.array([other not in (None, lang) for other in asked], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
         self.parts: list[tuple[slice, np.ndarray, np.ndarray]] = []  # per encoder part: its span, question and answer vectors
+        self.vocabulary: frozenset[str] = frozenset()  # every word of the questions and answers (unknown_share)
+        self.vocabulary_weight = 0.0  # how much an unknown word says
         if encoder is not None:
+            self.vocabulary = frozenset(w for text in (*self.doc_text, *(e.answer for e in self.entries)) for w in words(text))
+            self.vocabulary_weight = min(1.0, len(self.vocabulary) / FULL_VOCABULARY)
             vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
             answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))
             if vectors.shape[0] != len(self.doc_text) or answer_vectors.shape[0] != len(self.entries):
@@ -138,9 +179,10 @@ class FaqIndex:
             ranked = sorted((-(1.0 if is_exact else lex), not is_exact, entry) for entry, (lex, is_exact, _) in best.items())
             return [self._match(entry, -neg, best) for neg, _, entry in ranked[: max(k, 0)]]
         features, query = self.features(text, best)
-        scores = self.scores(features)
+        unknown = unknown_share(text, self.vocabulary)
+        scores = self.scores(features, unknown)
         order = np.argsort(-scores, kind="stable")[: max(k, 0)]  # stable: ties go to the earlier entry
-        return [self._match(e, float(scores[e]), best, features[e], query) for e in order]
+        return [self._match(e, float(scores[e]), best, features[e], query, unknown) for e in order]
 
     @property
     def vectors(self) -> np.ndarray | None:
@@ -176,21 +218,27 @@ class FaqIndex:
         other = self.other_language[asked_in] if asked_in else np.zeros(len(self.entries))
         return np.column_stack([lex, *questions, *answers, other]), query
 
-    def scores(self, features: np.ndarray) -> np.ndarray:
-        """Each entry's score in [0, 1) from its features: the Fusion's rank, and its confidence over the rank and the
-        margin to the best other entry (bot/encoder.py, Fusion)."""
+    def scores(self, features: np.ndarray, unknown: float = 0.0) -> np.ndarray:
+        """Each entry's score in [0, 1) from its features and the question's unknown share: the Fusion's rank, and its
+        confidence over the rank, the margin to the best other entry and the unknown share (bot/encoder.py, Fusion),
+        the last weighed by how much the FAQ's vocabulary says (FULL_VOCABULARY)."""
         fusion = self.encoder.fusion
         rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
         first = int(np.argmax(rank))
         rivals = np.full_like(rank, rank[first])
         rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else -np.inf
+        margin = rank - np.maximum(rivals, fusion.rival_floor)
         a, b, c = fusion.confidence
-        logit = np.clip(a * rank + b * (rank - np.maximum(rivals, fusion.rival_floor)) + c, -60.0, 60.0)  # exp stays finite
+        logit = a * rank + b * margin + c
+        if fusion.informed_confidence is not None and self.vocabulary_weight > 0:
+            a, b, c, d = fusion.informed_confidence
+            logit = (1 - self.vocabulary_weight) * logit + self.vocabulary_weight * (a * rank + b * margin + c + d * unknown)
+        logit = np.clip(logit, -60.0, 60.0)  # exp stays finite
         scores = 1.0 / (1.0 + np.exp(-logit))
         return np.minimum(scores, MAX_FUSED)
 
     def _match(self, entry: int, score: float, best: dict, features: np.ndarray | None = None,
-               query: np.ndarray | None = None) -> Match:
+               query: np.ndarray | None = None, unknown: float | None = None) -> Match:
         """The Match of one ranked entry: the question that matched it best (by words if any, else by meaning)."""
         lex, _, neg_doc = best.get(entry, (0.0, False, 0))
         if features is None:
@@ -199,7 +247,7 @@ class FaqIndex:
         doc = -neg_doc if entry in best else start + int(np.argmax(sum(q[start:end] @ query[span] for span, q, _ in self.parts)))
         parts = len(self.encoder.dims)
         return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(np.mean(features[1 : 1 + parts])),
-                     float(np.mean(features[1 + parts : 1 + 2 * parts])))
+                     float(np.mean(features[1 + parts : 1 + 2 * parts])), unknown)
 
     def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
         """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""

@@ -59,7 +59,7 @@ class BotSettings(BaseSettings):
     model_history: int = Field(default=4, ge=0, description="recent messages sent to the model with the question (0: the question alone)")
     max_answer_tokens: int = Field(default=96, ge=1, le=4096)
     kb_check: bool = Field(default=True, description="a model answer must fit the FAQ (see bot/pipeline.py)")
-    kb_check_min_score: float = Field(default=0.6, ge=0, le=1,
+    kb_check_min_score: float = Field(default=0.65, ge=0, le=1,
                                       description="FAQ score a question needs for a stock model answer (of its best entry)")
     kb_novel_min_confidence: float = Field(default=-0.15, le=0, description="confidence a model answer unlike every FAQ answer needs")
     repetition_penalty: float = Field(default=1.2, ge=1.0, le=3.0, description="discourages greedy small models from repeating")

@@ -17,11 +17,12 @@ import pytest
 from bot import encoder as encoders
 from bot.encoder import JointEncoder, load_encoder
 from bot.faq import FaqStore
-from bot.search import MAX_ENCODED_CHARS, FaqIndex
+from bot.search import MAX_ENCODED_CHARS, FaqEntry, FaqIndex, unknown_share
 from bot.settings import BotSettings
 from llmcore.chats import DEMO_DATA, read_conversations
 from llmcore.retrieval import char_f1
 
+from .conftest import FAQ_PAIRS
 from .test_search import corpus_entries
 
 DATA = Path(__file__).parent / "data"
@@ -81,7 +82,7 @@ def test_a_paraphrase_sharing_no_word_is_found_where_bm25_alone_does_not(entries
 
 def test_new_paraphrases_are_answered_right_and_off_topic_questions_are_not(entries, hybrid):
     """The demo paraphrases and off-topic questions written for the tests (tests/data/): the fusion was fitted on them,
-    so this guards what was measured (docs/benchmarks.md: 0.903 first, 62 of 165 answered, none wrong, 1 of 53
+    so this guards what was measured (docs/benchmarks.md: 0.903 first, 76 of 165 answered, none wrong, 2 of 53
     off-topic answered) against a regression, with some slack."""
     def read(name):
         return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -92,7 +93,7 @@ def test_new_paraphrases_are_answered_right_and_off_topic_questions_are_not(entr
     right = [m[0].entry.answer == topic_answer[p["topic"]] for m, p in zip(first, paraphrases)]
     answered = [m[0].score >= SETTINGS.faq_best for m in first]
     assert sum(right) >= 0.85 * len(paraphrases)
-    assert sum(a and r for a, r in zip(answered, right)) >= 0.3 * len(paraphrases)
+    assert sum(a and r for a, r in zip(answered, right)) >= 0.4 * len(paraphrases)
     assert sum(a and not r for a, r in zip(answered, right)) <= 3
     off = [hybrid.match(o["question"], k=1)[0].score >= SETTINGS.faq_best for o in offtopic]
     assert sum(off) <= 0.05 * len(offtopic)
@@ -115,20 +116,58 @@ def test_no_demo_question_copies_a_held_out_paraphrase(entries):
     assert close == []
 
 
-def test_the_score_is_the_fusions_confidence_over_its_features(hybrid):
-    """An entry's score is sigmoid(a × rank + b × (rank − the best other's rank) + c), rank the weighted features."""
-    text = "东西坏了能换吗"
+@pytest.mark.parametrize("text", ["东西坏了能换吗", "在淘宝买的东西坏了能换吗"])
+def test_the_score_is_the_fusions_confidence_over_its_features(hybrid, text):
+    """An entry's score is sigmoid(a' × rank + b' × (rank − the best other's rank) + c' + d' × the question's unknown
+    share), rank the weighted features: the informed confidence, whole in a FAQ of the demo's ~2,100 words."""
     features, _ = hybrid.features(text)
     fusion = hybrid.encoder.fusion
     rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
     order = np.argsort(-rank)
-    a, b, c = fusion.confidence
-    expected = [1 / (1 + np.exp(-(a * rank[e] + b * (rank[e] - rank[order[1] if e == order[0] else order[0]]) + c))) for e in order[:3]]
+    a, b, c, d = fusion.informed_confidence
+    u = unknown_share(text, hybrid.vocabulary)
+    assert hybrid.vocabulary_weight == 1.0
+    expected = [1 / (1 + np.exp(-(a * rank[e] + b * (rank[e] - rank[order[1] if e == order[0] else order[0]]) + c + d * u)))
+                for e in order[:3]]
     matches = hybrid.match(text, k=3)
     assert [m.entry for m in matches] == [hybrid.entries[e] for e in order[:3]]
     assert [m.score for m in matches] == pytest.approx(expected)
+    assert matches[0].unknown == pytest.approx(u) and (u > 0) == ("淘宝" in text)
     assert features.shape == (len(hybrid.entries), 1 + 2 * len(hybrid.encoder.dims) + 1)
     assert matches[0].answer_cosine == pytest.approx(float(np.mean(features[order[0], 3:5])))
+
+
+def test_the_unknown_share_weighs_the_words_no_entry_uses_by_their_rarity(hybrid):
+    vocabulary = hybrid.vocabulary
+    assert {"退款", "怎么", "发票"} <= vocabulary and "淘宝" not in vocabulary and "股票" not in vocabulary
+    assert unknown_share("怎么申请退款", vocabulary) == 0.0 and unknown_share("🙂🙂", vocabulary) == 0.0
+    assert unknown_share("股票", vocabulary) == 1.0
+    taobao, de = unknown_share("淘宝怎么退款", vocabulary), unknown_share("怎么退款呀", frozenset({"怎么", "退款"}))
+    assert 0.2 < taobao < 0.8 and 0 < de < taobao  # a particle the FAQ lacks weighs less than a name it lacks
+    # jieba's dictionary has no English: a function word weighs as 的, the rest as the rarest ("library": 1 word of 7)
+    assert unknown_share("How do I return a library book?", vocabulary) > 0.2
+
+
+@pytest.mark.parametrize("question", ["在淘宝买的东西怎么申请退款", "股票退市了，我买股票的钱怎么退"])
+def test_a_question_about_what_no_entry_mentions_scores_lower(hybrid, monkeypatch, question):
+    """Off-topic questions in the shop's words (tests/data/offtopic.jsonl): the refund entry is first by meaning, but the
+    question is about a thing the FAQ never mentions. The plain confidence (rank and margin alone) scores it far higher."""
+    with_rule = hybrid.match(question, k=1)[0]
+    monkeypatch.setattr(hybrid.encoder, "fusion", replace(hybrid.encoder.fusion, informed_confidence=None))
+    without = hybrid.match(question, k=1)[0]
+    assert with_rule.entry == without.entry and with_rule.unknown > 0.1
+    assert with_rule.score < SETTINGS.faq_best and without.score > 2 * with_rule.score
+
+
+def test_a_small_faqs_unknown_words_say_less(hybrid):
+    """Three entries mention little of their own domain: "寄快递要钱吗" uses none of their words, yet means the shipping
+    fee's entry. Such a FAQ's scores are the plain confidence's (rank and margin), so the entry is still offered."""
+    small = FaqIndex([FaqEntry(str(i), q, a) for i, (q, a) in enumerate(FAQ_PAIRS[:3])], hybrid.encoder)  # the bot tests' FAQ
+    assert 0 < small.vocabulary_weight < 0.1
+    best = small.match("寄快递要钱吗", k=1)[0]
+    assert best.entry.question == "运费多少钱？" and best.unknown > 0.5 and SETTINGS.faq_suggest <= best.score < SETTINGS.faq_best
+    small.vocabulary_weight = 1.0  # as if these few words were a whole domain's: the question would look off-topic
+    assert small.match("寄快递要钱吗", k=1)[0].score < SETTINGS.faq_suggest
 
 
 def test_the_top_k_are_the_top_k_of_the_whole_ranking(entries, hybrid):
