@@ -77,6 +77,8 @@ MAX_FUSED = 0.999  # 1.0 is an exact match's alone
 # about something else. A smaller one mentions less: "寄快递要钱吗" uses no word of a three-entry FAQ whose "运费多少钱？"
 # it means. How much the unknown share says grows with the vocabulary up to this size (Fusion, bot/encoder.py).
 FULL_VOCABULARY = 2000
+VOCABULARY_ANSWER_CHARS = 512  # of an answer, its first 512 characters give words (jieba: ~2 µs a character, and a
+# FAQ of thousands of 8,000-character policies is segmented again at every change)
 
 
 def words(text: str) -> list[str]:
@@ -157,7 +159,8 @@ class FaqIndex:
         self.vocabulary: frozenset[str] = frozenset()  # every word of the questions and answers (unknown_share)
         self.vocabulary_weight = 0.0  # how much an unknown word says
         if encoder is not None:
-            self.vocabulary = frozenset(w for text in (*self.doc_text, *(e.answer for e in self.entries)) for w in words(text))
+            answers = (entry.answer[:VOCABULARY_ANSWER_CHARS] for entry in self.entries)
+            self.vocabulary = frozenset(w for text in (*self.doc_text, *answers) for w in words(text))
             self.vocabulary_weight = min(1.0, len(self.vocabulary) / FULL_VOCABULARY)
             vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
             answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))

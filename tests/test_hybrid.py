@@ -159,6 +159,16 @@ def test_a_question_about_what_no_entry_mentions_scores_lower(hybrid, monkeypatc
     assert with_rule.score < SETTINGS.faq_best and without.score > 2 * with_rule.score
 
 
+def test_the_vocabulary_reads_the_start_of_a_long_answer(hybrid):
+    """A FAQ of long policies is segmented again at every change: an answer gives the words of its first
+    VOCABULARY_ANSWER_CHARS characters."""
+    from bot.search import VOCABULARY_ANSWER_CHARS
+
+    policy = "退货政策。" + "条款" * VOCABULARY_ANSWER_CHARS + "琵琶"
+    index = FaqIndex([FaqEntry("1", "退货政策是什么？", policy)], hybrid.encoder)
+    assert {"退货", "政策", "条款"} <= index.vocabulary and "琵琶" not in index.vocabulary
+
+
 def test_a_small_faqs_unknown_words_say_less(hybrid):
     """Three entries mention little of their own domain: "寄快递要钱吗" uses none of their words, yet means the shipping
     fee's entry. Such a FAQ's scores are the plain confidence's (rank and margin), so the entry is still offered."""
