@@ -221,7 +221,7 @@ class FaqIndex:
         other = self.other_language[asked_in] if asked_in else np.zeros(len(self.entries))
         return np.column_stack([lex, *questions, *answers, other]), query
 
-    def scores(self, features: np.ndarray, unknown: float = 0.0) -> np.ndarray:
+    def scores(self, features: np.ndarray, unknown: float) -> np.ndarray:
         """Each entry's score in [0, 1) from its features and the question's unknown share: the Fusion's rank, and its
         confidence over the rank, the margin to the best other entry and the unknown share (bot/encoder.py, Fusion),
         the last weighed by how much the FAQ's vocabulary says (FULL_VOCABULARY)."""
