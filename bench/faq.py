@@ -15,6 +15,7 @@ half: the figure for questions a fit has not seen). Latency: p50 per query on th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -41,6 +42,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 WRONG_COST = 3.0
+THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)  # FAQ_BEST values measured
 
 
 class Memo:
@@ -136,6 +138,17 @@ def added(a: dict, b: dict) -> dict:
     return out
 
 
+def cross_validated(encoder: Memo, halves: list[Fusion], rank, paraphrases: list[dict], offtopic: list[dict],
+                    answers: dict[str, str], settings: BotSettings) -> dict:
+    """measure() of each half of both sets with the fusion fitted on the other half (halves[i]: fitted without half i)."""
+    shipped, checked = encoder.fusion, []
+    for start, fusion in enumerate(halves):
+        encoder.fusion = fusion
+        checked.append(measure(rank, paraphrases[start::2], offtopic[start::2], answers, settings))
+    encoder.fusion = shipped
+    return added(*checked)
+
+
 def latency_ms(index: FaqIndex, queries: list[str]) -> float:
     times = []
     for q in queries:
@@ -164,7 +177,7 @@ def main() -> None:
 
     lexical = FaqIndex(entries)
     results: dict = {"faq_best": settings.faq_best, "faq_suggest": settings.faq_suggest, "faq_encoder": settings.faq_encoder,
-                     "fusion": {}, "thresholds": {}}
+                     "fusion": {}, "thresholds": {}, "thresholds_cross_validated": {}}
     results["bm25"] = {"all": measure(lexical.match, paraphrases, offtopic, answers, settings)}
     for name in ("use", "e5", "use+e5"):
         encoder = Memo(load_encoder(name))
@@ -172,19 +185,17 @@ def main() -> None:
         if args.fit:
             encoder.fusion = fit_fusion(index, *fitting_set(paraphrases, offtopic))
         results["fusion"][name] = str(encoder.fusion)
-        shipped = encoder.fusion
         rank = index.match  # k=3 below
         row = results[f"bm25 + {name}"] = {"all": measure(rank, paraphrases, offtopic, answers, settings)}
-        checked = []  # cross-validated: each half measured with the fusion fitted on the other
-        for start in (0, 1):
-            encoder.fusion = fit_fusion(index, *fitting_set(paraphrases[1 - start :: 2], offtopic[1 - start :: 2]))
-            checked.append(measure(rank, paraphrases[start::2], offtopic[start::2], answers, settings))
-        row["cross_validated"] = added(*checked)
-        encoder.fusion = shipped
-        if name == settings.faq_encoder:  # the default encoder, its shipped fusion: what each FAQ_BEST would do
-            results["thresholds"] = {best: measure(rank, paraphrases, offtopic, answers, settings.model_copy(
-                update={"faq_best": best, "faq_suggest": min(settings.faq_suggest, best)}))
-                for best in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)}
+        # cross-validated: each half measured with the fusion fitted on the other
+        halves = [fit_fusion(index, *fitting_set(paraphrases[1 - start :: 2], offtopic[1 - start :: 2])) for start in (0, 1)]
+        validated = functools.partial(cross_validated, encoder, halves, rank, paraphrases, offtopic, answers)
+        row["cross_validated"] = validated(settings)
+        if name == settings.faq_encoder:  # the default encoder: what each FAQ_BEST would do, shipped and cross-validated
+            for best in THRESHOLDS:
+                at = settings.model_copy(update={"faq_best": best, "faq_suggest": min(settings.faq_suggest, best)})
+                results["thresholds"][best] = measure(rank, paraphrases, offtopic, answers, at)
+                results["thresholds_cross_validated"][best] = validated(at)
     queries = [p["question"] for p in paraphrases] + [o["question"] for o in offtopic]
     results["latency_p50_ms"] = {}
     if not args.no_latency:
@@ -214,8 +225,10 @@ def print_table(results: dict) -> None:
             print(f"{name + ' (' + kind + ')':32s} {a['top1']:5.3f} {a['top3']:5.3f} {a['answered_right']:>10d} / {a['answered_wrong']:<8d}"
                   f" {a['right_offered']:>14d} {a['offtopic_answered']:>14d} / {a['offtopic_offered']}")
     for best, a in results["thresholds"].items():
+        c = results["thresholds_cross_validated"][best]
         print(f"{results['faq_encoder']} at FAQ_BEST {best}: answered right {a['answered_right']} / wrong {a['answered_wrong']}, "
-              f"off-topic answered {a['offtopic_answered']} of {a['offtopic']}")
+              f"off-topic answered {a['offtopic_answered']} of {a['offtopic']}; cross-validated {c['answered_right']} / "
+              f"{c['answered_wrong']}, {c['offtopic_answered']}")
     for name, fusion in results["fusion"].items():
         print(f"{name}: {fusion}")
     print("latency p50 ms:", results["latency_p50_ms"])
