@@ -47,7 +47,7 @@ class BotSettings(BaseSettings):
                                          "or a sentence-transformers model name or path (the st extra)")
     faq_auto_approve_taps: int = Field(default=0, ge=0, description="'did you mean' taps by different customers that add their "
                                        "wording to the entry without an admin (0: an admin approves, /faq_pending)")
-    faq_best: float = Field(default=0.85, ge=0, le=1, description="FAQ score that answers directly")
+    faq_best: float = Field(default=0.75, ge=0, le=1, description="FAQ score that answers directly")
     faq_suggest: float = Field(default=0.25, ge=0, le=1, description="FAQ score that offers 'did you mean' buttons")
     faq_evidence: float = Field(default=0.4, ge=0, le=1,
                                 description="FAQ score whose answer the model is given as evidence (a weaker near miss misleads it)")
