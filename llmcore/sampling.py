@@ -23,6 +23,9 @@ from torch import Tensor
 from llmcore.model import LanguageModel
 
 MIN_TEMPERATURE = 1e-5  # as vLLM: lower is greedy
+# A nucleus this small holds the best token alone (its probability is at least 1/V, over 1e-6 for any vocabulary under a
+# million): greedy. Below it float32 rounds a top_p such as 1e-46 to 0, and the filter dropped every token (NaN).
+MIN_TOP_P = 1e-6
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.top_p < 1 and np.float32(self.top_p) == 1:
+            # the sampler holds top_p in float32, where 0.99999999 is 1: judged "filtered" on the float64 value, such a
+            # row went down the nucleus path with no nucleus to find, which failed the step of every request in the batch
+            object.__setattr__(self, "top_p", 1.0)
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if self.top_k < 0:
@@ -48,8 +55,9 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        """Temperature 0 (or below MIN_TEMPERATURE: 1e-46 is 0 in float32, and dividing by it gave NaN), or top-k 1."""
-        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
+        """Temperature 0 (or below MIN_TEMPERATURE: 1e-46 is 0 in float32, and dividing by it gave NaN), top-k 1, or a
+        nucleus under MIN_TOP_P (the best token alone)."""
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1 or self.top_p < MIN_TOP_P
 
     def random_key(self) -> int:
         """The key of a sampled sequence's random numbers (`uniforms`): from its seed, or fresh without one."""

@@ -87,6 +87,36 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
         assert choose_token(logits, params, [], params.random_key()) == int(logits.argmax())
 
 
+def test_a_top_p_at_the_edges_of_float32_neither_fails_the_batch_nor_draws_garbage():
+    """The sampler holds top_p in float32: 0.99999999 is 1 there (a row judged "filtered" on the float64 value took the
+    nucleus path with no nucleus to find and failed the step of every row in the batch), and 1e-46 is 0 (every token
+    was filtered out: a NaN distribution, the last candidate drawn). The first samples as top_p 1, the second is greedy."""
+    torch.manual_seed(5)
+    vocab = 64
+    params = [SamplingParams(temperature=0.8, top_p=0.99999999, seed=1), SamplingParams(temperature=0.8, top_p=0.9, seed=2),
+              SamplingParams(temperature=1.0, top_p=1e-46, seed=3), SamplingParams(temperature=0.8, seed=1)]
+    sampler = Sampler(len(params), vocab, max_tokens=8)
+    keys = [None if p.is_greedy else p.random_key() for p in params]
+    for slot, (p, key) in enumerate(zip(params, keys)):
+        sampler.assign(slot, p, key)
+    produced: list[list[int]] = [[] for _ in params]
+    for _ in range(6):
+        logits = torch.randn(len(params), vocab) * 3
+        logits[3] = logits[0]
+        tokens, _ = sampler.sample(logits, list(range(len(params))))
+        assert tokens == [choose_token(logits[i], p, produced[i], keys[i]) for i, p in enumerate(params)]
+        assert tokens[2] == int(logits[2].argmax())
+        for row, token in zip(produced, tokens):
+            row.append(token)
+    assert produced[0] == produced[3]  # the same seed: as top_p 1
+    assert params[0].top_p == 1.0 and not params[0].is_greedy and params[2].is_greedy
+    alone = Sampler(2, vocab, max_tokens=8)  # the only sampled row of its batch: before, the step raised
+    alone.assign(0, params[0], keys[0])
+    alone.assign(1, SamplingParams(), None)
+    logits = torch.randn(2, vocab)
+    assert alone.sample(logits, [0, 1])[0] == [choose_token(logits[0], params[0], [], keys[0]), int(logits[1].argmax())]
+
+
 def test_a_vanishing_temperature_is_greedy_not_nan(model):
     """1e-46 is 0 in float32: dividing the logits by it gave inf, a NaN softmax and the last token id at every step."""
     greedy = generate(model, [[1, 2, 3]], SamplingParams(max_new_tokens=12), {STOP})[0].token_ids
