@@ -6,6 +6,7 @@ operators' group, which hears who has a chat.
     operator = Operator(user_id, "Ann", reply_to=message_id)   # reply_to: their message in the group; None from the console
     claim = await claim_chat(kefu, bot, chat_id, operator)     # Refused (nothing sent) when another has it, or it closed
     await answer(kefu, bot, chat_id, operator, "明天送达。")       # Refused, or NotLogged when delivered but Redis failed
+    await pass_on(kefu, bot, chat_id, operator, message)       # a photo, a file, a voice message: copied to the customer
     record_id = await close_done(kefu, bot, chat_id)            # the customer is asked for a rating; None when not open
     await tell_operators(kefu, bot, "…", chat_id)               # a note in the group; a reply to it answers that chat
 """
@@ -15,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.error import Forbidden, TelegramError
 
 from bot.exchanges import Exchange
@@ -76,6 +77,19 @@ async def answer(kefu: Services, bot: Bot, chat_id: int, operator: Operator, tex
     except RedisError as exc:
         raise NotLogged(f"Delivered to chat {chat_id}, but not logged (Redis: {exc}).") from exc
     kefu.metrics.answers.labels("operator").inc()
+
+
+async def pass_on(kefu: Services, bot: Bot, chat_id: int, operator: Operator, message: Message) -> None:
+    """An operator's photo, file or voice message (a reply in the operators' group): claims the chat as an answer does
+    and reaches the customer as a copy, caption included. Not a training example: the log holds text answers."""
+    await claim_chat(kefu, bot, chat_id, operator)
+    if await kefu.handoffs.get(chat_id) is None:  # closed since the claim
+        raise Refused(CLOSED.format(chat_id=chat_id))
+    try:
+        await message.copy(chat_id)
+    except TelegramError as exc:  # the user blocked the bot, the chat is gone, or the kind cannot be copied (a poll's quiz)
+        raise Refused(f"Not delivered to chat {chat_id}: {exc}") from exc
+    await kefu.handoffs.touch(chat_id, replied=True)
 
 
 async def close_done(kefu: Services, bot: Bot, chat_id: int) -> str | None:

@@ -152,7 +152,10 @@ async def unknown_command(update: Update, context: Context) -> None:
 
 
 async def text_only(update: Update, context: Context) -> None:
-    """Photos, stickers, voice, locations... in a private chat."""
+    """Photos, stickers, voice, locations... in a private chat: to the operators while a human has the chat (a photo of
+    the broken box is what they need), else a note that the bot reads text."""
+    if await operators.relay_to_operators(context.kefu, context, update.effective_message):
+        return
     await update.effective_message.reply_text(texts_for(update).text_only)
 
 

@@ -62,9 +62,15 @@ def register(application: Application, operator_chat_id: int | None) -> None:
         application.add_handler(CommandHandler("done", done_command, filters=operators & filters.REPLY))
         application.add_handler(CommandHandler("claim", claim_command, filters=operators))
         application.add_handler(MessageHandler(operators & filters.REPLY & filters.TEXT & ~filters.COMMAND, operator_reply))
+        application.add_handler(MessageHandler(operators & filters.REPLY & ATTACHMENTS, operator_reply))
     if application.job_queue is not None:
         application.job_queue.run_repeating(close_idle, interval=SWEEP_EVERY_S, first=SWEEP_EVERY_S, name=IDLE_JOB)
         application.job_queue.run_repeating(deliver_held, interval=SWEEP_EVERY_S, first=SWEEP_EVERY_S, name=HOURS_JOB)
+
+
+# what a customer or an operator may send besides text; copied across as it is (Message.copy)
+ATTACHMENTS = (filters.PHOTO | filters.VIDEO | filters.ANIMATION | filters.Document.ALL | filters.AUDIO | filters.VOICE
+               | filters.VIDEO_NOTE | filters.Sticker.ALL | filters.LOCATION | filters.CONTACT)
 
 
 def _operators(chat_id: int | None) -> filters.BaseFilter:
@@ -239,30 +245,52 @@ async def offer_answer(update: Update, context: Context) -> None:
 
 async def relay_to_operators(kefu: Services, context: Context, message: Message) -> bool:
     """While a handoff is open the user's messages go to the operators (kept for them while it is held outside
-    business hours); True when this one did."""
+    business hours); True when this one did. A photo, file or voice message goes as a copy after a line saying whose
+    it is (held: copied at once all the same, since a note holds only text)."""
     state = await kefu.handoffs.get(message.chat.id)
     if state is None or kefu.settings.operator_chat_id is None:
         return False
-    text = message.text or "(non-text message)"
+    text = message.text or described(message)
     if "held" in state:
+        if message.text is None and not await _relay(kefu, context, message, f"📎 {_who(message.from_user)} — chat "
+                                                     f"{message.chat.id}, left outside business hours:\n{text}", link=False):
+            return False
         await kefu.handoffs.leave_note(message.chat.id, text)
         await kefu.handoffs.touch(message.chat.id, question=message.text)
         t = texts(state.get("lang", "zh"))
         await message.reply_text(_after_hours(kefu, t, t.note_kept))
         return True
     whose = f" ({state['operator_name']} has it)" if state.get("operator_name") else ""
-    sent = []  # in parts when a long name and 2,000 emoji pass Telegram's 4,096: a reply to any part answers the chat
+    if not await _relay(kefu, context, message, f"💬 {_who(message.from_user)} — chat {message.chat.id}{whose}:\n{text}", link=True):
+        return False
+    await kefu.handoffs.touch(message.chat.id, question=message.text)
+    return True
+
+
+async def _relay(kefu: Services, context: Context, message: Message, header: str, link: bool) -> bool:
+    """The header into the operators' group (in parts when a long name and 2,000 emoji pass Telegram's 4,096), then a
+    copy of the message's attachment if it has one; each linked to the chat (`link`), so that a reply to any of them
+    answers it. False when nothing got there."""
+    sent = []
     try:
-        for part in split_message(f"💬 {_who(message.from_user)} — chat {message.chat.id}{whose}:\n{text}"):
+        for part in split_message(header):
             sent.append(await context.bot.send_message(kefu.settings.operator_chat_id, part))
+        if message.text is None:
+            sent.append(await message.copy(kefu.settings.operator_chat_id))
     except TelegramError as exc:
         logger.warning("could not relay to the operators: %s", exc)
         if not sent:
             return False
-    for part in sent:
+    for part in sent if link else ():
         await kefu.handoffs.link(part.message_id, message.chat.id)
-    await kefu.handoffs.touch(message.chat.id, question=message.text)
     return True
+
+
+def described(message: Message) -> str:
+    """A message without text in words, for the operators' header and notes: "[photo] 这是破损的箱子"."""
+    kind = next((name for name in ("photo", "video", "animation", "document", "audio", "voice", "video_note", "sticker",
+                                   "location", "contact") if getattr(message, name, None)), "message")
+    return f"[{kind}] {message.caption}" if message.caption else f"[{kind}]"
 
 
 async def claim_command(update: Update, context: Context) -> None:
@@ -292,14 +320,20 @@ def _operator(message: Message) -> desk.Operator:
 
 async def operator_reply(update: Update, context: Context) -> None:
     """An operator's reply in the operators' group: the first to answer claims the chat; to the user, into the history,
-    the training log and the FAQ's proposals (bot/desk.py, as from the console)."""
+    the training log and the FAQ's proposals (bot/desk.py, as from the console). A photo, file or voice message is
+    copied to the user."""
     kefu, message = context.kefu, update.effective_message
-    chat_id = await kefu.handoffs.chat_for(message.reply_to_message.message_id)
+    replied = message.reply_to_message
+    chat_id = await kefu.handoffs.chat_for(replied.message_id)
     if chat_id is None:
-        await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
+        if not (message.is_topic_message and replied.forum_topic_created):  # in a forum, every message replies to its topic
+            await message.reply_text("This is not a handoff message: reply to the bot's handoff message to answer a user.")
         return
     try:
-        await desk.answer(kefu, context.bot, chat_id, _operator(message), message.text)
+        if message.text is not None:
+            await desk.answer(kefu, context.bot, chat_id, _operator(message), message.text)
+        else:
+            await desk.pass_on(kefu, context.bot, chat_id, _operator(message), message)
     except (desk.Refused, desk.NotLogged) as failed:
         await message.reply_text(str(failed))
 

@@ -49,7 +49,7 @@ NOT_MODIFIED = ("Bad Request: message is not modified: specified new message con
 # form parameters that arrive JSON-encoded, as integers, or as booleans
 JSON_PARAMS = {"reply_markup", "reply_parameters", "link_preview_options", "entities", "caption_entities", "allowed_updates",
                "commands", "scope", "reaction", "media"}
-INT_PARAMS = {"chat_id", "message_id", "offset", "limit", "timeout", "draft_id", "message_thread_id", "reply_to_message_id",
+INT_PARAMS = {"chat_id", "from_chat_id", "message_id", "offset", "limit", "timeout", "draft_id", "message_thread_id", "reply_to_message_id",
               "max_connections", "cache_time", "user_id"}
 BOOL_PARAMS = {"disable_notification", "drop_pending_updates", "show_alert", "protect_content", "is_big",
                "disable_web_page_preview", "allow_sending_without_reply", "disable_content_type_detection"}
@@ -234,7 +234,7 @@ class BotApiServer:
         for name in ("getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo", "sendMessage", "editMessageText",
                      "editMessageReplyMarkup", "deleteMessage", "sendChatAction", "answerCallbackQuery", "sendMessageDraft",
                      "setMyCommands", "getMyCommands", "deleteMyCommands", "sendDocument", "sendPhoto", "setMessageReaction",
-                     "getChat", "getFile", "getChatMember"):
+                     "getChat", "getFile", "getChatMember", "copyMessage"):
             self._methods[name.lower()] = (name, getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower()))
 
     # ---- lifecycle
@@ -556,6 +556,22 @@ class BotApiServer:
                   "file_size": upload["size"]}]
         return self._store("sendPhoto", params, {"photo": photo, **_caption(params)}, params.get("caption", ""))
 
+    def _copy_message(self, params: dict) -> dict:
+        """A copy of a user's or the bot's message (its content, caption included) in chat_id; a MessageId, as Telegram
+        answers. A service message or one the server never saw cannot be copied."""
+        source_chat, source_id = params.get("from_chat_id"), params.get("message_id")
+        known = [r["message"] for r in self.messages.get(source_chat, []) if r["message_id"] == source_id and not r["deleted"]]
+        source = self._user_messages.get((source_chat, source_id)) or (known[0] if known else None)  # pushed ids may repeat the bot's
+        if source is None:
+            raise bad_request("message to copy not found")
+        content = {key: source[key] for key in COPIED_FIELDS if key in source}
+        if not content:
+            raise bad_request("message can't be copied")
+        if "caption" in params:
+            content.update(_caption(params))
+        message = self._store("copyMessage", params, content, content.get("caption") or content.get("text") or "")
+        return {"message_id": message["message_id"]}
+
     def _upload(self, field: str, params: dict) -> dict:
         value = params.get(field)
         if not value:
@@ -599,6 +615,11 @@ def _checked_text(text: str, parse_mode: str | None) -> str:
     if utf16_len(shown) > MAX_TEXT:  # as Telegram counts: an emoji outside the BMP is two
         raise bad_request("message is too long")
     return shown
+
+
+# what copyMessage carries over: a message's content, not its sender, date or replies
+COPIED_FIELDS = ("text", "entities", "photo", "video", "animation", "document", "audio", "voice", "video_note", "sticker",
+                 "location", "contact", "caption", "caption_entities")
 
 
 def _caption(params: dict) -> dict:

@@ -11,7 +11,7 @@ from bot.handoff import Handoffs
 from bot.operators import requests_human
 from bot.texts import texts
 
-from .botapi import USER_ID, callback_update, text_update
+from .botapi import USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, ask, buttons, running_bot, settings_for
 
 OPERATORS = -100777
@@ -108,6 +108,61 @@ async def test_a_message_past_telegrams_length_once_relayed_reaches_the_operator
         await operator_says(telegram, "收到，我看一下。", telegram.messages[OPERATORS][-1]["message"])  # a reply to the last part
         _, answer = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark)
         assert "收到，我看一下。" in answer["text"]  # the operator's answer reaches the customer
+
+
+async def test_photos_and_files_cross_a_handoff_both_ways_and_a_forum_topic_is_no_stray_reply(
+        telegram, redis_url, llmcore_url, prefix, redis, seeded):
+    """A customer's photo of the broken box is what the operator needs: it was answered "I only read text" and never
+    reached them; an operator's photo of a return label reached no one, and the operator was not told."""
+    photo = [{"file_id": "PHOTO1", "file_unique_id": "U1", "width": 640, "height": 480}]
+    async with running_bot(operator_settings(telegram, redis_url, llmcore_url, prefix), telegram):
+        mark = len(telegram.calls)
+        await telegram.push(message_update(photo=photo, caption="这个能退吗"))  # no handoff: the bot reads text only
+        _, note = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark)
+        assert note["text"] == texts("zh").text_only
+        await ask(telegram, "/human")
+        mark = len(telegram.calls)
+        await telegram.push(message_update(photo=photo, caption="这是破损的箱子，订单号 8812"))
+        _, copied = await telegram.wait_for(lambda m, p: m == "copyMessage" and p["chat_id"] == OPERATORS, since=mark)
+        header = [p["text"] for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == OPERATORS]
+        assert header == [f"💬 Test (@tester, id {USER_ID}) — chat {USER_ID}:\n[photo] 这是破损的箱子，订单号 8812"]
+        assert copied["from_chat_id"] == USER_ID
+        assert not [p for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == USER_ID]  # the bot kept quiet
+        the_copy = (await copies(telegram, OPERATORS))[-1]
+        for _ in range(100):  # linked to the chat once Telegram has answered the copy
+            if await redis.get(f"{prefix}handoff:msg:{the_copy['message_id']}"):
+                break
+            await asyncio.sleep(0.02)
+        assert the_copy["photo"] == photo and the_copy["caption"] == "这是破损的箱子，订单号 8812"
+
+        mark = len(telegram.calls)  # the operator answers the copy with a photo of their own
+        label = message_update(chat_id=OPERATORS, user_id=9001, chat_type="supergroup", photo=photo, caption="退货标签",
+                               reply_to_message=the_copy)
+        await telegram.push(label)
+        _, to_customer = await telegram.wait_for(lambda m, p: m == "copyMessage" and p["chat_id"] == USER_ID, since=mark)
+        assert to_customer["from_chat_id"] == OPERATORS and to_customer["message_id"] == label["message"]["message_id"]
+        assert (await copies(telegram, USER_ID))[-1]["caption"] == "退货标签"
+
+        topic = {"message_id": 9999, "date": int(time.time()), "chat": {"id": OPERATORS, "type": "supergroup", "title": "ops"},
+                 "forum_topic_created": {"name": "今天", "icon_color": 7322096}}
+        mark = len(telegram.calls)
+        await telegram.push(message_update(chat_id=OPERATORS, user_id=9001, chat_type="supergroup", text="大家早",
+                                           message_thread_id=9999, is_topic_message=True, reply_to_message=topic))
+        await operator_says(telegram, "给谁的？", {**topic, "forum_topic_created": None, "text": "x"})  # a real stray reply
+        _, said = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == OPERATORS, since=mark)
+        sent = [p["text"] for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == OPERATORS]
+        assert len(sent) == 1 and "not a handoff message" in said["text"]  # the stray reply, not the topic's chatter
+
+
+async def copies(telegram, chat_id: int) -> list[dict]:
+    """The messages copied into a chat, once the server has stored the last one it was asked for (it records the call
+    first)."""
+    for _ in range(100):
+        stored = [r["message"] for r in telegram.messages.get(chat_id, []) if r["method"] == "copyMessage"]
+        if len(stored) == len([1 for m, p in telegram.calls if m == "copyMessage" and p["chat_id"] == chat_id]):
+            return stored
+        await asyncio.sleep(0.02)
+    raise AssertionError("a copy was never stored")
 
 
 async def test_replies_to_other_messages_and_a_lost_operators_group(telegram, redis_url, llmcore_url, prefix, redis, seeded):
