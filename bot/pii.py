@@ -29,23 +29,30 @@ PII_KINDS = (PHONE, EMAIL, ID, CARD)
 
 # RFC 5321 lengths (64 for the local part, 63 a label) also keep the scan linear on long runs of letters.
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
-# 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character, or grouped 6-8-4 by a space, dash or
-# dot ("110101 19900307 1233"); or 15 digits with YYMMDD.
-_ID = re.compile(r"(?<![0-9])(?:[1-9][0-9]{5}[ .-]?(?:18|19|20)[0-9]{6}[ .-]?[0-9]{3}[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
+# 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character, grouped any way by single spaces, dashes
+# or dots ("110101 19900307 1233", "1101 0519 4912 3100 2X": the check character and the birth date tell an ID from
+# other numbers); or 15 digits with YYMMDD.
+_ID = re.compile(r"(?<![0-9])(?:[1-9](?:[ .-]?[0-9]){16}[ .-]?[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
 _ID_SEPARATORS = re.compile(r"[ .-]")
+# What may stand between a phone number's digits: a space, dot, dash or bracket, and the other dashes people paste
+# (U+2010-2014, a soft hyphen) that NFKC leaves as they are.
+_SEP = r"[ .()\-\u2010-\u2014\xad]"
 # 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 by a space, dash or dot at either or both places ("138.1234.5678",
 # "138 12345678"), after an optional +86 / 0086 / 86.
-_PHONE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9][ .-]?[0-9]{4}[ .-]?[0-9]{4}(?![0-9])")
+_PHONE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9]{_SEP}?[0-9]{{4}}{_SEP}?[0-9]{{4}}(?![0-9])")
 # Numbers from elsewhere: an international one after "+" (8 to 15 digits, grouped any way: "+1 415 555 0134", "+44 7700
 # 900123", "+86 (138) 1234 5678"); a North American one with its area code in brackets ("(415) 555-0134"); any of 7 to
-# 15 digits right after a word that says it is a phone number ("call me at 07700 900123", "电话 020-8888 1234"), but
-# not a 400 / 800 service line, which is the shop's; and a mobile number in Chinese numerals (一三八一二三四五六七八).
-_PHONE_ABROAD = re.compile(r"(?<![0-9A-Za-z+])\+[1-9](?:[ .()-]{0,2}[0-9]){7,14}(?![0-9])")
+# 15 digits after a word that says it is a phone number and a few words more ("call me at 07700 900123", "电话 020-8888
+# 1234", "my phone number is 415-555-0134", "座机 021 6234 5678"), but not a 400 / 800 service line, which is the shop's;
+# and a mobile number in Chinese numerals, grouped or not (一三八一二三四五六七八, 一三八 一二三四 五六七八).
+_PHONE_ABROAD = re.compile(rf"(?<![0-9A-Za-z+])\+[1-9](?:{_SEP}{{0,2}}[0-9]){{7,14}}(?![0-9])")
 _PHONE_BRACKETED = re.compile(r"(?<![0-9])\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .-]?[0-9]{4}(?![0-9])")
-_PHONE_SAID = re.compile(r"(?<!\[)(?i:电话|手机|致电|来电|tel\b|phone|mobile|cell\b|call me|call us|text me|whatsapp)[^0-9A-Za-z]{0,6}?"
-                         r"(?:at |on )?(?P<number>(?!400|800)[0-9](?:[ .()-]{0,2}[0-9]){6,14})(?![0-9])")
+_PHONE_WORDS = r"电话|手机|座机|固话|联系方式|致电|来电|tel\b|phone|mobile|cell\b|call me|call us|text me|reach me|whatsapp|my number"
+_PHONE_FILLER = r"(?:[^0-9A-Za-z]|(?:number|no|num|is|at|on|me)\b)"  # "number is", "：", "是", "at", ...
+_PHONE_SAID = re.compile(rf"(?<!\[)(?i:{_PHONE_WORDS}){_PHONE_FILLER}{{0,8}}?"
+                         rf"(?P<number>(?!400|800)[0-9](?:(?:{_SEP}|/){{0,2}}[0-9]){{6,14}})(?![0-9])", re.IGNORECASE)
 _NUMERAL = "[零〇一二三四五六七八九幺]"  # 幺: a spoken one
-_PHONE_NUMERALS = re.compile(rf"(?<!{_NUMERAL})一[三四五六七八九]{_NUMERAL}{{9}}(?!{_NUMERAL})")
+_PHONE_NUMERALS = re.compile(rf"(?<!{_NUMERAL})一[三四五六七八九](?:[ -]?{_NUMERAL}){{9}}(?!{_NUMERAL})")
 # A run of digit groups (3+ digits each, as cards are printed) joined by one or two spaces, dashes, dots or slashes, or a
 # comma (a full-width one is a comma once normalized).
 _GROUPS = re.compile(r"(?<![0-9])[0-9]{3,}(?:(?:[ ./-]{1,2}|,)[0-9]{3,})*(?![0-9])")

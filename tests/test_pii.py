@@ -63,6 +63,16 @@ def test_fixtures_are_what_they_claim() -> None:
     ("call me at 07700 900123 after six", "call me at [PHONE] after six"),  # said to be a phone number
     ("联系电话：020-8888 1234", "联系电话：[PHONE]"),
     ("我手机一三八一二三四五六七八", "我手机[PHONE]"),  # in Chinese numerals
+    ("我电话是一三八 一二三四 五六七八", "我电话是[PHONE]"),  # ... grouped
+    # said to be a phone in a few more words, or with dashes pasted from elsewhere (all kept verbatim before)
+    ("My phone number is 415-555-0134", "My phone number is [PHONE]"),
+    ("please call my mobile number 07700 900123", "please call my mobile number [PHONE]"),
+    ("my cell is 415 555 0134", "my cell is [PHONE]"),
+    ("reach me at 4155550134", "reach me at [PHONE]"),
+    ("座机 021-62345678，联系方式：021 6234 5678", "座机 [PHONE]，联系方式：[PHONE]"),
+    ("whatsapp +1\u2011415\u2011555\u20110134", "whatsapp [PHONE]"),
+    ("mobile: 138/1234/5678", "mobile: [PHONE]"),
+    ("订单号是 20261203123456，请拨 400-123-4567", "订单号是 20261203123456，请拨 400-123-4567"),  # no phone: kept
 ])
 def test_phones(text: str, expected: str) -> None:
     assert scrub(text) == expected
@@ -87,6 +97,9 @@ def test_resident_ids() -> None:
     region, born, rest = make_id()[:6], make_id()[6:14], make_id()[14:]
     for sep in (" ", "-", "."):  # grouped 6-8-4, as some write it
         assert scrub(f"身份证 {region}{sep}{born}{sep}{rest} 谢谢") == "身份证 [ID] 谢谢"
+    whole = make_id()  # and in fours, or 6-4-4-4 (kept verbatim before)
+    for grouped_id in (" ".join(whole[i:i + 4] for i in range(0, 18, 4)), "-".join((whole[:6], whole[6:10], whole[10:14], whole[14:]))):
+        assert scrub(f"身份证 {grouped_id} 谢谢") == "身份证 [ID] 谢谢", grouped_id
 
 
 def test_bank_cards() -> None:
