@@ -39,15 +39,31 @@ COMMANDS = [("start", "开始 / start"), ("help", "帮助 / help"), ("reset", "�
             ("forget", "删除我的数据 / erase my data"), ("human", "人工客服 / talk to a human"), ("end", "结束人工服务 / end the handoff")]
 
 
+def command_for_bot(message: Message, username: str | None, named: bool) -> bool:
+    """The message starts with a command for this bot: "/help@kefu_bot", or with `named` False a bare "/help" too (in a
+    group a bare command may be meant for any bot there; "/start@other_bot" is never ours)."""
+    commands = [text for entity, text in message.parse_entities([MessageEntity.BOT_COMMAND]).items() if entity.offset == 0]
+    if not commands:
+        return False
+    _, at, target = commands[0].partition("@")
+    return target.lower() == (username or "").lower() if at else not named
+
+
 class AddressedToBot(filters.MessageFilter):
-    """Private chats always; in groups only a mention of the bot or a reply to one of its messages."""
+    """Private chats always; in groups only a mention of the bot, a reply to one of its messages, or a command named
+    for it ("/forget@kefu_bot": Telegram's own way to address one bot among several); never a channel's post that
+    Telegram forwards into its discussion group by itself ("有问题请问 @kefu_bot" is an advert)."""
 
     def filter(self, message: Message) -> bool:
         if message.chat.type == ChatType.PRIVATE:
             return True
+        if message.is_automatic_forward:  # a channel's post copied into its discussion group: an advert, not a question
+            return False
         bot = message.get_bot()
         replied = message.reply_to_message
         if replied is not None and replied.from_user is not None and replied.from_user.id == bot.id:
+            return True
+        if command_for_bot(message, bot.username, named=True):
             return True
         mentions = message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION])
         return any(text.lstrip("@").lower() == (bot.username or "").lower() or (e.user is not None and e.user.id == bot.id)
@@ -80,7 +96,8 @@ async def admitted(application: Application, update: Update) -> bool:
     """The per-user rate limit (a notice once, then silence), checked before an update waits for its chat's turn
     (bot.app.PerChatOrder): a burst from one chat beyond the limit is dropped at once, instead of holding the intake
     slots every other chat needs while it waits behind its own chat's answers. Counted: messages the bot acts on
-    (private, or addressed to it in a group: chatter it never answers uses up nobody's limit) and button taps (a "did
+    (private, or addressed to it or a command it takes in a group: chatter it never answers uses up nobody's limit, but
+    96 /end in a group were all answered, each waiting on Telegram's group limit in an intake slot) and button taps (a "did
     you mean" button stays under its message: each tap sent the whole answer again and logged it), per sender (an
     anonymous group admin or a channel posting in a group is a sender of its own, where its user is a shared stand-in
     bot). Not the operators' chat. Redis away: let through (the handlers meet it and tell the customer)."""
@@ -88,7 +105,8 @@ async def admitted(application: Application, update: Update) -> bool:
     chat = message.chat if message is not None else query.message.chat if query is not None and query.message else None
     if kefu is None or (message is None and query is None) or sender is None or (chat and chat.id == kefu.settings.operator_chat_id):
         return True
-    if message is not None and message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update):
+    if (message is not None and message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update)
+            and not command_for_bot(message, application.bot.username, named=False)):  # /end and /human need no mention
         return True
     try:
         verdict = await kefu.guard.admit(sender.id)

@@ -9,6 +9,7 @@ import pytest
 from telegram.error import InvalidToken
 
 from bot.app import build_application, run_polling, run_webhook
+from bot.texts import texts
 
 from .botapi import GROUP_ID, USER_ID, callback_update, message_update, text_update
 from .botkit import IN_FAQ, MODEL_ONLY, SECRET, SLOW_ANSWER, ask, buttons, model_answer, running_bot, settings_for, slow_model
@@ -83,6 +84,30 @@ async def test_groups_answer_only_when_addressed(telegram, redis_url, llmcore_ur
         assert replied["text"] == IN_FAQ[2][1]
         assert telegram.sent_texts(GROUP_ID) == [IN_FAQ[1][1], IN_FAQ[2][1]]  # the unaddressed text and sticker got nothing
         assert not [p for m, p in telegram.calls if m == "sendMessageDraft"]  # no drafts outside private chats
+
+
+async def test_group_commands_named_for_the_bot_are_answered_and_counted_and_channel_adverts_are_not(
+        telegram, redis_url, llmcore_url, prefix, seeded):
+    """"/help@kefu_bot" is how a group addresses one bot among several: it got no answer. Commands the bot takes in a
+    group without a mention (/end, /human) were never counted: 96 /end from one member were all answered, each holding
+    an intake slot while it waited for Telegram's group limit. A channel's post that Telegram forwards into its
+    discussion group by itself ("有问题请问 @kefu_bot") was answered as a question and logged."""
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=3)
+    async with running_bot(settings, telegram) as application:
+        name, group = application.bot.username, {"chat_id": GROUP_ID, "chat_type": "supergroup"}
+        advert = text_update(f"有问题请问 @{name}", **group)
+        advert["message"].update(is_automatic_forward=True, sender_chat={"id": -100555, "type": "channel", "title": "青禾商城"})
+        await telegram.push(advert)
+        await telegram.push(text_update("/help@some_other_bot", **group))  # another bot's: neither answered nor counted
+        assert (await ask(telegram, f"/help@{name}", **group))["text"] == texts("zh").help
+        mark = len(telegram.calls)
+        for _ in range(6):
+            await telegram.push(text_update("/end", **group))  # 2 left of the 3 a minute
+        await telegram.push(text_update(f"@{name} {IN_FAQ[0][0]}", user_id=USER_ID + 5, **group))  # another member, after them
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["text"] == IN_FAQ[0][1], since=mark)
+        ended = [p["text"] for m, p in telegram.calls[mark:] if m == "sendMessage" and p["chat_id"] == GROUP_ID]
+        assert ended == [texts("zh").handoff_closed] * 2 + [IN_FAQ[0][1]]
+        assert telegram.sent_texts(GROUP_ID)[0] == texts("zh").help  # nothing for the advert or the other bot's command
 
 
 async def test_an_update_over_the_rate_limit_never_waits_for_its_chats_turn():
