@@ -256,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from llmcore.model import resolve_device
     from llmcore.registry import Registry
-    from llmcore.server import create_app
+    from llmcore.server import RUNNER_OPTIONS, create_app
     from llmcore.settings import ServeSettings
     from llmcore.worker import Worker
 
@@ -269,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     torch.set_num_threads(decode_threads)
     worker = Worker(registry, resolve_device(settings.device), max_batch=settings.max_batch, max_queue=settings.max_queue,
                     max_prefill_tokens=settings.max_prefill_tokens, prefill_threads=prefill_threads)
-    web.run_app(create_app(settings, worker), host=settings.host, port=settings.port, print=None)
+    web.run_app(create_app(settings, worker), host=settings.host, port=settings.port, print=None, **RUNNER_OPTIONS)
 
 
 def _fmt(value: float | None) -> str:

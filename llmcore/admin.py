@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
-from llmcore.api import ApiError, parse_json, read_json
+from llmcore.api import ApiError, body_deadline, parse_json, read_json
 from llmcore.jobs import JobBusy, JobError, JobManager
 from llmcore.registry import LOSS_PLOT, RegistryError
 from llmcore.settings import ServeSettings
@@ -29,6 +31,8 @@ from llmcore.sidebyside import compare_versions
 from llmcore.worker import Worker
 
 MAX_TRAINING_BYTES = 64 << 20  # a training set travels in one request
+TRAINING_BODY_TIMEOUT_S = 300.0  # time for it to arrive: 64 MB at ~2 Mbit/s
+T = TypeVar("T")
 
 
 class AdminApi:
@@ -37,8 +41,7 @@ class AdminApi:
         self.worker = worker
         self.jobs = JobManager(worker.registry, on_promote=worker.promote, promote_margin=settings.promote_margin)
         self.deciding = asyncio.Lock()
-        self.starting = asyncio.Lock()
-        self.comparing = asyncio.Lock()
+        self.comparing = threading.Lock()  # released by the comparison's thread when it ends (_then_release)
 
     def register(self, app: web.Application) -> None:
         routes = [("GET", "/admin/versions", self.versions), ("POST", "/admin/promote", self.promote),
@@ -116,10 +119,9 @@ class AdminApi:
         body = await _read_large_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("conversations"), list):
             raise ApiError(400, 'expected {"conversations": [...], "arch": ..., "minutes": ...}', param="conversations")
-        try:
-            async with self.starting:  # one start at a time (each checks that no job runs), its data written off the loop
-                job = await asyncio.to_thread(self.jobs.start, body["conversations"], arch=body.get("arch", "transformer"),
-                                              minutes=body.get("minutes"), epochs=body.get("epochs"), model_overrides=body.get("model"))
+        try:  # its data written off the loop; one start at a time (JobManager.start)
+            job = await asyncio.to_thread(self.jobs.start, body["conversations"], arch=body.get("arch", "transformer"),
+                                          minutes=body.get("minutes"), epochs=body.get("epochs"), model_overrides=body.get("model"))
         except JobBusy as exc:
             raise ApiError(409, str(exc), code="job_running") from None
         except (JobError, TypeError) as exc:
@@ -159,16 +161,18 @@ class AdminApi:
         a, b, turns = (body.get(k) for k in ("a", "b", "turns")) if isinstance(body, dict) else (None, None, None)
         if not isinstance(a, str) or not isinstance(b, str) or not isinstance(turns, int | None) or isinstance(turns, bool):
             raise ApiError(400, 'expected {"a": "v0003", "b": "v0004", "turns": 20}')
-        if self.comparing.locked():
+        if not self.comparing.acquire(blocking=False):
             raise ApiError(409, "a comparison is running; try again when it ends", code="busy")
-        async with self.comparing:
-            try:
-                result = await asyncio.to_thread(compare_versions, self.worker.registry, a, b, turns or 20, self.worker.device)
-            except RegistryError as exc:
-                raise ApiError(404 if "no version" in str(exc) else 409, str(exc)) from None
+        try:
+            result = await asyncio.to_thread(_then_release, self.comparing, compare_versions, self.worker.registry, a, b,
+                                             turns or 20, self.worker.device)
+        except RegistryError as exc:
+            raise ApiError(404 if "no version" in str(exc) else 409, str(exc)) from None
         return web.json_response(result)
 
     async def _promote(self, version: str, rollback: bool = False) -> dict:
+        # A handler cancelled here (its client left) changes nothing: Worker.promote moves nothing until the version is
+        # loaded, then swaps it in and moves `current` with no await between (and decide() marks the job right after).
         try:
             served = await self.worker.promote(version, rollback=rollback)
         except RegistryError as exc:
@@ -176,14 +180,24 @@ class AdminApi:
         return {"current": version, "served": served}
 
 
+def _then_release(lock: threading.Lock, func: Callable[..., T], *args: object) -> T:
+    """`func(*args)`, then release `lock`, both in the worker thread: a handler cancelled meanwhile (its client left)
+    does not free the lock while the work still runs."""
+    try:
+        return func(*args)
+    finally:
+        lock.release()
+
+
 async def _read_large_json(request: web.Request) -> object:
     """Like read_json, with room for a training set (the app's own limit is for chat requests)."""
     if request.content_length is not None and request.content_length > MAX_TRAINING_BYTES:
         raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > MAX_TRAINING_BYTES:
-            raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
-        chunks.append(chunk)
+    async with body_deadline(TRAINING_BODY_TIMEOUT_S):
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_TRAINING_BYTES:
+                raise ApiError(413, f"training data over {MAX_TRAINING_BYTES} bytes")
+            chunks.append(chunk)
     return await asyncio.to_thread(parse_json, b"".join(chunks))  # 64 MB of JSON: ~a second the streams should not wait

@@ -10,9 +10,12 @@ where the answer is chosen among candidates it is one of them, its vote the gree
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Literal
 
 from aiohttp import web
@@ -24,6 +27,8 @@ MAX_MESSAGE_CHARS = 32_768
 MAX_STOP_SEQUENCES = 4
 MAX_EVIDENCE = 4
 MODEL_ALIASES = ("kefu",)
+BODY_TIMEOUT_S = 10.0  # a request body (1 MB at most: 100 kB/s) must arrive in this; one sent in part, then stalled,
+# held a connection and its buffer for good (slowloris: the request timeout covers only generation)
 
 
 class ChatMessage(BaseModel):
@@ -129,10 +134,23 @@ def chunk_body(cid: str, model: str, delta: dict, finish_reason: str | None = No
 
 
 async def read_json(request: web.Request) -> object:
-    """The request body as JSON; ApiError 413 over MAX_BODY_BYTES, 400 when it is not JSON."""
+    """The request body as JSON; ApiError 413 over MAX_BODY_BYTES, 408 when it takes over BODY_TIMEOUT_S to arrive,
+    400 when it is not JSON."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
-    return parse_json(await request.read())
+    async with body_deadline(BODY_TIMEOUT_S):
+        raw = await request.read()
+    return parse_json(raw)
+
+
+@contextlib.asynccontextmanager
+async def body_deadline(seconds: float) -> AsyncIterator[None]:
+    """Reading a request body inside: ApiError 408 when it has not all arrived within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {seconds:g} s", code="body_timeout") from None
 
 
 def parse_json(raw: bytes) -> object:

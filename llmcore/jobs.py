@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -54,10 +55,18 @@ class JobManager:
         self.promote_margin = promote_margin
         self.python = python
         self._processes: dict[str, subprocess.Popen] = {}
+        self._starting = threading.Lock()
 
     def start(self, conversations: list[dict], arch: str = "transformer", minutes: float | None = 5.0,
               epochs: int | None = None, model_overrides: dict | None = None) -> dict:
-        """Write the data and spawn the trainer; the job's state as `status()` shows it."""
+        """Write the data and spawn the trainer; the job's state as `status()` shows it. One start at a time (each
+        checks that no job runs), the lock held by the calling thread: the server starts jobs in a thread, which a
+        handler cancelled meanwhile (its client left) must not let a second start overtake."""
+        with self._starting:
+            return self._start(conversations, arch, minutes, epochs, model_overrides)
+
+    def _start(self, conversations: list[dict], arch: str, minutes: float | None, epochs: int | None,
+               model_overrides: dict | None) -> dict:
         _check(conversations, arch, minutes, epochs, model_overrides or {})
         try:
             data = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")

@@ -45,6 +45,7 @@ CURRENT = "current"
 WEIGHTS, TOKENIZER, CONFIG, METRICS, LOSS_PLOT = "model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"
 HELDOUT = "heldout.jsonl"  # the conversations the version held out of its training (llmcore.sidebyside)
 CHECKPOINT_FORMAT = "kefu-checkpoint/1"
+PROMOTIONS = "promotions.jsonl"  # every promotion, one JSON record a line; rollback reads it
 
 
 class RegistryError(Exception):
@@ -172,20 +173,17 @@ class Registry:
         os.replace(tmp_link, self.root / CURRENT)
         _fsync_dir(self.root)
         record = {"version": version, "previous": previous, "at": time.time(), **({"rollback": True} if rollback else {})}
-        with open(self.root / "promotions.jsonl", "a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        _append_line(self.root / PROMOTIONS, json.dumps(record))
         logger.info("%s %s (was %s)", "rolled back to" if rollback else "promoted", version, previous)
 
     def rollback_target(self) -> str:
         """The version that was current before the current one was promoted: v1 → v2 → v3, then rollbacks give v2,
         then v1 (a rollback's own record is skipped, or a second rollback would bring back the version just left)."""
         current = self.current()
-        history = self.root / "promotions.jsonl"
-        entries = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.exists() else []
-        for entry in reversed(entries):
-            if (not entry.get("rollback") and entry.get("version") == current and entry.get("previous")
-                    and entry["previous"] != current):
-                return entry["previous"]
+        for entry in reversed(self._promotions()):
+            previous = entry.get("previous")
+            if not entry.get("rollback") and entry.get("version") == current and isinstance(previous, str) and previous != current:
+                return previous
         raise RegistryError("nothing to roll back to: no earlier promotion recorded")
 
     def rollback(self) -> str:
@@ -212,6 +210,25 @@ class Registry:
             raise RegistryError(f"version {version}: cannot read its evidence, prompt recipe or selection: {exc}") from exc
         return LoadedModel(version, model, tokenizer, metrics, index, recipe, gate, selection)
 
+    def _promotions(self) -> list[dict]:
+        """The records of promotions.jsonl, oldest first. A line that is not one (torn by a crash or a full disk
+        mid-append, or edited by hand) is skipped with a warning: one bad line must not end every later rollback."""
+        path = self.root / PROMOTIONS
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+        entries = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except (ValueError, RecursionError):  # a torn line, or a hand edit nested too deep
+                entry = None
+            if isinstance(entry, dict):
+                entries.append(entry)
+            else:
+                logger.warning("%s line %d is not a promotion record; skipped", path, number)
+        return entries
+
     def _remove_abandoned_staging(self) -> None:
         """Staging folders of trainers that died without cleaning up (SIGKILL)."""
         for path in self.root.glob(f"{STAGING_PREFIX}*"):
@@ -236,6 +253,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line and let it reach the disk. It starts on a line of its own even when a crash mid-append left
+    the file ending in a torn line, which would otherwise swallow this record too."""
+    created = not path.exists()
+    with open(path, "a+b") as log:
+        torn = False
+        if log.seek(0, os.SEEK_END) > 0:
+            log.seek(-1, os.SEEK_END)
+            torn = log.read(1) != b"\n"
+        log.write((b"\n" if torn else b"") + line.encode("utf-8") + b"\n")  # append mode: at the end, wherever we read
+        log.flush()
+        os.fsync(log.fileno())
+    if created:
+        _fsync_dir(path.parent)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -11,8 +11,8 @@ question (and any `evidence` the request brings) go in as evidence, with the rec
 turns. A greedy request (temperature 0, without logprobs, stop or ignore_eos) to a version that chooses its
 answer (select.json, llmcore/selection.py) gets the candidate that agrees most with the others: its greedy
 answer, the nearest stored answers and any seeded samples the version asks for (generated together through the
-same worker), sent whole. A history longer than the model's context loses its oldest turns (system turns
-are kept); if the newest message alone is too long, only its end is kept. Never an error.
+same worker), sent whole. A history longer than the model's context loses its oldest turns, then evidence, then the
+end of a long system message; if the newest message alone is too long, only its end is kept. Never an error.
 """
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 WORKER = web.AppKey("worker", Worker)
 SETTINGS = web.AppKey("settings", ServeSettings)
 RETRY_AFTER_S = 1
+# How `llmcore serve` runs the app (web.run_app, or web.AppRunner in tests): a client that hangs up cancels its handler,
+# which cancels its sequences. aiohttp's default (False) leaves the handler running, and the engine generated for nobody.
+RUNNER_OPTIONS = {"handler_cancellation": True}
 
 
 @dataclass
@@ -246,11 +249,15 @@ async def _complete(request: web.Request, req: ChatRequest, submission: Submissi
                     hits: list[Hit]) -> web.Response:
     worker = request.app[WORKER]
     texts, tokens, logprobs, finish = [], [], [], None
-    async for piece in _pieces(request, req, submission):
-        texts.append(piece.text)
-        tokens += piece.tokens
-        logprobs += piece.logprobs
-        finish = piece.finish_reason or finish
+    try:
+        async for piece in _pieces(request, req, submission):
+            texts.append(piece.text)
+            tokens += piece.tokens
+            logprobs += piece.logprobs
+            finish = piece.finish_reason or finish
+    except asyncio.CancelledError:  # the client left: its slot is freed at the next step
+        _cancel_all(worker, [submission], "disconnected")
+        raise
     tokenizer = submission.served.loaded.tokenizer
     lp = logprobs_body([tokenizer.decode([t]) for t in tokens], logprobs) if req.logprobs else None
     text = "".join(texts)
@@ -265,9 +272,9 @@ async def _stream(request: web.Request, req: ChatRequest, submission: Submission
     worker = request.app[WORKER]
     cid, version = completion_id(), submission.served.version
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
     tokenizer = submission.served.loaded.tokenizer
     try:
+        await response.prepare(request)  # in the try: a client gone before the headers went out frees its slot too
         await _send(response, chunk_body(cid, version, {"role": "assistant", "content": ""}))
         count, text = 0, ""
         async for piece in _pieces(request, req, submission):

@@ -164,8 +164,9 @@ class Tokenizer:
         `evidence` (retrieved answers, best first) goes just before the newest turn, each as `<|evidence|>` + at
         most `max_evidence_tokens` + `<|end|>`; a tokenizer without that token takes none. `max_history` keeps
         at most that many turns before the newest one (system turns are always kept). With `max_tokens`, the
-        oldest turns are dropped until the prompt fits, then the weakest evidence; if the newest turn alone is
-        too long, only its end is kept.
+        newest turn comes first: if it alone is too long, only its role and its end are kept. System turns take
+        what is left (one too long keeps its beginning), then evidence (the weakest dropped first), then the
+        older turns, newest first. `<bos>` and the opener are never cut.
         """
         turns = [self._encode_turn(m) for m in messages]
         is_system = [m["role"] == "system" for m in messages]
@@ -180,25 +181,22 @@ class Tokenizer:
             return [self.bos_id] + [i for turn in _with_evidence(turns, evidence_turns) for i in turn] + opener
         if max_tokens < MIN_PROMPT_TOKENS:
             raise TokenizerError(f"a prompt needs at least {MIN_PROMPT_TOKENS} tokens, got max_tokens={max_tokens}")
-        kept_system = [t for t, system in zip(turns, is_system) if system]
-        budget = max_tokens - 1 - len(opener) - sum(map(len, kept_system))
-        kept: list[list[int]] = []  # newest first
-        for turn, system in zip(reversed(turns), reversed(is_system)):
-            if system:
-                continue
+        dialog = [t for t, system in zip(turns, is_system) if not system]
+        budget = max_tokens - 1 - len(opener)
+        kept = [_tail(dialog[-1], budget)] if dialog else []  # newest first; the question outranks everything
+        budget -= sum(map(len, kept))
+        kept_system = _head_turns([t for t, system in zip(turns, is_system) if system], budget, self.end_id)
+        budget -= sum(map(len, kept_system))
+        while evidence_turns and sum(map(len, evidence_turns)) > budget:  # evidence outranks older turns
+            evidence_turns.pop()
+        budget -= sum(map(len, evidence_turns))
+        for turn in reversed(dialog[:-1]):
             if len(turn) > budget:
-                if not kept:  # the newest turn alone is too long: its role token, then its end; no evidence
-                    kept.append(turn[:1] + turn[len(turn) - max(budget - 1, 0) :] if budget > 1 else turn[:1])
-                    evidence_turns = []
                 break
             kept.append(turn)
             budget -= len(turn)
-            if len(kept) == 1:  # evidence sits right before the newest turn, and outranks older turns
-                while evidence_turns and sum(map(len, evidence_turns)) > budget:
-                    evidence_turns.pop()
-                budget -= sum(map(len, evidence_turns))
         body = [i for turn in _with_evidence(kept_system + kept[::-1], evidence_turns) for i in turn]
-        return ([self.bos_id] + body + opener)[-max_tokens:]
+        return [self.bos_id] + body + opener
 
     def encode_evidence(self, text: str, max_tokens: int) -> list[int]:
         return [self.evidence_id] + self.encode(text)[:max_tokens] + [self.end_id]
@@ -224,6 +222,25 @@ class Tokenizer:
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("tokens"), list):
             raise TokenizerError(f"{path} is not a {FORMAT} file")
         return cls(data["tokens"])
+
+
+def _tail(turn: list[int], budget: int) -> list[int]:
+    """A turn within `budget`: whole, or its role token and its end (a long message ends with its question)."""
+    return turn if len(turn) <= budget else turn[:1] + turn[len(turn) - (budget - 1) :]
+
+
+def _head_turns(turns: list[list[int]], budget: int, end_id: int) -> list[list[int]]:
+    """System turns within `budget`, in order: the first that does not fit keeps its role, its beginning (where
+    instructions say who the assistant is) and its end token; the rest are dropped."""
+    kept: list[list[int]] = []
+    for turn in turns:
+        if len(turn) > budget:
+            if budget >= 3:  # role, one token, end: less would be an empty turn
+                kept.append(turn[: budget - 1] + [end_id])
+            break
+        kept.append(turn)
+        budget -= len(turn)
+    return kept
 
 
 def _with_evidence(turns: list[list[int]], evidence: list[list[int]]) -> list[list[int]]:

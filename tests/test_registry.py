@@ -133,3 +133,27 @@ def test_incompatible_checkpoint_names_the_version(tmp_path, parts):
         version = registry.commit(staged)
     with pytest.raises(RegistryError, match=f"version {version}: incompatible checkpoint"):
         registry.load(version)
+
+
+def test_a_torn_promotion_record_is_skipped_and_the_next_starts_on_its_own_line(tmp_path, parts, caplog):
+    """A crash mid-append leaves a partial line: rollback skips it, and the next promotion is not glued onto it."""
+    registry = Registry(tmp_path)
+    v1, v2, v3 = (add_version(registry, *parts) for _ in range(3))
+    registry.promote(v1)
+    registry.promote(v2)
+    with open(tmp_path / "promotions.jsonl", "a") as log:
+        log.write('[1, 2]\n{"version": "v0001", "previous": "v00')
+    assert registry.rollback_target() == v1 and "not a promotion record" in caplog.text
+    registry.promote(v3)
+    assert (tmp_path / "promotions.jsonl").read_text().splitlines()[-2] == '{"version": "v0001", "previous": "v00'
+    assert registry.rollback() == v2
+
+
+def test_a_promotion_record_reaches_the_disk(tmp_path, parts, monkeypatch):
+    import llmcore.registry as module
+
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(module.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    registry = Registry(tmp_path)
+    registry.promote(add_version(registry, *parts))
+    assert str(tmp_path / "promotions.jsonl") in synced

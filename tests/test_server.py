@@ -2,6 +2,7 @@
 import asyncio
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from llmcore.settings import ServeSettings
 from llmcore.train import TrainOptions, train
 from llmcore.worker import Worker
 
-from .conftest import FAQ_PAIRS
+from .conftest import FAQ_PAIRS, free_port
 
 TOKEN = "s3cret-admin-token"
 TINY = {"n_layer": 2, "n_embd": 64, "n_head": 2, "block_size": 96, "dropout": 0.0}
@@ -457,3 +458,109 @@ def test_the_engine_decodes_with_one_cpu_less_and_prefills_with_all_unless_told(
     assert main(["serve", "--models", str(tiny_models)]) == 0
     assert applied == [5, 7] and torch.get_num_threads() == before
     assert [app[WORKER].engine_options["prefill_threads"] for app in apps] == [6, 8]
+
+
+async def test_a_long_system_message_leaves_the_question_in_the_prompt(tiny_models, monkeypatch):
+    """A system message over the prompt's budget is cut; the question stays (it went, and every question got one answer)."""
+    client = await start(tiny_models)
+    try:
+        worker, prompts = client.server.app[WORKER], []
+        submit = worker.submit
+        monkeypatch.setattr(worker, "submit", lambda prompt, *args, **kwargs: prompts.append(prompt) or submit(prompt, *args, **kwargs))
+        system = {"role": "system", "content": "你是一个友好的网店客服，请用简短的中文回答顾客的问题。" * 4}
+        for question, _ in FAQ_PAIRS[:2]:
+            body = {"messages": [system, {"role": "user", "content": question}], "max_tokens": 60}
+            assert (await client.post("/v1/chat/completions", json=body)).status == 200
+        tokenizer = worker.served.loaded.tokenizer
+        assert [tokenizer.decode(p).endswith(q) for p, (q, _) in zip(prompts, FAQ_PAIRS)] == [True, True]
+        assert all(p[0] == tokenizer.bos_id and len(p) <= 96 - 60 for p in prompts)
+    finally:
+        await client.close()
+
+
+async def test_a_client_that_hangs_up_on_a_plain_answer_stops_its_generation(tiny_models, monkeypatch):
+    """The app as `llmcore serve` runs it: a client that hangs up cancels its handler, which cancels its sequence. With
+    aiohttp's default (handler_cancellation off), a plain answer was generated to the end for nobody."""
+    from aiohttp import web
+
+    from llmcore.__main__ import main
+    from llmcore.engine import Engine
+
+    served = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(web, "run_app", lambda app, **kwargs: served.append((app, kwargs)))
+    assert main(["serve", "--models", str(tiny_models)]) == 0
+    [(app, kwargs)] = served
+    step = Engine.step
+    monkeypatch.setattr(Engine, "step", lambda engine: time.sleep(0.05) or step(engine))  # 80 tokens: 4 s at least
+    runner = web.AppRunner(app, handler_cancellation=kwargs.get("handler_cancellation", False))  # as run_app builds it
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    worker = app[WORKER]
+    try:
+        body = json.dumps(ask("你好", max_tokens=80, ignore_eos=True)).encode()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        for _ in range(100):
+            if worker.active:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.active == 1
+        writer.close()  # hang up before the answer
+        deadline = time.monotonic() + 2
+        while (worker.active or worker.queue_depth) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert worker.active == 0 and worker.queue_depth == 0
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("path, timeout", [("/v1/chat/completions", "llmcore.api.BODY_TIMEOUT_S"),
+                                           ("/admin/train", "llmcore.admin.TRAINING_BODY_TIMEOUT_S")])
+async def test_a_body_sent_in_part_then_stalled_is_answered_408(tiny_models, monkeypatch, path, timeout):
+    """Slowloris: headers and part of a body, then nothing. The connection was held for good."""
+    monkeypatch.setattr(timeout, 0.5, raising=False)  # (raising: the code before the fix had no such limit)
+    client = await start(tiny_models)
+    try:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 408")
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")).split(b":")[1])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert "body not received" in error["message"] and error["code"] == "body_timeout"
+        writer.close()
+    finally:
+        await client.close()
+
+
+async def test_a_comparison_whose_client_left_still_holds_the_one_comparison_slot(tiny_models, monkeypatch):
+    """Its handler is cancelled, its thread runs on: a second comparison must wait for that thread, not start beside it."""
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr("llmcore.admin.compare_versions", lambda *args: release.wait(10) and {"turns": []})
+    client = await start(tiny_models)
+    try:
+        compare, auth = {"a": "v0001", "b": "v0002", "turns": 2}, {"Authorization": f"Bearer {TOKEN}"}
+        first = asyncio.create_task(client.post("/admin/compare", json=compare, headers=auth))
+        await asyncio.sleep(0.3)
+        first.cancel()  # the client hangs up mid-comparison
+        await asyncio.sleep(0.2)
+        busy = await client.post("/admin/compare", json=compare, headers=auth)
+        assert busy.status == 409 and (await busy.json())["error"]["code"] == "busy"
+        release.set()
+        for _ in range(50):
+            again = await client.post("/admin/compare", json=compare, headers=auth)
+            if again.status != 409:
+                break
+            await asyncio.sleep(0.1)
+        assert again.status == 200
+    finally:
+        release.set()
+        await client.close()

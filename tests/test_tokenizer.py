@@ -170,3 +170,20 @@ def test_a_tokenizer_from_before_evidence_still_loads_and_takes_none(tmp_path):
     assert legacy.evidence_id is None and legacy.num_special == 8
     ids = legacy.encode_prompt([{"role": "user", "content": "运费多少？"}], evidence=["运费"])
     assert ids == legacy.encode_prompt([{"role": "user", "content": "运费多少？"}])
+
+
+@pytest.mark.parametrize("question", ["请问电话", "怎么退货？"])
+def test_a_long_system_message_is_cut_and_the_question_kept(tok, question):
+    system = "你好，我想退货，请问怎么操作？" * 20
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "运费多少？"},
+                {"role": "assistant", "content": "满69元包邮。"}, {"role": "user", "content": question}]
+    ids = tok.encode_prompt(messages, max_tokens=40, evidence=["客服电话：400-820-6688"])
+    assert len(ids) == 40 and ids[0] == tok.bos_id and ids[1] == tok.role_ids["system"]
+    assert tok.decode(ids, skip_special=False).endswith(f"<|end|><|user|>{question}<|end|><|assistant|>")
+    assert tok.decode(ids).startswith("你好，我想退货") and "运费" not in tok.decode(ids)  # older turns go before the system's
+
+
+def test_an_overlong_question_pushes_out_the_system_message_and_keeps_bos(tok):
+    messages = [{"role": "system", "content": "客服" * 10}, {"role": "user", "content": "退货" * 100 + "电话"}]
+    ids = tok.encode_prompt(messages, max_tokens=20)
+    assert len(ids) == 20 and ids[:2] == [tok.bos_id, tok.role_ids["user"]] and tok.decode(ids).endswith("电话")
