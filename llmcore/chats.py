@@ -39,6 +39,8 @@ def parse_conversation(line: str) -> Conversation:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # [[[[…]]]] thousands deep: a FAQ import answered "something went wrong" (console: a 500)
+        raise ValueError("nested too deeply to be a conversation") from None
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise ValueError('expected an object with a "messages" list')
     messages = data["messages"]

@@ -67,6 +67,7 @@ async def test_demo_faq_seeds_once_when_empty(redis, prefix):
     ("q,\n", ".csv", "expected two columns"),
     ("", ".csv", "no question,answer rows"),
     ("q," + "x" * 200_000 + "\n", ".csv", ":1: not readable as CSV"),  # past the csv module's field limit
+    ("[" * 100_000 + "]" * 100_000 + "\n", ".jsonl", ":1: nested too deeply"),  # a RecursionError: "something went wrong"
 ])
 def test_bad_files_say_where(tmp_path, content, suffix, fragment):
     path = tmp_path / f"bad{suffix}"
