@@ -56,13 +56,19 @@ async def claim_chat(kefu: Services, bot: Bot, chat_id: int, operator: Operator)
     return claim
 
 
+async def _claim_open(kefu: Services, bot: Bot, chat_id: int, operator: Operator) -> dict[str, str]:
+    """claim_chat, then the handoff's state; Refused when it closed since the claim."""
+    await claim_chat(kefu, bot, chat_id, operator)
+    state = await kefu.handoffs.get(chat_id)
+    if state is None:
+        raise Refused(CLOSED.format(chat_id=chat_id))
+    return state
+
+
 async def answer(kefu: Services, bot: Bot, chat_id: int, operator: Operator, text: str) -> None:
     """The operator's answer: claims the chat, reaches the customer, then their history, the training log and the FAQ's
     proposals (a wording of an entry, or a new entry the FAQ lacks)."""
-    await claim_chat(kefu, bot, chat_id, operator)
-    state = await kefu.handoffs.get(chat_id)
-    if state is None:  # closed since the claim
-        raise Refused(CLOSED.format(chat_id=chat_id))
+    state = await _claim_open(kefu, bot, chat_id, operator)
     try:
         await bot.send_message(chat_id, texts(language(text, None)).operator_says.format(text=text))
     except TelegramError as exc:  # the user blocked the bot, or the chat is gone
@@ -82,9 +88,7 @@ async def answer(kefu: Services, bot: Bot, chat_id: int, operator: Operator, tex
 async def pass_on(kefu: Services, bot: Bot, chat_id: int, operator: Operator, message: Message) -> None:
     """An operator's photo, file or voice message (a reply in the operators' group): claims the chat as an answer does
     and reaches the customer as a copy, caption included. Not a training example: the log holds text answers."""
-    await claim_chat(kefu, bot, chat_id, operator)
-    if await kefu.handoffs.get(chat_id) is None:  # closed since the claim
-        raise Refused(CLOSED.format(chat_id=chat_id))
+    await _claim_open(kefu, bot, chat_id, operator)
     try:
         await message.copy(chat_id)
     except TelegramError as exc:  # the user blocked the bot, the chat is gone, or the kind cannot be copied (a poll's quiz)

@@ -49,7 +49,7 @@ _PHONE_ABROAD = re.compile(rf"(?<![0-9A-Za-z+])\+[1-9](?:{_SEP}{{0,2}}[0-9]){{7,
 _PHONE_BRACKETED = re.compile(r"(?<![0-9])\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .-]?[0-9]{4}(?![0-9])")
 _PHONE_WORDS = r"电话|手机|座机|固话|联系方式|致电|来电|tel\b|phone|mobile|cell\b|call me|call us|text me|reach me|whatsapp|my number"
 _PHONE_FILLER = r"(?:[^0-9A-Za-z]|(?:number|no|num|is|at|on|me)\b)"  # "number is", "：", "是", "at", ...
-_PHONE_SAID = re.compile(rf"(?<!\[)(?i:{_PHONE_WORDS}){_PHONE_FILLER}{{0,8}}?"
+_PHONE_SAID = re.compile(rf"(?<!\[)(?:{_PHONE_WORDS}){_PHONE_FILLER}{{0,8}}?"
                          rf"(?P<number>(?!400|800)[0-9](?:(?:{_SEP}|/){{0,2}}[0-9]){{6,14}})(?![0-9])", re.IGNORECASE)
 _NUMERAL = "[零〇一二三四五六七八九幺]"  # 幺: a spoken one
 _PHONE_NUMERALS = re.compile(rf"(?<!{_NUMERAL})一[三四五六七八九](?:[ -]?{_NUMERAL}){{9}}(?!{_NUMERAL})")
