@@ -35,8 +35,37 @@ def is_entry_id(text: str) -> bool:
     return bool(ENTRY_ID.fullmatch(text)) and all(int(part) <= MAX_ID_PART for part in text.split("-"))
 LATEST_LOOKBACK = 20  # a user's latest exchanges searched for one in a given chat
 PRUNE_EVERY_S = 3600.0  # how often appends drop the ratings and review marks of trimmed entries
-USER_INDEX_PRUNE_AT = 64  # a user's index this large drops the ids of trimmed entries
+USER_INDEX_PRUNE_AT = 64  # a user's index drops the ids of trimmed entries each time it grows by this many
 REVIEW_MARKS = "console:reviewed"  # the console's marks (bot/console/review.py), keyed by entry id
+
+
+# An entry and its place in its user's index are written as one (a /forget between the two left the entry unerased),
+# and /forget reads the index and deletes what it names as one (an entry logged in between kept its data). An active
+# customer's index would keep the ids of entries long trimmed: it drops them each time it grows by another
+# USER_INDEX_PRUNE_AT (in Redis: reading it whole at every append cost a busy customer's index at every question).
+_APPEND = """
+local id = redis.call('XADD', KEYS[1], 'MINID', ARGV[1], '*', unpack(ARGV, 4))
+redis.call('SADD', KEYS[2], id)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local size, every = redis.call('SCARD', KEYS[2]), tonumber(ARGV[3])
+if size > every and (size - every - 1) % every == 0 then
+    local oldest = tonumber(string.match(ARGV[1], '^%d+'))
+    for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+        if tonumber(string.match(member, '^%d+')) < oldest then redis.call('SREM', KEYS[2], member) end
+    end
+end
+return id
+"""
+_FORGET = """
+local ids = redis.call('SMEMBERS', KEYS[3])
+for start = 1, #ids, 1000 do
+    local chunk = {unpack(ids, start, math.min(start + 999, #ids))}
+    redis.call('XDEL', KEYS[1], unpack(chunk))
+    redis.call('HDEL', KEYS[2], unpack(chunk))
+end
+redis.call('DEL', KEYS[3], KEYS[4])
+return #ids
+"""
 
 
 def _entry_ms(entry_id: str) -> int:
@@ -65,19 +94,16 @@ class ExchangeLog:
         self.stream = f"{prefix}log"
         self.ratings = f"{prefix}ratings"
         self._pruned_at = -PRUNE_EVERY_S  # the first append prunes
+        self._append = redis.register_script(_APPEND)
+        self._forget = redis.register_script(_FORGET)
 
     async def append(self, exchange: Exchange) -> str:
         fields = {k: "" if v is None else str(v) for k, v in asdict(exchange).items()}
         fields["question"], fields["answer"] = scrub(exchange.question), scrub(exchange.answer)
         oldest = f"{int(time.time() * 1000) - self.retention_ms}-0"
-        entry_id = await self.redis.xadd(self.stream, fields, minid=oldest, approximate=False)
-        mine = self._user_key(exchange.user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:  # the user's index lives as long as their newest entry
-            *_, size = await pipe.sadd(mine, entry_id).pexpire(mine, self.retention_ms).scard(mine).execute()
-        if size > USER_INDEX_PRUNE_AT:  # an active customer's index would keep the ids of entries long trimmed
-            stale = [i for i in await self.redis.smembers(mine) if _entry_ms(i) < _entry_ms(oldest)]
-            if stale:
-                await self.redis.srem(mine, *stale)
+        mine = self._user_key(exchange.user_id)  # the user's index lives as long as their newest entry
+        entry_id = await self._append(keys=[self.stream, mine], args=[oldest, self.retention_ms, USER_INDEX_PRUNE_AT,
+                                                                      *(x for item in fields.items() for x in item)])
         if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
             self._pruned_at = time.monotonic()
             await self._prune(oldest)
@@ -132,13 +158,8 @@ class ExchangeLog:
 
     async def forget_user(self, user_id: int) -> int:
         """Erase the user's exchanges and ratings; returns how many exchanges went."""
-        ids = list(await self.redis.smembers(self._user_key(user_id)))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if ids:
-                pipe.xdel(self.stream, *ids).hdel(self.ratings, *ids)
-            pipe.delete(self._user_key(user_id), self._links_key(user_id))  # their private chat's links
-            await pipe.execute()
-        return len(ids)
+        # their private chat's links go too (a private chat's id is the user's)
+        return await self._forget(keys=[self.stream, self.ratings, self._user_key(user_id), self._links_key(user_id)])
 
     async def entries(self, batch: int = 500) -> AsyncIterator[tuple[str, dict[str, str]]]:
         """Every entry, oldest first, with its rating under "rating" ("" when unrated)."""

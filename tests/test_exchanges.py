@@ -1,4 +1,5 @@
 """Training log: scrubbed before written, ratings only by the asker, export in the training format, retention, forget."""
+import asyncio
 import json
 
 from bot.exchanges import Exchange, ExchangeLog
@@ -136,3 +137,31 @@ async def test_one_customer_cannot_become_most_of_the_training_set(redis, prefix
     assert [q for q in questions if q.startswith("刷屏")] == [f"刷屏问题{i}" for i in range(25, 30)]  # the latest five
     assert "客户1的问题" in questions and "客户2的问题" in questions
     assert not [r for r in records if "user_id" in r["meta"] or "66" in json.dumps(r["meta"])]  # counted, never sent
+
+
+async def test_forget_while_an_exchange_is_being_logged_leaves_nothing_of_the_user(redis, prefix):
+    """An answer logged at the moment the customer confirms /forget: the entry and its place in the user's index are
+    written as one, so /forget either finds it or runs before it exists (a stream entry outside the index stayed)."""
+    log = ExchangeLog(redis, prefix, retention_days=30)
+
+    async def forget_after(turns: int) -> None:  # /forget lands at every point of the append in turn
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await log.forget_user(8)
+
+    for round_ in range(30):
+        await asyncio.gather(log.append(exchange(user_id=8, question=f"我的订单{round_}")), forget_after(round_))
+        await log.forget_user(8)  # whatever was logged after the first /forget goes with the second
+        assert [e async for _, e in log.entries() if e["user_id"] == "8"] == []
+
+
+async def test_forget_erases_a_long_customer_history_whole(redis, prefix):
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    ids = []  # deleted in chunks of 1,000
+    for start in range(0, 1100, 50):
+        ids += await asyncio.gather(*(log.append(exchange(user_id=8, question=f"问题{i}")) for i in range(start, start + 50)))
+    await log.rate(ids[-1], 8, "down")
+    await log.append(exchange(user_id=9, question="别人的问题"))
+    assert await log.forget_user(8) == 1100
+    assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
+    assert await redis.hget(log.ratings, ids[-1]) is None
