@@ -6,6 +6,9 @@
     entry_id = await faq.add("营业时间?", "每天 9:00-21:00")
     await faq.import_file("faq.csv")             # question,answer  — or chat JSONL two-message conversations
 
+An import merges by answer: a question whose answer an entry already has becomes one of that entry's similar
+questions (if it is new), so importing a file again, or an export back into its own FAQ, adds nothing twice.
+
 Every change bumps a version counter in Redis; `match` compares it with the version its index was
 built from (one GET) and rebuilds when another replica, or the CLI, changed the FAQ. The CPU work — parsing a file,
 building the index (jieba over every question), matching a long text — runs in a worker thread, so the event loop
@@ -157,6 +160,25 @@ class FaqStore:
             await pipe.hset(self.entries_key, mapping=values).incr(self.version_key).execute()
         return ids
 
+    async def merge_many(self, entries: list[FaqEntry]) -> None:
+        """Store `entries` as an import does: an entry whose answer is already stored (spaces at the ends aside) adds
+        its new questions to that entry as similar ones; the others are added. One transaction (WATCH: a concurrent
+        change makes this one start again)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.entries_key)
+                    changed, new = await asyncio.to_thread(_merged, await pipe.hgetall(self.entries_key), entries)
+                    first = await self.redis.incrby(self.next_key, len(new)) - len(new) + 1 if new else 0
+                    changed.update((str(first + i), value) for i, value in enumerate(new))
+                    pipe.multi()
+                    if changed:
+                        pipe.hset(self.entries_key, mapping=changed).incr(self.version_key)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
     async def add_similar(self, entry_id: str, wording: str) -> bool:
         """One more similar question for an entry (searched at once); False if the entry is gone."""
         def change(entry: FaqEntry) -> FaqEntry:
@@ -198,10 +220,11 @@ class FaqStore:
         return await self.redis.hlen(self.entries_key)
 
     async def import_file(self, path: str | Path, searchable: bool = True) -> int:
-        """Read (in a thread) and store a FAQ file; searchable when this returns (the index built, in a thread), unless
+        """Read (in a thread) and store a FAQ file, merged by answer (`merge_many`); the number of its entries. Searchable
+        when this returns (the index built, in a thread), unless
         `searchable` is False (the demo FAQ at start-up: the bot answers meanwhile, see `index()`)."""
         entries = await asyncio.to_thread(read_faq_file, path)
-        await self.add_many(entries)
+        await self.merge_many(entries)
         if searchable:
             await self.ready()
         return len(entries)
@@ -290,6 +313,27 @@ def _encoded(entries: list[FaqEntry]) -> list[str]:
         _check(e)
     return [json.dumps({"question": e.question.strip(), "answer": e.answer.strip(), "similar": [s.strip() for s in e.similar]},
                        ensure_ascii=False) for e in entries]
+
+
+def _merged(raw: dict[str, str], entries: list[FaqEntry]) -> tuple[dict[str, str], list[str]]:
+    """What merging `entries` into the stored ones (`raw`, id -> JSON) writes: the stored entries that gain questions
+    (id -> JSON) and the new ones (JSON), each checked."""
+    stored: dict[str, FaqEntry] = {}
+    for entry in _entries(raw):
+        stored.setdefault(entry.answer.strip(), entry)  # two entries with one answer: the older takes the questions
+    changed: dict[str, FaqEntry] = {}
+    new: list[FaqEntry] = []
+    for entry in entries:
+        into = stored.get(entry.answer.strip())
+        if into is None:
+            new.append(entry)
+            continue
+        into = changed.get(into.id, into)
+        known = {q.strip() for q in (into.question, *into.similar)}
+        more = tuple(dict.fromkeys(q.strip() for q in (entry.question, *entry.similar) if q.strip() not in known))
+        if more:
+            changed[into.id] = FaqEntry(into.id, into.question, into.answer, (*into.similar, *more))
+    return dict(zip(changed, _encoded(list(changed.values())))), _encoded(new)
 
 
 def _entries(raw: dict[str, str]) -> list[FaqEntry]:

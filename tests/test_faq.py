@@ -4,6 +4,7 @@ import json
 import pytest
 
 from bot.faq import FaqStore, read_faq_file
+from bot.search import FaqEntry
 from llmcore.chats import DataError
 
 from .conftest import FAQ_PAIRS
@@ -81,3 +82,25 @@ def test_oversized_entries_are_refused(tmp_path):
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x" * 9000}]}) + "\n")
     with pytest.raises(DataError, match="over 8000"):
         read_faq_file(path)
+
+
+async def test_an_import_merges_by_answer_and_adds_nothing_twice(redis, prefix, faq_file, tmp_path):
+    """Importing a file again, or an export back into its own FAQ, duplicated every entry: each was matched twice,
+    and "did you mean" offered one answer under two buttons."""
+    faq = FaqStore(redis, prefix)
+    await faq.import_file(faq_file)
+    before = await faq.entries()
+    out = tmp_path / "export.jsonl"
+    out.write_text("\n".join(await faq.export_lines()) + "\n", encoding="utf-8")
+    await faq.import_file(out)
+    await faq.import_file(faq_file)
+    assert await faq.entries() == before
+    first = before[0]
+    more = tmp_path / "more.csv"
+    more.write_text(f"question,answer\n换个说法问一下,{first.answer}\n全新的问题？,全新的回答。\n", encoding="utf-8")
+    assert await faq.import_file(more) == 2
+    after = await faq.entries()
+    assert len(after) == len(before) + 1 and after[-1].question == "全新的问题？"
+    assert after[0] == FaqEntry(first.id, first.question, first.answer, (*first.similar, "换个说法问一下"))
+    [best, *_] = await faq.match("换个说法问一下")
+    assert best.entry.id == first.id and best.score == pytest.approx(1.0)
