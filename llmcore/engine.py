@@ -74,7 +74,8 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.scheduler = Scheduler(max_batch, max_queue, max_prefill_tokens)
         self.sampler = Sampler(max_batch, self.vocab_size, self.max_len, self.device)
-        self.cache = model.new_cache(min(max_batch, CACHE_ROWS), max_len=self.max_len)  # grows in buckets: _room_for
+        self.first_rows = min(max_batch, CACHE_ROWS)
+        self.cache = model.new_cache(self.first_rows, max_len=self.max_len)  # grows in buckets (_room_for), shrinks idle
         self.last_tokens = torch.zeros((max_batch, 1), dtype=torch.long, device=self.device)  # the decode input
         self.last_batch_size = 0
         self.last_step_flops = 0.0  # the model's work in the last step (llmcore/costs.py)
@@ -141,6 +142,7 @@ class Engine:
         for event in events:
             if event.finished and event.seq.slot is not None:
                 self._release(event.seq)
+        self._shrink_if_idle()
         return events
 
     def fail_all(self, exc: Exception) -> list[StepEvent]:
@@ -166,6 +168,12 @@ class Engine:
         while rows <= slot:
             rows *= 2
         self.cache = with_rows(self.cache, min(rows, self.max_batch))
+
+    def _shrink_if_idle(self) -> None:
+        """Once nothing runs or waits, a cache grown for a burst goes back to its first size: a burst of 256 requests
+        held a 256-row cache (hundreds of MB at a long context) for as long as the process lived."""
+        if self.cache.lengths.shape[0] > self.first_rows and not self.scheduler.has_work():
+            self.cache = self.model.new_cache(self.first_rows, max_len=self.max_len)
 
     def _decode(self, slots: list[int]) -> torch.Tensor:
         """One token for every running sequence (in `slots`). The rows in use are nearly dense (lowest slots

@@ -16,13 +16,16 @@ def tiny(arch: str):
     return build_model(ModelConfig(arch=arch, vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=4, block_size=96)).eval()
 
 
-def run_all(engine: Engine, arrivals: dict[int, list]) -> dict[int, list[int]]:
-    """Step until done; arrivals maps step number -> [(key, prompt, params)] added before that step."""
+def run_all(engine: Engine, arrivals: dict[int, list], rows: list[int] | None = None) -> dict[int, list[int]]:
+    """Step until done; arrivals maps step number -> [(key, prompt, params)] added before that step; `rows` gets the
+    cache's rows after each step."""
     seqs, step = {}, 0
     while engine.has_work() or any(k >= step for k in arrivals):
         for key, prompt, params in arrivals.get(step, []):
             seqs[key] = engine.add(prompt, params)
         engine.step()
+        if rows is not None:
+            rows.append(engine.cache.lengths.shape[0])
         step += 1
         assert step < 10_000
     return {key: seq.output for key, seq in seqs.items()}
@@ -82,9 +85,10 @@ def test_prompts_are_prefilled_with_their_own_threads_and_decoding_keeps_the_pro
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_the_cache_grows_in_buckets_as_more_run_and_answers_stay_the_same(arch):
+def test_the_cache_grows_in_buckets_as_more_run_shrinks_when_idle_and_answers_stay_the_same(arch):
     """A max_batch of 256 starts with a 32-row cache; 70 sequences at once grow it to 128 rows, copying the running
-    ones over mid-answer; every answer equals the one-at-a-time answer."""
+    ones over mid-answer; every answer equals the one-at-a-time answer. Idle again, the cache is 32 rows again, and
+    the same burst gives the same answers."""
     model = tiny(arch)
     requests = mixed_requests(70, seed=3)
     engine = Engine(model, {STOP}, max_batch=256, max_queue=256, max_prefill_tokens=4096)
@@ -92,11 +96,14 @@ def test_the_cache_grows_in_buckets_as_more_run_and_answers_stay_the_same(arch):
     arrivals: dict[int, list] = {}
     for key, prompt, max_new in requests:  # 20 first, the rest while they decode
         arrivals.setdefault(0 if key < 20 else 2 + key % 3, []).append((key, prompt, SamplingParams(max_new_tokens=max_new)))
-    batched = run_all(engine, arrivals)
-    assert engine.cache.lengths.shape[0] == 128
+    rows: list[int] = []
+    batched = run_all(engine, arrivals, rows)
+    assert max(rows) == 128 and rows[-1] == engine.cache.lengths.shape[0] == CACHE_ROWS
     for key, prompt, max_new in requests:
         [alone] = generate(model, [prompt], SamplingParams(max_new_tokens=max_new), {STOP})
         assert batched[key].token_ids == alone.token_ids, key
+    again = run_all(engine, arrivals)
+    assert {key: out.token_ids for key, out in again.items()} == {key: out.token_ids for key, out in batched.items()}
 
 
 def test_seeded_sampling_in_a_batch_equals_alone():
