@@ -1,6 +1,7 @@
 """Benchmark the bot end to end over its webhook, side by side with a bare PTB echo bot.
 
     .venv/bin/python bench/bot.py [--updates 2000] [--chats 200] [--concurrency 32]
+    .venv/bin/python bench/bot.py --questions paraphrases     # customers' own wordings: Kefu with and without its encoder
 
 Both bots run in this process against the tests' local Bot API server (tests/botapi.py) on loopback;
 Kefu with a private real Redis and its demo FAQ, every question one of the FAQ's own (answered from the
@@ -11,6 +12,12 @@ the burst's own p50 is queueing and is shown as "loaded"). For Kefu also the tim
 choosing the answer (from the training log): what Kefu adds around its answer source is its time minus
 that minus the echo bot's. Kefu runs with its outbound limiter off (the local server has no flood
 limit; with Telegram's 30 messages/s the limiter, not the bot, would be measured). Prints a table, then JSON.
+
+`--questions paraphrases`: the questions are the tests' paraphrases and off-topic questions (tests/data/), worded as
+no FAQ question is, so the matcher encodes each one (every question as a new one: the encoder's cache of recent
+questions is emptied before each POST); Kefu runs twice, with `FAQ_ENCODER=none` and with the default encoder, side by
+side with the echo bot. llmcore is not running: what the FAQ does not answer gets the fallback at once (the circuit
+breaker), so the figures are the bot's own work, the FAQ match included.
 """
 from __future__ import annotations
 
@@ -34,11 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bot.app import build_application, run_webhook  # noqa: E402
+from bot.encoder import query_vector  # noqa: E402
 from bot.faq import read_faq_file  # noqa: E402
 from bot.settings import BotSettings  # noqa: E402
 from llmcore.chats import DEMO_DATA  # noqa: E402
 from tests.botapi import BotApiServer, text_update  # noqa: E402
 from tests.conftest import free_port, start_redis  # noqa: E402
+
+DATA = REPO / "tests" / "data"
 
 SECRET = "bench-secret"
 
@@ -94,13 +104,15 @@ async def run_echo_bot(server: TimedBotApi, port: int, stop: asyncio.Event) -> N
 
 async def load(server: TimedBotApi, questions: list[str], args: argparse.Namespace) -> dict:
     """Throughput, then latency: `updates` from `concurrency` senders at once, then `--latency-updates` one at a time."""
-    burst = await send(server, questions, args.updates, args.chats, args.concurrency, first_id=1_000_000)
-    alone = await send(server, questions, args.latency_updates, args.chats, 1, first_id=2_000_000)
+    new = args.questions == "paraphrases"
+    burst = await send(server, questions, args.updates, args.chats, args.concurrency, first_id=1_000_000, new_wordings=new)
+    alone = await send(server, questions, args.latency_updates, args.chats, 1, first_id=2_000_000, new_wordings=new)
     return {"updates_per_s": burst["updates_per_s"], "p50_ms": alone["p50_ms"], "p99_ms": alone["p99_ms"],
             "under_load_p50_ms": burst["p50_ms"]}
 
 
-async def send(server: TimedBotApi, questions: list[str], updates: int, chats: int, concurrency: int, first_id: int) -> dict:
+async def send(server: TimedBotApi, questions: list[str], updates: int, chats: int, concurrency: int, first_id: int,
+               new_wordings: bool = False) -> dict:
     """POST the updates with `concurrency` senders (each waits for the POST, not for the answer); wait for every answer."""
     rng = random.Random(first_id)
     plan = [(10_000 + rng.randrange(chats), rng.choice(questions)) for _ in range(updates)]
@@ -114,6 +126,8 @@ async def send(server: TimedBotApi, questions: list[str], updates: int, chats: i
             while queue:
                 i, (chat, text) = queue.pop(0)
                 body = {"update_id": first_id + i, **text_update(text, chat_id=chat, user_id=chat)}
+                if new_wordings:
+                    query_vector.cache_clear()
                 sent[chat].append(time.perf_counter())
                 async with session.post(server.webhook["url"], json=body, headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}) as r:
                     await r.read()
@@ -132,16 +146,19 @@ def _ms(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
 
 
-async def bench_kefu(server: TimedBotApi, redis_url: str, questions: list[str], args: argparse.Namespace) -> dict:
+async def bench_kefu(server: TimedBotApi, redis_url: str, questions: list[str], args: argparse.Namespace,
+                     **overrides) -> dict:
     port = free_port()
-    settings = BotSettings(_env_file=None, telegram_bot_token=server.token, telegram_api_base=server.base, redis_url=redis_url,
-                           redis_prefix="bench:", llmcore_url=f"http://127.0.0.1:{free_port()}", webhook_secret=SECRET,
+    settings = BotSettings(_env_file=None, **overrides, telegram_bot_token=server.token, telegram_api_base=server.base, redis_url=redis_url,
+                           redis_prefix=f"bench:{overrides.get('faq_encoder', 'default')}:",
+                           llmcore_url=f"http://127.0.0.1:{free_port()}", webhook_secret=SECRET,
                            webhook_url=f"http://127.0.0.1:{port}/hook", webhook_listen=f"127.0.0.1:{port}",
                            rate_limit_per_minute=100_000, outbound_per_second=0)
     application = build_application(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(run_webhook(application, settings, stop))
     await server.wait_for("setWebhook", timeout=60)
+    await application.bot_data.services.faq.ready()  # the demo FAQ's vectors made before the clock starts
     result = await load(server, questions, args)
     kefu = application.bot_data.services
     source_ms = [int(e["latency_ms"]) async for _, e in kefu.log.entries()][-args.latency_updates:]  # the one-at-a-time phase
@@ -164,17 +181,28 @@ async def bench_echo(server: TimedBotApi, questions: list[str], args: argparse.N
 
 
 async def amain(args: argparse.Namespace) -> None:
-    questions = [q for e in read_faq_file(DEMO_DATA) for q in (e.question, *e.similar)]
+    if args.questions == "paraphrases":
+        questions = [json.loads(line)["question"] for name in ("demo_paraphrases.jsonl", "offtopic.jsonl")
+                     for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        questions = [q for e in read_faq_file(DEMO_DATA) for q in (e.question, *e.similar)]
     port = free_port()
     redis_proc = start_redis(port, Path(tempfile.mkdtemp()))
+    redis_url = f"redis://127.0.0.1:{port}/0"
     try:
         async with TimedBotApi() as echo_server:
             echo_result = await bench_echo(echo_server, questions, args)
+        if args.questions == "paraphrases":
+            async with TimedBotApi() as lexical_server:
+                lexical = await bench_kefu(lexical_server, redis_url, questions, args, faq_encoder="none")
         async with TimedBotApi() as kefu_server:
-            kefu_result = await bench_kefu(kefu_server, f"redis://127.0.0.1:{port}/0", questions, args)
+            kefu_result = await bench_kefu(kefu_server, redis_url, questions, args)
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+    if args.questions == "paraphrases":
+        report_encoder(echo_result, lexical, kefu_result, args)
+        return
     ratio = round(kefu_result["updates_per_s"] / echo_result["updates_per_s"], 3)
     added = round(kefu_result["p50_ms"] - kefu_result["answer_source_p50_ms"] - echo_result["p50_ms"], 1)
     print(f"\n{'bot':6} {'updates/s':>10} {'alone p50 ms':>13} {'alone p99 ms':>13} {'loaded p50 ms':>14}")
@@ -187,12 +215,25 @@ async def amain(args: argparse.Namespace) -> None:
                       "echo": echo_result, "kefu": kefu_result, "kefu_over_echo": ratio, "kefu_added_p50_ms": added}))
 
 
+def report_encoder(echo_result: dict, lexical: dict, kefu_result: dict, args: argparse.Namespace) -> None:
+    print(f"\n{'bot':14} {'updates/s':>10} {'alone p50 ms':>13} {'alone p99 ms':>13} {'answer source p50 ms':>21}")
+    for name, r in (("echo", echo_result), ("kefu BM25", lexical), ("kefu default", kefu_result)):
+        print(f"{name:14} {r['updates_per_s']:10.1f} {r['p50_ms']:13.1f} {r['p99_ms']:13.1f} {r.get('answer_source_p50_ms', 0):21.1f}")
+    kept = round(kefu_result["updates_per_s"] / lexical["updates_per_s"], 3)
+    print(f"with its default encoder Kefu keeps {kept:.0%} of its throughput with BM25 alone (issue 12: >= 80%)")
+    print(json.dumps({"bench": "bot", "questions": "paraphrases", "updates": args.updates, "chats": args.chats,
+                      "concurrency": args.concurrency, "echo": echo_result, "kefu_bm25": lexical, "kefu": kefu_result,
+                      "encoder_kept": kept}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=2000, help="updates per bot")
     parser.add_argument("--chats", type=int, default=200, help="private chats the updates are spread over")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent webhook POSTs in the throughput phase")
     parser.add_argument("--latency-updates", type=int, default=200, help="updates sent one at a time for the latency figures")
+    parser.add_argument("--questions", choices=("faq", "paraphrases"), default="faq",
+                        help="the FAQ's own wordings, or new ones (Kefu then measured with and without its encoder)")
     asyncio.run(amain(parser.parse_args()))
 
 
