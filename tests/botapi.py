@@ -218,6 +218,7 @@ class BotApiServer:
         self._next_update_id = 1
         self._flood_left = 0
         self._flood_retry = 1
+        self._flood_methods: tuple[str, ...] = ("send", "edit")
         self.unreachable = 0  # the next this many calls answer 502, as a proxy in front of a Bot API that is not up yet
         self.delay_s: dict[str, float] = {}  # a slow Telegram: a method takes this long, and counts as done when it returns
         self._changed = asyncio.Event()
@@ -263,9 +264,10 @@ class BotApiServer:
         await self.close()
 
     # ---- test helpers
-    def flood(self, count: int, retry_after: int = 1) -> None:
-        """The next ``count`` send*/edit* calls (sendChatAction and sendMessageDraft included) answer 429 Too Many Requests."""
-        self._flood_left, self._flood_retry = count, retry_after
+    def flood(self, count: int, retry_after: int = 1, methods: tuple[str, ...] = ("send", "edit")) -> None:
+        """The next ``count`` calls of methods starting with one of ``methods`` (by default send*/edit*, sendChatAction
+        and sendMessageDraft included) answer 429 Too Many Requests."""
+        self._flood_left, self._flood_retry, self._flood_methods = count, retry_after, methods
 
     def sent_texts(self, chat_id: int, include_deleted: bool = False) -> list[str]:
         """Current texts (or captions) of the bot's messages in a chat, oldest first."""
@@ -373,7 +375,7 @@ class BotApiServer:
             self._notify()
             if method.startswith(("send", "edit")) and params.get("chat_id") in self.forbidden:
                 raise ApiError(403, "Forbidden: bot was kicked from the supergroup chat")
-            if self._flood_left > 0 and method.startswith(("send", "edit")):
+            if self._flood_left > 0 and method.startswith(self._flood_methods):
                 self._flood_left -= 1
                 raise ApiError(429, f"Too Many Requests: retry after {self._flood_retry}", {"retry_after": self._flood_retry})
             result = handler(params)

@@ -120,6 +120,30 @@ async def test_members_of_the_operators_chat_are_operators(telegram, redis_url, 
         assert response.status == 303 and response.headers["Location"] == "/login"
 
 
+async def test_telegrams_flood_control_or_absence_is_no_verdict_and_gives_no_more_than_operator(telegram, redis_url, prefix, llmcore_url):
+    """A 429 on getChatMember is no "not a member" (it logged every group operator out under flood control); while
+    Telegram cannot say, a session keeps its role, but no more than the group can give (an admin taken out of ADMIN_IDS
+    kept the admin pages)."""
+    from telegram import Bot
+
+    from bot.console.people import role_for
+
+    operators, member, outsider = -100556, 4211, 4212
+    telegram.members[operators] = {member}
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", admin_ids=str(ADMIN_ID), faq_encoder="none",
+                            operator_chat_id=operators)
+    async with Bot(telegram.token, base_url=f"{telegram.base}/bot") as bot:
+        assert await role_for(settings, bot, member, unknown="operator") == "operator"
+        assert await role_for(settings, bot, outsider, unknown="operator") is None  # Telegram says: not a member
+        telegram.flood(2, retry_after=30, methods=("getChatMember",))
+        assert await role_for(settings, bot, member, unknown="operator") == "operator"
+        assert await role_for(settings, bot, outsider, unknown="admin") == "operator"  # the session said admin
+        telegram.unreachable = 2
+        assert await role_for(settings, bot, outsider, unknown="admin") == "operator"
+        assert await role_for(settings, bot, outsider) is None  # a login: no way in while Telegram cannot say
+        assert await role_for(settings, bot, outsider, unknown="operator") is None  # Telegram answers again
+
+
 async def test_two_versions_side_by_side_on_the_same_held_out_turns(redis_url, prefix, llmcore_admin):  # noqa: F811
     """v0001 learned FAQ_PAIRS by heart, v0002 trained two epochs: on turns v0002 held out (here: those pairs), the page
     shows both answers to each question with their char-F1, and v0001 ahead."""

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 
 from telegram import Bot
-from telegram.error import NetworkError, TelegramError
+from telegram.error import NetworkError, RetryAfter, TelegramError
 
 from bot.console.auth import LOCAL_ADMIN_ID
 from bot.settings import BotSettings
@@ -32,9 +32,10 @@ async def role_for(settings: BotSettings, bot: Bot | None, user_id: int, unknown
         return None
     try:
         member = await bot.get_chat_member(settings.operator_chat_id, user_id)
-    except NetworkError as exc:  # Telegram away (TimedOut included)
+    except (NetworkError, RetryAfter) as exc:  # Telegram away (TimedOut included), or its flood control: not a "no"
         logger.info("console: membership of %s in the operators' chat unknown: %s", user_id, exc)
-        return unknown
+        # the session's role meanwhile, but no more than the group can give: an admin taken out of ADMIN_IDS is not one
+        return "operator" if unknown else None
     except TelegramError as exc:  # not a member: Telegram says "user not found"
         logger.info("console: %s is not in the operators' chat: %s", user_id, exc)
         return None
