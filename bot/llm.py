@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -151,16 +152,28 @@ class LlmClient:
                 return await _read_plain(response)  # also when a proxy or an older server answered a stream request plainly
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise _Retry(f"{exc.__class__.__name__}: {exc}") from None
-        except (ValueError, KeyError, IndexError, TypeError) as exc:  # a body that is not what the API promises
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # not the body the API promises
             raise LlmUnavailable(f"malformed answer from llmcore: {exc}") from None
+
+
+def _model_answer(text, kefu, finish) -> ModelAnswer:
+    """The answer, its fields checked: TypeError for a body of the wrong shape (a number as the text, a string as the
+    confidence), which would otherwise fail later, in the pipeline, as "something went wrong"."""
+    if not isinstance(kefu, dict):
+        raise TypeError(f"kefu is {type(kefu).__name__}, not an object")
+    confidence, version, p_correct = kefu.get("confidence"), kefu.get("model_version"), kefu.get("p_correct")
+    numbers = [v for v in (confidence, p_correct) if v is not None]
+    if not isinstance(text, str) or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in numbers) \
+            or not isinstance(version, str | None) or not isinstance(finish, str | None):
+        raise TypeError("a field of the answer has the wrong type")
+    return ModelAnswer(text, None if confidence is None else float(confidence), version, finish,
+                       None if p_correct is None else float(p_correct))
 
 
 async def _read_plain(response: aiohttp.ClientResponse) -> ModelAnswer:
     body = await response.json()
     choice = body["choices"][0]
-    kefu = body.get("kefu") or {}
-    return ModelAnswer(choice["message"]["content"] or "", kefu.get("confidence"), kefu.get("model_version"), choice["finish_reason"],
-                       kefu.get("p_correct"))
+    return _model_answer(choice["message"]["content"] or "", body.get("kefu") or {}, choice["finish_reason"])
 
 
 async def _read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str], Awaitable[None]]) -> ModelAnswer:
@@ -180,7 +193,7 @@ async def _read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str]
             await on_text(text)
     if finish is None:
         raise _Retry("stream ended before the answer did")
-    return ModelAnswer(text, kefu.get("confidence"), kefu.get("model_version"), finish, kefu.get("p_correct"))
+    return _model_answer(text, kefu, finish)
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

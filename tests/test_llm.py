@@ -141,3 +141,26 @@ async def test_a_slow_or_broken_service_ends_within_the_deadline(client_for):
             assert time.monotonic() - started < timeout + 0.5
         finally:
             await runner.cleanup()
+
+
+@pytest.mark.parametrize("body", [
+    {"choices": [{"message": {"content": "好"}, "finish_reason": "stop"}], "kefu": "v1"},
+    {"choices": [{"message": {"content": 42}, "finish_reason": "stop"}]},
+    {"choices": [{"message": {"content": "好"}, "finish_reason": "stop"}], "kefu": {"confidence": "-0.1"}},
+    {"choices": [{"message": {"content": "好"}, "finish_reason": "stop"}], "kefu": {"p_correct": True}},
+    {"choices": [{"message": {"content": "好"}, "finish_reason": "stop"}], "kefu": {"model_version": ["v1"]}},
+    {"choices": "好"},
+])
+async def test_an_answer_of_the_wrong_shape_is_llmcore_unavailable(client_for, body):
+    """A body that parses but is not what the API promises (a proxy, a wrong service on the port) is a failure the
+    breaker counts and the bot answers with its fallback, not a field that breaks the pipeline later."""
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    runner, url = await fake_llmcore(handler)
+    try:
+        llm = await client_for(url)
+        with pytest.raises(LlmUnavailable, match="malformed"):
+            await llm.answer([{"role": "user", "content": "hi"}], 8)
+    finally:
+        await runner.cleanup()
