@@ -57,7 +57,7 @@ ADMIN_COMMANDS = [("retrain", "retrain on the logged conversations: [lstm|transf
 CONSOLE_COMMAND = [("console", "a one-time login link to the web console")]  # operators may use it too: not in ADMIN_COMMANDS
 WATCH_EVERY_S = 2.0
 BAR_WIDTH = 20
-VERSION = re.compile(r"v\d{4,}")
+VERSION = re.compile(r"v[0-9]{4,}")
 JOB_KEY = "retrain"  # Redis key (under the prefix) of the job being watched
 
 

@@ -26,7 +26,7 @@ from bot.pii import scrub
 
 RATINGS = ("up", "down")
 SOURCES = ("faq", "smalltalk", "model", "fallback", "operator")
-ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII digits: \d takes "١", which Redis refuses
 MAX_ID_PART = 2**64 - 1  # a stream id's two numbers are unsigned 64-bit: Redis refuses a larger one with an error
 
 

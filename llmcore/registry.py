@@ -39,7 +39,7 @@ from llmcore.tokenizer import Tokenizer, TokenizerError
 
 logger = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^v(\d{4,})$")
+VERSION_RE = re.compile(r"^v([0-9]{4,})$")
 STAGING_PREFIX = ".staging-"
 CURRENT = "current"
 WEIGHTS, TOKENIZER, CONFIG, METRICS, LOSS_PLOT = "model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"

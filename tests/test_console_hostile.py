@@ -79,3 +79,6 @@ async def test_odd_numbers_in_the_url_fall_back_or_are_not_found(console):
     for days in ("²", "٣", "-1", "1e9"):
         assert (await client.get("/", params={"days": days})).status == 200, days
     assert (await client.get("/handoffs/" + "9" * 5000, allow_redirects=False)).status == 404
+    # digits of other scripts: int() reads them, Redis refuses them as a stream id (a 500 for GET and every POST)
+    for path in ("/exchange/١-١", "/exchange/1-١", "/faq/١", "/models/v١٢٣٤/loss.png"):
+        assert (await client.get(path, allow_redirects=False)).status == 404, path

@@ -69,7 +69,7 @@ async def add(request: web.Request) -> web.StreamResponse:
     return see_other(f"/faq?done=add&q={entry_id}")
 
 
-@routes.get("/faq/{id:\\d+}")
+@routes.get("/faq/{id:[0-9]+}")
 @admin
 async def edit_form(request: web.Request) -> web.Response:
     entry = await console(request).kefu.faq.get(request.match_info["id"])
@@ -78,7 +78,7 @@ async def edit_form(request: web.Request) -> web.Response:
     return page(request, "faq_edit.html", entry=entry, error=request.query.get("error", ""))
 
 
-@routes.post("/faq/{id:\\d+}")
+@routes.post("/faq/{id:[0-9]+}")
 @admin
 async def edit(request: web.Request) -> web.StreamResponse:
     c, fields, entry_id = console(request), await form(request), request.match_info["id"]
@@ -92,7 +92,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
     return see_other("/faq?done=edit")
 
 
-@routes.post("/faq/{id:\\d+}/delete")
+@routes.post("/faq/{id:[0-9]+}/delete")
 @admin
 async def delete(request: web.Request) -> web.StreamResponse:
     c, entry_id = console(request), request.match_info["id"]

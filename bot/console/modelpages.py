@@ -44,7 +44,7 @@ async def models(request: web.Request) -> web.Response:
                 problem=problem, done=request.query.get("done", ""))
 
 
-@routes.get("/models/{version:v\\d{4,}}/loss.png")
+@routes.get("/models/{version:v[0-9]{4,}}/loss.png")
 @admin
 async def loss_curve(request: web.Request) -> web.Response:
     try:
