@@ -111,12 +111,17 @@ async def close_done(kefu: Services, bot: Bot, chat_id: int) -> str | None:
 
 
 async def tell_customer(bot: Bot, chat_id: int, text: str, **options) -> bool:
-    """A message to a customer whose handoff changed; False when they blocked the bot (or left the group): the change
-    stands, and the operators' side goes on (one blocked customer stopped /done's confirmation and the idle sweep)."""
+    """A message to a customer whose handoff changed; False when it could not be sent (they blocked the bot or left
+    the group, the chat is gone, Telegram's flood control or a timeout): the change stands, and the operators' side
+    goes on (one blocked customer stopped /done's confirmation and the idle sweep; a refused one answered the console
+    500 after the close, unaudited)."""
     try:
         await bot.send_message(chat_id, text, **options)
     except Forbidden as exc:
         logger.info("chat %s cannot be told (%s)", chat_id, exc)
+        return False
+    except TelegramError as exc:
+        logger.warning("chat %s was not told %r: %s", chat_id, text[:40], exc)
         return False
     return True
 

@@ -97,6 +97,19 @@ async def test_a_post_without_csrf_sends_nothing(desk, telegram):
     assert state is not None and "operator" not in state and [e async for e in c.kefu.log.entries()] == []
 
 
+async def test_done_stands_and_is_audited_when_the_customer_cannot_be_told(desk, telegram):
+    """Telegram refusing the customer's "the bot is back" (flood control here; a deleted chat, a timeout) after the
+    handoff closed: the console answered 500, and the close went unaudited and unannounced to the group."""
+    client, c, _ = desk
+    assert await c.kefu.handoffs.open(CUSTOMER, CUSTOMER, "发票怎么开？")
+    token = await login(client, c, OPERATOR)
+    telegram.flood(1, retry_after=30)  # the first message: the one to the customer
+    closed = await client.post(f"/handoffs/{CUSTOMER}/done", data={"csrf": token}, allow_redirects=False)
+    assert closed.status == 303 and await c.kefu.handoffs.get(CUSTOMER) is None
+    assert [e.action for e in await c.audit.latest()][:1] == ["handoff.done"]
+    assert any(m == "sendMessage" and p["chat_id"] == OPERATORS and "closed chat" in p["text"] for m, p in telegram.calls)
+
+
 async def test_an_operator_answers_from_the_web_as_from_the_group(telegram, redis_url, prefix, redis, seeded):
     settings = settings_for(telegram, redis_url, "http://127.0.0.1:9", prefix, "polling", llmcore_timeout_s=2, faq_encoder="none",
                             operator_chat_id=OPERATORS, operator_ids=f"{OPERATOR_ID},{SECOND.user_id}")
