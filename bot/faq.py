@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -182,16 +183,24 @@ class FaqStore:
     async def add_similar(self, entry_id: str, wording: str) -> bool:
         """One more similar question for an entry (searched at once); False if the entry is gone."""
         def change(entry: FaqEntry) -> FaqEntry:
-            known = wording.strip() in entry.similar
-            return entry if known else FaqEntry(entry.id, entry.question, entry.answer, (*entry.similar, wording.strip()))
+            known = one_line(wording) in entry.similar
+            return entry if known else FaqEntry(entry.id, entry.question, entry.answer, (*entry.similar, one_line(wording)))
 
         return await self._rewrite(entry_id, change)
 
-    async def update(self, entry_id: str, question: str, answer: str, similar: Iterable[str] = ()) -> bool:
+    async def update(self, entry_id: str, question: str, answer: str, similar: Iterable[str] = (),
+                     expected: str | None = None) -> bool:
         """Replace an entry's question, answer and similar questions (searched at once); False if the entry is gone.
-        ValueError (and nothing changes) for an empty or too long text."""
+        ValueError (and nothing changes) for an empty or too long text; EntryChanged (nothing changes) when `expected`,
+        the `digest` of the entry as the editor saw it, is not the entry's now (a wording approved meanwhile was lost)."""
         texts = tuple(dict.fromkeys(s.strip() for s in similar if s.strip()))
-        return await self._rewrite(entry_id, lambda entry: FaqEntry(entry.id, question.strip(), answer.strip(), texts))
+
+        def change(entry: FaqEntry) -> FaqEntry:
+            if expected is not None and digest(entry) != expected:
+                raise EntryChanged(entry.id)
+            return FaqEntry(entry.id, question.strip(), answer.strip(), texts)
+
+        return await self._rewrite(entry_id, change)
 
     async def _rewrite(self, entry_id: str, change: Callable[[FaqEntry], FaqEntry]) -> bool:
         """Read, change and write one entry as a unit (WATCH: a concurrent change makes this one start again)."""
@@ -240,6 +249,25 @@ class FaqStore:
         return [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": e.answer}],
                             "meta": {"faq_id": e.id}}, ensure_ascii=False)
                 for e in await self.entries() for q in (e.question, *e.similar)]
+
+
+class EntryChanged(Exception):
+    """The entry changed since the editor read it."""
+
+
+def digest(entry: FaqEntry) -> str:
+    """What an entry holds, in 16 hex digits: an edit form carries it, so that saving it cannot undo a change made
+    meanwhile."""
+    return hashlib.sha1(json.dumps([entry.question, entry.answer, entry.similar], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def one_line(text: str) -> str:
+    """A question on one line: its line breaks (and the spaces around them) as one space. An edit form lists similar
+    questions one per line: a two-line wording (a customer's, learned from a tap) came back from it as two questions."""
+    return _LINE_BREAKS.sub(" ", text.strip())
+
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n\u2028\u2029\x0b\x0c\x1c-\x1e\x85]+\s*")
 
 
 def _report(build: asyncio.Task) -> None:
@@ -311,8 +339,8 @@ def _check(entry: FaqEntry) -> None:
 def _encoded(entries: list[FaqEntry]) -> list[str]:
     for e in entries:
         _check(e)
-    return [json.dumps({"question": e.question.strip(), "answer": e.answer.strip(), "similar": [s.strip() for s in e.similar]},
-                       ensure_ascii=False) for e in entries]
+    return [json.dumps({"question": one_line(e.question), "answer": e.answer.strip(),
+                        "similar": list(dict.fromkeys(one_line(s) for s in e.similar))}, ensure_ascii=False) for e in entries]
 
 
 def _merged(raw: dict[str, str], entries: list[FaqEntry]) -> tuple[dict[str, str], list[str]]:
@@ -329,8 +357,8 @@ def _merged(raw: dict[str, str], entries: list[FaqEntry]) -> tuple[dict[str, str
             new.append(entry)
             continue
         into = changed.get(into.id, into)
-        known = {q.strip() for q in (into.question, *into.similar)}
-        more = tuple(dict.fromkeys(q.strip() for q in (entry.question, *entry.similar) if q.strip() not in known))
+        known = {one_line(q) for q in (into.question, *into.similar)}
+        more = tuple(dict.fromkeys(one_line(q) for q in (entry.question, *entry.similar) if one_line(q) not in known))
         if more:
             changed[into.id] = FaqEntry(into.id, into.question, into.answer, (*into.similar, *more))
     return dict(zip(changed, _encoded(list(changed.values())))), _encoded(new)

@@ -1,6 +1,7 @@
 """The console's routes through aiohttp's test client against the real Redis: who gets in (no session, an operator,
 a used link, a missing CSRF token), the inbox and an exchange (correct, add to FAQ, mark reviewed), the FAQ pages, the
 audit page, the security headers, and hostile customer text."""
+import html
 import re
 import time
 from html.parser import HTMLParser
@@ -9,6 +10,7 @@ import pytest
 
 from bot.console.auth import LOGIN_ATTEMPTS_PER_MINUTE
 from bot.console.base import COOKIE
+from bot.search import FaqEntry
 from bot.trainingset import build_training_set
 
 from .conftest import keys_with
@@ -250,6 +252,36 @@ async def test_the_faq_pages_add_edit_try_and_delete(console):
     assert (await client.post(f"/faq/{entry.id}", data={"csrf": token, "question": "", "answer": "x"}, allow_redirects=False)).status == 303
     await client.post(f"/faq/{entry.id}/delete", data={"csrf": token})
     assert await c.kefu.faq.get(entry.id) is None and (await client.get(f"/faq/{entry.id}")).status == 404
+
+
+async def test_saving_the_edit_form_as_it_was_changes_nothing_and_loses_no_wording_added_meanwhile(console):
+    """A customer's two-line wording (learned from a tap) came back from the form's one-per-line list as two questions
+    ("你好" then matched the returns entry); a wording approved while the form was open was lost by its save."""
+    client, c = console
+    token = await login(client, c)
+    entry_id = await c.kefu.faq.add("怎么退货？", "七天内可以退货。")
+    assert await c.kefu.faq.add_similar(entry_id, "你好\n我想退货怎么办")
+    assert (await c.kefu.faq.get(entry_id)).similar == ("你好 我想退货怎么办",)
+
+    def form_of(page: str) -> dict:
+        fields = {f["name"]: f.get("value", "") for f in tags(page, "input") if f.get("name")}
+        for name in ("answer", "similar"):
+            fields[name] = html.unescape(re.search(rf'<textarea name="{name}"[^>]*>(.*?)</textarea>', page, re.S).group(1))
+        return fields
+
+    fields = form_of(await (await client.get(f"/faq/{entry_id}")).text())
+    assert fields["csrf"] == token and fields["question"] == "怎么退货？"
+    await client.post(f"/faq/{entry_id}", data=fields)
+    before = await c.kefu.faq.get(entry_id)
+    assert before.similar == ("你好 我想退货怎么办",) and before.answer == "七天内可以退货。"
+
+    fields = form_of(await (await client.get(f"/faq/{entry_id}")).text())
+    assert await c.kefu.faq.add_similar(entry_id, "退货流程是什么")  # approved while the form is open
+    saved = await client.post(f"/faq/{entry_id}", data={**fields, "answer": "十天内可以退货。"}, allow_redirects=False)
+    assert saved.headers["Location"] == f"/faq/{entry_id}?error=changed"
+    assert await c.kefu.faq.get(entry_id) == FaqEntry(entry_id, "怎么退货？", "七天内可以退货。", ("你好 我想退货怎么办", "退货流程是什么"))
+    again = await (await client.get(saved.headers["Location"])).text()
+    assert "退货流程是什么" in again and "the entry changed since this form was opened" in html.unescape(again)
 
 
 async def test_customers_wordings_are_approved_or_rejected_on_the_faq_page(console):

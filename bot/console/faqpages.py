@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from bot.console.base import admin, console, form, page, posted, see_other, session
-from bot.faq import DataError
+from bot.faq import DataError, EntryChanged, digest
 from bot.search import FaqEntry
 
 MAX_LISTED = 200
@@ -75,7 +75,7 @@ async def edit_form(request: web.Request) -> web.Response:
     entry = await console(request).kefu.faq.get(request.match_info["id"])
     if entry is None:
         raise web.HTTPNotFound(text="no such FAQ entry")
-    return page(request, "faq_edit.html", entry=entry, error=request.query.get("error", ""))
+    return page(request, "faq_edit.html", entry=entry, digest=digest(entry), error=request.query.get("error", ""))
 
 
 @routes.post("/faq/{id:[0-9]+}")
@@ -83,9 +83,12 @@ async def edit_form(request: web.Request) -> web.Response:
 async def edit(request: web.Request) -> web.StreamResponse:
     c, fields, entry_id = console(request), await form(request), request.match_info["id"]
     try:
-        changed = await c.kefu.faq.update(entry_id, fields.get("question", ""), fields.get("answer", ""), _lines(fields.get("similar", "")))
+        changed = await c.kefu.faq.update(entry_id, fields.get("question", ""), fields.get("answer", ""), _lines(fields.get("similar", "")),
+                                          expected=fields.get("digest") or None)
     except ValueError:
         return see_other(f"/faq/{entry_id}?error=empty")
+    except EntryChanged:  # a wording approved (or another admin's edit) since the form was read: read it again
+        return see_other(f"/faq/{entry_id}?error=changed")
     if not changed:
         raise web.HTTPNotFound(text="no such FAQ entry")
     await c.audit.record(session(request).person, "faq.edit", f"#{entry_id}", fields.get("question", ""))

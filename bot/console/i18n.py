@@ -100,6 +100,8 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "better_on": ("更好的轮次", "Better on"),
     "reference": ("真实回答", "Real answer"),
     "empty": ("问题和回答都不能为空。", "a question and an answer are both needed."),
+    "changed": ("打开表单后这条内容被修改过（例如批准了新的说法），请在下面的最新内容上再改一次。",
+                "the entry changed since this form was opened (a wording approved, say): here it is as it is now; edit again."),
     "decided": ("这条提议已经处理过了。", "that proposal was already decided."),
     "pending": ("待批准的说法", "Proposed wordings"),
     "pending_help": ("客户点选“您是不是想问”时用的说法，以及人工回答了 FAQ 缺少的问题。批准后立即可被搜索到。",
