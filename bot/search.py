@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import jieba
 import numpy as np
 
-from bot.encoder import Encoder, query_vector
+from bot.encoder import Encoder, Fusion, query_vector
 from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
 
@@ -68,11 +68,17 @@ class Match:
     semantic: float | None = None  # best cosine to the entry's questions (the mean of the encoder's parts); None without
     answer_cosine: float | None = None  # cosine to the entry's answer; None without an encoder
     unknown: float | None = None  # the share of the question's words the FAQ never uses (unknown_share); None without
+    encoder: str | None = None  # the encoder whose fusion made the score ("use" when it decided alone: CASCADE); None without
 
 
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
 MAX_ENCODED_ANSWER_CHARS = 128  # and an answer's first 128 (once per FAQ change)
 MAX_FUSED = 0.999  # 1.0 is an exact match's alone
+# With a joint encoder (use+e5) the first part (USE, ~1.5 ms) scores the question alone first, with its own fusion; e5
+# (~15-30 ms) is asked only when that first score lies between these two: a question USE is sure of, or sure no entry
+# answers, is decided without it. On the demo FAQ's 218 test questions: the same answers, wrong answers and off-topic
+# answers as the pair at every FAQ_BEST measured, for a third fewer e5 calls (docs/benchmarks.md).
+CASCADE = (0.02, 0.95)
 # A FAQ of this many words (the demo FAQ has ~2,100) mentions most of its domain: a word it lacks says the question is
 # about something else. A smaller one mentions less: "寄快递要钱吗" uses no word of a three-entry FAQ whose "运费多少钱？"
 # it means. How much the unknown share says grows with the vocabulary up to this size (Fusion, bot/encoder.py).
@@ -158,6 +164,7 @@ class FaqIndex:
         self.parts: list[tuple[slice, np.ndarray, np.ndarray]] = []  # per encoder part: its span, question and answer vectors
         self.vocabulary: frozenset[str] = frozenset()  # every word of the questions and answers (unknown_share)
         self.vocabulary_weight = 0.0  # how much an unknown word says
+        self.part_encoders: list[Encoder] | None = None
         if encoder is not None:
             answers = (entry.answer[:VOCABULARY_ANSWER_CHARS] for entry in self.entries)
             self.vocabulary = frozenset(w for text in (*self.doc_text, *answers) for w in words(text))
@@ -167,12 +174,14 @@ class FaqIndex:
             if vectors.shape[0] != len(self.doc_text) or answer_vectors.shape[0] != len(self.entries):
                 raise ValueError(f"{vectors.shape[0]} vectors for {len(self.doc_text)} questions, "
                                  f"{answer_vectors.shape[0]} for {len(self.entries)} answers")
-            # a joint vector is its parts, each scaled by 1/√n: each part's cosines apart, from contiguous rows (kept
+            # a joint vector is its parts, each scaled by 1/√n: each part's unit vectors apart, in contiguous rows (kept
             # instead of the joined vectors, not beside them)
             bounds, n = np.cumsum((0, *encoder.dims)), len(encoder.dims)
             spans = [slice(int(bounds[i]), int(bounds[i + 1])) for i in range(n)]
-            self.parts = [(span, np.ascontiguousarray(vectors[:, span] * n), np.ascontiguousarray(answer_vectors[:, span] * n))
-                          for span in spans]
+            self.parts = [(span, np.ascontiguousarray(vectors[:, span] * np.sqrt(n)),
+                           np.ascontiguousarray(answer_vectors[:, span] * np.sqrt(n))) for span in spans]
+            parts = getattr(encoder, "parts", None)  # a JointEncoder's own encoders: each question vector made apart
+            self.part_encoders = list(parts) if parts is not None and len(parts) == n else None
 
     def match(self, text: str, k: int = 3) -> list[Match]:
         """Up to k entries, best first (ties go to the earlier entry): without an encoder those that share a word with
@@ -181,16 +190,32 @@ class FaqIndex:
         if exact or self.encoder is None or not text.strip() or not self.entries:  # a stored question: 1.0, no encoding
             ranked = sorted((-(1.0 if is_exact else lex), not is_exact, entry) for entry, (lex, is_exact, _) in best.items())
             return [self._match(entry, -neg, best) for neg, _, entry in ranked[: max(k, 0)]]
-        features, query = self.features(text, best)
         unknown = unknown_share(text, self.vocabulary)
-        scores = self.scores(features, unknown)
+        decided = None
+        if self.part_encoders is not None and len(self.part_encoders) > 1:  # the first part alone first (CASCADE)
+            first = self.part_encoders[0]
+            features, query = self.features(text, best, parts=1)
+            scores = self.scores(features, unknown, first.fusion)
+            decided = first.name if not CASCADE[0] <= float(scores.max()) < CASCADE[1] else None
+        if decided is None:
+            features, query = self.features(text, best)
+            scores = self.scores(features, unknown)
         order = np.argsort(-scores, kind="stable")[: max(k, 0)]  # stable: ties go to the earlier entry
-        return [self._match(e, float(scores[e]), best, features[e], query, unknown) for e in order]
+        return [self._match(e, float(scores[e]), best, features[e], query, unknown, decided or self.encoder.name) for e in order]
 
     @property
     def vectors(self) -> np.ndarray | None:
         """The questions' vectors as the encoder made them (joined again from the parts)."""
-        return np.concatenate([q / len(self.parts) for _, q, _ in self.parts], axis=1) if self.parts else None
+        return np.concatenate([q / np.sqrt(len(self.parts)) for _, q, _ in self.parts], axis=1) if self.parts else None
+
+    def query_parts(self, text: str, parts: int | None = None) -> list[np.ndarray]:
+        """The question's unit vector by each of the encoder's first `parts` parts (all: None), each remembered
+        (`query_vector`): a question scored by USE alone first is not encoded by USE again when e5 is asked."""
+        clipped, n = text.strip()[:MAX_ENCODED_CHARS], len(self.parts)
+        if self.part_encoders is not None:
+            return [query_vector(part, clipped) for part in self.part_encoders[:parts]]
+        joint = query_vector(self.encoder, clipped)
+        return [joint[span] * np.float32(np.sqrt(n)) for span, _, _ in self.parts[:parts]]
 
     def lexical(self, text: str) -> tuple[bool, dict[int, tuple[float, bool, int]]]:
         """Whether `text` is a stored question (case, width, punctuation aside), and each entry's best document by BM25:
@@ -206,26 +231,28 @@ class FaqIndex:
                 best[entry] = candidate
         return bool(exact), best
 
-    def features(self, text: str, best: dict[int, tuple[float, bool, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def features(self, text: str, best: dict[int, tuple[float, bool, int]] | None = None,
+                 parts: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Each entry's features, in the order of the encoder's Fusion: BM25 (`best`: lexical()'s), each encoder part's
         best cosine to the entry's questions, each part's cosine to its answer, 1 for an entry asked in the other
-        language; and the question's vector."""
+        language; and the question's vector by each part. `parts`: the first that many parts only (the first part's
+        own Fusion reads those)."""
         best = self.lexical(text)[1] if best is None else best
-        query = query_vector(self.encoder, text.strip()[:MAX_ENCODED_CHARS])
+        query = self.query_parts(text, parts)
         lex = np.zeros(len(self.entries))
         for entry, (score, _, _) in best.items():
             lex[entry] = score
-        questions = [np.maximum.reduceat(vectors @ query[part], self.starts) for part, vectors, _ in self.parts]
-        answers = [vectors @ query[part] for part, _, vectors in self.parts]
+        questions = [np.maximum.reduceat(vectors @ q, self.starts) for (_, vectors, _), q in zip(self.parts, query)]
+        answers = [vectors @ q for (_, _, vectors), q in zip(self.parts, query)]
         asked_in = script(text)
         other = self.other_language[asked_in] if asked_in else np.zeros(len(self.entries))
         return np.column_stack([lex, *questions, *answers, other]), query
 
-    def scores(self, features: np.ndarray, unknown: float) -> np.ndarray:
+    def scores(self, features: np.ndarray, unknown: float, fusion: Fusion | None = None) -> np.ndarray:
         """Each entry's score in [0, 1) from its features and the question's unknown share: the Fusion's rank, and its
         confidence over the rank, the margin to the best other entry and the unknown share (bot/encoder.py, Fusion),
-        the last weighed by how much the FAQ's vocabulary says (FULL_VOCABULARY)."""
-        fusion = self.encoder.fusion
+        the last weighed by how much the FAQ's vocabulary says (FULL_VOCABULARY). `fusion`: the encoder's by default."""
+        fusion = fusion or self.encoder.fusion
         rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
         first = int(np.argmax(rank))
         rivals = np.full_like(rank, rank[first])
@@ -241,16 +268,16 @@ class FaqIndex:
         return np.minimum(scores, MAX_FUSED)
 
     def _match(self, entry: int, score: float, best: dict, features: np.ndarray | None = None,
-               query: np.ndarray | None = None, unknown: float | None = None) -> Match:
+               query: list[np.ndarray] | None = None, unknown: float | None = None, encoder: str | None = None) -> Match:
         """The Match of one ranked entry: the question that matched it best (by words if any, else by meaning)."""
         lex, _, neg_doc = best.get(entry, (0.0, False, 0))
-        if features is None:
+        if features is None or query is None:
             return Match(self.entries[entry], float(score), self.doc_text[-neg_doc], float(lex), None)
         start, end = self.starts[entry], self.ends[entry]
-        doc = -neg_doc if entry in best else start + int(np.argmax(sum(q[start:end] @ query[span] for span, q, _ in self.parts)))
-        parts = len(self.encoder.dims)
+        doc = -neg_doc if entry in best else start + int(np.argmax(sum(v[start:end] @ q for (_, v, _), q in zip(self.parts, query))))
+        parts = len(query)
         return Match(self.entries[entry], float(score), self.doc_text[doc], float(lex), float(np.mean(features[1 : 1 + parts])),
-                     float(np.mean(features[1 + parts : 1 + 2 * parts])), unknown)
+                     float(np.mean(features[1 + parts : 1 + 2 * parts])), unknown, encoder)
 
     def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
         """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""

@@ -187,6 +187,27 @@ def test_the_top_k_are_the_top_k_of_the_whole_ranking(entries, hybrid):
             assert hybrid.match(text, k=k) == hybrid.match(text, k=len(entries))[:k], (text, k)
 
 
+def test_use_decides_alone_when_it_is_sure_and_e5_is_asked_only_in_between(hybrid, monkeypatch):
+    """The pair's first part (USE, ~1.5 ms) scores a question first: sure of an entry, or sure of none, it decides;
+    e5 (~15-30 ms) is asked only in between (search.CASCADE), and what USE decides is what the pair decides."""
+    from bot import search
+
+    e5 = hybrid.part_encoders[1]
+    asked: list[str] = []
+    monkeypatch.setattr(e5, "encode", lambda texts, encode=e5.encode: asked.extend(texts) or encode(texts))
+    sure, between, off = "我想看看我之前买过哪些东西，订单列表在哪", "拍下以后没马上付款，过多久订单会失效？", "考研英语应该怎么复习"
+    encoders.query_vector.cache_clear()
+    cascade = {q: hybrid.match(q, k=3) for q in (sure, between, off)}
+    assert [cascade[q][0].encoder for q in (sure, between, off)] == ["use", "use+e5", "use"] and asked == [between]
+    assert cascade[sure][0].score >= search.CASCADE[1] and cascade[off][0].score < search.CASCADE[0]
+    monkeypatch.setattr(search, "CASCADE", (0.0, 1.0))  # the pair for every question
+    encoders.query_vector.cache_clear()
+    pair = {q: hybrid.match(q, k=3) for q in (sure, between, off)}
+    assert pair[between] == cascade[between] and pair[sure][0].encoder == "use+e5"
+    assert pair[sure][0].entry == cascade[sure][0].entry and pair[sure][0].score >= SETTINGS.faq_best
+    assert pair[off][0].score < SETTINGS.faq_suggest
+
+
 @pytest.mark.parametrize("text", ["明天北京会下雨吗", "红烧肉怎么做才好吃", "Who won the football match yesterday?"])
 def test_off_topic_questions_stay_below_the_suggestion_threshold(hybrid, text):
     assert all(m.score < SETTINGS.faq_suggest for m in hybrid.match(text, k=5))
@@ -206,7 +227,8 @@ def test_the_customers_language_wins_over_the_same_topic_in_the_other(entries, h
 
     assert hybrid.match(question, k=1)[0].entry.question == theirs
     with_rule = chinese_entry_score()
-    monkeypatch.setattr(hybrid.encoder, "fusion", replace(hybrid.encoder.fusion, other_language=0.0))
+    for encoder in (hybrid.encoder, *hybrid.part_encoders):  # the pair's fusion and USE's, which decides alone when sure
+        monkeypatch.setattr(encoder, "fusion", replace(encoder.fusion, other_language=0.0))
     assert chinese_entry_score() > 2 * with_rule  # without the rule the other language's entries score far higher
     assert (search.script("退款多久到账"), search.script("refund?"), search.script("iPhone 15 有货吗"), search.script("123")) == \
         ("zh", "en", None, None)  # a brand name in a Chinese question leaves the language open
