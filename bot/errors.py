@@ -4,9 +4,13 @@ lands in `on_error`, which logs it, tells the user or the admin what it means, a
     application.add_error_handler(on_error)      # bot.app.build_application
 
     Redis away (RedisError)      a message is handled again once Redis answers (bot.intake) and its sender, in a private
-                                 chat, is told "temporarily unavailable" once; a button gets that as an alert
+                                 chat, is told "temporarily unavailable" once; a button gets that as an alert; a message
+                                 whose answer is out already is not handled again (it would be answered twice)
+    Telegram's API away          a message is handled again later (bot.intake): a 502 or a refused connection on the
+      (NetworkError, RetryAfter)  answer lost it for good; not for a timeout (the answer may have arrived: it would come
+                                 twice), nor once the answer is out
     llmcore's admin API          the admin who asked reads llmcore's reason (AdminError)
-    Telegram refused or away     logged: the user cannot be reached anyway (blocked the bot, token revoked, network)
+    Telegram refused             logged: the user cannot be reached anyway (blocked the bot, token revoked)
     anything else (a bug)        logged with the traceback; "something went wrong" in a private chat
 
 Admins (ADMIN_IDS) hear of Redis outages and bugs: at most one notice per kind every ADMIN_NOTICE_EVERY_S, with no
@@ -24,7 +28,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 from telegram import Update
 from telegram.constants import ChatType
-from telegram.error import Forbidden, InvalidToken, NetworkError, TelegramError
+from telegram.error import Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationHandlerStop
 
 from bot.context import Context
@@ -53,8 +57,11 @@ async def on_error(update: object, context: Context) -> None:
     elif isinstance(error, AdminError):
         logger.warning("llmcore admin API while handling %s: %s", _source(update, context), error)
         await _tell(update, f"Not done: {error}", anywhere=True)
-    elif isinstance(error, (Forbidden, InvalidToken, NetworkError)):
+    elif isinstance(error, (Forbidden, InvalidToken, NetworkError, RetryAfter)):
         logger.warning("Telegram while handling %s: %s", _source(update, context), error)
+        away = isinstance(error, NetworkError | RetryAfter) and not isinstance(error, TimedOut)
+        if away and update is not None and update.callback_query is None and update.effective_message is not None:
+            context.kefu.intake.retry_later(update.update_id)
     else:
         logger.error("error while handling %s", _source(update, context), exc_info=error)
         context.bot_data.metrics.errors.labels("bug").inc()
@@ -67,8 +74,8 @@ async def _redis_away(update: Update, context: Context) -> None:
     if update.callback_query is not None:  # a button is answered now or never: the user taps again later
         await _tell(update, texts_for(update).unavailable)
         return
-    context.kefu.intake.retry_later(update.update_id)
-    await tell_unavailable(context.application, update)
+    if context.kefu.intake.retry_later(update.update_id):  # not when its answer is out already
+        await tell_unavailable(context.application, update)
 
 
 async def tell_unavailable(application: Application, update: Update) -> None:

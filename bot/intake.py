@@ -16,7 +16,10 @@ marked done. So:
 - a redelivery of a stored update is dropped at intake, and a pending entry whose update is marked done, or
   marked answered (`answered`: set by the reply the moment Telegram has taken the answer, before the rest of
   the handling), is acknowledged without being handled again: answers go out once (at least once only for a
-  crash between Telegram taking the answer and that mark, one Redis round trip).
+  crash between Telegram taking the answer and that mark, one Redis round trip; the mark is remembered in the
+  process first, so Redis away at that moment does not make the update be tried again);
+- an update whose handler met Redis or Telegram's API away (`retry_later`) stays pending and is tried again after
+  1, 2, 4 ... 60 s (AGAIN_S), touched by the heartbeat meanwhile; the heartbeat runs while every slot is busy too.
 
 Per-chat order is kept by the caller (PerChatOrder) as long as entries are handed over in stream order.
 """
@@ -47,6 +50,10 @@ READ_BLOCK_MS = 1000  # below the pool's socket timeout
 CLAIM_IDLE_MS = 30_000  # an entry nobody touched this long belongs to a dead consumer
 HEARTBEAT_S = 5.0
 RETRY_S = (0.2, 5.0)  # back-off while Redis is away: first, last
+# An update whose handler could not finish (Redis away, Telegram's API away) is tried again after 1, 2, 4 ... 60 s,
+# counted per update: before, it was read again at once, and each try asked the model again (~1 a second for as long as
+# Redis refused writes)
+AGAIN_S = (1.0, 60.0)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # KEYS: the duplicate key, the stream. ARGV: the update's JSON, the key's TTL. 1: stored, 0: seen before.
@@ -84,14 +91,20 @@ class UpdateStream:
         self._in_flight: dict[str, asyncio.Task] = {}
         self._own_backlog = True
         self._unfinished: dict[str, int | None] = {}  # handled, acknowledgement owed
-        self._retry: set[int] = set()
+        self._retry: set[int] = set()  # update ids whose handler asked to be tried again (retry_later)
+        self._tries: dict[int, int] = {}  # update id -> times tried again so far
+        self._deferred: dict[str, float] = {}  # entry id -> loop time before which it is not tried again
+        self._answered: set[int] = set()  # update ids whose answer is out, until their entry is acknowledged
+        self._last_heartbeat = 0.0
 
     def seen_key(self, update_id: int) -> str:
         return f"{self.prefix}update:{update_id}"
 
     async def mark_answered(self, update_id: int) -> None:
         """The update's answer went out: a redelivery after a crash must not send it again. Only for an update this
-        stream holds (XX; the terminal chat's have no key), keeping its time to live."""
+        stream holds (XX; the terminal chat's have no key), keeping its time to live. Remembered in this process first:
+        with Redis away at this moment, the update is still not tried again (retry_later)."""
+        self._answered.add(update_id)
         await self.redis.set(self.seen_key(update_id), ANSWERED, xx=True, keepttl=True)
 
     async def add(self, update_id: int, payload: str) -> bool:
@@ -121,7 +134,7 @@ class UpdateStream:
     async def _loop(self, handle: Handle, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
         delay = RETRY_S[0]
         self._own_backlog = True  # first our own pending entries (a restart of this consumer), then new ones
-        last_heartbeat, group_ready = 0.0, False
+        group_ready = False
         while not stop.is_set():
             try:
                 if not group_ready:
@@ -129,16 +142,18 @@ class UpdateStream:
                     group_ready = True
                 if self._unfinished:
                     await self._finish_owed()
-                if loop.time() - last_heartbeat >= HEARTBEAT_S:
-                    last_heartbeat = loop.time()
-                    await self._heartbeat()
+                if loop.time() - self._last_heartbeat >= HEARTBEAT_S:
+                    await self._heartbeat(loop)
                     await self._start(await self._claim_abandoned(), handle)
-                await self._wait_for_room(stop)
+                await self._wait_for_room(stop, loop)
                 if stop.is_set():
                     break
                 room = self.max_in_flight - len(self._in_flight)
+                if self._deferred and min(self._deferred.values()) <= loop.time():  # an update's time to be tried again
+                    self._own_backlog = True
                 if self._own_backlog:  # from the start of our pending entries, the ones being handled here included
-                    entries = await self._read("0", room + len(self._in_flight) + len(self._unfinished), block=None)
+                    held = len(self._in_flight) + len(self._unfinished) + len(self._deferred)
+                    entries = await self._read("0", room + held, block=None)
                     self._own_backlog = bool(entries)
                 else:
                     entries = await self._read(">", room, block=READ_BLOCK_MS)
@@ -159,9 +174,11 @@ class UpdateStream:
                 raise
 
     async def _read(self, start: str, count: int, block: int | None) -> list[tuple[str, dict]]:
+        """Entries to start: not being handled here, not waiting to be acknowledged, not waiting to be tried again."""
         reply = await self.redis.xreadgroup(GROUP, self.consumer, {self.key: start}, count=count, block=block)
-        entries = reply[0][1] if reply else []
-        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in self._in_flight and entry_id not in self._unfinished]
+        now = asyncio.get_running_loop().time()
+        return [(entry_id, fields) for entry_id, fields in (reply[0][1] if reply else [])
+                if entry_id not in self._in_flight and entry_id not in self._unfinished and self._deferred.get(entry_id, now) <= now]
 
     async def _claim_abandoned(self) -> list[tuple[str, dict]]:
         """Entries another consumer read and left untouched for CLAIM_IDLE_MS: it died."""
@@ -172,14 +189,20 @@ class UpdateStream:
             logger.info("update stream: took over %d entries left idle", len(entries))
         return entries
 
-    async def _heartbeat(self) -> None:
-        """Touch the entries being handled here, so no other replica takes them over."""
-        if self._in_flight or self._unfinished:
-            await self.redis.xclaim(self.key, GROUP, self.consumer, 0, [*self._in_flight, *self._unfinished], justid=True)
+    async def _heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Touch the entries being handled here (or to be tried again here), so no other replica takes them over."""
+        self._last_heartbeat = loop.time()
+        mine = [*self._in_flight, *self._unfinished, *self._deferred]
+        if mine:
+            await self.redis.xclaim(self.key, GROUP, self.consumer, 0, mine, justid=True)
 
-    async def _wait_for_room(self, stop: asyncio.Event) -> None:
+    async def _wait_for_room(self, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        """Until a slot is free, heartbeats included: with every slot busy for over CLAIM_IDLE_MS (answers held by
+        Telegram's flood control), another replica took the entries over and answered them again."""
         while len(self._in_flight) >= self.max_in_flight and not stop.is_set():
             await asyncio.wait(list(self._in_flight.values()), return_when=asyncio.FIRST_COMPLETED, timeout=HEARTBEAT_S)
+            if loop.time() - self._last_heartbeat >= HEARTBEAT_S:
+                await self._heartbeat(loop)
 
     async def _start(self, entries: list[tuple[str, dict]], handle: Handle) -> None:
         """One task per entry, started in stream order with nothing awaited in between: each takes its chat's
@@ -191,7 +214,8 @@ class UpdateStream:
         keys = [self.seen_key(i) for i in ids if i is not None]
         done = dict(zip(keys, await self.redis.mget(keys))) if keys else {}
         for (entry_id, _), update, update_id in zip(entries, updates, ids):
-            again = update_id is not None and done.get(self.seen_key(update_id)) in ("done", ANSWERED)
+            self._deferred.pop(entry_id, None)
+            again = update_id is not None and (done.get(self.seen_key(update_id)) in ("done", ANSWERED) or update_id in self._answered)
             if again:
                 logger.info("update %s was handled before a crash; not again", update_id)
             work = handle(update) if update is not None and not again else None
@@ -202,9 +226,10 @@ class UpdateStream:
         try:
             if work is not None:
                 await work
-            if update_id is not None and update_id in self._retry:  # the handler met Redis away: do it again later
+            if update_id is not None and update_id in self._retry:  # the handler met Redis or Telegram away: again later
                 self._retry.discard(update_id)
-                self._own_backlog = True
+                tries = self._tries[update_id] = self._tries.get(update_id, 0) + 1
+                self._deferred[entry_id] = asyncio.get_running_loop().time() + min(AGAIN_S[1], AGAIN_S[0] * 2 ** (tries - 1))
                 return
             try:
                 await self._finish(entry_id, update_id)
@@ -218,10 +243,14 @@ class UpdateStream:
         finally:
             self._in_flight.pop(entry_id, None)
 
-    def retry_later(self, update_id: int) -> None:
-        """Called by a handler that could not do its work because Redis was away (it told the customer so): the
-        update stays pending and is handled again once Redis answers."""
+    def retry_later(self, update_id: int) -> bool:
+        """Called by a handler that could not do its work because Redis or Telegram's API was away: the update stays
+        pending and is handled again later (AGAIN_S). False, and nothing is tried again, once its answer is out
+        (mark_answered): a second try would send the answer twice (Redis away after it went out)."""
+        if update_id in self._answered:
+            return False
         self._retry.add(update_id)
+        return True
 
     async def _finish_owed(self) -> None:
         for entry_id, update_id in list(self._unfinished.items()):
@@ -233,6 +262,9 @@ class UpdateStream:
             if update_id is not None:
                 pipe.set(self.seen_key(update_id), "done", ex=DEDUPE_TTL_S)
             await pipe.xack(self.key, GROUP, entry_id).xdel(self.key, entry_id).execute()
+        if update_id is not None:
+            self._answered.discard(update_id)
+            self._tries.pop(update_id, None)
 
 
 def _parse(entry_id: str, fields: dict | None) -> dict | None:

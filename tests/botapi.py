@@ -220,6 +220,7 @@ class BotApiServer:
         self._flood_retry = 1
         self._flood_methods: tuple[str, ...] = ("send", "edit")
         self.unreachable = 0  # the next this many calls answer 502, as a proxy in front of a Bot API that is not up yet
+        self.unreachable_for: dict[str, int] = {}  # method -> its next this many calls answer 502 (a blip on that call)
         self.delay_s: dict[str, float] = {}  # a slow Telegram: a method takes this long, and counts as done when it returns
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -361,8 +362,11 @@ class BotApiServer:
         if m.group(1) != self.token:
             return _reply(ApiError(401, "Unauthorized"))
         method, handler = self._methods.get(m.group(2).lower(), ("", None))
-        if self.unreachable > 0:
-            self.unreachable -= 1
+        if self.unreachable > 0 or self.unreachable_for.get(method, 0) > 0:
+            if self.unreachable > 0:
+                self.unreachable -= 1
+            else:
+                self.unreachable_for[method] -= 1
             self.calls.append(("unreachable:" + method, {}))
             return web.Response(status=502, text="Bad Gateway")
         try:

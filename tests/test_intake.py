@@ -3,6 +3,7 @@ import asyncio
 import json
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot import intake
 from bot.intake import UpdateStream, storable
@@ -79,11 +80,15 @@ async def test_another_replica_takes_over_a_dead_ones_entries(redis, prefix, mon
     assert sorted(handled) == [1, 2, 3] and await dead.pending() == 0
 
 
-async def test_a_live_replicas_slow_entries_are_not_taken_over(redis, prefix, monkeypatch):
+@pytest.mark.parametrize("window", [8, 1])
+async def test_a_live_replicas_slow_entries_are_not_taken_over(redis, prefix, monkeypatch, window):
+    """Also when every slot of the replica is busy (window 1): it waited for room without touching its entries, and
+    another replica took them over and answered them again."""
     monkeypatch.setattr(intake, "CLAIM_IDLE_MS", 300)
     monkeypatch.setattr(intake, "HEARTBEAT_S", 0.1)
     monkeypatch.setattr(intake, "READ_BLOCK_MS", 50)
-    slow, other = UpdateStream(redis, prefix, "replica-1"), UpdateStream(redis, prefix, "replica-2")
+    slow = UpdateStream(redis, prefix, "replica-1", max_in_flight=window)
+    other = UpdateStream(redis, prefix, "replica-2")
     await slow.add(1, payload(1))
     release, slow_handled, other_handled = asyncio.Event(), [], []
     slow_task = asyncio.create_task(consume_until(slow, slow_handled, 1, block=release))
@@ -153,6 +158,53 @@ async def test_an_update_its_handler_could_not_serve_is_handled_again(redis, pre
 
     await asyncio.wait_for(stream.consume(handle, stop), 10)
     assert calls == [1, 1] and await stream.pending() == 0
+
+
+async def test_an_update_tried_again_waits_longer_each_time(redis, prefix, monkeypatch):
+    """Redis refusing writes (or Telegram's API away) for a while: each try asked the model again, about once a second
+    for as long as it lasted; now after AGAIN_S[0], then twice that, and so on."""
+    monkeypatch.setattr(intake, "AGAIN_S", (0.2, 60.0))
+    monkeypatch.setattr(intake, "READ_BLOCK_MS", 50)
+    stream = UpdateStream(redis, prefix, "a")
+    await stream.add(1, payload(1))
+    stop, times = asyncio.Event(), []
+    loop = asyncio.get_running_loop()
+
+    async def handle(data: dict) -> None:
+        times.append(loop.time())
+        if len(times) < 4:
+            assert stream.retry_later(data["update_id"])
+        else:
+            stop.set()
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert [round(g, 1) >= want for g, want in zip(gaps, (0.2, 0.4, 0.8))] == [True] * 3, gaps
+    assert await stream.pending() == 0
+
+
+async def test_an_update_whose_answer_is_out_is_not_tried_again(redis, prefix, monkeypatch):
+    """Redis away just after the answer went out (its mark not written, the rest of the handling failing): handling it
+    again answered the customer twice, with "temporarily unavailable" in between."""
+    monkeypatch.setattr(intake, "AGAIN_S", (0.1, 60.0))
+    stream = UpdateStream(redis, prefix, "a")
+    await stream.add(1, payload(1))
+    stop, calls = asyncio.Event(), []
+
+    async def refused(*args, **kwargs):
+        raise RedisConnectionError("Redis is restarting")
+
+    async def handle(data: dict) -> None:
+        calls.append(data["update_id"])
+        with monkeypatch.context() as away:
+            away.setattr(redis, "set", refused)
+            with pytest.raises(RedisConnectionError):
+                await stream.mark_answered(data["update_id"])  # the answer is out; its mark met Redis away
+        stream.retry_later(data["update_id"])  # and so did the handler's next Redis call (bot.errors)
+        asyncio.get_running_loop().call_later(1.0, stop.set)
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+    assert calls == [1] and await stream.pending() == 0 and await redis.get(stream.seen_key(1)) == "done"
 
 
 async def test_a_backlog_larger_than_the_room_in_flight_is_handled_after_a_restart(redis, prefix):

@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.services import redis_client
 
-from .botapi import text_update
-from .botkit import IN_FAQ, SECRET
+from .botapi import USER_ID, text_update
+from .botkit import IN_FAQ, SECRET, running_bot, settings_for
 from .conftest import REPO, free_port, start_redis
 
 CHATS = 60
@@ -100,3 +100,17 @@ async def test_a_connection_from_before_a_redis_restart_costs_no_request(tmp_pat
         await client.aclose()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_an_answer_the_bot_api_did_not_take_is_sent_again_later(telegram, redis_url, prefix, seeded, llmcore_url):
+    """One 502 from the Bot API (a proxy, a blip) on the answer: the handler was over, the update acknowledged and the
+    question never answered. Now it is handled again a second later, and answered once."""
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", faq_encoder="none")
+    async with running_bot(settings, telegram):
+        telegram.unreachable_for["sendMessage"] = 1
+        mark = len(telegram.calls)
+        await telegram.push(text_update(IN_FAQ[0][0]))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
+        await asyncio.sleep(1.5)  # nothing more comes
+    assert ("unreachable:sendMessage", {}) in telegram.calls[mark:]
+    assert telegram.sent_texts(USER_ID) == [IN_FAQ[0][1]]
