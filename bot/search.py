@@ -46,7 +46,7 @@ import numpy as np
 
 from bot.encoder import Encoder, Fusion, query_vector
 from bot.texts import CJK, LATIN_WORD
-from llmcore.retrieval import Bm25, char_f1, normalize, tokenize
+from llmcore.retrieval import Bm25, char_counts, normalize, tokenize
 
 __all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "tokenize", "unknown_share", "words"]
 
@@ -165,6 +165,7 @@ class FaqIndex:
         self.vocabulary: frozenset[str] = frozenset()  # every word of the questions and answers (unknown_share)
         self.vocabulary_weight = 0.0  # how much an unknown word says
         self.part_encoders: list[Encoder] | None = None
+        self._postings: tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray] | None = None  # nearest_answer
         if encoder is not None:
             answers = (entry.answer[:VOCABULARY_ANSWER_CHARS] for entry in self.entries)
             self.vocabulary = frozenset(w for text in (*self.doc_text, *answers) for w in words(text))
@@ -280,12 +281,35 @@ class FaqIndex:
                      float(np.mean(features[1 + parts : 1 + 2 * parts])), unknown, encoder)
 
     def nearest_answer(self, text: str) -> tuple[FaqEntry | None, float]:
-        """The entry whose answer is most like `text` (character F1), and how alike: is a model answer a stock one?"""
-        best, similarity = None, 0.0
-        for entry in self.entries:
-            value = char_f1(text, entry.answer)
-            if value > similarity:
-                best, similarity = entry, value
-        return best, similarity
+        """The entry whose answer is most like `text` (character F1, `char_f1`), and how alike: is a model answer a stock
+        one, an operator's answer one the FAQ has? Over every answer at once, by the postings of `text`'s characters (a
+        pair at a time, the console's list of operators' answers the FAQ lacks took 25 s for 2,000 answers)."""
+        postings, sizes = self._answer_postings()
+        counts = char_counts(text)
+        overlap = np.zeros(len(self.entries))
+        for char, n in counts.items():
+            if char in postings:
+                rows, found = postings[char]
+                overlap[rows] += np.minimum(found, n)
+        if not counts or not overlap.any():
+            return None, 0.0
+        f1 = 2 * overlap / (sum(counts.values()) + sizes)
+        best = int(np.argmax(f1))  # ties: the earlier entry
+        return self.entries[best], float(f1[best])
+
+    def _answer_postings(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Per character, the entries whose answer has it and how often; each answer's size (made on first use)."""
+        if self._postings is None:
+            lists: dict[str, tuple[list[int], list[int]]] = {}
+            sizes = np.zeros(len(self.entries))
+            for e, entry in enumerate(self.entries):
+                counts = char_counts(entry.answer)
+                sizes[e] = sum(counts.values())
+                for char, n in counts.items():
+                    rows, found = lists.setdefault(char, ([], []))
+                    rows.append(e)
+                    found.append(n)
+            self._postings = ({char: (np.array(rows), np.array(found)) for char, (rows, found) in lists.items()}, sizes)
+        return self._postings
 
 

@@ -46,10 +46,14 @@ CONTEXT_WEIGHT = 0.3  # how much matching context counts beside matching the que
 MAX_QUERY_CHARS = 512  # a query's tail that is searched: a 30k-character message costs no more than a long question
 
 
+def char_counts(text: str) -> Counter[str]:
+    """The multiset of a text's non-space characters: what char_f1 compares."""
+    return Counter(c for c in text if not c.isspace())
+
+
 def char_f1(prediction: str, reference: str) -> float:
     """F1 of the multisets of non-space characters."""
-    pred = Counter(c for c in prediction if not c.isspace())
-    ref = Counter(c for c in reference if not c.isspace())
+    pred, ref = char_counts(prediction), char_counts(reference)
     if not pred or not ref:
         return float(pred == ref)
     overlap = sum((pred & ref).values())

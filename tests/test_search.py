@@ -180,3 +180,26 @@ def test_scores_are_in_unit_interval_and_ranked(index: FaqIndex, text: str, k: i
     assert len(matches) <= k and len({m.entry.id for m in matches}) == len(matches)
     assert all(0 < m.score <= 1 for m in matches)
     assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+
+
+def test_the_nearest_answer_is_the_one_char_f1_ranks_first():
+    """nearest_answer scores every answer at once from character postings: the same entry and F1 as char_f1 pair by
+    pair (ties to the earlier entry), on texts that share some, all or none of an answer's characters."""
+    import random
+
+    from llmcore.retrieval import char_f1
+
+    rng = random.Random(7)
+    answers = ["七天内可以在订单页申请退货。", "满69元包邮，不满收8元。", "Tap Forgot password on the login page.", "满69元包邮。",
+               "七天内可以在订单页申请退货。"]  # the same answer twice: the first wins the tie
+    entries = [FaqEntry(str(i), f"问题{i}", a) for i, a in enumerate(answers)]
+    index = FaqIndex(entries)
+    pool = "".join(answers)
+    texts = [*answers, "", "   ", "完全无关", "tap TAP", "满69元"]
+    texts += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 30))) for _ in range(200)]
+    for text in texts:
+        scores = [char_f1(text, e.answer) for e in entries]
+        best = max(scores)
+        expected = (entries[scores.index(best)], best) if best > 0 else (None, 0.0)
+        found = index.nearest_answer(text)
+        assert found[0] == expected[0] and found[1] == pytest.approx(expected[1]), text

@@ -14,6 +14,7 @@ training set pins them, repeats them and lets them replace the bot's own answers
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -96,8 +97,8 @@ class Review:
         entries = [(i, e) for i, e in await self.kefu.log.newest(MAX_SCAN) if e["source"] == "operator"]
         rows = [row for row in await self._rows(entries) if not row.reviewed]
         index = await self.kefu.faq.index()
-        lacking = await asyncio.to_thread(lambda: [r for r in rows if index.nearest_answer(r.answer)[1] < OPERATOR_MATCH])
-        return lacking[:limit]
+        lacking = (r for r in rows if index.nearest_answer(r.answer)[1] < OPERATOR_MATCH)
+        return await asyncio.to_thread(lambda: list(itertools.islice(lacking, limit)))  # the newest `limit`: no more work
 
     async def row(self, entry_id: str) -> Row | None:
         entry = await self.kefu.log.get(entry_id)
