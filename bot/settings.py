@@ -11,7 +11,7 @@ import socket
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.hours import BusinessHours
@@ -36,7 +36,11 @@ class BotSettings(BaseSettings):
     console_listen: str = Field(default="127.0.0.1:8480", description="host:port the console (python -m bot console) binds")
     console_url: str | None = Field(default=None, description="the console's public URL (https for the Telegram Mini App); "
                                                               "default http://CONSOLE_LISTEN")
-    console_session_hours: float = Field(default=12, gt=0, le=24 * 30, description="a console login lasts this long")
+    console_session_hours: float = Field(default=12, ge=1 / 60, le=24 * 30, description="a console login lasts this long "
+                                         "(at least a minute)")
+    console_trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = Field(
+        default=(), description="comma-separated addresses or networks of the reverse proxies in front of the console: a "
+        "request from one is counted (login attempts) by its X-Real-IP, not by the proxy's own address")
     console_low_confidence: float = Field(default=-0.5, le=0, description="model answers under this mean log-probability "
                                                                          "wait for review in the console's inbox")
     webhook_url: str | None = Field(default=None, description="public https URL; its path is the route served")
@@ -86,6 +90,13 @@ class BotSettings(BaseSettings):
     def _parse_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        return value
+
+    @field_validator("console_trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator("handoff_words", mode="before")

@@ -151,6 +151,29 @@ async def test_login_attempts_are_rate_limited(console):
     assert await c.auth.redeem_link(token) == ADMIN  # which was not used up
 
 
+def test_a_console_session_lasts_at_least_a_minute():
+    """0.0001 hours passed validation and every login answered 500: Redis refuses a zero expiry (the link used up)."""
+    with pytest.raises(ValueError, match="console_session_hours"):
+        console_settings("redis://127.0.0.1:9/0", "p:", console_session_hours=0.0001)
+    assert console_settings("redis://127.0.0.1:9/0", "p:", console_session_hours=1 / 60).console_session_hours == 1 / 60
+
+
+@pytest.mark.parametrize("trusted", ["", "127.0.0.0/8"])
+async def test_behind_a_trusted_proxy_login_attempts_are_counted_per_client(redis_url, prefix, trusted):
+    """Behind nginx every request comes from its address: a stranger's bad attempts refused every login. From a proxy
+    named in CONSOLE_TRUSTED_PROXIES the client is its X-Real-IP; from anyone else the header counts for nothing."""
+    settings = console_settings(redis_url, prefix, console_trusted_proxies=trusted)
+    async with console_client(settings) as (client, c):
+        stranger, admin = {"X-Real-IP": "203.0.113.9"}, {"X-Real-IP": "198.51.100.7"}
+        for i in range(LOGIN_ATTEMPTS_PER_MINUTE + 1):
+            last = await client.post(f"/login/guess{i}", headers=stranger, allow_redirects=False)
+        assert last.status == 429
+        token = await c.auth.issue_link(ADMIN)
+        assert (await client.post(f"/login/{token}", headers=admin, allow_redirects=False)).status == (303 if trusted else 429)
+        unusable = {"X-Real-IP": "not an address"}  # counted by the peer's own address then, the proxy's
+        assert (await client.post("/login/guess", headers=unusable, allow_redirects=False)).status == (403 if trusted else 429)
+
+
 async def test_the_mini_app_logs_in_with_init_data_once(console):
     client, _ = console
     data = init_data({"id": ADMIN_ID, "first_name": "Ann", "language_code": "zh-hans"})

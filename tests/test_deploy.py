@@ -58,7 +58,7 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 OLDEST_KUBERNETES = "1.29.0"  # the manifests validate against this Kubernetes and the newest one kubernetes-validate bundles
 WEBHOOK_PATH = "/telegram/webhook"  # the example WEBHOOK_URL's path, served by nginx and the Ingress
 # commented lines in .env.example that show an example, not the default
-EXAMPLE_ONLY = {"ADMIN_IDS", "OPERATOR_CHAT_ID", "OPERATOR_IDS", "CONSOLE_URL", "REPLICA_NAME", "HANDOFF_HOURS"}
+EXAMPLE_ONLY = {"ADMIN_IDS", "OPERATOR_CHAT_ID", "OPERATOR_IDS", "CONSOLE_URL", "REPLICA_NAME", "HANDOFF_HOURS", "CONSOLE_TRUSTED_PROXIES"}
 PLACEHOLDER = "replace"  # every secret in the templates says "replace-..."
 
 pytestmark = pytest.mark.timeout(120)

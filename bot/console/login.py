@@ -15,7 +15,7 @@ from http.cookies import SimpleCookie
 from aiohttp import web
 
 from bot.console.auth import Person
-from bot.console.base import COOKIE, console, operator, page, posted, public, see_other, session
+from bot.console.base import COOKIE, client_address, console, operator, page, posted, public, see_other, session
 from bot.console.people import role_for
 
 routes = web.RouteTableDef()
@@ -40,7 +40,7 @@ async def confirm_link(request: web.Request) -> web.Response:
 async def use_link(request: web.Request) -> web.StreamResponse:
     """The button: the link is used up; a session starts when it was valid."""
     c = console(request)
-    if not await c.auth.allow_attempt(request.remote):
+    if not await c.auth.allow_attempt(client_address(request)):
         return page(request, "login.html", status=429, token=None, refused=False, too_many=True)
     person = await c.auth.redeem_link(request.match_info["token"])
     if person is None:
@@ -61,7 +61,7 @@ async def miniapp(request: web.Request) -> web.Response:
 @public
 async def miniapp_login(request: web.Request) -> web.Response:
     c = console(request)
-    if not await c.auth.allow_attempt(request.remote):
+    if not await c.auth.allow_attempt(client_address(request)):
         return web.json_response({"ok": False, "error": "too many attempts"}, status=429)
     init_data = str((await posted(request)).get("init_data", ""))
     person = await c.auth.verify_init_data(init_data, lambda user_id: role_for(c.settings, c.bot, user_id))
