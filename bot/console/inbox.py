@@ -77,8 +77,8 @@ async def add_to_faq(request: web.Request) -> web.StreamResponse:
 @operator
 async def reviewed(request: web.Request) -> web.StreamResponse:
     c, row = console(request), await _row(request)
-    await c.review.mark(row.id, session(request).person)
-    await c.audit.record(session(request).person, "exchange.reviewed", row.id)
+    if await c.review.mark(row.id, session(request).person):
+        await c.audit.record(session(request).person, "exchange.reviewed", row.id)
     return see_other(f"/exchange/{row.id}?done=reviewed")
 
 

@@ -124,8 +124,11 @@ class Review:
         await kefu.paraphrases.operator_answered(row.question, answer, user_id)  # an FAQ answer: the wording is proposed
         return entry_id
 
-    async def mark(self, entry_id: str, person: Person) -> None:
-        await self.kefu.redis.hset(self.marks, entry_id, json.dumps({"by": person.name, "user_id": person.user_id, "at": time.time()}))
+    async def mark(self, entry_id: str, person: Person) -> bool:
+        """Mark the exchange reviewed by `person`; False (the first mark stays) if it was already: a second "Mark
+        reviewed" is nothing new to audit (an operator's repeated POSTs pushed older entries out of the capped audit)."""
+        mark = json.dumps({"by": person.name, "user_id": person.user_id, "at": time.time()})
+        return bool(await self.kefu.redis.hsetnx(self.marks, entry_id, mark))
 
     async def _rows(self, entries: list[tuple[str, dict[str, str]]]) -> list[Row]:
         marks = await self.kefu.redis.hmget(self.marks, [i for i, _ in entries]) if entries else []
