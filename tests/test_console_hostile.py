@@ -82,3 +82,11 @@ async def test_odd_numbers_in_the_url_fall_back_or_are_not_found(console):
     # digits of other scripts: int() reads them, Redis refuses them as a stream id (a 500 for GET and every POST)
     for path in ("/exchange/١-١", "/exchange/1-١", "/faq/١", "/models/v١٢٣٤/loss.png"):
         assert (await client.get(path, allow_redirects=False)).status == 404, path
+
+
+async def test_a_link_token_no_link_can_have_gets_the_refusal_not_a_button(console):
+    """/login/..%2Flogout rendered a button whose form posted to /login/../logout."""
+    client, _ = console
+    response = await client.get("/login/..%2Flogout")
+    assert response.status == 403 and "<form" not in await response.text()
+    assert (await client.get("/login/abc_DEF-123")).status == 200

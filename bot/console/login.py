@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 
 from aiohttp import web
 
-from bot.console.auth import Person
+from bot.console.auth import TOKEN, Person
 from bot.console.base import COOKIE, client_address, console, operator, page, posted, public, see_other, session
 from bot.console.people import role_for
 
@@ -31,8 +31,12 @@ async def login_help(request: web.Request) -> web.Response:
 @routes.get("/login/{token}")
 @public
 async def confirm_link(request: web.Request) -> web.Response:
-    """The link's landing page: nothing is used up until the button is pressed."""
-    return page(request, "login.html", token=request.match_info["token"], refused=False)
+    """The link's landing page: nothing is used up until the button is pressed. A token no link can have ("..%2Flogout"
+    made the button post to /logout) gets the refusal at once."""
+    token = request.match_info["token"]
+    if TOKEN.fullmatch(token) is None:
+        return page(request, "login.html", status=403, token=None, refused=True)
+    return page(request, "login.html", token=token, refused=False)
 
 
 @routes.post("/login/{token}")
