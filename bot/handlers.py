@@ -100,13 +100,17 @@ async def admitted(application: Application, update: Update) -> bool:
     96 /end in a group were all answered, each waiting on Telegram's group limit in an intake slot) and button taps (a "did
     you mean" button stays under its message: each tap sent the whole answer again and logged it), per sender (an
     anonymous group admin or a channel posting in a group is a sender of its own, where its user is a shared stand-in
-    bot). Not the operators' chat. Redis away: let through (the handlers meet it and tell the customer)."""
+    bot). Not the operators' chat. Redis away: let through (the handlers meet it and tell the customer). An update tried
+    again (Redis or Telegram's API away: bot.intake) was counted the first time: counting each try dropped it, for good,
+    once its tries passed the limit."""
     kefu, message, query, sender = application.bot_data.services, update.message, update.callback_query, update.effective_sender
     chat = message.chat if message is not None else query.message.chat if query is not None and query.message else None
     if kefu is None or (message is None and query is None) or sender is None or (chat and chat.id == kefu.settings.operator_chat_id):
         return True
     if (message is not None and message.chat.type != ChatType.PRIVATE and not AddressedToBot().check_update(update)
             and not command_for_bot(message, application.bot.username, named=False)):  # /end and /human need no mention
+        return True
+    if kefu.intake.tried_before(update.update_id):
         return True
     try:
         verdict = await kefu.guard.admit(sender.id)

@@ -243,6 +243,10 @@ class UpdateStream:
         finally:
             self._in_flight.pop(entry_id, None)
 
+    def tried_before(self, update_id: int) -> bool:
+        """Whether this update is being tried again here (retry_later): the rate limit counted it the first time."""
+        return update_id in self._tries
+
     def retry_later(self, update_id: int) -> bool:
         """Called by a handler that could not do its work because Redis or Telegram's API was away: the update stays
         pending and is handled again later (AGAIN_S). False, and nothing is tried again, once its answer is out

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bot import intake
 from bot.services import redis_client
 
 from .botapi import USER_ID, text_update
@@ -113,4 +114,18 @@ async def test_an_answer_the_bot_api_did_not_take_is_sent_again_later(telegram, 
         await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
         await asyncio.sleep(1.5)  # nothing more comes
     assert ("unreachable:sendMessage", {}) in telegram.calls[mark:]
+    assert telegram.sent_texts(USER_ID) == [IN_FAQ[0][1]]
+
+
+async def test_a_message_tried_again_is_not_rate_limited_by_its_own_tries(telegram, redis_url, prefix, seeded, llmcore_url,
+                                                                        monkeypatch):
+    """Each try passed the per-user rate limit again: three 502s on the answer with a limit of 2 a minute, and the
+    question was dropped as over the limit, never answered."""
+    monkeypatch.setattr(intake, "AGAIN_S", (0.1, 60.0))
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", faq_encoder="none", rate_limit_per_minute=2)
+    async with running_bot(settings, telegram):
+        telegram.unreachable_for["sendMessage"] = 3
+        mark = len(telegram.calls)
+        await telegram.push(text_update(IN_FAQ[0][0]))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
     assert telegram.sent_texts(USER_ID) == [IN_FAQ[0][1]]
