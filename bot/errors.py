@@ -8,7 +8,7 @@ lands in `on_error`, which logs it, tells the user or the admin what it means, a
                                  whose answer is out already is not handled again (it would be answered twice)
     Telegram's API away          a message is handled again later (bot.intake): a 502 or a refused connection on the
       (NetworkError, RetryAfter)  answer lost it for good; not for a timeout (the answer may have arrived: it would come
-                                 twice), nor once the answer is out
+                                 twice), nor a Bad Request (it would fail every time), nor once the answer is out
     llmcore's admin API          the admin who asked reads llmcore's reason (AdminError)
     Telegram refused             logged: the user cannot be reached anyway (blocked the bot, token revoked)
     anything else (a bug)        logged with the traceback; "something went wrong" in a private chat
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from redis.exceptions import RedisError
 from telegram import Update
 from telegram.constants import ChatType
-from telegram.error import Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, ApplicationHandlerStop
 
 from bot.context import Context
@@ -59,7 +59,9 @@ async def on_error(update: object, context: Context) -> None:
         await _tell(update, f"Not done: {error}", anywhere=True)
     elif isinstance(error, (Forbidden, InvalidToken, NetworkError, RetryAfter)):
         logger.warning("Telegram while handling %s: %s", _source(update, context), error)
-        away = isinstance(error, NetworkError | RetryAfter) and not isinstance(error, TimedOut)
+        # not a timeout (the answer may have arrived: it would come twice), not a Bad Request (PTB's BadRequest is a
+        # NetworkError: "message to be replied not found" once the customer deleted the question would fail every try)
+        away = isinstance(error, NetworkError | RetryAfter) and not isinstance(error, TimedOut | BadRequest)
         if away and update is not None and update.callback_query is None and update.effective_message is not None:
             context.kefu.intake.retry_later(update.update_id)
     else:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -175,10 +176,15 @@ async def unknown_command(update: Update, context: Context) -> None:
 
 async def text_only(update: Update, context: Context) -> None:
     """Photos, stickers, voice, locations... in a private chat: to the operators while a human has the chat (a photo of
-    the broken box is what they need), else a note that the bot reads text."""
-    if await operators.relay_to_operators(context.kefu, context, update.effective_message):
+    the broken box is what they need); one with a caption is the caption's question ("怎么退货？" under a photo was told
+    the bot reads only text); else a note that the bot reads text."""
+    message = update.effective_message
+    if await operators.relay_to_operators(context.kefu, context, message):
         return
-    await update.effective_message.reply_text(texts_for(update).text_only)
+    if (message.caption or "").strip():
+        await question(update, context)
+        return
+    await message.reply_text(texts_for(update).text_only)
 
 
 async def question(update: Update, context: Context) -> None:
@@ -336,9 +342,11 @@ async def typing(context: Context, chat_id: int) -> AsyncIterator[None]:
 
 
 def _strip_mention(message: Message, username: str | None) -> str:
-    text = message.text or ""
+    """The question: the text (or a photo's or file's caption) without the bot's @name, in whatever case it was typed
+    (Telegram's usernames are case-insensitive: "@Kefu_Bot" stayed in the question and sank its FAQ score)."""
+    text = message.text or message.caption or ""
     if username:
-        text = text.replace(f"@{username}", " ")
+        text = re.sub(rf"@{re.escape(username)}(?![A-Za-z0-9_])", " ", text, flags=re.IGNORECASE)
     return text.strip()
 
 

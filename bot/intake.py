@@ -54,6 +54,7 @@ RETRY_S = (0.2, 5.0)  # back-off while Redis is away: first, last
 # counted per update: before, it was read again at once, and each try asked the model again (~1 a second for as long as
 # Redis refused writes)
 AGAIN_S = (1.0, 60.0)
+MAX_TRIES = 30  # then the update is given up, with an error in the log (~25 minutes of tries): nothing loops forever
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # KEYS: the duplicate key, the stream. ARGV: the update's JSON, the key's TTL. 1: stored, 0: seen before.
@@ -229,8 +230,10 @@ class UpdateStream:
             if update_id is not None and update_id in self._retry:  # the handler met Redis or Telegram away: again later
                 self._retry.discard(update_id)
                 tries = self._tries[update_id] = self._tries.get(update_id, 0) + 1
-                self._deferred[entry_id] = asyncio.get_running_loop().time() + min(AGAIN_S[1], AGAIN_S[0] * 2 ** (tries - 1))
-                return
+                if tries <= MAX_TRIES:
+                    self._deferred[entry_id] = asyncio.get_running_loop().time() + min(AGAIN_S[1], AGAIN_S[0] * 2 ** (tries - 1))
+                    return
+                logger.error("update stream: update %s could not be handled in %d tries; given up", update_id, MAX_TRIES)
             try:
                 await self._finish(entry_id, update_id)
             except RedisError as exc:  # handled: only the acknowledgement is owed, never a second answer

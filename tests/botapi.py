@@ -221,6 +221,7 @@ class BotApiServer:
         self._flood_methods: tuple[str, ...] = ("send", "edit")
         self.unreachable = 0  # the next this many calls answer 502, as a proxy in front of a Bot API that is not up yet
         self.unreachable_for: dict[str, int] = {}  # method -> its next this many calls answer 502 (a blip on that call)
+        self.refused_for: dict[str, int] = {}  # method -> its next this many calls answer 400 (the replied-to message deleted)
         self.delay_s: dict[str, float] = {}  # a slow Telegram: a method takes this long, and counts as done when it returns
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -379,6 +380,9 @@ class BotApiServer:
             self._notify()
             if method.startswith(("send", "edit")) and params.get("chat_id") in self.forbidden:
                 raise ApiError(403, "Forbidden: bot was kicked from the supergroup chat")
+            if self.refused_for.get(method, 0) > 0:
+                self.refused_for[method] -= 1
+                raise bad_request("message to be replied not found")
             if self._flood_left > 0 and method.startswith(self._flood_methods):
                 self._flood_left -= 1
                 raise ApiError(429, f"Too Many Requests: retry after {self._flood_retry}", {"retry_after": self._flood_retry})

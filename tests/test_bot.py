@@ -70,20 +70,34 @@ async def test_llmcore_down_gives_the_fallback_with_a_human_button(mode, telegra
 async def test_groups_answer_only_when_addressed(telegram, redis_url, llmcore_url, prefix, seeded):
     """... and group chatter the bot does not answer uses up nobody's rate limit (3 a minute here: 5 unaddressed texts
     used to count, and the mention after them was dropped)."""
-    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=3)
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", rate_limit_per_minute=3, faq_encoder="none")
     async with running_bot(settings, telegram) as application:
         for _ in range(4):
             await telegram.push(text_update("大家好，今天开会吗", chat_type="supergroup", chat_id=GROUP_ID))
         await telegram.push(text_update(IN_FAQ[0][0], chat_type="supergroup", chat_id=GROUP_ID))
         await telegram.push(message_update(chat_type="supergroup", chat_id=GROUP_ID, sticker={
             "file_id": "s", "file_unique_id": "u", "type": "regular", "width": 1, "height": 1, "is_animated": False, "is_video": False}))
-        mentioned = await ask(telegram, f"@{application.bot.username} {IN_FAQ[1][0]}", chat_id=GROUP_ID, chat_type="supergroup")
+        # the name in another case: Telegram's usernames are case-insensitive (it stayed in the question, which then
+        # missed its FAQ entry)
+        mentioned = await ask(telegram, f"@{application.bot.username.upper()} {IN_FAQ[1][0]}", chat_id=GROUP_ID, chat_type="supergroup")
         assert mentioned["text"] == IN_FAQ[1][1]
         bot_message = telegram.messages[GROUP_ID][-1]["message"]
         replied = await ask(telegram, IN_FAQ[2][0], chat_id=GROUP_ID, chat_type="supergroup", reply_to=bot_message)
         assert replied["text"] == IN_FAQ[2][1]
         assert telegram.sent_texts(GROUP_ID) == [IN_FAQ[1][1], IN_FAQ[2][1]]  # the unaddressed text and sticker got nothing
         assert not [p for m, p in telegram.calls if m == "sendMessageDraft"]  # no drafts outside private chats
+
+
+async def test_a_photos_caption_is_its_question(telegram, redis_url, llmcore_url, prefix, seeded):
+    """"怎么退货？" under a photo of the parcel was told the bot reads only text; a photo without a caption still is."""
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", faq_encoder="none")
+    photo = [{"file_id": "p", "file_unique_id": "pu", "width": 10, "height": 10}]
+    async with running_bot(settings, telegram):
+        for caption, expected in ((IN_FAQ[0][0], IN_FAQ[0][1]), (IN_FAQ[2][0], IN_FAQ[2][1]), (None, texts("zh").text_only)):
+            mark = len(telegram.calls)
+            await telegram.push(message_update(photo=photo, **({"caption": caption} if caption else {})))
+            _, sent = await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
+            assert sent["text"] == expected, caption
 
 
 async def test_group_commands_named_for_the_bot_are_answered_and_counted_and_channel_adverts_are_not(

@@ -183,6 +183,23 @@ async def test_an_update_tried_again_waits_longer_each_time(redis, prefix, monke
     assert await stream.pending() == 0
 
 
+async def test_an_update_that_never_gets_through_is_given_up_after_max_tries(redis, prefix, monkeypatch):
+    monkeypatch.setattr(intake, "AGAIN_S", (0.01, 60.0))
+    monkeypatch.setattr(intake, "MAX_TRIES", 3)
+    monkeypatch.setattr(intake, "READ_BLOCK_MS", 50)
+    stream = UpdateStream(redis, prefix, "a")
+    await stream.add(1, payload(1))
+    stop, calls = asyncio.Event(), []
+
+    async def handle(data: dict) -> None:
+        calls.append(data["update_id"])
+        stream.retry_later(data["update_id"])  # Telegram's API away, every time
+        asyncio.get_running_loop().call_later(1.5, stop.set)
+
+    await asyncio.wait_for(stream.consume(handle, stop), 10)
+    assert calls == [1] * 4 and await stream.pending() == 0  # the first try and three more
+
+
 async def test_an_update_whose_answer_is_out_is_not_tried_again(redis, prefix, monkeypatch):
     """Redis away just after the answer went out (its mark not written, the rest of the handling failing): handling it
     again answered the customer twice, with "temporarily unavailable" in between."""

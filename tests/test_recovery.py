@@ -129,3 +129,19 @@ async def test_a_message_tried_again_is_not_rate_limited_by_its_own_tries(telegr
         await telegram.push(text_update(IN_FAQ[0][0]))
         await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
     assert telegram.sent_texts(USER_ID) == [IN_FAQ[0][1]]
+
+
+async def test_a_bad_request_on_the_answer_is_not_tried_again(telegram, redis_url, prefix, seeded, llmcore_url, monkeypatch):
+    """PTB's BadRequest is a NetworkError: "message to be replied not found" (the customer deleted the question) would
+    fail every try, each asking the model and logging the exchange again. It is given up at once."""
+    monkeypatch.setattr(intake, "AGAIN_S", (0.1, 60.0))
+    settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling", faq_encoder="none")
+    async with running_bot(settings, telegram) as application:
+        telegram.refused_for["sendMessage"] = 1
+        mark = len(telegram.calls)
+        await telegram.push(text_update(IN_FAQ[0][0]))
+        await telegram.wait_for(lambda m, p: m == "sendMessage" and p["chat_id"] == USER_ID, since=mark, timeout=20)
+        await asyncio.sleep(1.5)  # tries would have come at 0.1, 0.3, 0.7 and 1.5 s
+        log = application.bot_data.services.log
+        assert [m for m, p in telegram.calls[mark:] if m == "sendMessage"] == ["sendMessage"]
+        assert len([e async for _, e in log.entries()]) == 1 and await application.bot_data.services.intake.pending() == 0
