@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from bot.encoder import Encoder
-from bot.search import FaqEntry, FaqIndex, Match, answer_texts, documents
+from bot.search import FaqEntry, FaqIndex, Match, answer_texts, question_texts
 from llmcore.chats import DEMO_DATA, DataError, read_conversations
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class FaqStore:
             entries = await self.entries()
             vectors = answers = None
             if self.encoder is not None:
-                vectors = await self._vectors(self.vectors_key, documents(entries), self.encoder.encode)
+                vectors = await self._vectors(self.vectors_key, question_texts(entries), self.encoder.encode)
                 answers = await self._vectors(self.answer_vectors_key, answer_texts(entries), self.encoder.encode_answers)
             self._index = await asyncio.to_thread(FaqIndex, entries, self.encoder, vectors, answers)  # jieba: every question
             self._index_version = version

@@ -48,7 +48,8 @@ from bot.encoder import Encoder, Fusion, query_vector
 from bot.texts import CJK, LATIN_WORD
 from llmcore.retrieval import Bm25, char_counts, normalize, tokenize
 
-__all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "tokenize", "unknown_share", "words"]
+__all__ = ["FaqEntry", "FaqIndex", "Match", "answer_texts", "documents", "normalize", "question_texts", "tokenize", "unknown_share",
+           "words"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Match:
 
 MAX_ENCODED_CHARS = 64  # the encoder reads a question's first 64 characters (e5 costs ~0.85 ms a character); BM25 all
 MAX_ENCODED_ANSWER_CHARS = 128  # and an answer's first 128 (once per FAQ change)
+MAX_ENCODED_QUESTION_CHARS = 256  # and a stored question's first 256 (once per FAQ change; the demo FAQ's longest has 113)
 MAX_FUSED = 0.999  # 1.0 is an exact match's alone
 # With a joint encoder (use+e5) the first part (USE, ~1.5 ms) scores the question alone first, with its own fusion; e5
 # (~15-30 ms) is asked only when that first score lies between these two: a question USE is sure of, or sure no entry
@@ -134,6 +136,13 @@ def documents(entries: Sequence[FaqEntry]) -> list[str]:
     return [text for entry in entries for text in (entry.question, *entry.similar)]
 
 
+def question_texts(entries: Sequence[FaqEntry]) -> list[str]:
+    """What the encoder reads of each question and similar question, in index order: the first
+    MAX_ENCODED_QUESTION_CHARS (a question of 3,000 characters took e5 seconds at every FAQ change, and held up the
+    build that the next answers waited for)."""
+    return [text.strip()[:MAX_ENCODED_QUESTION_CHARS] for text in documents(entries)]
+
+
 def answer_texts(entries: Sequence[FaqEntry]) -> list[str]:
     """What the encoder reads of each entry's answer, in index order."""
     return [entry.answer.strip()[:MAX_ENCODED_ANSWER_CHARS] for entry in entries]
@@ -170,7 +179,7 @@ class FaqIndex:
             answers = (entry.answer[:VOCABULARY_ANSWER_CHARS] for entry in self.entries)
             self.vocabulary = frozenset(w for text in (*self.doc_text, *answers) for w in words(text))
             self.vocabulary_weight = min(1.0, len(self.vocabulary) / FULL_VOCABULARY)
-            vectors = vectors if vectors is not None else encoder.encode(self.doc_text)
+            vectors = vectors if vectors is not None else encoder.encode(question_texts(self.entries))
             answer_vectors = answer_vectors if answer_vectors is not None else encoder.encode_answers(answer_texts(self.entries))
             if vectors.shape[0] != len(self.doc_text) or answer_vectors.shape[0] != len(self.entries):
                 raise ValueError(f"{vectors.shape[0]} vectors for {len(self.doc_text)} questions, "

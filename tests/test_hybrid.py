@@ -17,7 +17,7 @@ import pytest
 from bot import encoder as encoders
 from bot.encoder import JointEncoder, load_encoder
 from bot.faq import FaqStore
-from bot.search import MAX_ENCODED_CHARS, FaqEntry, FaqIndex, unknown_share
+from bot.search import MAX_ENCODED_CHARS, MAX_ENCODED_QUESTION_CHARS, FaqEntry, FaqIndex, unknown_share
 from bot.settings import BotSettings
 from llmcore.chats import DEMO_DATA, read_conversations
 from llmcore.retrieval import char_f1
@@ -462,3 +462,16 @@ async def test_a_question_asked_again_is_not_encoded_again(redis, prefix):
     other = Counting()
     assert (await FaqStore(redis, prefix, other).match("钱什么时候退给我", k=1))[0].entry.id == shipping
     assert "钱什么时候退给我" in other.texts  # another encoder's vectors are its own
+
+
+async def test_a_long_question_is_encoded_as_a_customers_would_be_its_first_characters(redis, prefix):
+    """A 3,000-character question was encoded whole at every FAQ change (e5: seconds), holding up the build that
+    answers wait for; the encoder reads its first MAX_ENCODED_QUESTION_CHARS."""
+    encoder = Counting()
+    faq = FaqStore(redis, prefix, encoder)
+    long_question = "营业时间" + "，详细说明" * 600
+    await faq.add(long_question, "每天营业。", ["几点开门"])
+    await faq.ready()
+    assert encoder.texts == [long_question[:MAX_ENCODED_QUESTION_CHARS], "几点开门"]
+    [best, *_] = await faq.match("营业时间的详细说明", k=1)
+    assert best.entry.question == long_question and best.semantic is not None
