@@ -26,6 +26,7 @@ from bot.pii import scrub
 
 RATINGS = ("up", "down")
 SOURCES = ("faq", "smalltalk", "model", "fallback", "operator")
+SHARED_SOURCES = ("faq", "smalltalk")  # answers that are the shop's own text, not written for this customer
 ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII digits: \d takes "١", which Redis refuses
 MAX_ID_PART = 2**64 - 1  # a stream id's two numbers are unsigned 64-bit: Redis refuses a larger one with an error
 
@@ -99,7 +100,10 @@ class ExchangeLog:
 
     async def append(self, exchange: Exchange) -> str:
         fields = {k: "" if v is None else str(v) for k, v in asdict(exchange).items()}
-        fields["question"], fields["answer"] = scrub(exchange.question), scrub(exchange.answer)
+        # an answer from the FAQ or the canned small talk is the shop's own text, the same for every customer: scrubbing
+        # it turned the shop's e-mail into [EMAIL] in training data (and the model then learned both)
+        shared = exchange.source in SHARED_SOURCES
+        fields["question"], fields["answer"] = scrub(exchange.question), exchange.answer if shared else scrub(exchange.answer)
         oldest = f"{int(time.time() * 1000) - self.retention_ms}-0"
         mine = self._user_key(exchange.user_id)  # the user's index lives as long as their newest entry
         entry_id = await self._append(keys=[self.stream, mine], args=[oldest, self.retention_ms, USER_INDEX_PRUNE_AT,

@@ -28,18 +28,20 @@ PHONE, EMAIL, ID, CARD = "[PHONE]", "[EMAIL]", "[ID]", "[CARD]"
 PII_KINDS = (PHONE, EMAIL, ID, CARD)
 
 # RFC 5321 lengths (64 for the local part, 63 a label) also keep the scan linear on long runs of letters.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+# A Chinese keyboard's 。 for a dot in the domain ("zhangsan@qq。com") is a dot.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?[.。])+[A-Za-z]{2,63}")
 # 18 characters: 6-digit region, YYYYMMDD, 3-digit sequence, check character, grouped any way by single spaces, dashes
 # or dots ("110101 19900307 1233", "1101 0519 4912 3100 2X": the check character and the birth date tell an ID from
 # other numbers); or 15 digits with YYMMDD.
 _ID = re.compile(r"(?<![0-9])(?:[1-9](?:[ .-]?[0-9]){16}[ .-]?[0-9Xx]|[1-9][0-9]{14})(?![0-9])")
 _ID_SEPARATORS = re.compile(r"[ .-]")
-# What may stand between a phone number's digits: a space, dot, dash or bracket, and the other dashes people paste
-# (U+2010-2014, a soft hyphen) that NFKC leaves as they are.
-_SEP = r"[ .()\-\u2010-\u2014\xad]"
-# 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 by a space, dash or dot at either or both places ("138.1234.5678",
-# "138 12345678"), after an optional +86 / 0086 / 86.
-_PHONE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9]{_SEP}?[0-9]{{4}}{_SEP}?[0-9]{{4}}(?![0-9])")
+# What may stand between a phone number's digits: a space, dot, dash, tilde or bracket, and the other dashes people
+# paste (U+2010-2014, the minus sign) that NFKC leaves as they are. (Invisible characters — zero-width spaces and
+# joiners, direction marks, a soft hyphen — are taken out before any pattern looks: `_normalize`.)
+_SEP = r"[ .()~\-\u2010-\u2014\u2212]"
+# 1[3-9]x xxxx xxxx, contiguous or grouped 3-4-4 or 4-3-4 by a space, dash or dot at either or both places
+# ("138.1234.5678", "138 12345678", "1381 234 5678"), after an optional +86 / 0086 / 86.
+_PHONE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9](?:{_SEP}?[0-9]{{4}}|[0-9]{_SEP}?[0-9]{{3}}){_SEP}?[0-9]{{4}}(?![0-9])")
 # Numbers from elsewhere: an international one after "+" (8 to 15 digits, grouped any way: "+1 415 555 0134", "+44 7700
 # 900123", "+86 (138) 1234 5678"); a North American one with its area code in brackets ("(415) 555-0134"); any of 7 to
 # 15 digits after a word that says it is a phone number and a few words more ("call me at 07700 900123", "电话 020-8888
@@ -48,7 +50,9 @@ _PHONE = re.compile(rf"(?<![0-9])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9]{_SEP}?[0-9]{{
 _PHONE_ABROAD = re.compile(rf"(?<![0-9A-Za-z+])\+[1-9](?:{_SEP}{{0,2}}[0-9]){{7,14}}(?![0-9])")
 _PHONE_BRACKETED = re.compile(r"(?<![0-9])\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .-]?[0-9]{4}(?![0-9])")
 _PHONE_WORDS = r"电话|手机|座机|固话|联系方式|致电|来电|tel\b|phone|mobile|cell\b|call me|call us|text me|reach me|whatsapp|my number"
-_PHONE_FILLER = r"(?:[^0-9A-Za-z]|(?:number|no|num|is|at|on|me)\b)"  # "number is", "：", "是", "at", ...
+# between the word and the number: punctuation, spaces, and the few words that lead to a number ("号码是", "number is",
+# "打给我", "at"); not any Chinese word ("我用手机下单的，订单号 20240307123" is an order number)
+_PHONE_FILLER = r"(?:[^0-9A-Za-z\u3400-\u9fff]|[是为号码的我你打拨给到请即：]|(?:number|no|num|is|at|on|me)\b)"
 _PHONE_SAID = re.compile(rf"(?<!\[)(?:{_PHONE_WORDS}){_PHONE_FILLER}{{0,8}}?"
                          rf"(?P<number>(?!400|800)[0-9](?:(?:{_SEP}|/){{0,2}}[0-9]){{6,14}})(?![0-9])", re.IGNORECASE)
 _NUMERAL = "[零〇一二三四五六七八九幺]"  # 幺: a spoken one
@@ -104,11 +108,12 @@ def _find(text: str) -> list[tuple[str, int, int]]:
 
 
 def _normalize(text: str) -> tuple[str, list[int]]:
-    """NFKC character by character (what the patterns need: digits, letters, @ . + -), and for each
-    normalized character the index of the character it came from."""
+    """NFKC character by character (what the patterns need: digits, letters, @ . + -), without invisible formatting
+    characters (Unicode's Cf: zero-width spaces and joiners, direction marks, a soft hyphen — "138\u200b1234\u200b5678"
+    went through whole), and for each normalized character the index of the character it came from."""
     pieces, origin = [], []
     for i, ch in enumerate(text):
-        piece = unicodedata.normalize("NFKC", ch)
+        piece = "" if unicodedata.category(ch) == "Cf" else unicodedata.normalize("NFKC", ch)
         pieces.append(piece)
         origin += [i] * len(piece)
     return "".join(pieces), origin

@@ -22,6 +22,19 @@ async def test_personal_data_never_reaches_redis(redis, prefix):
     assert "[PHONE]" in entry["question"] and "[EMAIL]" in entry["question"]
 
 
+async def test_the_shops_own_answers_are_logged_as_they_are_and_others_scrubbed(redis, prefix):
+    """A FAQ answer with the shop's e-mail became "客服邮箱为[EMAIL]" in training data, beside the real one: the model
+    learned both, and its answers then failed the FAQ check. An operator's or the model's answer is still scrubbed."""
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    shop = "客服邮箱为service@qinghe.example，电话 13800001111。"
+    for source in ("faq", "smalltalk", "operator", "model", "fallback"):
+        await log.append(exchange(question="怎么联系你们？ 我的手机13812345678", answer=shop, source=source))
+    logged = {e["source"]: e async for _, e in log.entries()}
+    assert {source: e["answer"] == shop for source, e in logged.items()} == \
+        {"faq": True, "smalltalk": True, "operator": False, "model": False, "fallback": False}
+    assert all(e["question"] == "怎么联系你们？ 我的手机[PHONE]" for e in logged.values())
+
+
 async def test_rating_attaches_only_for_the_asker_and_a_real_entry(redis, prefix):
     log = ExchangeLog(redis, prefix, retention_days=30)
     entry_id = await log.append(exchange(user_id=5))

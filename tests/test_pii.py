@@ -205,3 +205,26 @@ def test_scrub_is_idempotent(pieces: list[str]) -> None:
 def test_a_number_freed_by_another_match_is_scrubbed_too():
     """¼ is 1⁄4 in NFKC: the e-mail takes it, and only then are the 13 zeros a Luhn-valid card of their own."""
     assert scrub("0000000000000¼a.b+c@mail.example.cn") == "[CARD][EMAIL]"
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u2060", "\ufeff", "\xad"])
+def test_invisible_characters_inside_a_number_do_not_hide_it(mark: str) -> None:
+    """Zero-width spaces and joiners, direction marks, a word joiner, a BOM, a soft hyphen: NFKC leaves them, the
+    patterns did not allow them between digits, and the numbers went into the log whole."""
+    card = mark.join(grouped(CARD16).split())
+    assert scrub(f"我的手机138{mark}1234{mark}5678") == "我的手机[PHONE]"
+    assert scrub(f"身份证{make_id()[:14]}{mark}{make_id()[14:]}") == "身份证[ID]"
+    assert scrub(f"卡号 {card} 谢谢") == "卡号 [CARD] 谢谢"
+    assert scrub(f"邮箱 zhang{mark}san@example.com") == "邮箱 [EMAIL]"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("号码 1381 234 5678", "号码 [PHONE]"),  # grouped 4-3-4
+    ("tel 138\u22121234\u22125678", "tel [PHONE]"),  # the minus sign
+    ("打138～1234～5678", "打[PHONE]"),  # a full-width tilde
+    ("邮箱 zhangsan@qq。com", "邮箱 [EMAIL]"),  # a Chinese keyboard's 。 for the dot
+    ("我用手机下单的，订单号 20240307123", "我用手机下单的，订单号 20240307123"),  # an order number after other words
+    ("我的电话打给我 13812345678", "我的电话打给我 [PHONE]"),
+])
+def test_more_ways_people_write_them(text: str, expected: str) -> None:
+    assert scrub(text) == expected
