@@ -1,7 +1,7 @@
 """User-facing callbacks: commands, questions, buttons. `register(application)` wires them.
 
-Groups are answered only when the bot is mentioned or replied to. In private chats a model answer is
-streamed as a draft while it is generated; everywhere a typing action runs until the answer is sent.
+Groups are answered only when the bot is mentioned or replied to. A typing action runs until the answer is sent (no
+draft of a model answer: it is judged whole before anyone sees it).
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import contextlib
 import html
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
@@ -34,7 +33,6 @@ from bot.texts import Texts, language, texts, texts_for
 
 logger = logging.getLogger(__name__)
 TYPING_EVERY_S = 4.0  # Telegram shows a chat action for ~5 s
-DRAFT_EVERY_S = 0.3  # drafts are animated; more often only costs requests
 MAX_BUTTON_CHARS = 40
 COMMANDS = [("start", "开始 / start"), ("help", "帮助 / help"), ("reset", "清除上下文 / forget the context"),
             ("forget", "删除我的数据 / erase my data"), ("human", "人工客服 / talk to a human"), ("end", "结束人工服务 / end the handoff")]
@@ -206,14 +204,10 @@ async def question(update: Update, context: Context) -> None:
         return
     if await operators.took_comment(kefu, message, t):
         return  # the customer's comment on the handoff they just rated
-    private = message.chat.type == ChatType.PRIVATE
-    drafts = Drafts(context, message.chat_id, message.message_id) if private else None
-    try:
-        async with typing(context, message.chat_id):
-            reply = await kefu.pipeline.answer(message.chat_id, user.id, text, lang, on_text=drafts.show if drafts else None)
-    finally:  # also when it raised: Redis away is bot.errors' to answer
-        if drafts is not None:
-            await drafts.close()
+    # no draft of the answer while it is generated: the gate and the FAQ check judge the whole answer, and a draft
+    # showed the customer answers they then refused (a stored answer written for someone else, among them)
+    async with typing(context, message.chat_id):
+        reply = await kefu.pipeline.answer(message.chat_id, user.id, text, lang)
     kefu.metrics.answers.labels(reply.source).inc()
     kefu.metrics.latency.labels(reply.source).observe(reply.latency_ms / 1000)
     await send_reply(message, reply, t, kefu, update.update_id)
@@ -290,37 +284,6 @@ async def suggestion(update: Update, context: Context) -> None:
 async def stale_button(update: Update, context: Context) -> None:
     """Any other callback: an old or forged button."""
     await update.callback_query.answer(texts_for(update).stale_button)
-
-
-class Drafts:
-    """Streams a growing answer into a private chat's draft (sendMessageDraft), at most every DRAFT_EVERY_S.
-
-    `show` never waits for Telegram: a draft goes out in the background, one at a time (a newer text waits for
-    the next turn), so a slow or skipped draft (bot.outbound) never holds the answer or its llmcore deadline.
-    `close` before the answer is sent: no draft arrives after it."""
-
-    def __init__(self, context: Context, chat_id: int, draft_id: int) -> None:
-        self.context, self.chat_id, self.draft_id = context, chat_id, draft_id or 1
-        self.last = 0.0
-        self.sending: asyncio.Task | None = None
-
-    async def show(self, text: str) -> None:
-        if time.monotonic() - self.last < DRAFT_EVERY_S or not text.strip() or (self.sending and not self.sending.done()):
-            return
-        self.last = time.monotonic()
-        self.sending = asyncio.create_task(self._send(text[:4096]))
-
-    async def _send(self, text: str) -> None:
-        try:
-            await self.context.bot.send_message_draft(self.chat_id, self.draft_id, text)
-        except TelegramError as exc:  # a draft is a nicety: the final message still comes
-            logger.debug("draft not shown: %s", exc)
-
-    async def close(self) -> None:
-        if self.sending is not None and not self.sending.done():
-            self.sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sending
 
 
 @contextlib.asynccontextmanager

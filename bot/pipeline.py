@@ -2,7 +2,7 @@
 exchange goes into the history and the training log. Knows no Telegram: handlers and the shell call it.
 
     pipeline = Pipeline(settings, history, faq, llm, log)
-    reply = await pipeline.answer(chat_id, user_id, "怎么退货？", lang="zh", on_text=None)
+    reply = await pipeline.answer(chat_id, user_id, "怎么退货？", lang="zh")
     reply.text, reply.source, reply.score, reply.version, reply.suggestions, reply.entry_id
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bot import smalltalk
@@ -46,8 +45,7 @@ class Pipeline:
         self.llm = llm
         self.log = log
 
-    async def answer(self, chat_id: int, user_id: int, question: str, lang: str,
-                     on_text: Callable[[str], Awaitable[None]] | None = None) -> Reply:
+    async def answer(self, chat_id: int, user_id: int, question: str, lang: str) -> Reply:
         started = time.monotonic()
         if (chat := smalltalk.reply_to(question)) is not None:  # "你好", "谢谢", "are you a bot?": canned, ahead of the FAQ
             reply = Reply(chat.text, "smalltalk", 1.0, latency_ms=int((time.monotonic() - started) * 1000))
@@ -59,7 +57,7 @@ class Pipeline:
         else:
             suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
             evidence = [m.entry.answer for m in suggestions if m.score >= self.settings.faq_evidence]
-            reply = await self._ask_model(chat_id, question, lang, on_text, evidence, matches[0] if matches else None)
+            reply = await self._ask_model(chat_id, question, lang, evidence, matches[0] if matches else None)
             reply.suggestions = suggestions
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         await self.record(chat_id, user_id, question, reply)
@@ -79,14 +77,14 @@ class Pipeline:
         reply.entry_id = await self.log.append(Exchange(chat_id, user_id, question, reply.text, reply.source, reply.score,
                                                         reply.version, reply.latency_ms))
 
-    async def _ask_model(self, chat_id: int, question: str, lang: str, on_text: Callable[[str], Awaitable[None]] | None,
-                         evidence: list[str], best: Match | None) -> Reply:
+    async def _ask_model(self, chat_id: int, question: str, lang: str, evidence: list[str], best: Match | None) -> Reply:
         """The model's answer, with the near-miss FAQ answers as evidence it may draw on, if it passes the gates
         (`best`: the question's best FAQ match, already found, which a stock answer must agree with)."""
         messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
         try:
-            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, on_text, self.settings.repetition_penalty,
-                                           evidence)
+            # whole, not streamed: it is judged (gate, FAQ check) before anyone sees it
+            answer = await self.llm.answer(messages, self.settings.max_answer_tokens, repetition_penalty=self.settings.repetition_penalty,
+                                           evidence=evidence)
         except LlmUnavailable as exc:
             logger.warning("model unavailable, answering with the fallback: %s", exc)
             return Reply(texts(lang).fallback, "fallback", None)

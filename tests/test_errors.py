@@ -61,7 +61,7 @@ async def test_redis_lost_mid_answer_is_told_once_and_answered_when_back(telegra
 
 async def test_a_bug_says_something_went_wrong_and_admins_hear_of_it_once(telegram, redis_url, llmcore_url, prefix, seeded,
                                                                            monkeypatch):
-    async def broken(self, chat_id, user_id, question, lang, on_text=None):
+    async def broken(self, chat_id, user_id, question, lang):
         raise RuntimeError(f"bug near {question} with {telegram.token}")
 
     monkeypatch.setattr(Pipeline, "answer", broken)  # a fault in Kefu's own code, wherever it is
