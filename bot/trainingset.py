@@ -5,10 +5,13 @@ training side of the split and repeated OPERATOR_WEIGHT times: they are the best
 bot's own answers to a question an operator answered are left out), and every FAQ question with its
 answer; deduplicated, already scrubbed of personal data when logged; at most PER_CUSTOMER exchanges of any one
 customer (their latest). Each logged exchange comes with the earlier
-turns of its chat (context only), so the model learns to use the history the bot sends it.
+turns of its chat (context only), so the model learns to use the history the bot sends it. At most MAX_BYTES as
+sent: the newest logged exchanges and every FAQ question (past llmcore's 64 MiB a request, ~57,000 logged exchanges,
+every /retrain was refused until old ones expired).
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from bot.exchanges import ExchangeLog
@@ -17,6 +20,7 @@ from bot.faq import FaqStore
 OPERATOR_WEIGHT = 3
 PER_CUSTOMER = 200  # a customer's logged exchanges in one training set at most (their latest): one account flooding
 # the bot cannot become most of what it learns, nor of what the next version is compared on
+MAX_BYTES = 60 << 20  # the records as JSON, under the 64 MiB llmcore takes in one request (llmcore/admin.py)
 
 
 def _conversation(context: list[dict], question: str, answer: str, source: str) -> dict:
@@ -56,4 +60,15 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
     for entry in await faq.entries():
         for question in (entry.question, *entry.similar):
             add([], question, entry.answer, "faq")
-    return out
+    return _newest_that_fit(out, MAX_BYTES)
+
+
+def _newest_that_fit(records: list[dict], budget: int) -> list[dict]:
+    """The records without the oldest logged ones (they come first, the FAQ's last) until they fit `budget` bytes as
+    sent (JSON as aiohttp writes it: ASCII, ", " between records)."""
+    sizes = [len(json.dumps(record)) + 2 for record in records]
+    total, first = sum(sizes), 0
+    while total > budget and first < len(records):
+        total -= sizes[first]
+        first += 1
+    return records[first:]

@@ -152,6 +152,25 @@ async def test_one_customer_cannot_become_most_of_the_training_set(redis, prefix
     assert not [r for r in records if "user_id" in r["meta"] or "66" in json.dumps(r["meta"])]  # counted, never sent
 
 
+async def test_a_training_set_too_large_for_one_request_keeps_the_newest_exchanges_and_the_whole_faq(redis, prefix, monkeypatch):
+    """Past the 64 MiB llmcore takes in one request (~57,000 logged exchanges) every /retrain was refused until old
+    ones expired; the set now drops the oldest logged exchanges until it fits."""
+    from bot import trainingset
+    from bot.faq import FaqStore
+
+    faq = FaqStore(redis, prefix)
+    await faq.add("怎么退货？", "七天内可以在订单页申请退货。", ["能退货吗"])
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    for i in range(40):
+        await log.append(exchange(user_id=i, question=f"第{i}个问题", answer=f"第{i}个回答"))
+    whole = await trainingset.build_training_set(log, faq)
+    budget = sum(len(json.dumps(r)) + 2 for r in whole[-12:])  # room for 10 exchanges and the FAQ's two questions
+    monkeypatch.setattr(trainingset, "MAX_BYTES", budget)
+    kept = await trainingset.build_training_set(log, faq)
+    assert kept == whole[-12:] and len(json.dumps(kept)) <= budget
+    assert [r["messages"][-2]["content"] for r in kept] == [f"第{i}个问题" for i in range(30, 40)] + ["怎么退货？", "能退货吗"]
+
+
 async def test_forget_while_an_exchange_is_being_logged_leaves_nothing_of_the_user(redis, prefix):
     """An answer logged at the moment the customer confirms /forget: the entry and its place in the user's index are
     written as one, so /forget either finds it or runs before it exists (a stream entry outside the index stayed)."""
