@@ -163,13 +163,27 @@ def cmd_models(args: argparse.Namespace) -> None:
     from llmcore.registry import Registry, RegistryError
 
     registry = Registry(args.models)
+
+    def loadable(version: str) -> str:
+        """`version`, once it loads as `llmcore serve` would load it: a version that cannot (a checkpoint of another
+        shape, torn weights) made current left llmcore unable to start."""
+        try:
+            registry.load(version)
+        except RegistryError:
+            raise
+        except Exception as exc:  # torch's own errors for a checkpoint it cannot read
+            raise RegistryError(f"version {version} cannot be loaded ({exc.__class__.__name__}: {exc}); current is unchanged") from None
+        return version
+
     if args.action == "promote":
         if not args.version:
             raise RegistryError("promote needs a version: models promote v0003 --models DIR")
-        registry.promote(args.version)
+        registry.promote(loadable(args.version))
         print(f"current is now {args.version}")
     elif args.action == "rollback":
-        print(f"current is now {registry.rollback()}")
+        target = loadable(registry.rollback_target())
+        registry.promote(target, rollback=True)
+        print(f"current is now {target}")
     else:
         current = registry.current()
         for version in registry.versions():

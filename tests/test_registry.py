@@ -157,3 +157,18 @@ def test_a_promotion_record_reaches_the_disk(tmp_path, parts, monkeypatch):
     registry = Registry(tmp_path)
     registry.promote(add_version(registry, *parts))
     assert str(tmp_path / "promotions.jsonl") in synced
+
+
+def test_the_command_line_promotes_and_rolls_back_only_to_a_version_that_loads(tmp_path, parts, capsys):
+    """`llmcore models promote` checked only that model.pt existed: a torn version became current and `llmcore serve`
+    could not start. Now it is refused and current stays; a good one is promoted, and rolled back from."""
+    from llmcore.__main__ import main
+
+    registry = Registry(tmp_path)
+    first, torn, good = (add_version(registry, *parts) for _ in range(3))
+    registry.promote(first)
+    (tmp_path / torn / WEIGHTS).write_bytes(b"\x00garbage" * 10)
+    assert main(["models", "promote", torn, "--models", str(tmp_path)]) != 0
+    assert registry.current() == first and f"version {torn}" in capsys.readouterr().err
+    assert main(["models", "promote", good, "--models", str(tmp_path)]) == 0 and registry.current() == good
+    assert main(["models", "rollback", "--models", str(tmp_path)]) == 0 and registry.current() == first
