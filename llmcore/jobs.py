@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +45,9 @@ class JobError(ValueError):
 
 class JobBusy(JobError):
     pass
+
+
+JOB_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{3}")  # what _start names a job
 
 
 class JobManager:
@@ -74,7 +78,7 @@ class JobManager:
             raise JobError("conversations must be valid Unicode text (a lone surrogate is not)") from None
         if (running := self.running()) is not None:
             raise JobBusy(f"job {running['id']} is still running")
-        job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 1000:03d}"
+        job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 1000:03d}"  # UTC: no clock goes back
         folder = self.root / job_id
         folder.mkdir(parents=True)
         (folder / "data.jsonl").write_bytes(data)
@@ -95,9 +99,10 @@ class JobManager:
         return self.status(job_id)
 
     def status(self, job_id: str | None = None) -> dict | None:
-        """A job with its progress (the latest job without an id); None when there is none."""
+        """A job with its progress (the latest job without an id); None when there is none, or for an id no job can
+        have ("../../elsewhere" read and rewrote a job.json outside the jobs folder)."""
         job_id = job_id or self._latest()
-        if job_id is None or not (self.root / job_id / "job.json").is_file():
+        if job_id is None or JOB_ID.fullmatch(job_id) is None or not (self.root / job_id / "job.json").is_file():
             return None
         job = self._load(job_id)
         job["progress"] = _read_json(self.root / job_id / "progress.json")
@@ -199,14 +204,21 @@ class JobManager:
         return f"the trainer exited with status {code}: " + (" | ".join(tail) or "no output")
 
     def _latest(self) -> str | None:
+        """The job started last whose job.json reads (one torn by a power cut answered every training request 500 or
+        400 for good), by its start time (names made by a local clock that went back sorted a new job first)."""
         if not self.root.is_dir():
             return None
-        jobs = sorted(p.name for p in self.root.iterdir() if (p / "job.json").is_file())
-        return jobs[-1] if jobs else None
+        jobs = []
+        for folder in self.root.iterdir():
+            job = _read_json(folder / "job.json") if JOB_ID.fullmatch(folder.name) else None
+            if isinstance(job, dict):
+                started = job.get("started")
+                jobs.append((started if _number(started) else 0.0, folder.name))
+        return max(jobs)[1] if jobs else None
 
     def _load(self, job_id: str) -> dict:
-        job = _read_json(self.root / job_id / "job.json")
-        if job is None:
+        job = _read_json(self.root / job_id / "job.json") if JOB_ID.fullmatch(job_id) else None
+        if not isinstance(job, dict):
             raise JobError(f"no job {job_id}")
         return job
 

@@ -272,7 +272,12 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace a small file so that a reader sees the old content or the new, never half of one."""
+    """Replace a small file so that a reader sees the old content or the new, never half of one, also after a power
+    cut (the content reaches the disk before the name does: a job.json left empty wedged the training API)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
+    _fsync_dir(path.parent)

@@ -238,3 +238,25 @@ async def test_another_hosts_running_job_is_left_to_that_host(tmp_path, tiny_mod
     await JobManager(Registry(root)).check()
     job = JobManager(Registry(root)).status()
     assert job["status"] == "failed" and "stopped reporting" in job["error"]
+
+
+async def test_a_torn_job_file_or_a_path_for_an_id_answers_cleanly(admin):
+    """A job.json left empty by a power cut answered GET /admin/train 500 and every start 400, for good; an id such as
+    "../../elsewhere" read and rewrote a job.json outside the jobs folder; a job named by a local clock that went back
+    hid the newest one."""
+    client, registry = admin
+    jobs = registry.root / "jobs"
+    for name, started in (("20261203-120000-001", 100.0), ("20261203-110000-002", 200.0)):  # the second started later
+        (jobs / name).mkdir(parents=True)
+        (jobs / name / "job.json").write_text(json.dumps({"id": name, "status": "done", "started": started}))
+    (jobs / "20261203-130000-003").mkdir()
+    (jobs / "20261203-130000-003" / "job.json").write_text("")  # torn
+    outside = registry.root.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "job.json").write_text(json.dumps({"id": "../../elsewhere", "status": "running"}))
+    latest = await client.get("/admin/train", headers=AUTH)
+    assert latest.status == 200 and (await latest.json())["id"] == "20261203-110000-002"
+    for decision in ("promote", "discard"):
+        response = await client.post(f"/admin/jobs/..%2F..%2Felsewhere/{decision}", headers=AUTH)
+        assert response.status == 409 and "not awaiting" in (await response.json())["error"]["message"], decision
+    assert json.loads((outside / "job.json").read_text())["status"] == "running"
