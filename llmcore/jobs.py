@@ -5,7 +5,7 @@
     jobs.status()                 # the latest job: status, progress (stage, epoch, step, loss, tok/s, eta), result
     await jobs.watch()            # background task: finishes jobs whose process ended, promotes when better
 
-A job lives in `DIR/jobs/<id>/`: `job.json` (its state), `data.jsonl`, `progress.json` and `result.json`
+A job lives in `DIR/jobs/<id>/`: `job.json` (its state), `data.jsonl` (until the job ends), `progress.json` and `result.json`
 (written by `python -m llmcore train`), `train.log`. The trainer runs in its own session, so serving
 never stalls and a restarted server finds the job again (still running, or ended while nobody watched).
 A failed or killed trainer never touches the registry: versions are committed only when complete,
@@ -143,14 +143,14 @@ class JobManager:
         if job.get("host", socket.gethostname()) != socket.gethostname():  # another replica's trainer, or a host gone
             if time.time() - self._last_sign_of_life(job) > STALE_S:  # (a restarted container has a new hostname)
                 job.update(status="failed", ended=time.time(), error=f"the trainer on {job['host']} stopped reporting; nothing was saved")
-                self._save(job)
+                self._save_ended(job)
             return
         if self._alive(job):
             return
         result = _read_json(self.root / job["id"] / "result.json")
         if result is None:
             job.update(status="failed", ended=time.time(), error=self._why_failed(job))
-            self._save(job)
+            self._save_ended(job)
             logger.warning("training job %s failed: %s", job["id"], job["error"])
             return
         job.update(version=result["version"], result=result, ended=time.time(), better=self._better(result))
@@ -163,7 +163,7 @@ class JobManager:
                     self.registry.promote(result["version"])
             except Exception as exc:  # RegistryError, or out of memory loading it beside the served one: the old one serves on
                 job.update(status="failed", error=f"{result['version']} could not be served: {exc.__class__.__name__}: {exc}")
-        self._save(job)
+        self._save_ended(job)
         logger.info("training job %s: %s %s", job["id"], result["version"], job["status"])
 
     def _better(self, result: dict) -> bool:
@@ -221,6 +221,13 @@ class JobManager:
         if not isinstance(job, dict):
             raise JobError(f"no job {job_id}")
         return job
+
+    def _save_ended(self, job: dict) -> None:
+        """Save an ended job, and delete its copy of the training data: customers' conversations, up to 64 MiB a job,
+        that no /forget and no retention period reached (the version keeps what it needs: its held-out turns and
+        evidence)."""
+        self._save(job)
+        (self.root / job["id"] / "data.jsonl").unlink(missing_ok=True)
 
     def _save(self, job: dict) -> None:
         job = {k: v for k, v in job.items() if k != "progress"}

@@ -182,6 +182,8 @@ async def test_a_job_trains_reports_progress_and_is_promoted_when_better(admin):
     job = await wait_for_end(client)
     assert job["status"] in ("promoted", "awaiting_decision"), job
     assert job["progress"]["stage"] == "done" and job["result"]["compare"]["version"] == "v0001"
+    # the job's copy of customers' conversations goes when it ends (no /forget or retention reached it)
+    assert not (registry.root / "jobs" / job["id"] / "data.jsonl").exists()
     assert job["version"] == "v0002" and registry.versions() == ["v0001", "v0002"]
     if job["status"] == "awaiting_decision":
         decided = await client.post(f"/admin/jobs/{job['id']}/promote", headers=AUTH)
@@ -207,6 +209,7 @@ async def test_a_killed_trainer_leaves_registry_and_current_as_they_were(admin):
     job = await wait_for_end(client)
     assert job["status"] == "failed" and "exited" in job["error"]
     assert registry.versions() == ["v0001"] and registry.current() == "v0001"
+    assert not (registry.root / "jobs" / job["id"] / "data.jsonl").exists()
     assert not any(p.name.startswith(".") for p in registry.root.iterdir() if p.name != ".gitignore")  # no staging left
 
 
