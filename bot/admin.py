@@ -180,7 +180,12 @@ async def watch_job(context: Context) -> None:
     llmcore away (restarting): bot.errors logs it, and the next tick asks again."""
     kefu, watched = context.kefu, context.job.data
     job = await kefu.admin.job()
-    if job is None or job["id"] != watched["job_id"]:
+    if job is None or job["id"] != watched["job_id"]:  # it ended while no bot watched, and another started (the console)
+        context.job.schedule_removal()  # it was polled every few seconds for good, resumed at every restart
+        if await kefu.redis.delete(kefu.settings.redis_prefix + JOB_KEY):
+            with contextlib.suppress(TelegramError):
+                await context.bot.send_message(watched["chat_id"], f"The training job {watched['job_id']} is no longer llmcore's "
+                                               "latest: its result is under /models.")
         return
     text = job_text(job)
     with contextlib.suppress(TelegramError):  # "message is not modified" when nothing moved

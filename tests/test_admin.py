@@ -169,6 +169,18 @@ async def test_retrain_refuses_little_data_and_runs_one_job_at_a_time(telegram, 
         assert "stopped before it finished" in failed["text"] and registry.current() == "v0001"
 
 
+async def test_a_watched_job_that_is_no_longer_the_latest_is_let_go(telegram, redis_url, llmcore_admin, prefix, seeded, redis):
+    """The job a /retrain watched ended while no bot ran, and another started since (or none is left): the watcher
+    polled llmcore every few seconds for good, resumed at every restart, and never reported."""
+    url, _ = llmcore_admin
+    key = prefix + "retrain"
+    await redis.set(key, json.dumps({"job_id": "20200101-000000-001", "chat_id": ADMIN, "message_id": 1}))
+    async with running_bot(admin_settings(telegram, redis_url, url, prefix), telegram):
+        _, note = await telegram.wait_for(lambda m, p: m == "sendMessage" and "20200101-000000-001" in p.get("text", ""), timeout=20)
+        assert note["chat_id"] == ADMIN and "/models" in note["text"]
+    assert not await redis.exists(key)
+
+
 def test_the_retrain_comparison_puts_the_lookup_baseline_beside_the_model():
     from bot.admin import comparison_table
 
