@@ -35,6 +35,7 @@ from llmcore.evaluate import ANSWER_TOKENS, answer_turns, assistant_turns, evalu
 from llmcore.gate import RIGHT_F1, Gate, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
+from llmcore.progress import ProgressFile
 from llmcore.prompting import PLAIN, PromptRecipe
 from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
 from llmcore.retrieval import EvidenceIndex
@@ -234,10 +235,10 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         history, stats = run_training(model, tokenizer, train_convs, val_convs, opts, device, progress, dist, index, recipe)
         if not dist.is_main:  # rank 0 evaluates and writes the version
             return "", {"rank": dist.rank, "world_size": dist.world_size}
-        progress.write(stage="evaluating", force=True)
-        metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device, index, recipe)
-        if opts.compare_current and registry.current() and val_convs:
-            metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
+        with progress.alive(stage="evaluating"):
+            metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device, index, recipe)
+            if opts.compare_current and registry.current() and val_convs:
+                metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
         metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
         metrics["train_seconds"] = stats["train_seconds"]
         metrics["world_size"] = dist.world_size
@@ -273,22 +274,6 @@ def score_version(registry: Registry, version: str, val_convs: list[Conversation
                       repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate,
                       selection=loaded.selection)
     return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"]}
-
-
-class ProgressFile:
-    """Training progress as a small JSON file, replaced atomically at most once a second."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
-        self.last = 0.0
-
-    def write(self, force: bool = False, **fields) -> None:
-        if self.path is None or (not force and time.monotonic() - self.last < 1.0):
-            return
-        self.last = time.monotonic()
-        write_atomic(self.path, json.dumps({**fields, "updated": time.time()}))
-
-
 
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],

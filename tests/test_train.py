@@ -363,3 +363,20 @@ def test_a_signal_while_a_finished_version_is_saved_waits_for_it():
             time.sleep(0.05)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_progress_file_keeps_saying_the_trainer_is_alive_while_it_evaluates(tmp_path):
+    """Evaluating a version takes minutes with no step to report: another replica took 300 s of silence for a dead
+    trainer and failed the job while it still ran. The progress file is rewritten meanwhile, and not after."""
+    from llmcore.progress import ProgressFile
+
+    path = tmp_path / "progress.json"
+    with ProgressFile(str(path)).alive(every_s=0.05, stage="evaluating"):
+        time.sleep(0.02)
+        first = json.loads(path.read_text())["updated"]
+        time.sleep(0.3)
+        later = json.loads(path.read_text())
+    assert later["stage"] == "evaluating" and later["updated"] > first
+    ended = path.read_text()
+    time.sleep(0.15)
+    assert path.read_text() == ended
