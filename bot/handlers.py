@@ -196,6 +196,9 @@ async def question(update: Update, context: Context) -> None:
         return
     if await operators.relay_to_operators(kefu, context, message):
         return  # a human has this chat: the bot keeps quiet (and the operators read a long message whole)
+    if not any(ch.isalnum() for ch in text):  # "👍", "？？", zero-width spaces: nothing to look up (each went to the model,
+        await message.reply_text(t.help)     # got the fallback, and two in a row offered a colleague)
+        return
     if len(text) > kefu.settings.max_message_chars:
         await message.reply_text(t.too_long.format(limit=kefu.settings.max_message_chars))
         return
