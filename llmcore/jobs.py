@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from llmcore.registry import Registry, write_atomic
@@ -66,7 +67,7 @@ class JobManager:
         """Write the data and spawn the trainer; the job's state as `status()` shows it. One start at a time (each
         checks that no job runs), the lock held by the calling thread: the server starts jobs in a thread, which a
         handler cancelled meanwhile (its client left) must not let a second start overtake."""
-        with self._starting:
+        with self._starting, _locked(self.root / ".lock"):  # and one across processes sharing the registry (replicas)
             return self._start(conversations, arch, minutes, epochs, model_overrides)
 
     def _start(self, conversations: list[dict], arch: str, minutes: float | None, epochs: int | None,
@@ -232,6 +233,19 @@ class JobManager:
     def _save(self, job: dict) -> None:
         job = {k: v for k, v in job.items() if k != "progress"}
         write_atomic(self.root / job["id"] / "job.json", json.dumps(job, ensure_ascii=False, indent=2))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (flock) for the block: two llmcore replicas on one registry both found no job
+    running and started two trainers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict) -> None:

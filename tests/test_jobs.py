@@ -263,3 +263,33 @@ async def test_a_torn_job_file_or_a_path_for_an_id_answers_cleanly(admin):
         response = await client.post(f"/admin/jobs/..%2F..%2Felsewhere/{decision}", headers=AUTH)
         assert response.status == 409 and "not awaiting" in (await response.json())["error"]["message"], decision
     assert json.loads((outside / "job.json").read_text())["status"] == "running"
+
+
+async def test_two_servers_on_one_registry_start_one_trainer(tmp_path, tiny_models, monkeypatch):
+    """Two llmcore replicas sharing a registry each found no job running and started two trainers; the start is now
+    held by a lock on the jobs folder, so the second finds the first's job running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmcore.jobs import JobBusy
+
+    root = tmp_path / "reg"
+    shutil.copytree(tiny_models, root, symlinks=True)
+    replicas = [JobManager(Registry(root)), JobManager(Registry(root))]  # each its own in-process lock, as two processes
+    slow_start = JobManager._start
+
+    def start(jobs: JobManager):
+        try:
+            return jobs.start(DATA, epochs=1, model_overrides=TINY)
+        except JobBusy as exc:
+            return exc
+
+    def slower(self, *args):  # both check before either has written its job: the race the lock closes
+        time.sleep(0.5)
+        return slow_start(self, *args)
+
+    monkeypatch.setattr(JobManager, "_start", slower)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(start, replicas))
+    assert sorted(type(r).__name__ for r in results) == ["JobBusy", "dict"]
+    started = next(r for r in results if isinstance(r, dict))
+    os.killpg(started["pid"], signal.SIGKILL)
