@@ -86,7 +86,7 @@ async def faq_command(args: argparse.Namespace, settings: BotSettings, redis: Re
         print(json.dumps([{"id": m.entry.id, "score": round(m.score, 4), "lexical": round(m.lexical, 4),
                            "semantic": None if m.semantic is None else round(m.semantic, 4),
                            "answer_cosine": None if m.answer_cosine is None else round(m.answer_cosine, 4),
-                           "unknown": None if m.unknown is None else round(m.unknown, 4), "matched": m.matched,
+                           "unknown": None if m.unknown is None else round(m.unknown, 4), "encoder": m.encoder, "matched": m.matched,
                            "question": m.entry.question, "answer": m.entry.answer} for m in matches], ensure_ascii=False, indent=2))
     return 0
 

@@ -340,7 +340,7 @@ async def why(update: Update, context: Context) -> None:
     candidates = await kefu.faq.match(entry["question"], k=3)
     listed = [f"  {m.score:.2f} #{m.entry.id} {clip(m.matched, QUOTE_CHARS)}"
               + ("" if m.semantic is None else f" (BM25 {m.lexical:.2f}, cosine {m.semantic:.2f}, to the answer {m.answer_cosine:.2f},"
-                                                f" words the FAQ lacks {m.unknown:.2f})")
+                                                f" words the FAQ lacks {m.unknown:.2f}, by {m.encoder})")
               for m in candidates]
     lines += ["FAQ candidates:", *listed] if listed else ["No FAQ candidates."]
     await message.reply_text("\n".join(lines))

@@ -68,6 +68,7 @@ async def test_faq_management_and_malformed_arguments(telegram, redis_url, llmco
         await telegram.push(text_update("/why", chat_id=ADMIN, user_id=ADMIN, reply_to=telegram.messages[ADMIN][-1]["message"]))
         _, why = await telegram.wait_for("sendMessage", since=mark)  # the server refuses a text over 4,096: none came before
         assert "，详细说明，详细说明" in why["text"] and "…" in why["text"]  # a long candidate listed, clipped
+        assert "by use" in why["text"]  # which encoder scored it: USE alone when sure, else the pair
         for long_id in long_ids:
             await as_admin(telegram, f"/faq_del {long_id}")
         added = await as_admin(telegram, "/faq_add 营业时间是几点？ || 每天9点到21点。")
