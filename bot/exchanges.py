@@ -188,15 +188,15 @@ class ExchangeLog:
                             include_smalltalk: bool = False, context_turns: int = 0, with_user: bool = False) -> AsyncIterator[dict]:
         """Chat-format training records; 👎 answers, fallbacks and small talk (canned, it teaches nothing) are left
         out unless asked for. With `context_turns`, each record starts with up to that many earlier messages of
-        the same chat (scrubbed like every entry), as the bot's history showed them to the model; their assistant
+        the same customer in the same chat (scrubbed like every entry), as the bot's history showed them to the model; their assistant
         turns carry `"weight": 0`, context only, since they may be fallbacks or 👎. An operator's answer to the
         question just before it takes the place of the bot's answer there, as the customer's question answered once.
         `with_user`: the meta says whose exchange it was (for counting only: no user id goes into training data)."""
-        recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=context_turns))
+        recent: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=context_turns))
         async for entry_id, e in self.entries():
             question = {"role": "user", "content": e["question"]}
             answer = {"role": "assistant", "content": e["answer"]}
-            chat = recent[e["chat_id"]]
+            chat = recent[e["chat_id"], e["user_id"]]  # the asker's own earlier turns, as the bot shows the model
             if e["source"] == "operator" and len(chat) >= 2 and chat[-2]["content"] == e["question"]:
                 chat.pop(), chat.pop()  # an operator answers the question the bot could not: it replaces that answer
             context = list(chat) if context_turns > 0 else []

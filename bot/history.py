@@ -3,8 +3,10 @@
     history = History(redis, prefix="kefu:", max_turns=20, ttl_s=7 * 86400)
     await history.append(chat_id, user_id, question, answer)   # one pipeline: push, trim, expire
     turns = await history.recent(chat_id, 6)                    # [{"role": "user", "content": ...}, ...]
+    turns = await history.recent(chat_id, 6, user_id)           # that user's own exchanges in the chat only
 
-Each turn remembers who wrote it, so `/forget` can take one user's turns out of a group's history.
+Each turn remembers who wrote it, so `/forget` can take one user's turns out of a group's history, and the model is
+shown the asker's own earlier turns in a group (another member's, with whatever they wrote, were its context).
 """
 from __future__ import annotations
 
@@ -32,11 +34,17 @@ class History:
             pipe.sadd(self._chats_key(user_id), chat_id).expire(self._chats_key(user_id), self.ttl_s)
             await pipe.execute()
 
-    async def recent(self, chat_id: int, count: int) -> list[dict[str, str]]:
+    async def recent(self, chat_id: int, count: int, user_id: int | None = None) -> list[dict[str, str]]:
+        """The last `count` turns of the chat; with `user_id`, of that user's exchanges only (searched among the last
+        max_turns)."""
         if count <= 0:
             return []
-        raw = await self.redis.lrange(self.key(chat_id), -count, -1)
-        return [{"role": t["role"], "content": t["content"]} for t in map(json.loads, raw)]
+        if user_id is None:
+            turns = list(map(json.loads, await self.redis.lrange(self.key(chat_id), -count, -1)))
+        else:
+            turns = [t for t in map(json.loads, await self.redis.lrange(self.key(chat_id), -self.max_turns, -1))
+                     if t.get("uid") == user_id][-count:]
+        return [{"role": t["role"], "content": t["content"]} for t in turns]
 
     async def clear(self, chat_id: int) -> None:
         await self.redis.delete(self.key(chat_id))

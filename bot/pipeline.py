@@ -57,7 +57,7 @@ class Pipeline:
         else:
             suggestions = [m for m in matches if m.score >= self.settings.faq_suggest]
             evidence = [m.entry.answer for m in suggestions if m.score >= self.settings.faq_evidence]
-            reply = await self._ask_model(chat_id, question, lang, evidence, matches[0] if matches else None)
+            reply = await self._ask_model(chat_id, user_id, question, lang, evidence, matches[0] if matches else None)
             reply.suggestions = suggestions
         reply.latency_ms = int((time.monotonic() - started) * 1000)
         await self.record(chat_id, user_id, question, reply)
@@ -77,10 +77,12 @@ class Pipeline:
         reply.entry_id = await self.log.append(Exchange(chat_id, user_id, question, reply.text, reply.source, reply.score,
                                                         reply.version, reply.latency_ms))
 
-    async def _ask_model(self, chat_id: int, question: str, lang: str, evidence: list[str], best: Match | None) -> Reply:
+    async def _ask_model(self, chat_id: int, user_id: int, question: str, lang: str, evidence: list[str],
+                         best: Match | None) -> Reply:
         """The model's answer, with the near-miss FAQ answers as evidence it may draw on, if it passes the gates
         (`best`: the question's best FAQ match, already found, which a stock answer must agree with)."""
-        messages = [*await self.history.recent(chat_id, self.settings.model_history), {"role": "user", "content": question}]
+        # the asker's own earlier turns (in a group, another member's were the model's context, whatever they wrote)
+        messages = [*await self.history.recent(chat_id, self.settings.model_history, user_id), {"role": "user", "content": question}]
         try:
             # whole, not streamed: it is judged (gate, FAQ check) before anyone sees it
             answer = await self.llm.answer(messages, self.settings.max_answer_tokens, repetition_penalty=self.settings.repetition_penalty,

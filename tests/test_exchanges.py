@@ -122,6 +122,18 @@ async def test_training_records_carry_their_chats_earlier_turns_as_context_only(
     assert [len(r["messages"]) for r in [r async for r in log.conversations()]] == [2, 2, 2]  # no context unless asked for
 
 
+async def test_in_a_group_a_training_record_carries_its_customers_own_turns(redis, prefix):
+    """As the bot shows the model the asker's own earlier turns in a group, so the training records."""
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    group = -100
+    asked = ((1, "满多少包邮？", "满69元包邮。"), (2, "发票怎么开？", "在订单页申请。"), (1, "偏远地区呢？", "另收10元。"))
+    for user_id, question, answer in asked:
+        await log.append(Exchange(group, user_id, question, answer, "faq", 0.9, None, 12))
+    records = {r["messages"][-2]["content"]: r["messages"] async for r in log.conversations(context_turns=2)}
+    assert [m["content"] for m in records["偏远地区呢？"][:-2]] == ["满多少包邮？", "满69元包邮。"]
+    assert records["发票怎么开？"][:-2] == []
+
+
 async def test_an_operators_answer_takes_the_place_of_the_bots_answer_to_that_question(redis, prefix):
     log = ExchangeLog(redis, prefix, retention_days=30)
     await log.append(exchange(user_id=1, question="运费多少？", answer="满69元包邮。"))

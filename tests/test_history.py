@@ -24,3 +24,16 @@ async def test_clear_and_forget_one_user_in_a_group(redis, prefix):
     assert await history.recent(1, 10) == []
     await history.clear(-100)
     assert await history.recent(-100, 10) == []
+
+
+async def test_in_a_group_the_model_is_shown_the_askers_own_turns(redis, prefix):
+    """A group's history is one list: another member's turns (with whatever personal data they wrote) were the model's
+    context for the next question. With the asker's id, their own exchanges in that chat only."""
+    history = History(redis, prefix, max_turns=20, ttl_s=100)
+    await history.append(-100, 1, "alice: 我的手机号是多少来着", "to alice")
+    await history.append(-100, 2, "bob: 运费多少？", "满69元包邮。")
+    await history.append(-100, 1, "alice: 那偏远地区呢", "另收10元。")
+    bobs = [{"role": "user", "content": "bob: 运费多少？"}, {"role": "assistant", "content": "满69元包邮。"}]
+    assert await history.recent(-100, 4, 2) == bobs
+    assert [t["content"] for t in await history.recent(-100, 2, 1)] == ["alice: 那偏远地区呢", "另收10元。"]
+    assert len(await history.recent(-100, 10)) == 6  # the chat's whole history, as operators read it
