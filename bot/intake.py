@@ -54,6 +54,7 @@ RETRY_S = (0.2, 5.0)  # back-off while Redis is away: first, last
 # counted per update: before, it was read again at once, and each try asked the model again (~1 a second for as long as
 # Redis refused writes)
 AGAIN_S = (1.0, 60.0)
+MAX_ANSWERED = 4096  # update ids remembered as answered until acknowledged (far more than are ever in flight)
 MAX_TRIES = 30  # then the update is given up, with an error in the log (~25 minutes of tries): nothing loops forever
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -95,7 +96,7 @@ class UpdateStream:
         self._retry: set[int] = set()  # update ids whose handler asked to be tried again (retry_later)
         self._tries: dict[int, int] = {}  # update id -> times tried again so far
         self._deferred: dict[str, float] = {}  # entry id -> loop time before which it is not tried again
-        self._answered: set[int] = set()  # update ids whose answer is out, until their entry is acknowledged
+        self._answered: dict[int, None] = {}  # update ids whose answer is out, until acknowledged (oldest first, capped)
         self._last_heartbeat = 0.0
 
     def seen_key(self, update_id: int) -> str:
@@ -105,7 +106,9 @@ class UpdateStream:
         """The update's answer went out: a redelivery after a crash must not send it again. Only for an update this
         stream holds (XX; the terminal chat's have no key), keeping its time to live. Remembered in this process first:
         with Redis away at this moment, the update is still not tried again (retry_later)."""
-        self._answered.add(update_id)
+        self._answered[update_id] = None
+        while len(self._answered) > MAX_ANSWERED:  # the terminal chat's updates are never acknowledged here
+            del self._answered[next(iter(self._answered))]
         await self.redis.set(self.seen_key(update_id), ANSWERED, xx=True, keepttl=True)
 
     async def add(self, update_id: int, payload: str) -> bool:
@@ -270,7 +273,7 @@ class UpdateStream:
                 pipe.set(self.seen_key(update_id), "done", ex=DEDUPE_TTL_S)
             await pipe.xack(self.key, GROUP, entry_id).xdel(self.key, entry_id).execute()
         if update_id is not None:
-            self._answered.discard(update_id)
+            self._answered.pop(update_id, None)
             self._tries.pop(update_id, None)
 
 

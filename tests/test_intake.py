@@ -224,6 +224,16 @@ async def test_an_update_whose_answer_is_out_is_not_tried_again(redis, prefix, m
     assert calls == [1] and await stream.pending() == 0 and await redis.get(stream.seen_key(1)) == "done"
 
 
+async def test_what_is_remembered_as_answered_stays_bounded(redis, prefix, monkeypatch):
+    """The terminal chat's updates are marked answered and never acknowledged here: the memory of them is capped."""
+    monkeypatch.setattr(intake, "MAX_ANSWERED", 10)
+    stream = UpdateStream(redis, prefix, "a")
+    for update_id in range(1, 26):
+        await stream.mark_answered(update_id)
+    assert [not stream.retry_later(i) for i in (16, 25)] == [True, True]  # the newest are remembered
+    assert stream.retry_later(15)  # the oldest forgotten (a retry is possible again, as without the memory)
+
+
 async def test_a_backlog_larger_than_the_room_in_flight_is_handled_after_a_restart(redis, prefix):
     for i in range(1, 101):
         await UpdateStream(redis, prefix, "r").add(i, payload(i, chat=i))
