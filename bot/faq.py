@@ -154,12 +154,18 @@ class FaqStore:
 
     async def add_many(self, entries: list[FaqEntry]) -> list[str]:
         values = await asyncio.to_thread(_encoded, entries)  # checked, as JSON: a large import is CPU work
-        first = await self.redis.incrby(self.next_key, len(entries)) - len(entries) + 1
-        ids = [str(first + i) for i in range(len(entries))]
+        ids = await self._new_ids(len(entries))
         values = dict(zip(ids, values))
         async with self.redis.pipeline(transaction=True) as pipe:  # one HSET: a large import is one command, not one each
             await pipe.hset(self.entries_key, mapping=values).incr(self.version_key).execute()
         return ids
+
+    async def _new_ids(self, count: int) -> list[str]:
+        """`count` entry ids no entry has had (none for 0)."""
+        if not count:
+            return []
+        first = await self.redis.incrby(self.next_key, count) - count + 1
+        return [str(first + i) for i in range(count)]
 
     async def merge_many(self, entries: list[FaqEntry]) -> None:
         """Store `entries` as an import does: an entry whose answer is already stored (spaces at the ends aside) adds
@@ -170,8 +176,7 @@ class FaqStore:
                 try:
                     await pipe.watch(self.entries_key)
                     changed, new = await asyncio.to_thread(_merged, await pipe.hgetall(self.entries_key), entries)
-                    first = await self.redis.incrby(self.next_key, len(new)) - len(new) + 1 if new else 0
-                    changed.update((str(first + i), value) for i, value in enumerate(new))
+                    changed.update(zip(await self._new_ids(len(new)), new))
                     pipe.multi()
                     if changed:
                         pipe.hset(self.entries_key, mapping=changed).incr(self.version_key)

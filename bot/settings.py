@@ -92,16 +92,10 @@ class BotSettings(BaseSettings):
             return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
         return value
 
-    @field_validator("console_trusted_proxies", mode="before")
+    @field_validator("handoff_words", "console_trusted_proxies", mode="before")
     @classmethod
-    def _parse_networks(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("handoff_words", mode="before")
-    @classmethod
-    def _parse_words(cls, value: object) -> object:
+    def _parse_list(cls, value: object) -> object:
+        """A comma-separated list (words, or addresses and networks)."""
         if isinstance(value, str):
             return tuple(word.strip() for word in value.split(",") if word.strip())
         return value
