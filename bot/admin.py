@@ -217,15 +217,19 @@ async def report_job(context: Context, kefu: Services, job: dict, chat_id: int) 
 
 def comparison_table(job: dict) -> str:
     result, compare = job.get("result") or {}, (job.get("result") or {}).get("compare") or {}
+    new = {key: compare.get(f"new_{key}", result.get(key)) for key in ("val_char_f1", "val_loss_per_char")}  # compare_with
     rows = [("", result.get("version", "new"), compare.get("version", "current")),
-            ("char-F1", _num(result.get("val_char_f1")), _num(compare.get("val_char_f1"))),
+            ("char-F1", _num(new["val_char_f1"]), _num(compare.get("val_char_f1"))),
             ("BM25 look", _num(result.get("val_baseline_char_f1")), "—"),
-            ("loss/char", _num(result.get("val_loss_per_char")), _num(compare.get("val_loss_per_char"))),
+            ("loss/char", _num(new["val_loss_per_char"]), _num(compare.get("val_loss_per_char"))),
             ("ppl", _num(result.get("val_ppl")), "—")]
     lines = [f"{a:<10}{b:>10}{c:>10}" for a, b, c in rows]
     held_out = result.get("val_char_f1_turns")
     note = (f"\non the same {held_out} held-out answers; BM25 look(up): char-F1 of the stored answer to the nearest stored "
             "question — a model must beat it" if held_out else "")
+    if compare.get("left_out"):  # llmcore.train.compare_with
+        note += (f"\nboth compared on the {compare['conversations']} held-out conversations the current version did not train "
+                 f"on (it trained on {compare['left_out']}); BM25 and ppl on all")
     return "<pre>" + html.escape("\n".join(lines)) + "</pre>" + note
 
 

@@ -1,14 +1,13 @@
 """The training set a /retrain sends to llmcore: what the bot learned from its own conversations.
 
 Logged exchanges that were not rated 👎 and were not fallbacks or small talk, operators' answers (pinned to the
-training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is; the bot's own answers
-to a question an operator answered are left out), and every FAQ question with its answer (pinned too: every version
-learns the whole FAQ, and versions are compared on held-out customers' conversations; a held-out FAQ pair compared the
-first /retrain with a demo model that had learned it); deduplicated, already scrubbed of personal data when logged; at
-most PER_CUSTOMER exchanges of any one customer (their latest). Each logged exchange comes with the earlier turns of
-its chat (context only), so the model learns to use the history the bot sends it. At most MAX_BYTES as sent: the
-newest logged exchanges and every FAQ question (past llmcore's 64 MiB a request, ~57,000 logged exchanges, every
-/retrain was refused until old ones expired).
+training side of the split and repeated OPERATOR_WEIGHT times: they are the best data there is; the
+bot's own answers to a question an operator answered are left out), and every FAQ question with its
+answer; deduplicated, already scrubbed of personal data when logged; at most PER_CUSTOMER exchanges of any one
+customer (their latest). Each logged exchange comes with the earlier
+turns of its chat (context only), so the model learns to use the history the bot sends it. At most MAX_BYTES as
+sent: the newest logged exchanges and every FAQ question (past llmcore's 64 MiB a request, ~57,000 logged exchanges,
+every /retrain was refused until old ones expired).
 """
 from __future__ import annotations
 
@@ -24,8 +23,8 @@ PER_CUSTOMER = 200  # a customer's logged exchanges in one training set at most 
 MAX_BYTES = 60 << 20  # the records as JSON, under the 64 MiB llmcore takes in one request (llmcore/admin.py)
 
 
-def _conversation(context: list[dict], question: str, answer: str, source: str, pin: bool) -> dict:
-    meta = {"source": source, **({"pin": True} if pin else {})}
+def _conversation(context: list[dict], question: str, answer: str, source: str) -> dict:
+    meta = {"source": source, **({"pin": True} if source == "operator" else {})}
     return {"messages": [*context, {"role": "user", "content": question}, {"role": "assistant", "content": answer}], "meta": meta}
 
 
@@ -33,16 +32,13 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
     """Records in chat JSONL; logged ones start with up to `context_turns` earlier messages of their chat."""
     seen: set[tuple[str, str]] = set()
     out: list[dict] = []
-    entries = await faq.entries()
-    faq_pairs = {(question.strip(), entry.answer.strip()) for entry in entries for question in (entry.question, *entry.similar)}
 
     def add(context: list[dict], question: str, answer: str, source: str) -> None:
         key = (question.strip(), answer.strip())
         if not all(key) or key in seen:
             return
-        seen.add(key)  # a logged exchange that is a FAQ pair word for word stands for it, pinned as it would be
-        pin = source == "operator" or key in faq_pairs
-        out.extend([_conversation(context, *key, source, pin)] * (OPERATOR_WEIGHT if source == "operator" else 1))
+        seen.add(key)
+        out.extend([_conversation(context, *key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
     records = [r async for r in log.conversations(context_turns=context_turns, with_user=True)]
     users = [r["meta"].pop("user_id", None) for r in records]  # counted, never sent
@@ -61,7 +57,7 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
         if record["meta"]["source"] != "operator" and question["content"].strip() in answered_by_people:
             continue  # an operator answered this question: that answer supersedes the bot's own
         add(context, question["content"], answer["content"], record["meta"]["source"])
-    for entry in entries:
+    for entry in await faq.entries():
         for question in (entry.question, *entry.similar):
             add([], question, entry.answer, "faq")
     return _newest_that_fit(out, MAX_BYTES)

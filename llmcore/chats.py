@@ -117,11 +117,33 @@ def _rank(seed: int, conversation: Conversation) -> bytes:
     return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), key=str(seed).encode()[:64], digest_size=16).digest()
 
 
+def fingerprint(conversation: Conversation) -> bytes:
+    """8 bytes that stand for the conversation's messages (not its meta): the same text gives the same fingerprint in
+    any file. A version keeps those of the conversations it trained on (llmcore.registry.TRAINED)."""
+    content = json.dumps(conversation.messages, ensure_ascii=False, sort_keys=True)
+    return hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=FINGERPRINT_BYTES).digest()
+
+
+FINGERPRINT_BYTES = 8
+
+
+def write_fingerprints(path: Path, conversations: Sequence[Conversation]) -> None:
+    path.write_bytes(b"".join(sorted({fingerprint(c) for c in conversations})))
+
+
+def not_in(conversations: Sequence[Conversation], fingerprints: Path) -> list[Conversation]:
+    """Those of `conversations` whose fingerprint is not in the file (write_fingerprints); all of them without one."""
+    if not fingerprints.is_file():
+        return list(conversations)
+    data, n = fingerprints.read_bytes(), FINGERPRINT_BYTES
+    seen = {data[i : i + n] for i in range(0, len(data) - len(data) % n, n)}
+    return [c for c in conversations if fingerprint(c) not in seen]
+
+
 def split_conversations(conversations: Sequence[Conversation], val_fraction: float,
                         seed: int) -> tuple[list[Conversation], list[Conversation]]:
     """Seeded split by whole conversation; with a fraction > 0, at least one on each side when there are two or more.
-    Conversations marked `"meta": {"pin": true}` (an operator's answer, a FAQ pair: bot/trainingset.py) are always
-    trained on, never held out.
+    Conversations marked `"meta": {"pin": true}` (an operator's answer) are always trained on, never held out.
 
     Held out are those whose content hashes lowest (keyed by the seed), not a shuffle of positions: as the logged data
     grows between retrainings, a conversation held out last time stays held out (the current version never trained on

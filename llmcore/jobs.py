@@ -173,10 +173,13 @@ class JobManager:
         compare = result.get("compare")
         if not compare:
             return self.registry.current() is None
-        new_f1, old_f1 = result.get("val_char_f1") or 0.0, compare.get("val_char_f1") or 0.0
+        # on the held-out conversations the current version did not train on (llmcore.train.compare_with)
+        new_f1 = compare.get("new_val_char_f1", result.get("val_char_f1")) or 0.0
+        new_loss = compare.get("new_val_loss_per_char", result.get("val_loss_per_char")) or 1e9
+        old_f1 = compare.get("val_char_f1") or 0.0
         if new_f1 > old_f1 + self.promote_margin:
             return True
-        return new_f1 >= old_f1 and (result.get("val_loss_per_char") or 1e9) < (compare.get("val_loss_per_char") or 1e9)
+        return new_f1 >= old_f1 and new_loss < (compare.get("val_loss_per_char") or 1e9)
 
     def _last_sign_of_life(self, job: dict) -> float:
         progress = _read_json(self.root / job["id"] / "progress.json") or {}

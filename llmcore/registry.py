@@ -44,6 +44,7 @@ STAGING_PREFIX = ".staging-"
 CURRENT = "current"
 WEIGHTS, TOKENIZER, CONFIG, METRICS, LOSS_PLOT = "model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png"
 HELDOUT = "heldout.jsonl"  # the conversations the version held out of its training (llmcore.sidebyside)
+TRAINED = "trained.bin"  # the fingerprints of those it trained on (llmcore.chats.fingerprint): a comparison leaves them out
 CHECKPOINT_FORMAT = "kefu-checkpoint/1"
 PROMOTIONS = "promotions.jsonl"  # every promotion, one JSON record a line; rollback reads it
 

@@ -5,16 +5,17 @@ the real answer.
     result = compare_versions(registry, "v0003", "v0005", turns=20)
 
 The turns are those the newer of the two held out of its training (`heldout.jsonl` in its folder, written by the
-trainer beside the weights), or the older's when the newer kept none. They are only ever held out of that version: the other one may
-have trained on them (a later version usually trains on more of the log), which `heldout_from` says.
+trainer beside the weights), or the older's when the newer kept none (`heldout_from` says which), less those the other
+version trained on (`trained.bin`: the fingerprints of its training conversations; a version trained before it was
+kept is compared on all of them).
 """
 from __future__ import annotations
 
 import torch
 
-from llmcore.chats import read_conversations
+from llmcore.chats import not_in, read_conversations
 from llmcore.evaluate import answer_turns, assistant_turns
-from llmcore.registry import HELDOUT, Registry, RegistryError
+from llmcore.registry import HELDOUT, TRAINED, Registry, RegistryError
 from llmcore.sampling import SamplingParams
 from llmcore.train import BOT_REPETITION_PENALTY
 
@@ -35,6 +36,10 @@ def compare_versions(registry: Registry, a: str, b: str, turns: int = 20, device
     if source is None:
         raise RegistryError(f"neither {a} nor {b} kept held-out turns (trained without a validation split)")
     conversations, _ = read_conversations([registry.path(source) / HELDOUT], skip_bad=True)
+    other = b if source == a else a
+    conversations = not_in(conversations, registry.path(other) / TRAINED)  # what the other trained on is no test of it
+    if not conversations:
+        raise RegistryError(f"{other} trained on every conversation {source} held out: nothing to compare them on")
     asked = assistant_turns(conversations)[: max(1, min(turns, MAX_COMPARED_TURNS))]
     params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=MAX_NEW_TOKENS)
     answers = {}

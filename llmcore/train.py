@@ -28,6 +28,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from llmcore import chats
 from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
@@ -37,7 +38,7 @@ from llmcore.model import LanguageModel, ModelConfig, build_model, default_confi
 from llmcore.plots import plot_loss
 from llmcore.progress import ProgressFile
 from llmcore.prompting import PLAIN, PromptRecipe
-from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, Registry, save_checkpoint, write_atomic
+from llmcore.registry import HELDOUT, LOSS_PLOT, METRICS, TRAINED, Registry, save_checkpoint, write_atomic
 from llmcore.retrieval import EvidenceIndex
 from llmcore.sampling import SamplingParams
 from llmcore.selection import DEFAULT_SELECTION, Selection
@@ -238,7 +239,9 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         with progress.alive(stage="evaluating"):
             metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device, index, recipe)
             if opts.compare_current and registry.current() and val_convs:
-                metrics["compare"] = score_version(registry, registry.current(), val_convs, device)
+                compare = compare_with(registry, registry.current(), val_convs, device, model, tokenizer, index, recipe, metrics)
+                if compare is not None:
+                    metrics["compare"] = compare
         metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
         metrics["train_seconds"] = stats["train_seconds"]
         metrics["world_size"] = dist.world_size
@@ -254,6 +257,7 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
             (staged / METRICS).write_text(_json(metrics))  # the folder's name is the version
             if val_convs:  # scrubbed like the rest of the training data; two versions are compared on them (llmcore.sidebyside)
                 write_conversations(staged / HELDOUT, val_convs)
+            chats.write_fingerprints(staged / TRAINED, train_convs)  # a later version is compared with this one on the others
             with _signals_held():
                 version = registry.commit(staged)
                 if opts.promote:
@@ -265,6 +269,25 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         return version, metrics
     finally:
         dist.close()
+
+
+def compare_with(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device, model: LanguageModel,
+                 tokenizer: Tokenizer, index: EvidenceIndex, recipe: PromptRecipe, metrics: dict) -> dict | None:
+    """`version`'s scores on the held-out conversations it did not train on (the demo model trained on every FAQ pair,
+    of which a /retrain holds a tenth out: on those the current version answered from memory). When it trained on some,
+    the new version is scored on the same rest too (`new_val_char_f1`, `new_val_loss_per_char`; `left_out`: how many
+    it trained on). None when it trained on all of them: there is nothing fair to compare on."""
+    unseen = chats.not_in(val_convs, registry.path(version) / TRAINED)
+    if not unseen:
+        logger.info("%s trained on all %d held-out conversations: no comparison", version, len(val_convs))
+        return None
+    compare = score_version(registry, version, unseen, device)
+    if len(unseen) < len(val_convs):
+        ours = evaluate(model.eval(), tokenizer, unseen, limit=VAL_CHAR_F1_TURNS, repetition_penalty=BOT_REPETITION_PENALTY,
+                        index=index, recipe=recipe, gate=metrics.get("gate"), selection=Selection(**metrics["selection"]))
+        compare.update(new_val_char_f1=ours["char_f1"], new_val_loss_per_char=ours["loss_per_char"],
+                       conversations=len(unseen), left_out=len(val_convs) - len(unseen))
+    return compare
 
 
 def score_version(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device) -> dict:

@@ -159,6 +159,9 @@ async def test_two_versions_side_by_side_on_the_same_held_out_turns(redis_url, p
         write_conversations(registry.path("v0002") / HELDOUT, [Conversation([{"role": "user", "content": q}, {"role": "assistant",
                                                                                                            "content": a}])
                                                                 for q, a in FAQ_PAIRS])
+        trained_on_all = await client.get("/models/compare", params={"a": "v0001", "b": "v0002"})
+        assert trained_on_all.status == 409 and "trained on every conversation" in await trained_on_all.text()
+        (registry.path("v0001") / "trained.bin").unlink()  # as a version trained before fingerprints were kept: all of them
         result = await c.kefu.admin.compare("v0001", "v0002", 5)
         assert result["heldout_from"] == "v0002" and result["num_turns"] == 5
         assert [row["question"] for row in result["turns"]] == [q for q, _ in FAQ_PAIRS[:5]]

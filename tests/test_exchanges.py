@@ -210,23 +210,3 @@ async def test_forget_erases_a_long_customer_history_whole(redis, prefix):
     assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
     assert await redis.hget(log.ratings, ids[-1]) is None
 
-
-async def test_faq_pairs_are_always_trained_on_and_customers_exchanges_may_be_held_out(redis, prefix):
-    """Every version learns the whole FAQ, so a held-out FAQ pair compared a new version with a current one that had
-    learned it (the demo model trains on all of them): FAQ pairs are pinned to the training side, a logged exchange
-    that is a FAQ pair word for word too, and the split holds out customers' own conversations only."""
-    from bot import trainingset
-    from bot.faq import FaqStore
-    from llmcore.chats import Conversation, split_conversations
-
-    faq = FaqStore(redis, prefix)
-    await faq.add("怎么退货？", "七天内可以在订单页申请退货。", ["能退货吗"])
-    log = ExchangeLog(redis, prefix, retention_days=30)
-    await log.append(exchange(user_id=1, question="怎么退货？", answer="七天内可以在订单页申请退货。", source="faq"))
-    for i in range(20):
-        await log.append(exchange(user_id=i, question=f"第{i}个问题", answer=f"第{i}个回答"))
-    records = await trainingset.build_training_set(log, faq)
-    pinned = {r["messages"][-2]["content"] for r in records if r["meta"].get("pin")}
-    assert pinned == {"怎么退货？", "能退货吗"} and len(records) == 22
-    train, held_out = split_conversations([Conversation(r["messages"], meta=r["meta"]) for r in records], 0.5, seed=0)
-    assert len(held_out) == 10 and all(c.messages[-2]["content"].startswith("第") for c in held_out)

@@ -175,13 +175,19 @@ async def test_a_promote_and_a_discard_pressed_together_decide_once(admin):
 
 async def test_a_job_trains_reports_progress_and_is_promoted_when_better(admin):
     client, registry = admin
-    started = await client.post("/admin/train", json={"conversations": DATA, "epochs": 60.0, "model": TINY}, headers=AUTH)  # JSON 60.0
+    unseen = [{"messages": [{"role": "user", "content": f"第{i}号问题"}, {"role": "assistant", "content": f"第{i}号回答。"}]}
+              for i in range(40)]
+    started = await client.post("/admin/train", json={"conversations": DATA + unseen, "epochs": 60.0, "model": TINY},  # JSON 60.0
+                                headers=AUTH)
     assert started.status == 202 and (await started.json())["status"] == "running"
     second = await client.post("/admin/train", json={"conversations": DATA, "epochs": 1}, headers=AUTH)
     assert second.status == 409  # one at a time
     job = await wait_for_end(client)
     assert job["status"] in ("promoted", "awaiting_decision"), job
     assert job["progress"]["stage"] == "done" and job["result"]["compare"]["version"] == "v0001"
+    held_out = (registry.root / job["version"] / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    learned = sum(any(q in line for q, _ in FAQ_PAIRS) for line in held_out)  # conversations v0001 trained on
+    assert learned < len(held_out) and job["result"]["compare"].get("left_out", 0) == learned
     # the job's copy of customers' conversations goes when it ends (no /forget or retention reached it)
     assert not (registry.root / "jobs" / job["id"] / "data.jsonl").exists()
     assert job["version"] == "v0002" and registry.versions() == ["v0001", "v0002"]

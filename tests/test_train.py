@@ -24,7 +24,7 @@ from .conftest import FAQ_PAIRS, REPO
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 64, "dropout": 0.0}
 # no gate.json: too few answers held out to fit one
 VERSION_FILES = {"model.pt", "tokenizer.json", "config.json", "metrics.json", "loss.png", "evidence.jsonl", "prompt.json",
-                 "select.json", "heldout.jsonl"}
+                 "select.json", "heldout.jsonl", "trained.bin"}
 METRIC_KEYS = {"arch", "num_params", "train_loss", "val_loss", "val_ppl", "train_tokens_per_s", "train_seconds", "data_sha256", "created"}
 
 
@@ -61,6 +61,40 @@ def test_training_writes_one_complete_version(tmp_path, faq_file, arch):
     learned = {t.response for t in registry.load(version).index.turns}
     held_answers = {m["content"] for c in held for m in c.messages if m["role"] == "assistant"}
     assert 0 < len(held) < len(everything) and held_answers and not held_answers & learned
+
+
+def test_the_current_version_is_compared_only_on_held_out_conversations_it_did_not_train_on(tmp_path):
+    """The demo model trains on every FAQ pair, and the first /retrain holds a tenth of them out: the current version
+    answered those from memory. A version keeps its training conversations' fingerprints; the comparison leaves out
+    what the current one trained on, and scores both versions on the rest (none left: no comparison)."""
+    import json
+
+    from llmcore.chats import not_in
+    from llmcore.jobs import JobManager
+
+    def data(name, numbers):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"第{i}个问题是什么"},
+                                                         {"role": "assistant", "content": f"这是第{i}个回答。"}]},
+                                           ensure_ascii=False) + "\n" for i in numbers), encoding="utf-8")
+        return path
+
+    models, old, both = tmp_path / "m", data("old.jsonl", range(20)), data("both.jsonl", range(40))
+    train(tiny_opts(old, models, val_fraction=0.0, promote=True))  # v0001 trained on all of old
+    everything, _ = read_conversations([old])
+    assert not_in(everything, models / "v0001" / "trained.bin") == []
+    _, metrics = train(tiny_opts(both, models, val_fraction=0.5, compare_current=True))
+    held, _ = read_conversations([models / "v0002" / "heldout.jsonl"])
+    seen = [c for c in held if int(c.messages[0]["content"][1:].split("个")[0]) < 20]
+    compare = metrics["compare"]
+    assert compare["version"] == "v0001" and 0 < len(seen) < len(held)
+    assert compare["left_out"] == len(seen) and compare["conversations"] == len(held) - len(seen)
+    assert 0 <= compare["new_val_char_f1"] <= 1 and compare["new_val_loss_per_char"] > 0
+    manager = JobManager(Registry(models))
+    assert manager._better({**metrics, "val_char_f1": 1.0, "compare": {**compare, "new_val_char_f1": 0.0, "val_char_f1": 0.5}}) is False
+    assert manager._better({**metrics, "val_char_f1": 0.0, "compare": {**compare, "new_val_char_f1": 0.9, "val_char_f1": 0.5}}) is True
+    _, metrics = train(tiny_opts(old, models, val_fraction=0.5, compare_current=True))  # all held out were v0001's own
+    assert "compare" not in metrics
 
 
 def test_ema_ends_the_run_with_the_moving_average_of_the_weights(tmp_path, faq_file):

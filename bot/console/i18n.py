@@ -93,10 +93,12 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "error": ("出错了：", "Something went wrong: "),
     "side_by_side": ("两个版本对比", "Two versions side by side"),
     "compare": ("对比", "Compare"),
-    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出的对话（另一个版本可能训练过它们）；"
+    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出、另一个版本也没有训练过的对话；"
                      "贪心解码，与机器人的提问方式相同。",
-                     "Both answer the same turns ({n}), from the conversations {v} held out of its training (the other version "
-                     "may have trained on them), greedily, as the bot asks."),
+                     "Both answer the same turns ({n}), from the conversations {v} held out of its training that the other "
+                     "version did not train on either, greedily, as the bot asks."),
+    "compare_left_out": ("两个版本都在当前版本没有训练过的 {n} 段留出对话上比较（它训练过 {m} 段）。",
+                         "Both compared on the {n} held-out conversations the current version did not train on (it trained on {m})."),
     "better_on": ("更好的轮次", "Better on"),
     "reference": ("真实回答", "Real answer"),
     "empty": ("问题和回答都不能为空。", "a question and an answer are both needed."),
