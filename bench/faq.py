@@ -72,8 +72,9 @@ def fit_fusion(index: FaqIndex, questions: list[str], targets: list[int | None])
     then the spread weights with the others fixed; each confidence is a logistic regression of "the first entry is the
     right one" on the first entry's rank without the spread terms and its margin over the rival (the second's rank, at
     least the median first rank of the off-topic questions), the informed one on the question's unknown share too.
-    The confidence reads the rank of an entry's best wordings, as for a FAQ without similar questions, where the
-    spread is 0 (bot/encoder.py, Fusion): the spread only reorders entries."""
+    The confidence is fitted on the rank of the entries' best wordings, as in a FAQ without similar questions, where
+    the spread is 0 and its scores are as before (bot/encoder.py, Fusion); in use it reads the rank with the spread, so
+    an entry whose wordings disagree ranks and scores a little lower."""
     import torch
 
     features = torch.tensor(np.stack([index.features(q)[0] for q in questions]), dtype=torch.float32)  # (Q, E, F)

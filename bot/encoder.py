@@ -204,16 +204,18 @@ class E5Encoder:
                     continue
                 batch = self._take()
                 self._busy = True
-                self._turn.release()
                 try:
-                    self._run(batch)
-                except BaseException as exc:  # interrupted: the others of the batch must not wait for good
-                    for r in batch:
-                        if r.vectors is None and r.error is None:
-                            r.error = exc
+                    self._turn.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._turn.acquire()
+                except BaseException:  # interrupted (not a failed call: _run keeps those): the others go back in line
+                    self._waiting[0:0] = [r for r in batch if r.vectors is None and r.error is None and r is not request]
+                    if request in self._waiting:
+                        self._waiting.remove(request)
                     raise
                 finally:
-                    self._turn.acquire()
                     self._busy = False
                     self._turn.notify_all()
         if request.error is not None:
@@ -233,7 +235,7 @@ class E5Encoder:
                 self._run([r])
             return
         for r, start in zip(batch, np.cumsum([0] + [len(r.texts) for r in batch[:-1]])):
-            r.vectors = made[start : start + len(r.texts)]
+            r.vectors = made[start : start + len(r.texts)].copy()  # not a view: a remembered question keeps its own alone
 
     def _take(self) -> list[_Request]:
         """The first waiting request, and those after it of the same kind while the texts stay within MAX_JOINED."""

@@ -37,6 +37,7 @@ WATCH_INTERVAL_S = 1.0
 MIN_CONVERSATIONS = 10
 MAX_MINUTES = 120
 ARCHS = ("transformer", "lstm")
+MIN_COMPARED_TURNS = 20  # held-out answers both versions must be compared on before one is promoted without the admin
 STALE_S = 300  # a trainer rewrites its progress every second; this much silence from another host means it is gone
 
 
@@ -169,10 +170,13 @@ class JobManager:
 
     def _better(self, result: dict) -> bool:
         """Promote automatically when the new version answers the held-out questions better (char-F1 by the margin),
-        or as well with a lower loss per character; with nothing to compare against, when there is no current."""
+        or as well with a lower loss per character, on at least MIN_COMPARED_TURNS answers; with nothing to compare
+        against, when there is no current."""
         compare = result.get("compare")
         if not compare:
             return self.registry.current() is None
+        if compare.get("turns", MIN_COMPARED_TURNS) < MIN_COMPARED_TURNS:  # a handful of answers decides nothing: the admin does
+            return False
         # on the held-out conversations the current version did not train on (llmcore.train.compare_with)
         new_f1 = compare.get("new_val_char_f1", result.get("val_char_f1")) or 0.0
         new_loss = compare.get("new_val_loss_per_char", result.get("val_loss_per_char")) or 1e9

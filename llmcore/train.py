@@ -296,7 +296,8 @@ def score_version(registry: Registry, version: str, val_convs: list[Conversation
     scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
                       repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate,
                       selection=loaded.selection)
-    return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"]}
+    return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"],
+            "turns": scores["num_turns"]}
 
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],

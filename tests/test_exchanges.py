@@ -210,3 +210,22 @@ async def test_forget_erases_a_long_customer_history_whole(redis, prefix):
     assert [e["question"] async for _, e in log.entries()] == ["别人的问题"]
     assert await redis.hget(log.ratings, ids[-1]) is None
 
+
+
+async def test_a_logged_copy_of_a_faq_pair_does_not_take_its_place_in_a_cut_training_set(redis, prefix, monkeypatch):
+    """A customer asked a FAQ question word for word and got its answer: that logged exchange took the FAQ pair's place
+    in the set, and went with the oldest logged exchanges when the set was cut to fit one request."""
+    from bot import trainingset
+    from bot.faq import FaqStore
+
+    faq = FaqStore(redis, prefix)
+    await faq.add("怎么退货？", "七天内可以在订单页申请退货。", ["能退货吗"])
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    await log.append(exchange(user_id=1, question="怎么退货？", answer="七天内可以在订单页申请退货。", source="faq"))
+    for i in range(10):
+        await log.append(exchange(user_id=i + 2, question=f"第{i}个问题", answer=f"第{i}个回答"))
+    whole = await trainingset.build_training_set(log, faq)
+    assert [r["messages"][-2]["content"] for r in whole][-2:] == ["怎么退货？", "能退货吗"] and len(whole) == 12
+    monkeypatch.setattr(trainingset, "MAX_BYTES", sum(len(json.dumps(r)) + 2 for r in whole[-4:]))
+    kept = await trainingset.build_training_set(log, faq)
+    assert [r["messages"][-2]["content"] for r in kept] == ["第8个问题", "第9个问题", "怎么退货？", "能退货吗"]

