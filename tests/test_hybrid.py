@@ -157,6 +157,15 @@ def test_an_entry_whose_other_wordings_disagree_ranks_below_one_whose_wordings_a
                    hybrid.encoder)
     features, _ = one.features("钱什么时候退给我")
     assert not features[:, 2 + 2 * parts:].any()
+    # an entry that learns many wordings does not rank lower for them: its spread reads its five nearest
+    refund = ("退款多久到账？", "退款几天能到？", "钱多久退回来？", "退款什么时候到账", "多久能收到退款")
+    unrelated = ("今天天气怎么样", "你们有实体店吗", "能开发票吗", "怎么修改收货地址", "会员有什么优惠", "How do I reset my password?")
+    few = FaqIndex([FaqEntry("1", refund[0], "1-3个工作日原路退回。", refund[1:]), FaqEntry("2", "运费多少钱？", "满69元包邮。")],
+                   hybrid.encoder)
+    many = FaqIndex([FaqEntry("1", refund[0], "1-3个工作日原路退回。", refund[1:] + unrelated), few.entries[1]], hybrid.encoder)
+    near, _ = few.features("钱什么时候退给我")
+    assert near[0, 2 + 2 * parts:] == pytest.approx(many.features("钱什么时候退给我")[0][0, 2 + 2 * parts:], abs=1e-5)
+    assert near[0, 2 + 2 * parts:].min() < 0  # the five do not all agree: the spread is there, the same
     scores = [m.score for m in one.match("钱什么时候退给我", k=2)]
     for encoder in (hybrid.encoder, *hybrid.part_encoders):  # the pair's and USE's (CASCADE)
         monkeypatch.setattr(encoder, "fusion", replace(encoder.fusion, question_spread=()))
