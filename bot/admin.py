@@ -40,7 +40,7 @@ from bot.console.people import role_for
 from bot.context import Context
 from bot.faqadmin import QUOTE_CHARS, decide_wording, faq_add, faq_del, faq_document, faq_list, faq_pending
 from bot.handlers import COMMANDS
-from bot.llm import AdminError
+from bot.llm import AdminError, AdminUnreachable
 from bot.services import Services
 from bot.split import clip
 from bot.stats import chart, collect, format_stats
@@ -157,7 +157,13 @@ async def start_retrain(kefu: Services, arch: str, minutes: float) -> dict:
     if len(conversations) < kefu.settings.min_training_conversations:
         raise RetrainRefused(f"Too little data to retrain: {len(conversations)} conversations "
                              f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
-    return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
+    try:
+        return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
+    except AdminUnreachable:  # the answer was lost, not necessarily the request: a new running job is the one started
+        started = await kefu.admin.job()
+        if started is not None and started["status"] == "running" and started["id"] != (running or {}).get("id"):
+            return started
+        raise
 
 
 def _retrain_args(args: list[str], default_minutes: float) -> tuple[str, float]:

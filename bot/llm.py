@@ -207,6 +207,13 @@ class AdminError(Exception):
     """llmcore's admin API refused or could not be reached; the message says why, for the admin."""
 
 
+class AdminUnreachable(AdminError):
+    """No answer came: llmcore may or may not have done what was asked."""
+
+
+TRAIN_TIMEOUT_S = 300.0  # a training set of up to 60 MiB travels in the request (llmcore gives it as long to arrive)
+
+
 class LlmAdmin:
     """llmcore's admin API (bearer token): versions, promotion, rollback, training jobs."""
 
@@ -226,7 +233,7 @@ class LlmAdmin:
 
     async def train(self, conversations: list[dict], arch: str, minutes: float, shape: dict[str, int]) -> dict:
         return await self._call("POST", "/admin/train", {"conversations": conversations, "arch": arch, "minutes": minutes,
-                                                         **({"model": shape} if shape else {})})
+                                                         **({"model": shape} if shape else {})}, timeout_s=TRAIN_TIMEOUT_S)
 
     async def job(self) -> dict | None:
         try:
@@ -246,19 +253,20 @@ class LlmAdmin:
         """Both versions' answers to the same held-out turns (llmcore.sidebyside)."""
         return await self._call("POST", "/admin/compare", {"a": a, "b": b, "turns": turns})
 
-    async def _call(self, method: str, path: str, body: dict | None = None, raw: bool = False):
+    async def _call(self, method: str, path: str, body: dict | None = None, raw: bool = False, timeout_s: float | None = None):
         if not self.token:
             raise AdminError("LLMCORE_ADMIN_TOKEN is not set for the bot")
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")  # a character as UTF-8:
         try:  # escaped, one outside the BMP took 12 bytes, and a training set 3x its size against llmcore's 64 MB
-            async with aiohttp.ClientSession(timeout=self.timeout) as session, \
+            timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+            async with aiohttp.ClientSession(timeout=timeout) as session, \
                     session.request(method, self.base + path, data=data, headers=headers) as response:
                 if response.status >= 400:
                     raise AdminError(f"llmcore {response.status}: {await _error_text(response)}")
                 return await response.read() if raw else await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"llmcore unreachable: {exc.__class__.__name__} {exc}".strip()) from None
+            raise AdminUnreachable(f"llmcore unreachable: {exc.__class__.__name__} {exc}".strip()) from None
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:

@@ -170,6 +170,50 @@ async def test_retrain_refuses_little_data_and_runs_one_job_at_a_time(telegram, 
         assert "stopped before it finished" in failed["text"] and registry.current() == "v0001"
 
 
+async def test_a_retrain_whose_answer_is_lost_reports_the_job_its_request_started(telegram, redis_url, llmcore_admin, prefix, seeded,
+                                                                                monkeypatch):
+    """A training set of tens of MiB takes a while to travel. When the answer to it is lost (a timeout, a dropped
+    connection), the job may well have started: /retrain said "llmcore unreachable" and watched nothing, and the next
+    /retrain was refused as busy. It now asks llmcore, and reports and watches the job its request started."""
+    import aiohttp
+    from aiohttp import web
+
+    from bot import llm
+
+    url, _ = llmcore_admin
+    monkeypatch.setattr(llm, "TRAIN_TIMEOUT_S", 1.0)
+
+    async def forward(request: web.Request) -> web.Response:  # llmcore, whose answer to POST /admin/train comes too late
+        headers = {"Authorization": request.headers.get("Authorization", ""), "Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session, \
+                session.request(request.method, url + request.path_qs, data=await request.read(), headers=headers) as answer:
+            body, status = await answer.read(), answer.status
+        if request.method == "POST" and request.path == "/admin/train":
+            await asyncio.sleep(3)
+        return web.Response(body=body, status=status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    shape = {k: v for k, v in TINY_MODEL.items() if k != "dropout"}
+    try:
+        async with running_bot(admin_settings(telegram, redis_url, f"http://127.0.0.1:{port}", prefix, retrain_shape=shape), telegram):
+            for i, (q, a) in enumerate(FAQ_PAIRS * 2):
+                await seeded.add(f"{q} ({i})", a)
+            reply = await as_admin(telegram, "/retrain lstm 1")
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}/admin/train", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                    job = await response.json()
+                async with session.post(f"{url}/admin/train/cancel", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                    assert response.status == 200
+            assert job["status"] == "running" and reply["text"].startswith(f"Training job {job['id']} (lstm,"), reply["text"]
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_watched_job_that_is_no_longer_the_latest_is_let_go(telegram, redis_url, llmcore_admin, prefix, seeded, redis):
     """The job a /retrain watched ended while no bot ran, and another started since (or none is left): the watcher
     polled llmcore every few seconds for good, resumed at every restart, and never reported."""
