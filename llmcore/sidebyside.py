@@ -7,7 +7,8 @@ the real answer.
 The turns are those the newer of the two held out of its training (`heldout.jsonl` in its folder, written by the
 trainer beside the weights), or the older's when the newer kept none (`heldout_from` says which), less those the other
 version trained on (`trained.bin`: the fingerprints of its training conversations; a version trained before it was
-kept is compared on all of them).
+kept is compared on all of them). When the other trained on every one, all of them, and `other_trained_on_them` says so
+(a retraining whose held-out turns are FAQ pairs the older version learned).
 """
 from __future__ import annotations
 
@@ -37,9 +38,8 @@ def compare_versions(registry: Registry, a: str, b: str, turns: int = 20, device
         raise RegistryError(f"neither {a} nor {b} kept held-out turns (trained without a validation split)")
     conversations, _ = read_conversations([registry.path(source) / HELDOUT], skip_bad=True)
     other = b if source == a else a
-    conversations = not_in(conversations, registry.path(other) / TRAINED)  # what the other trained on is no test of it
-    if not conversations:
-        raise RegistryError(f"{other} trained on every conversation {source} held out: nothing to compare them on")
+    unseen = not_in(conversations, registry.path(other) / TRAINED)  # what the other trained on is no test of it
+    conversations = unseen or conversations  # all of them, said so, when it trained on every one
     asked = assistant_turns(conversations)[: max(1, min(turns, MAX_COMPARED_TURNS))]
     params = SamplingParams(temperature=0.0, repetition_penalty=BOT_REPETITION_PENALTY, max_new_tokens=MAX_NEW_TOKENS)
     answers = {}
@@ -52,5 +52,5 @@ def compare_versions(registry: Registry, a: str, b: str, turns: int = 20, device
             for i, turn in enumerate(asked)]
     mean = {v: round(sum(s.f1 for s in answers[v]) / len(asked), 4) if asked else None for v in (a, b)}
     better = [sum(answers[v][i].f1 > answers[w][i].f1 for i in range(len(asked))) for v, w in ((a, b), (b, a))]
-    return {"versions": [a, b], "heldout_from": source, "num_turns": len(asked), "char_f1": mean,
+    return {"versions": [a, b], "heldout_from": source, "other_trained_on_them": not unseen, "num_turns": len(asked), "char_f1": mean,
             "better": {a: better[0], b: better[1], "tie": len(asked) - sum(better)}, "turns": rows}

@@ -65,6 +65,9 @@ async def test_a_retrain_from_the_page_streams_its_progress_and_is_promoted(redi
         assert final["status"] in ("promoted", "awaiting_decision") and all(e["status"] == "running" for e in events[:-1])
         page = await (await client.get("/models")).text()
         assert 'id="compare"' in page and "v0003" in page
+        compare = (await c.kefu.admin.job())["result"].get("compare") or {}  # FAQ_PAIRS as v0001 learned them: left out
+        note = f"held-out conversations the current version did not train on (it trained on {compare.get('left_out')})"
+        assert compare.get("left_out") and note in page
         job_id = re.search(r'action="/models/jobs/([^/]+)/promote"', page)
         if final["status"] == "awaiting_decision":  # not better on the held-out turns: the admin decides
             await client.post(f"/models/jobs/{job_id.group(1)}/promote", data={"csrf": token})
@@ -159,10 +162,12 @@ async def test_two_versions_side_by_side_on_the_same_held_out_turns(redis_url, p
         write_conversations(registry.path("v0002") / HELDOUT, [Conversation([{"role": "user", "content": q}, {"role": "assistant",
                                                                                                            "content": a}])
                                                                 for q, a in FAQ_PAIRS])
-        trained_on_all = await client.get("/models/compare", params={"a": "v0001", "b": "v0002"})
-        assert trained_on_all.status == 409 and "trained on every conversation" in await trained_on_all.text()
-        (registry.path("v0001") / "trained.bin").unlink()  # as a version trained before fingerprints were kept: all of them
+        trained_on_all = await client.get("/models/compare", params={"a": "v0001", "b": "v0002"})  # v0001 learned FAQ_PAIRS
+        assert trained_on_all.status == 200 and 'id="trained-on-them"' in await trained_on_all.text()
+        assert (await c.kefu.admin.compare("v0001", "v0002", 5))["other_trained_on_them"] is True
+        (registry.path("v0001") / "trained.bin").unlink()  # as a version trained before fingerprints were kept
         result = await c.kefu.admin.compare("v0001", "v0002", 5)
+        assert result["other_trained_on_them"] is False
         assert result["heldout_from"] == "v0002" and result["num_turns"] == 5
         assert [row["question"] for row in result["turns"]] == [q for q, _ in FAQ_PAIRS[:5]]
         assert result["char_f1"]["v0001"] > 0.8 > result["char_f1"]["v0002"]  # by heart vs two epochs

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bot import encoder as encoders
+from bot import search
 from bot.encoder import JointEncoder, load_encoder
 from bot.faq import FaqStore
 from bot.search import MAX_ENCODED_CHARS, MAX_ENCODED_QUESTION_CHARS, FaqEntry, FaqIndex, unknown_share
@@ -118,9 +119,10 @@ def test_no_demo_question_copies_a_held_out_paraphrase(entries):
 
 
 @pytest.mark.parametrize("text", ["东西坏了能换吗", "在淘宝买的东西坏了能换吗"])
-def test_the_score_is_the_fusions_confidence_over_its_features(hybrid, text):
+def test_the_score_is_the_fusions_confidence_over_its_features(hybrid, monkeypatch, text):
     """An entry's score is sigmoid(a' × rank + b' × (rank − the best other's rank) + c' + d' × the question's unknown
     share), rank the weighted features: the informed confidence, whole in a FAQ of the demo's ~2,100 words."""
+    monkeypatch.setattr(search, "CASCADE", (0.0, 1.0))  # the pair's fusion for every question (USE's alike, fewer parts)
     features, _ = hybrid.features(text)
     fusion = hybrid.encoder.fusion
     rank = features @ np.array([fusion.lexical, *fusion.question, *fusion.answer, fusion.other_language, *fusion.question_spread])
@@ -187,9 +189,9 @@ def test_the_unknown_share_weighs_the_words_no_entry_uses_by_their_rarity(hybrid
 def test_a_question_about_what_no_entry_mentions_scores_lower(hybrid, monkeypatch, question):
     """Off-topic questions in the shop's words (tests/data/offtopic.jsonl): the refund entry is first by meaning, but the
     question is about a thing the FAQ never mentions. The plain confidence (rank and margin alone) scores it far higher."""
+    monkeypatch.setattr(search, "CASCADE", (0.0, 1.0))  # the pair's fusion both times (USE's alike, fewer parts)
     with_rule = hybrid.match(question, k=1)[0]
-    for encoder in (hybrid.encoder, *hybrid.part_encoders):  # the pair's and USE's, which may decide alone (CASCADE)
-        monkeypatch.setattr(encoder, "fusion", replace(encoder.fusion, informed_confidence=None))
+    monkeypatch.setattr(hybrid.encoder, "fusion", replace(hybrid.encoder.fusion, informed_confidence=None))
     without = hybrid.match(question, k=1)[0]
     assert with_rule.entry == without.entry and with_rule.unknown > 0.1
     assert with_rule.score < SETTINGS.faq_best and without.score > 2 * with_rule.score
@@ -226,7 +228,6 @@ def test_the_top_k_are_the_top_k_of_the_whole_ranking(entries, hybrid):
 def test_use_decides_alone_when_it_is_sure_and_e5_is_asked_only_in_between(hybrid, monkeypatch):
     """The pair's first part (USE, ~1.5 ms) scores a question first: sure of an entry, or sure of none, it decides;
     e5 (~15-30 ms) is asked only in between (search.CASCADE), and what USE decides is what the pair decides."""
-    from bot import search
 
     e5 = hybrid.part_encoders[1]
     asked: list[str] = []
@@ -256,7 +257,6 @@ def test_off_topic_questions_stay_below_the_suggestion_threshold(hybrid, text):
 def test_the_customers_language_wins_over_the_same_topic_in_the_other(entries, hybrid, monkeypatch, question, theirs):
     """The encoders are multilingual: these English questions are nearest, by meaning, to the demo FAQ's Chinese entry of
     the same topic (会员等级会掉吗？, 发错货了怎么办？). The English entry is the answer an English speaker wants."""
-    from bot import search
 
     def chinese_entry_score():
         return next(m.score for m in hybrid.match(question, k=len(entries)) if search.script(m.entry.question) == "zh")

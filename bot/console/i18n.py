@@ -97,6 +97,8 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
                      "贪心解码，与机器人的提问方式相同。",
                      "Both answer the same turns ({n}), from the conversations {v} held out of its training that the other "
                      "version did not train on either, greedily, as the bot asks."),
+    "compare_trained_on_them": ("{v} 训练过所有这些对话：它的分数不能说明它对新问题的表现。",
+                                "{v} trained on every one of these conversations: its scores say little about new questions."),
     "compare_left_out": ("两个版本都在当前版本没有训练过的 {n} 段留出对话上比较（它训练过 {m} 段）。",
                          "Both compared on the {n} held-out conversations the current version did not train on (it trained on {m})."),
     "better_on": ("更好的轮次", "Better on"),
