@@ -33,7 +33,8 @@ an exact match (case, width, punctuation aside) is 1.0 either way.
 Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
 (llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
 and an inverted index, so a query costs its jieba segmentation plus the postings of its words, and with an
-encoder one sentence encoding (~1.5 ms with USE, ~17 ms with USE + e5 on 2 vCPU) and two matrix-vector products.
+encoder one sentence encoding (~1.5 ms with USE; ~15-30 ms more with e5 when USE is unsure, CASCADE) and a few
+matrix-vector products.
 """
 from __future__ import annotations
 
