@@ -159,9 +159,10 @@ async def start_retrain(kefu: Services, arch: str, minutes: float) -> dict:
                              f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
     try:
         return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
-    except AdminUnreachable:  # the answer was lost, not necessarily the request: a new running job is the one started
+    except AdminUnreachable:  # the answer was lost, not necessarily the request: a new job of this request is the one
         started = await kefu.admin.job()
-        if started is not None and started["status"] == "running" and started["id"] != (running or {}).get("id"):
+        if (started is not None and started["status"] == "running" and started["id"] != (running or {}).get("id")
+                and started.get("arch") == arch and started.get("num_conversations") == len(conversations)):
             return started
         raise
 
@@ -234,8 +235,9 @@ def comparison_table(job: dict) -> str:
     note = (f"\non the same {held_out} held-out answers; BM25 look(up): char-F1 of the stored answer to the nearest stored "
             "question — a model must beat it" if held_out else "")
     if compare.get("left_out"):  # llmcore.train.compare_with
-        note += (f"\nboth compared on the {compare['conversations']} held-out conversations the current version did not train "
-                 f"on (it trained on {compare['left_out']}); BM25 and ppl on all")
+        note += (f"\nchar-F1 and loss/char of both on the {compare['conversations']} held-out conversations the current "
+                 f"version did not train on ({compare.get('turns', 0)} answers; it trained on {compare['left_out']}); BM25 and "
+                 "ppl on all")
     return "<pre>" + html.escape("\n".join(lines)) + "</pre>" + note
 
 

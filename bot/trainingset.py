@@ -35,16 +35,16 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
 
     def add(context: list[dict], question: str, answer: str, source: str) -> None:
         key = (question.strip(), answer.strip())
-        if not all(key) or key in seen:
+        if not all(key) or key in seen or (source != "operator" and key in faq_keys):
             return
         seen.add(key)
         out.extend([_conversation(context, *key, source)] * (OPERATOR_WEIGHT if source == "operator" else 1))
 
-    # the FAQ's pairs go last, as its own records: a logged copy of one would take its place, and go with the oldest
-    # logged exchanges when the set is cut to MAX_BYTES
+    # the FAQ's pairs go last, as its own records: a logged copy of one (the bot's) would take its place, and go with
+    # the oldest logged exchanges when the set is cut to MAX_BYTES; an operator's stays, pinned and weighted
     faq_pairs = [key for key in dict.fromkeys((question.strip(), entry.answer.strip()) for entry in await faq.entries()
                                               for question in (entry.question, *entry.similar)) if all(key)]
-    seen.update(faq_pairs)
+    faq_keys = set(faq_pairs)
     records = [r async for r in log.conversations(context_turns=context_turns, with_user=True)]
     users = [r["meta"].pop("user_id", None) for r in records]  # counted, never sent
     per_customer: Counter[str | None] = Counter()
@@ -62,7 +62,7 @@ async def build_training_set(log: ExchangeLog, faq: FaqStore, context_turns: int
         if record["meta"]["source"] != "operator" and question["content"].strip() in answered_by_people:
             continue  # an operator answered this question: that answer supersedes the bot's own
         add(context, question["content"], answer["content"], record["meta"]["source"])
-    out.extend(_conversation([], *key, "faq") for key in faq_pairs)
+    out.extend(_conversation([], *key, "faq") for key in faq_pairs if key not in seen)
     return _newest_that_fit(out, MAX_BYTES)
 
 

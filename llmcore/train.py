@@ -239,9 +239,8 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         with progress.alive(stage="evaluating"):
             metrics = final_metrics(model, tokenizer, val_convs, history, stats, opts, config, device, index, recipe)
             if opts.compare_current and registry.current() and val_convs:
-                compare = compare_with(registry, registry.current(), val_convs, device, model, tokenizer, index, recipe, metrics)
-                if compare is not None:
-                    metrics["compare"] = compare
+                metrics["compare"] = compare_with(registry, registry.current(), val_convs, device, model, tokenizer, index,
+                                                  recipe, metrics)
         metrics.update(skipped_lines=skipped, num_conversations=len(conversations), data_sha256=data_sha256(opts.data))
         metrics["train_seconds"] = stats["train_seconds"]
         metrics["world_size"] = dist.world_size
@@ -272,15 +271,16 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
 
 
 def compare_with(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device, model: LanguageModel,
-                 tokenizer: Tokenizer, index: EvidenceIndex, recipe: PromptRecipe, metrics: dict) -> dict | None:
+                 tokenizer: Tokenizer, index: EvidenceIndex, recipe: PromptRecipe, metrics: dict) -> dict:
     """`version`'s scores on the held-out conversations it did not train on (the demo model trained on every FAQ pair,
     of which a /retrain holds a tenth out: on those the current version answered from memory). When it trained on some,
     the new version is scored on the same rest too (`new_val_char_f1`, `new_val_loss_per_char`; `left_out`: how many
-    it trained on). None when it trained on all of them: there is nothing fair to compare on."""
+    it trained on). When it trained on all of them there is nothing fair to compare on: no scores, 0 turns."""
     unseen = chats.not_in(val_convs, registry.path(version) / TRAINED)
-    if not unseen:
+    if not unseen:  # said so in the result: nothing compared (and jobs promote nothing on 0 turns)
         logger.info("%s trained on all %d held-out conversations: no comparison", version, len(val_convs))
-        return None
+        return {"version": version, "val_char_f1": None, "val_loss_per_char": None, "turns": 0, "conversations": 0,
+                "left_out": len(val_convs)}
     compare = score_version(registry, version, unseen, device)
     if len(unseen) < len(val_convs):
         ours = evaluate(model.eval(), tokenizer, unseen, limit=VAL_CHAR_F1_TURNS, repetition_penalty=BOT_REPETITION_PENALTY,

@@ -237,10 +237,10 @@ def test_the_retrain_comparison_puts_the_lookup_baseline_beside_the_model():
     # the current version trained on some held-out conversations: both columns are on the rest (llmcore.train.compare_with)
     table = comparison_table({"result": {"version": "v0002", "val_char_f1": 0.451, "val_loss_per_char": 2.0, "compare": {
         "version": "v0001", "val_char_f1": 0.40, "val_loss_per_char": 2.5, "new_val_char_f1": 0.47, "new_val_loss_per_char": 1.9,
-        "conversations": 30, "left_out": 14}}})
+        "conversations": 30, "left_out": 14, "turns": 28}}})
     rows = {line.split()[0]: line.split()[1:] for line in table.split("<pre>")[1].split("</pre>")[0].splitlines()[1:]}
     assert rows["char-F1"] == ["0.470", "0.400"] and rows["loss/char"] == ["1.900", "2.500"]
-    assert "30 held-out conversations the current version did not train on (it trained on 14)" in table
+    assert "30 held-out conversations the current version did not train on (28 answers; it trained on 14)" in table
 
 
 async def test_a_tapped_wording_is_approved_by_an_admin_and_then_answered(telegram, redis_url, prefix, seeded):

@@ -229,3 +229,20 @@ async def test_a_logged_copy_of_a_faq_pair_does_not_take_its_place_in_a_cut_trai
     monkeypatch.setattr(trainingset, "MAX_BYTES", sum(len(json.dumps(r)) + 2 for r in whole[-4:]))
     kept = await trainingset.build_training_set(log, faq)
     assert [r["messages"][-2]["content"] for r in kept] == ["第8个问题", "第9个问题", "怎么退货？", "能退货吗"]
+
+
+async def test_an_operators_answer_that_is_a_faq_pair_stays_pinned_and_weighted(redis, prefix):
+    """The FAQ's own records go last so that the bot's logged copy of a pair does not stand in for it; an operator who
+    answered with the FAQ's very words still counts as an operator: pinned, weighted, with the chat's context."""
+    from bot import trainingset
+    from bot.faq import FaqStore
+
+    faq = FaqStore(redis, prefix)
+    await faq.add("怎么退货？", "七天内可以在订单页申请退货。")
+    log = ExchangeLog(redis, prefix, retention_days=30)
+    await log.append(exchange(user_id=1, question="你好", answer="您好！", source="model"))
+    await log.append(exchange(user_id=1, question="怎么退货？", answer="七天内可以在订单页申请退货。", source="operator"))
+    records = await trainingset.build_training_set(log, faq, context_turns=2)
+    refund = [r for r in records if r["messages"][-2]["content"] == "怎么退货？"]
+    assert len(refund) == trainingset.OPERATOR_WEIGHT and all(r["meta"] == {"source": "operator", "pin": True} for r in refund)
+    assert [m["content"] for m in refund[0]["messages"]][:2] == ["你好", "您好！"]

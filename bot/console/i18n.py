@@ -93,10 +93,10 @@ STRINGS: dict[str, tuple[str, str]] = {  # key: (zh, en)
     "error": ("出错了：", "Something went wrong: "),
     "side_by_side": ("两个版本对比", "Two versions side by side"),
     "compare": ("对比", "Compare"),
-    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出、另一个版本也没有训练过的对话；"
+    "compare_help": ("两个版本回答同样的对话轮次（{n} 个），来自 {v} 训练时留出的对话，去掉另一个版本记录为训练过的；"
                      "贪心解码，与机器人的提问方式相同。",
-                     "Both answer the same turns ({n}), from the conversations {v} held out of its training that the other "
-                     "version did not train on either, greedily, as the bot asks."),
+                     "Both answer the same turns ({n}), from the conversations {v} held out of its training, less those the "
+                     "other version's record says it trained on, greedily, as the bot asks."),
     "compare_trained_on_them": ("{v} 训练过所有这些对话：它的分数不能说明它对新问题的表现。",
                                 "{v} trained on every one of these conversations: its scores say little about new questions."),
     "compare_left_out": ("两个版本都在当前版本没有训练过的 {n} 段留出对话上比较（它训练过 {m} 段）。",
