@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import re
+import uuid
 
 from redis.exceptions import RedisError
 from telegram import (
@@ -157,12 +158,12 @@ async def start_retrain(kefu: Services, arch: str, minutes: float) -> dict:
     if len(conversations) < kefu.settings.min_training_conversations:
         raise RetrainRefused(f"Too little data to retrain: {len(conversations)} conversations "
                              f"(at least {kefu.settings.min_training_conversations}). Nothing was started.")
+    request_id = uuid.uuid4().hex
     try:
-        return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape)
-    except AdminUnreachable:  # the answer was lost, not necessarily the request: a new job of this request is the one
+        return await kefu.admin.train(conversations, arch, minutes, kefu.settings.retrain_shape, request_id)
+    except AdminUnreachable:  # the answer was lost, not necessarily the request: the job this request started, if any
         started = await kefu.admin.job()
-        if (started is not None and started["status"] == "running" and started["id"] != (running or {}).get("id")
-                and started.get("arch") == arch and started.get("num_conversations") == len(conversations)):
+        if started is not None and started.get("request_id") == request_id:
             return started
         raise
 

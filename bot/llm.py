@@ -231,9 +231,12 @@ class LlmAdmin:
     async def rollback(self) -> dict:
         return await self._call("POST", "/admin/rollback")
 
-    async def train(self, conversations: list[dict], arch: str, minutes: float, shape: dict[str, int]) -> dict:
+    async def train(self, conversations: list[dict], arch: str, minutes: float, shape: dict[str, int], request_id: str) -> dict:
+        """Start a job; `request_id` is kept with it, so that a caller whose answer was lost can tell its job from
+        another's (LlmAdmin.job)."""
         return await self._call("POST", "/admin/train", {"conversations": conversations, "arch": arch, "minutes": minutes,
-                                                         **({"model": shape} if shape else {})}, timeout_s=TRAIN_TIMEOUT_S)
+                                                         "request_id": request_id, **({"model": shape} if shape else {})},
+                                timeout_s=TRAIN_TIMEOUT_S)
 
     async def job(self) -> dict | None:
         try:

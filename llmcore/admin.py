@@ -6,7 +6,7 @@
     POST /admin/rollback                      promote the previous current
     POST /admin/reload                        load whatever `current` names now
     GET  /admin/versions/{V}/loss.png         the version's loss curve
-    POST /admin/train {"conversations": [...], "arch", "minutes" | "epochs"}   start a job (409 while one runs)
+    POST /admin/train {"conversations": [...], "arch", "minutes" | "epochs", "request_id"?}   start a job (409 while one runs)
     GET  /admin/train                         the latest job, with its progress
     POST /admin/train/cancel                  stop the running trainer
     POST /admin/jobs/{id}/promote | discard   the decision on a job whose version was not promoted automatically
@@ -121,7 +121,8 @@ class AdminApi:
             raise ApiError(400, 'expected {"conversations": [...], "arch": ..., "minutes": ...}', param="conversations")
         try:  # its data written off the loop; one start at a time (JobManager.start)
             job = await asyncio.to_thread(self.jobs.start, body["conversations"], arch=body.get("arch", "transformer"),
-                                          minutes=body.get("minutes"), epochs=body.get("epochs"), model_overrides=body.get("model"))
+                                          minutes=body.get("minutes"), epochs=body.get("epochs"), model_overrides=body.get("model"),
+                                          request_id=body.get("request_id"))
         except JobBusy as exc:
             raise ApiError(409, str(exc), code="job_running") from None
         except (JobError, TypeError) as exc:

@@ -50,6 +50,7 @@ class JobBusy(JobError):
 
 
 JOB_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{3}")  # what _start names a job
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a caller's name for its start
 
 
 class JobManager:
@@ -64,16 +65,19 @@ class JobManager:
         self._starting = threading.Lock()
 
     def start(self, conversations: list[dict], arch: str = "transformer", minutes: float | None = 5.0,
-              epochs: int | None = None, model_overrides: dict | None = None) -> dict:
+              epochs: int | None = None, model_overrides: dict | None = None, request_id: str | None = None) -> dict:
         """Write the data and spawn the trainer; the job's state as `status()` shows it. One start at a time (each
         checks that no job runs), the lock held by the calling thread: the server starts jobs in a thread, which a
-        handler cancelled meanwhile (its client left) must not let a second start overtake."""
+        handler cancelled meanwhile (its client left) must not let a second start overtake. `request_id`: the caller's
+        own name for this start, kept with the job (a caller whose answer was lost finds its job by it)."""
         with self._starting, _locked(self.root / ".lock"):  # and one across processes sharing the registry (replicas)
-            return self._start(conversations, arch, minutes, epochs, model_overrides)
+            return self._start(conversations, arch, minutes, epochs, model_overrides, request_id)
 
     def _start(self, conversations: list[dict], arch: str, minutes: float | None, epochs: int | None,
-               model_overrides: dict | None) -> dict:
+               model_overrides: dict | None, request_id: str | None) -> dict:
         _check(conversations, arch, minutes, epochs, model_overrides or {})
+        if request_id is not None and not (isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)):
+            raise JobError("request_id must be 1-64 letters, digits, '-' or '_'")
         try:
             data = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")
         except UnicodeEncodeError:  # JSON may spell a lone surrogate, UTF-8 cannot hold it
@@ -95,7 +99,8 @@ class JobManager:
         self._processes[job_id] = process
         job = {"id": job_id, "status": "running", "pid": process.pid, "pid_started": _started(process.pid),
                "host": socket.gethostname(), "arch": arch,
-               "minutes": minutes, "epochs": epochs, "num_conversations": len(conversations), "started": time.time()}
+               "minutes": minutes, "epochs": epochs, "num_conversations": len(conversations), "started": time.time(),
+               **({"request_id": request_id} if request_id else {})}
         self._save(job)
         logger.info("training job %s started (pid %d): %s, %d conversations", job_id, process.pid, arch, len(conversations))
         return self.status(job_id)

@@ -183,14 +183,28 @@ async def test_a_retrain_whose_answer_is_lost_reports_the_job_its_request_starte
     url, _ = llmcore_admin
     monkeypatch.setattr(llm, "TRAIN_TIMEOUT_S", 1.0)
 
+    others = []  # while set: the bot's training request never reaches llmcore, but someone else's like it does
+
     async def forward(request: web.Request) -> web.Response:  # llmcore, whose answer to POST /admin/train comes too late
         headers = {"Authorization": request.headers.get("Authorization", ""), "Content-Type": "application/json"}
+        data = await request.read()
+        if others and request.path == "/admin/train" and request.method == "POST":
+            data = json.dumps({**json.loads(data), "request_id": "someone-else"}).encode()
         async with aiohttp.ClientSession() as session, \
-                session.request(request.method, url + request.path_qs, data=await request.read(), headers=headers) as answer:
+                session.request(request.method, url + request.path_qs, data=data, headers=headers) as answer:
             body, status = await answer.read(), answer.status
         if request.method == "POST" and request.path == "/admin/train":
             await asyncio.sleep(3)
         return web.Response(body=body, status=status, content_type="application/json")
+
+    async def cancel_job() -> dict:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/admin/train", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                job = await response.json()
+            async with session.post(f"{url}/admin/train/cancel", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                assert response.status == 200
+        await asyncio.sleep(1)  # the trainer gone: the job no longer runs
+        return job
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -204,12 +218,14 @@ async def test_a_retrain_whose_answer_is_lost_reports_the_job_its_request_starte
             for i, (q, a) in enumerate(FAQ_PAIRS * 2):
                 await seeded.add(f"{q} ({i})", a)
             reply = await as_admin(telegram, "/retrain lstm 1")
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"{url}/admin/train", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-                    job = await response.json()
-                async with session.post(f"{url}/admin/train/cancel", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
-                    assert response.status == 200
+            job = await cancel_job()
             assert job["status"] == "running" and reply["text"].startswith(f"Training job {job['id']} (lstm,"), reply["text"]
+            assert len(job["request_id"]) == 32  # the bot's name for its request, kept with the job
+            others.append(True)  # a job of the same kind and size, started by someone else meanwhile, is not this one's
+            await as_admin(telegram, "/retrain lstm 1")  # (the first job's watcher may speak first: it is no longer the latest)
+            _, refused = await telegram.wait_for(lambda m, p: m == "sendMessage" and "unreachable" in p.get("text", ""), timeout=20)
+            job = await cancel_job()
+            assert job["request_id"] == "someone-else" and refused["chat_id"] == ADMIN
     finally:
         await runner.cleanup()
 

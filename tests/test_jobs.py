@@ -65,6 +65,8 @@ async def test_without_the_right_token_nothing_starts(admin):
     ({"conversations": DATA, "epochs": 1.5}, "epochs must be"),
     ({"conversations": DATA + [{"messages": [{"role": "user", "content": "\ud800"}]}], "epochs": 1}, "valid Unicode"),
     ({"conversations": DATA, "arch": ["transformer"], "epochs": 1}, "arch must be"),
+    ({"conversations": DATA, "epochs": 1, "request_id": "../../x"}, "request_id must be"),
+    ({"conversations": DATA, "epochs": 1, "request_id": 7}, "request_id must be"),
 ])
 async def test_bad_job_requests_are_refused(admin, body, fragment):
     client, registry = admin
