@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import statistics
@@ -43,6 +42,7 @@ from telegram.ext import ApplicationBuilder, MessageHandler, filters
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from faq import one_call_per_question  # noqa: E402  (bench/faq.py, beside this script)
 
 from bot import encoder  # noqa: E402
 from bot.app import build_application, run_webhook  # noqa: E402
@@ -221,16 +221,6 @@ async def amain(args: argparse.Namespace) -> None:
           f"kefu keeps {ratio:.0%} of the echo bot's throughput (target >= 50%)")
     print(json.dumps({"bench": "bot", "updates": args.updates, "chats": args.chats, "concurrency": args.concurrency,
                       "echo": echo_result, "kefu": kefu_result, "kefu_over_echo": ratio, "kefu_added_p50_ms": added}))
-
-
-@contextlib.contextmanager
-def one_call_per_question():
-    """e5 asked once per question however many wait (bot/encoder.py, MAX_JOINED), for the block."""
-    before, encoder.MAX_JOINED = encoder.MAX_JOINED, 1
-    try:
-        yield
-    finally:
-        encoder.MAX_JOINED = before
 
 
 def report_encoder(echo_result: dict, lexical: dict, alone: dict, kefu_result: dict, args: argparse.Namespace) -> None:

@@ -17,18 +17,17 @@ One departure from textbook BM25: a document's term frequency counts at most the
 "今天股市怎么样" scores 0.47 against "今天买的今天能发出吗" (twice 今天) — more for one shared word than the
 query gives itself — and the self-score would not bound documents as long as the query.
 
-With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions, how
-far the mean of the five nearest falls below it (an entry one of whose wordings is near by chance, the others far,
-ranks lower than one whose wordings agree) and its cosine to its answer (each part of a joint encoder apart), and
-whether it is asked in the other language (Chinese vs English: a multilingual encoder matches across languages, the
-customer wants theirs). A weighted sum
-ranks the entries; a confidence over that rank, its margin to the best other entry and the share of the question's
-words that the FAQ never uses (`unknown_share`: "怎么退出微信群" is near the login entry by meaning, but 群 is in no
-question or answer of the shop's) makes the score, in [0, 1]: how likely the entry is the right one, so FAQ_BEST
-and FAQ_SUGGEST keep their meaning. A paraphrase that shares no word with the stored question still scores on
-meaning, and on the words of the answer it asks for. The weights are the encoder's `Fusion` (bot/encoder.py),
-fitted with `bench/faq.py --fit` on the demo paraphrase and off-topic sets (docs/benchmarks.md);
-an exact match (case, width, punctuation aside) is 1.0 either way.
+With an encoder every entry is scored by its features: its BM25 score, the encoder's best cosine to its questions,
+how far the mean of the five nearest falls below it (an entry one of whose wordings is near by chance, the others
+far, ranks lower than one whose wordings agree) and its cosine to its answer (each part of a joint encoder apart),
+and whether it is asked in the other language (Chinese vs English: a multilingual encoder matches across languages,
+the customer wants theirs). A weighted sum ranks the entries; a confidence over that rank, its margin to the best
+other entry and the share of the question's words that the FAQ never uses (`unknown_share`: "怎么退出微信群" is near the
+login entry by meaning, but 群 is in no question or answer of the shop's) makes the score, in [0, 1]: how likely the
+entry is the right one, so FAQ_BEST and FAQ_SUGGEST keep their meaning. A paraphrase that shares no word with the
+stored question still scores on meaning, and on the words of the answer it asks for. The weights are the encoder's
+`Fusion` (bot/encoder.py), fitted with `bench/faq.py --fit` on the demo paraphrase and off-topic sets
+(docs/benchmarks.md); an exact match (case, width, punctuation aside) is 1.0 either way.
 
 Built once per FAQ version (bot/faq.py; entry vectors are cached in Redis by text); the BM25 itself
 (llmcore/retrieval.py, shared with the model's evidence search) precomputes term frequencies, document lengths
@@ -177,6 +176,7 @@ class FaqIndex:
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
         self.doc_entries = np.array(self.doc_entry, dtype=np.intp)
         self.nearest_count = np.minimum(self.ends - self.starts, NEAREST_WORDINGS)  # wordings the spread reads per entry
+        self.all_nearest = bool(len(self.entries)) and int((self.ends - self.starts).max()) <= NEAREST_WORDINGS
         asked = [script(entry.question) for entry in self.entries]
         self.other_language = {lang: np.array([other not in (None, lang) for other in asked], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
@@ -256,8 +256,8 @@ class FaqIndex:
         """Each entry's features, in the order of the encoder's Fusion: BM25 (`best`: lexical()'s), each encoder part's
         best cosine to the entry's questions, each part's cosine to its answer, 1 for an entry asked in the other
         language, each part's mean cosine to the entry's NEAREST_WORDINGS nearest questions less the best (0 for an
-        entry of one wording); and the question's vector by each part. `parts`:
-        the first that many parts only (the first part's own Fusion reads those)."""
+        entry of one wording); and the question's vector by each part. `parts`: the first that many parts only (the
+        first part's own Fusion reads those)."""
         best = self.lexical(text)[1] if best is None else best
         query = self.query_parts(text, parts)
         lex = np.zeros(len(self.entries))
@@ -273,6 +273,8 @@ class FaqIndex:
 
     def _nearest_mean(self, cosines: np.ndarray) -> np.ndarray:
         """Each entry's mean cosine over its NEAREST_WORDINGS nearest wordings (all of them when it has fewer)."""
+        if self.all_nearest:  # no entry has more (the demo FAQ): every wording counts, no sort on the way
+            return np.add.reduceat(cosines, self.starts) / self.nearest_count
         ordered = cosines[np.lexsort((-cosines, self.doc_entries))]  # each entry's documents stay in its block, best first
         nearest = np.arange(len(cosines)) - self.starts[self.doc_entries] < NEAREST_WORDINGS
         return np.add.reduceat(np.where(nearest, ordered, 0.0), self.starts) / self.nearest_count

@@ -75,9 +75,7 @@ class JobManager:
 
     def _start(self, conversations: list[dict], arch: str, minutes: float | None, epochs: int | None,
                model_overrides: dict | None, request_id: str | None) -> dict:
-        _check(conversations, arch, minutes, epochs, model_overrides or {})
-        if request_id is not None and not (isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)):
-            raise JobError("request_id must be 1-64 letters, digits, '-' or '_'")
+        _check(conversations, arch, minutes, epochs, model_overrides or {}, request_id)
         try:
             data = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")
         except UnicodeEncodeError:  # JSON may spell a lone surrogate, UTF-8 cannot hold it
@@ -260,7 +258,10 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict) -> None:
+def _check(conversations: list[dict], arch: str, minutes: float | None, epochs: int | None, overrides: dict,
+           request_id: str | None = None) -> None:
+    if request_id is not None and not (isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id)):
+        raise JobError("request_id must be 1-64 letters, digits, '-' or '_'")
     if not isinstance(arch, str) or arch not in ARCHS:
         raise JobError(f"arch must be one of {', '.join(ARCHS)}")
     if minutes is not None and (not _number(minutes) or not 0 < minutes <= MAX_MINUTES):
