@@ -47,42 +47,61 @@ START_RETRY_S = (0.5, 30.0)  # back-off while the Bot API cannot be reached at s
 
 
 class PerChatOrder(BaseUpdateProcessor):
-    """Concurrency across chats, order within a chat: one FIFO lock per chat, dropped when the chat goes idle. An
-    update is screened first (`screen`: bot.handlers.admitted, the rate limit): one that does not pass never waits
-    for its chat's lock (and never runs)."""
+    """Concurrency across chats, order within a chat. An update takes its chat's place in line the moment it arrives,
+    before anything is awaited, and runs once the update before it has run or been refused. It is screened meanwhile
+    (`screen`: bot.handlers.admitted, the rate limit, a Redis round trip that may answer a later update first); one
+    that does not pass returns at once, never waiting for its turn (a burst would hold every intake slot), and the
+    chat's next update then waits only for the ones before it. The line is dropped when the chat goes idle."""
 
     def __init__(self, max_concurrent_updates: int = MAX_CONCURRENT_UPDATES,
                  screen: Callable[[Update], Awaitable[bool]] | None = None) -> None:
         super().__init__(max_concurrent_updates)
         self.screen = screen
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._tails: dict[int, asyncio.Future] = {}  # each chat's last update in line: done once it ran or was refused
 
     async def do_process_update(self, update: object, coroutine: Awaitable) -> None:
-        if self.screen is not None and isinstance(update, Update) and not await self.screen(update):
-            if inspect.iscoroutine(coroutine):
-                coroutine.close()  # dropped: never awaited
-            return
         chat = update.effective_chat if isinstance(update, Update) else None
-        if chat is None:
-            await coroutine
-            return
-        lock, users = self._locks.get(chat.id, (asyncio.Lock(), 0))
-        self._locks[chat.id] = (lock, users + 1)
+        ahead = mine = None
+        if chat is not None:  # in line now, in arrival order: nothing has been awaited yet
+            ahead, mine = self._tails.get(chat.id), asyncio.get_running_loop().create_future()
+            self._tails[chat.id] = mine
+            mine.add_done_callback(functools.partial(self._leave, chat.id))
+        started = False
         try:
-            async with lock:
-                await coroutine
+            if self.screen is not None and isinstance(update, Update) and not await self.screen(update):
+                return
+            if ahead is not None and not ahead.done():
+                await asyncio.wait({ahead})  # not `await ahead`: cancelling this task must not cancel the one ahead
+            started = True
+            await coroutine
         finally:
-            lock, users = self._locks[chat.id]
-            if users == 1:
-                del self._locks[chat.id]
-            else:
-                self._locks[chat.id] = (lock, users - 1)
+            if not started and inspect.iscoroutine(coroutine):
+                coroutine.close()  # refused, or cancelled before its turn: never awaited
+            if mine is not None:
+                _after(ahead, mine)
+
+    def _leave(self, chat_id: int, done: asyncio.Future) -> None:
+        if self._tails.get(chat_id) is done:
+            del self._tails[chat_id]
 
     async def initialize(self) -> None:
         pass
 
     async def shutdown(self) -> None:
         pass
+
+
+def _after(ahead: asyncio.Future | None, mine: asyncio.Future) -> None:
+    """Mark `mine` done once `ahead` is (at once when there is none, or it is done): a chat's next update never
+    overtakes the one before this."""
+    def finish(_: object = None) -> None:
+        if not mine.done():
+            mine.set_result(None)
+
+    if ahead is None or ahead.done():
+        finish()
+    else:
+        ahead.add_done_callback(finish)
 
 
 def build_application(settings: BotSettings, token: str | None = None, request: BaseRequest | None = None,

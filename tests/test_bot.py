@@ -152,6 +152,61 @@ async def test_an_update_over_the_rate_limit_never_waits_for_its_chats_turn():
     await first
 
 
+async def test_a_chats_updates_run_in_arrival_order_whatever_the_screens_latency():
+    """The screen (the rate limit: a Redis round trip on one of the pool's connections) may answer a chat's second
+    update before its first. The chat's order is taken when an update arrives, not when its screen answers: the first
+    still runs first, a refused one in between holds up nobody, and other chats do not wait for this one."""
+    from telegram import Update
+
+    from bot.app import PerChatOrder
+
+    delays = {0: 0.05, 1: 0.0, 2: 0.02, 3: 0.0, 4: 0.0}  # update 0's screen answers last
+    refused = {2}
+
+    async def screen(update):
+        await asyncio.sleep(delays[update.update_id])
+        return update.update_id not in refused
+
+    order, ran = PerChatOrder(screen=screen), []
+
+    async def work(i):
+        ran.append(i)
+
+    chat = [Update.de_json({"update_id": i, **text_update(f"消息{i}")}, None) for i in range(4)]
+    other = Update.de_json({"update_id": 4, **text_update("别的聊天", user_id=USER_ID + 1)}, None)
+    tasks = [asyncio.create_task(order.do_process_update(u, work(u.update_id))) for u in [*chat, other]]
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [i for i in ran if i != 4] == [0, 1, 3]  # in arrival order; the refused one never ran
+    assert ran.index(4) < ran.index(0)  # the other chat did not wait behind this chat's slow screen
+    assert order._tails == {}  # nothing left behind once the chats are idle
+
+
+async def test_a_cancelled_update_neither_cancels_nor_lets_anyone_overtake_the_one_ahead():
+    """The intake cancels a task at shutdown: the update it cancels while it waits for its turn is not run, the one
+    ahead of it is not cancelled with it, and the chat's next update still waits for that one."""
+    from telegram import Update
+
+    from bot.app import PerChatOrder
+
+    order, release, ran = PerChatOrder(), asyncio.Event(), []
+
+    async def work(i):
+        ran.append(i)
+        if i == 0:
+            await release.wait()
+
+    updates = [Update.de_json({"update_id": i, **text_update(f"消息{i}")}, None) for i in range(3)]
+    first, second = (asyncio.create_task(order.do_process_update(u, work(i))) for i, u in enumerate(updates[:2]))
+    await asyncio.sleep(0.01)
+    second.cancel()
+    third = asyncio.create_task(order.do_process_update(updates[2], work(2)))
+    await asyncio.sleep(0.01)
+    assert ran == [0] and not first.done() and second.cancelled() and not third.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, third), 5)
+    assert ran == [0, 2] and order._tails == {}
+
+
 async def test_private_non_text_duplicates_and_long_answers(telegram, redis_url, llmcore_url, prefix, redis, seeded):
     settings = settings_for(telegram, redis_url, llmcore_url, prefix, "polling")
     long_answer = "这是很长的回答。" * 700 + "<b>不是标签</b> & 完"  # 5,6xx characters, with HTML to escape
