@@ -4,6 +4,7 @@
     gate = Gate.fit(rows, labels)                        # logistic regression; labels: answer char-F1 >= 0.5
     gate.probability(x)                                  # in [0, 1]; returned as kefu.p_correct
     gate_curve(probabilities, labels)                    # precision / coverage / recall per threshold
+    cross_fitted_probabilities(rows, labels)             # each row scored by a gate fitted on the other half
     gate.save(folder); Gate.load(folder)                 # gate.json beside the weights
 
 A small model's mean token log-probability alone hardly separates right from wrong answers (it is near 0
@@ -101,6 +102,21 @@ def gate_curve(probabilities: Sequence[float], labels: Sequence[bool],
                       "precision": round(right / len(passed), 3) if passed else None,
                       "recall": round(right / total_right, 3) if total_right else None})
     return curve
+
+
+def cross_fitted_probabilities(rows: Sequence[Sequence[float]], labels: Sequence[bool]) -> list[float] | None:
+    """Each row's probability by a gate fitted on the other half of the rows (the first half against the second: held-out
+    turns come conversation by conversation, so the halves share few conversations), for a curve that says what the
+    gate does on answers it was not fitted on. None when either half is too small to fit on (Gate.fit)."""
+    middle = len(rows) // 2
+    halves = [(range(0, middle), range(middle, len(rows))), (range(middle, len(rows)), range(0, middle))]
+    probabilities: list[float] = []
+    for scored, fitted_on in halves:
+        gate = Gate.fit([rows[i] for i in fitted_on], [labels[i] for i in fitted_on])
+        if gate is None:
+            return None
+        probabilities += [gate.probability(rows[i]) for i in scored]
+    return probabilities
 
 
 def _solve(a: list[list[float]], b: list[float]) -> list[float]:

@@ -33,7 +33,7 @@ from llmcore.chats import Conversation, data_sha256, read_conversations, split_c
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
 from llmcore.evaluate import ANSWER_TOKENS, answer_turns, assistant_turns, evaluate, evaluate_turns, loss_on
-from llmcore.gate import RIGHT_F1, Gate, gate_curve
+from llmcore.gate import RIGHT_F1, Gate, cross_fitted_probabilities, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
 from llmcore.progress import ProgressFile
@@ -461,7 +461,10 @@ def final_metrics(model: LanguageModel, tokenizer: Tokenizer, val_convs: list[Co
         gate = Gate.fit([s.features for s in scored], labels)
         if gate is not None:
             metrics["gate"] = gate
-            metrics["val_gate_curve"] = gate_curve([gate.probability(s.features) for s in scored], labels)
+            # the curve on answers the gate was not fitted on where there are enough (each half by the other's gate)
+            held_out = cross_fitted_probabilities([s.features for s in scored], labels)
+            metrics["val_gate_curve_cross_fitted"] = held_out is not None
+            metrics["val_gate_curve"] = gate_curve(held_out or [gate.probability(s.features) for s in scored], labels)
     return metrics
 
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from llmcore.gate import Gate, answer_features, gate_curve
+from llmcore.gate import Gate, answer_features, cross_fitted_probabilities, gate_curve
 from llmcore.retrieval import Hit
 
 
@@ -47,3 +47,25 @@ def test_gate_needs_both_classes_and_round_trips(tmp_path):
 def test_curve_counts_precision_and_recall():
     curve = gate_curve([0.9, 0.8, 0.3, 0.1], [True, False, True, False], thresholds=(0.5,))
     assert curve == [{"threshold": 0.5, "coverage": 0.5, "precision": 0.5, "recall": 0.5}]
+
+
+def test_the_cross_fitted_curve_scores_each_half_by_the_other_halfs_gate():
+    """Two halves that disagree (agreement means right in the first, wrong in the second): a gate fitted on both looks
+    better than chance on them, but each half scored by the other half's gate is scored backwards, which is what the
+    curve must show for answers the gate never saw."""
+    rng = random.Random(1)
+    rows, labels = [], []
+    for half in (0, 1):
+        for _ in range(120):
+            agreement = rng.random()
+            rows.append([-0.5, agreement, 0.5, 0.05])
+            labels.append((agreement > 0.5) == (half == 0) if rng.random() < 0.9 else rng.random() < 0.5)
+    rows.append([-0.5, 0.99, 0.5, 0.05])  # an odd count: every row is scored once
+    labels.append(True)
+    probabilities = cross_fitted_probabilities(rows, labels)
+    assert probabilities is not None and len(probabilities) == len(rows)
+    first_gate = Gate.fit(rows[120:], labels[120:])  # fitted on the second half (and the odd row), scores the first
+    assert probabilities[:120] == [first_gate.probability(x) for x in rows[:120]]
+    right_of_confident = [y for p, y in zip(probabilities, labels) if p >= 0.7]
+    assert sum(right_of_confident) / len(right_of_confident) < 0.3  # backwards: the held-out truth
+    assert cross_fitted_probabilities(rows[:80], labels[:80]) is None  # halves of 40: too few to fit either
