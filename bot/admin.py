@@ -235,7 +235,7 @@ def comparison_table(job: dict) -> str:
     held_out = result.get("val_char_f1_turns")
     note = (f"\non the same {held_out} held-out answers; BM25 look(up): char-F1 of the stored answer to the nearest stored "
             "question — a model must beat it" if held_out else "")
-    if compare.get("left_out"):  # llmcore.train.compare_with
+    if compare.get("left_out"):  # llmcore.comparison.compare_with
         note += (f"\nchar-F1 and loss/char of both on the {compare['conversations']} held-out conversations the current "
                  f"version did not train on ({compare.get('turns', 0)} answers; it trained on {compare['left_out']}); BM25 and "
                  "ppl on all")

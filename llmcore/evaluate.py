@@ -31,6 +31,8 @@ from llmcore.tokenizer import Tokenizer
 EVAL_BATCH_TOKENS = 8192
 GENERATE_BATCH = 32
 ANSWER_TOKENS = 96  # the most an evaluated answer may take (the bot's MAX_ANSWER_TOKENS)
+BOT_REPETITION_PENALTY = 1.2  # versions are scored as the bot asks (bot REPETITION_PENALTY)
+VAL_CHAR_F1_TURNS = 400  # answers generated for a version's char-F1 on validation, and to fit its gate on
 
 
 @dataclass

@@ -180,7 +180,7 @@ class JobManager:
             return self.registry.current() is None
         if compare.get("turns", MIN_COMPARED_TURNS) < MIN_COMPARED_TURNS:  # a handful of answers decides nothing: the admin does
             return False
-        # on the held-out conversations the current version did not train on (llmcore.train.compare_with)
+        # on the held-out conversations the current version did not train on (llmcore.comparison.compare_with)
         new_f1 = compare.get("new_val_char_f1", result.get("val_char_f1")) or 0.0
         new_loss = compare.get("new_val_loss_per_char", result.get("val_loss_per_char")) or 1e9
         old_f1 = compare.get("val_char_f1") or 0.0

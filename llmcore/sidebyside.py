@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 
 from llmcore.chats import not_in, read_conversations
-from llmcore.evaluate import answer_turns, assistant_turns
+from llmcore.evaluate import BOT_REPETITION_PENALTY, answer_turns, assistant_turns
 from llmcore.registry import HELDOUT, TRAINED, Registry, RegistryError
 from llmcore.sampling import SamplingParams
-from llmcore.train import BOT_REPETITION_PENALTY
 
 MAX_COMPARED_TURNS = 50
 MAX_NEW_TOKENS = 96  # the bot's MODEL_MAX_TOKENS

@@ -30,9 +30,18 @@ from tqdm import tqdm
 
 from llmcore import chats
 from llmcore.chats import Conversation, data_sha256, read_conversations, split_conversations, write_conversations
+from llmcore.comparison import compare_with
 from llmcore.dataset import IGNORE_INDEX, make_batches, make_turn_examples
 from llmcore.distributed import Distributed
-from llmcore.evaluate import ANSWER_TOKENS, answer_turns, assistant_turns, evaluate, evaluate_turns, loss_on
+from llmcore.evaluate import (
+    ANSWER_TOKENS,
+    BOT_REPETITION_PENALTY,
+    VAL_CHAR_F1_TURNS,
+    answer_turns,
+    assistant_turns,
+    evaluate_turns,
+    loss_on,
+)
 from llmcore.gate import RIGHT_F1, Gate, cross_fitted_probabilities, gate_curve
 from llmcore.model import LanguageModel, ModelConfig, build_model, default_config, resolve_device
 from llmcore.plots import plot_loss
@@ -48,12 +57,10 @@ logger = logging.getLogger(__name__)
 
 PEAK_LR = {"transformer": 2e-3, "lstm": 3e-3}  # at the default width; wider models get less (default_lr)
 LR_WIDTH = {"transformer": 192, "lstm": 384}
-BOT_REPETITION_PENALTY = 1.2  # versions are scored as the bot asks (bot REPETITION_PENALTY)
 MIN_STEPS_PER_EPOCH = 20  # small data (an FAQ) gets smaller batches, so it sees enough updates
 BATCH_TOKENS_RANGE = (512, 2048)
 WARMUP_STEPS = 20
 FINAL_LR_FRACTION = 0.1
-VAL_CHAR_F1_TURNS = 400  # answers generated for the version's char-F1 on validation, and to fit its gate on
 EVALS_PER_BUDGET = 12  # with a time budget, validate this often (at most every MIN_EVAL_INTERVAL_S)
 MIN_EVAL_INTERVAL_S = 5.0
 KEEP_FINAL_TOLERANCE = 0.01  # keep the final weights unless validation got this much (relative) worse than the best
@@ -268,36 +275,6 @@ def train(opts: TrainOptions) -> tuple[str, dict]:
         return version, metrics
     finally:
         dist.close()
-
-
-def compare_with(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device, model: LanguageModel,
-                 tokenizer: Tokenizer, index: EvidenceIndex, recipe: PromptRecipe, metrics: dict) -> dict:
-    """`version`'s scores on the held-out conversations it did not train on (the demo model trained on every FAQ pair,
-    of which a /retrain holds a tenth out: on those the current version answered from memory). When it trained on some,
-    the new version is scored on the same rest too (`new_val_char_f1`, `new_val_loss_per_char`; `left_out`: how many
-    it trained on). When it trained on all of them there is nothing fair to compare on: no scores, 0 turns."""
-    unseen = chats.not_in(val_convs, registry.path(version) / TRAINED)
-    if not unseen:  # said so in the result: nothing compared (and jobs promote nothing on 0 turns)
-        logger.info("%s trained on all %d held-out conversations: no comparison", version, len(val_convs))
-        return {"version": version, "val_char_f1": None, "val_loss_per_char": None, "turns": 0, "conversations": 0,
-                "left_out": len(val_convs)}
-    compare = score_version(registry, version, unseen, device)
-    if len(unseen) < len(val_convs):
-        ours = evaluate(model.eval(), tokenizer, unseen, limit=VAL_CHAR_F1_TURNS, repetition_penalty=BOT_REPETITION_PENALTY,
-                        index=index, recipe=recipe, gate=metrics.get("gate"), selection=Selection(**metrics["selection"]))
-        compare.update(new_val_char_f1=ours["char_f1"], new_val_loss_per_char=ours["loss_per_char"],
-                       conversations=len(unseen), left_out=len(val_convs) - len(unseen))
-    return compare
-
-
-def score_version(registry: Registry, version: str, val_convs: list[Conversation], device: torch.device) -> dict:
-    """Another version's scores on these held-out conversations (per character: tokenizers differ between versions)."""
-    loaded = registry.load(version, device)
-    scores = evaluate(loaded.model.eval(), loaded.tokenizer, val_convs, limit=VAL_CHAR_F1_TURNS,
-                      repetition_penalty=BOT_REPETITION_PENALTY, index=loaded.index, recipe=loaded.recipe, gate=loaded.gate,
-                      selection=loaded.selection)
-    return {"version": version, "val_loss_per_char": scores["loss_per_char"], "val_char_f1": scores["char_f1"],
-            "turns": scores["num_turns"]}
 
 
 def run_training(model: LanguageModel, tokenizer: Tokenizer, train_convs: list[Conversation], val_convs: list[Conversation],

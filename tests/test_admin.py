@@ -250,7 +250,7 @@ def test_the_retrain_comparison_puts_the_lookup_baseline_beside_the_model():
     rows = {line.split()[0]: line.split()[1:] for line in table.split("<pre>")[1].split("</pre>")[0].splitlines()[1:]}
     assert rows["char-F1"] == ["0.451", "0.400"] and rows["BM25"][-2] == "0.382"
     assert "200 held-out answers" in table and "must beat it" in table
-    # the current version trained on some held-out conversations: both columns are on the rest (llmcore.train.compare_with)
+    # the current version trained on some held-out conversations: both columns are on the rest (llmcore.comparison.compare_with)
     table = comparison_table({"result": {"version": "v0002", "val_char_f1": 0.451, "val_loss_per_char": 2.0, "compare": {
         "version": "v0001", "val_char_f1": 0.40, "val_loss_per_char": 2.5, "new_val_char_f1": 0.47, "new_val_loss_per_char": 1.9,
         "conversations": 30, "left_out": 14, "turns": 28}}})

@@ -12,12 +12,12 @@ import torch
 
 from bot.stack import demo_training_command
 from llmcore.chats import DEMO_DATA, DataError, read_conversations
-from llmcore.evaluate import char_f1, evaluate
+from llmcore.evaluate import VAL_CHAR_F1_TURNS, char_f1, evaluate
 from llmcore.prompting import build_prompt
 from llmcore.registry import Registry
 from llmcore.sampling import SamplingParams, generate
 from llmcore.selection import DEFAULT_SELECTION, GREEDY
-from llmcore.train import VAL_CHAR_F1_TURNS, TrainOptions, autocast, resolve_precision, train
+from llmcore.train import TrainOptions, autocast, resolve_precision, train
 
 from .conftest import FAQ_PAIRS, REPO
 
