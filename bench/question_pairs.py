@@ -38,9 +38,10 @@ SAMPLE, DRAWS = 100, 20
 
 
 def read_pairs(path: Path) -> list[tuple[str, str, bool]]:
-    """(sentence1, sentence2, paraphrase?) from JSON lines or tab-separated lines; malformed lines are skipped."""
+    """(sentence1, sentence2, paraphrase?) from JSON lines or tab-separated lines (label 1, "1", 1.0 or true: a paraphrase);
+    malformed lines, and a TSV header (its label is not a number), are skipped."""
     pairs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
         if not line.strip():
             continue
         try:
@@ -48,11 +49,11 @@ def read_pairs(path: Path) -> list[tuple[str, str, bool]]:
             first, second, label = row["sentence1"], row["sentence2"], row["label"]
         except (json.JSONDecodeError, KeyError, TypeError):
             fields = line.split("\t")
-            if len(fields) != 3:
+            if len(fields) != 3 or fields[2].strip().lower() not in ("0", "1", "0.0", "1.0", "true", "false"):
                 continue
             first, second, label = fields
         if isinstance(first, str) and isinstance(second, str) and first.strip() and second.strip():
-            pairs.append((first, second, str(label).strip() == "1"))
+            pairs.append((first, second, str(label).strip().lower() in ("1", "1.0", "true")))
     return pairs
 
 
@@ -102,9 +103,8 @@ def main() -> None:
     samples = [rng.sample(range(len(asked)), min(SAMPLE, len(asked))) for _ in range(DRAWS)]
     entries = [FaqEntry(str(i), question, "-") for i, question in enumerate(stored)]
     result: dict = {"pairs": len(pairs), "faq_entries": len(entries), "questions": len(asked), "matchers": {}}
-    memos: dict[str, Memo] = {}
     for name in args.encoders.split(","):
-        encoder = None if name == "none" else memos.setdefault(name, Memo(load_encoder(name)))
+        encoder = None if name == "none" else Memo(load_encoder(name))
         started = time.perf_counter()
         index = FaqIndex(entries, encoder)
         result["matchers"]["bm25" if encoder is None else f"bm25 + {name}"] = {

@@ -209,8 +209,8 @@ class UpdateStream:
                 await self._heartbeat(loop)
 
     async def _start(self, entries: list[tuple[str, dict]], handle: Handle) -> None:
-        """One task per entry, started in stream order with nothing awaited in between: each takes its chat's
-        lock (PerChatOrder) in this order."""
+        """One task per entry, started in stream order with nothing awaited in between: each takes its place in its
+        chat's line (PerChatOrder) in this order."""
         if not entries:
             return
         updates = [_parse(entry_id, fields) for entry_id, fields in entries]

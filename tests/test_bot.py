@@ -126,7 +126,7 @@ async def test_group_commands_named_for_the_bot_are_answered_and_counted_and_cha
 
 async def test_an_update_over_the_rate_limit_never_waits_for_its_chats_turn():
     """A burst from one chat: what the screen (the rate limit) refuses returns at once while the chat's first update
-    still holds the chat's lock. Screened inside the handlers, each waited in the chat's queue first, holding one of
+    is still running. Screened inside the handlers, each waited in the chat's queue first, holding one of
     the intake's 64 slots: a hundred forwarded messages held them all, and every other chat waited."""
     from telegram import Update
 

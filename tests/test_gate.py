@@ -50,9 +50,9 @@ def test_curve_counts_precision_and_recall():
 
 
 def test_the_cross_fitted_curve_scores_each_half_by_the_other_halfs_gate():
-    """Two halves that disagree (agreement means right in the first, wrong in the second): a gate fitted on both looks
-    better than chance on them, but each half scored by the other half's gate is scored backwards, which is what the
-    curve must show for answers the gate never saw."""
+    """Two halves that disagree (agreement means right in the first, wrong in the second): each half scored by the other
+    half's gate is scored backwards, which is what the curve must show for answers the gate never saw (a gate fitted on
+    all the rows, or on the half it scores, would not)."""
     rng = random.Random(1)
     rows, labels = [], []
     for half in (0, 1):
