@@ -174,9 +174,15 @@ class FaqIndex:
         self.bm25 = Bm25(tokenize(text) for text in self.doc_text)
         self.starts = np.array(starts, dtype=np.intp)  # each entry's documents: starts[e] .. ends[e]
         self.ends = np.append(self.starts[1:], len(self.doc_entry))
-        self.doc_entries = np.array(self.doc_entry, dtype=np.intp)
-        self.nearest_count = np.minimum(self.ends - self.starts, NEAREST_WORDINGS)  # wordings the spread reads per entry
-        self.all_nearest = bool(len(self.entries)) and int((self.ends - self.starts).max()) <= NEAREST_WORDINGS
+        counts = self.ends - self.starts
+        self.nearest_count = np.minimum(counts, NEAREST_WORDINGS)  # wordings the spread reads per entry
+        # entries with more wordings than that: their documents in rows (padded with a copy of the first, masked), so a
+        # question sorts only those rows, not every document
+        self.crowded = np.flatnonzero(counts > NEAREST_WORDINGS)
+        width = int(counts[self.crowded].max()) if len(self.crowded) else 0
+        offsets = np.arange(width)
+        self.crowded_mask = offsets < counts[self.crowded, None]  # (C, W)
+        self.crowded_docs = np.where(self.crowded_mask, self.starts[self.crowded, None] + offsets, self.starts[self.crowded, None])
         asked = [script(entry.question) for entry in self.entries]
         self.other_language = {lang: np.array([other not in (None, lang) for other in asked], dtype=float) for lang in ("zh", "en")}
         self.encoder = encoder
@@ -273,11 +279,11 @@ class FaqIndex:
 
     def _nearest_mean(self, cosines: np.ndarray) -> np.ndarray:
         """Each entry's mean cosine over its NEAREST_WORDINGS nearest wordings (all of them when it has fewer)."""
-        if self.all_nearest:  # no entry has more (the demo FAQ): every wording counts, no sort on the way
-            return np.add.reduceat(cosines, self.starts) / self.nearest_count
-        ordered = cosines[np.lexsort((-cosines, self.doc_entries))]  # each entry's documents stay in its block, best first
-        nearest = np.arange(len(cosines)) - self.starts[self.doc_entries] < NEAREST_WORDINGS
-        return np.add.reduceat(np.where(nearest, ordered, 0.0), self.starts) / self.nearest_count
+        sums = np.add.reduceat(cosines, self.starts)
+        if len(self.crowded):
+            rows = np.where(self.crowded_mask, cosines[self.crowded_docs], -np.inf)  # (C, W)
+            sums[self.crowded] = -np.partition(-rows, NEAREST_WORDINGS - 1, axis=1)[:, :NEAREST_WORDINGS].sum(1)
+        return sums / self.nearest_count
 
     def scores(self, features: np.ndarray, unknown: float, fusion: Fusion | None = None) -> np.ndarray:
         """Each entry's score in [0, 1) from its features and the question's unknown share: the Fusion's rank, and its

@@ -77,7 +77,8 @@ def lexical(entries):
 def test_a_paraphrase_sharing_no_word_is_found_where_bm25_alone_does_not(entries, hybrid, lexical, paraphrase, question):
     best, second = hybrid.match(paraphrase, k=3)[:2]
     assert question in (best.entry.question, *best.entry.similar) and best.score >= SETTINGS.faq_suggest, best
-    assert best.score > 1.5 * second.score and best.semantic is not None and 0 <= best.lexical <= 1
+    # clearly ahead of the next entry ("退款退到哪里？": where, not when; its wordings share 钱, 退 and 卡 with it)
+    assert best.score > 1.25 * second.score and best.semantic is not None and 0 <= best.lexical <= 1
     plain = lexical.match(paraphrase, k=1)
     assert not plain or plain[0].score < SETTINGS.faq_best or question not in (plain[0].entry.question, *plain[0].entry.similar)
 
@@ -141,9 +142,10 @@ def test_the_score_is_the_fusions_confidence_over_its_features(hybrid, monkeypat
 
 
 def test_an_entry_whose_other_wordings_disagree_ranks_below_one_whose_wordings_agree(hybrid, monkeypatch):
-    """Each part's best cosine to an entry's question and similar questions, and how far their mean falls below it: one
-    wording near the question by chance counts for less when the entry's other wordings are far from it. An entry of
-    one wording has no spread, so a FAQ without similar questions is ranked and scored as without the term."""
+    """Each part's best cosine to an entry's question and similar questions, and how far the mean of the five nearest
+    falls below it: one wording near the question by chance counts for less when the entry's other wordings are far
+    from it. An entry of one wording has no spread, so a FAQ without similar questions is ranked and scored as without
+    the term."""
     features, query = hybrid.features("钱什么时候退给我")
     parts = len(hybrid.encoder.dims)
     for e in (0, 5, len(hybrid.entries) - 1):
@@ -152,7 +154,8 @@ def test_an_entry_whose_other_wordings_disagree_ranks_below_one_whose_wordings_a
         for p, ((_, vectors, _), q) in enumerate(zip(hybrid.parts, query)):
             cosines = vectors[start:end] @ q
             assert features[e, 1 + p] == pytest.approx(float(cosines.max()), abs=1e-5)
-            assert features[e, 2 + 2 * parts + p] == pytest.approx(float(cosines.mean() - cosines.max()), abs=1e-5)
+            nearest = np.sort(cosines)[::-1][:search.NEAREST_WORDINGS]  # the demo's entries have up to six wordings
+            assert features[e, 2 + 2 * parts + p] == pytest.approx(float(nearest.mean() - cosines.max()), abs=1e-5)
     fusion = hybrid.encoder.fusion
     assert len(fusion.question_spread) == parts and all(weight > 0 for weight in fusion.question_spread)
     one = FaqIndex([FaqEntry("1", "退款多久到账？", "1-3个工作日原路退回。"), FaqEntry("2", "运费多少钱？", "满69元包邮。")],

@@ -5,10 +5,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot import search
 from bot.search import FaqEntry, FaqIndex, Match, normalize, tokenize
 
 CORPUS = Path(__file__).resolve().parents[1] / "llmcore" / "data" / "demo_faq.chat.jsonl"
@@ -67,7 +69,7 @@ def test_normalize_ignores_case_width_and_punctuation() -> None:
 # -- the demo corpus --------------------------------------------------------------------------------------
 
 def test_corpus_is_grouped_by_answer(entries: list[FaqEntry]) -> None:
-    assert len(entries) == 169 and sum(1 + len(e.similar) for e in entries) == 718
+    assert len(entries) == 169 and sum(1 + len(e.similar) for e in entries) == 997
 
 
 def test_every_corpus_question_matches_its_own_entry_exactly(entries: list[FaqEntry], index: FaqIndex) -> None:
@@ -203,3 +205,17 @@ def test_the_nearest_answer_is_the_one_char_f1_ranks_first():
         expected = (entries[scores.index(best)], best) if best > 0 else (None, 0.0)
         found = index.nearest_answer(text)
         assert found[0] == expected[0] and found[1] == pytest.approx(expected[1]), text
+
+
+def test_the_spread_reads_each_entrys_nearest_wordings_only() -> None:
+    """An entry's mean over its NEAREST_WORDINGS nearest wordings, whatever mix of entries with fewer and more wordings
+    the FAQ holds (the demo's have five or six; one that learned many customers' wordings may have hundreds)."""
+    rng = np.random.default_rng(0)
+    sizes = [1, 3, 5, 6, 7, 40, 2, 12]
+    entries = [FaqEntry(str(e), f"问题{e}-0", f"答案{e}", tuple(f"问题{e}-{i}" for i in range(1, n))) for e, n in enumerate(sizes)]
+    index = FaqIndex(entries)
+    for _ in range(5):
+        cosines = rng.uniform(-1, 1, sum(sizes))
+        blocks = np.split(cosines, np.cumsum(sizes)[:-1])
+        expected = [np.sort(b)[::-1][:search.NEAREST_WORDINGS].mean() for b in blocks]
+        assert index._nearest_mean(cosines) == pytest.approx(expected)
